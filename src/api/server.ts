@@ -1,0 +1,114 @@
+/**
+ * The HTTP API (`/api/v1`, JSON). Bodies are validated by JSON schema at the edge; every
+ * error leaves as `{code, message}` with a proper status and never a stack trace.
+ */
+import Fastify from 'fastify';
+import type { FastifyInstance, FastifyBaseLogger } from 'fastify';
+import { HindsightError, LIMITS, isHindsightError, parseSize } from '../core/index.js';
+import type { NbdServer } from '../nbd/index.js';
+import type { VolumeManager } from '../volume/index.js';
+import { httpStatus } from './http-status.js';
+
+export interface ApiContext {
+  volumes: VolumeManager;
+  nbd: NbdServer;
+  version: string;
+  startedAt: Date;
+  dataDir: string;
+  ports: () => Record<string, { host: string; port: number }>;
+  log: FastifyBaseLogger;
+}
+
+const NAME_PARAM = {
+  type: 'object',
+  properties: { name: { type: 'string', minLength: 1, maxLength: LIMITS.volumeNameLengthMax } },
+  required: ['name'],
+} as const;
+
+export function buildApi(context: ApiContext): FastifyInstance {
+  const app = Fastify({ loggerInstance: context.log, bodyLimit: LIMITS.apiBodyBytesMax, disableRequestLogging: true });
+
+  app.setErrorHandler((err, request, reply) => {
+    if (isHindsightError(err)) return reply.status(httpStatus(err.code)).send(err.toJSON());
+    const fastifyErr = err as { validation?: unknown; statusCode?: number; message: string };
+    if (fastifyErr.validation || (fastifyErr.statusCode && fastifyErr.statusCode < 500)) {
+      return reply.status(fastifyErr.statusCode ?? 400).send({ code: 'INVALID_ARGUMENT', message: fastifyErr.message });
+    }
+    request.log.error({ err }, 'internal error in API request');
+    return reply.status(500).send({ code: 'INTERNAL', message: 'internal error; see the daemon log' });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    reply.status(404).send({ code: 'ROUTE_NOT_FOUND', message: `no route ${request.method} ${request.url}` });
+  });
+
+  app.get('/api/v1/health', async () => ({ status: 'ok', version: context.version }));
+
+  app.get('/api/v1/status', async () => ({
+    version: context.version,
+    pid: process.pid,
+    startedAt: context.startedAt.toISOString(),
+    uptimeSeconds: Math.round((Date.now() - context.startedAt.getTime()) / 1000),
+    dataDir: context.dataDir,
+    ports: context.ports(),
+    volumes: context.volumes.names().length,
+    connections: context.nbd.connections().length,
+  }));
+
+  app.get('/api/v1/volumes', async () => {
+    const volumes = [];
+    for (const name of context.volumes.names()) volumes.push(await volumeView(context, name));
+    return { volumes };
+  });
+
+  app.post('/api/v1/volumes', {
+    schema: {
+      body: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['name', 'size'],
+        properties: {
+          name: { type: 'string', minLength: 1, maxLength: LIMITS.volumeNameLengthMax },
+          size: { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 1 }] },
+        },
+      },
+    },
+  }, async (request, reply) => {
+    const body = request.body as { name: string; size: string | number };
+    const sizeBytes = typeof body.size === 'number' ? body.size : parseSize(body.size);
+    await context.volumes.create(body.name, sizeBytes);
+    request.log.info({ volume: body.name, sizeBytes }, 'volume created');
+    return reply.status(201).send(await volumeView(context, body.name));
+  });
+
+  app.get('/api/v1/volumes/:name', { schema: { params: NAME_PARAM } }, async (request) => {
+    const { name } = request.params as { name: string };
+    return volumeView(context, name);
+  });
+
+  app.delete('/api/v1/volumes/:name', {
+    schema: {
+      params: NAME_PARAM,
+      querystring: { type: 'object', properties: { force: { type: 'boolean' } }, additionalProperties: false },
+    },
+  }, async (request, reply) => {
+    const { name } = request.params as { name: string };
+    const { force = false } = request.query as { force?: boolean };
+    context.volumes.get(name);
+    const connected = context.nbd.connectionCount(name);
+    if (connected > 0 && !force) {
+      throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${connected} connected NBD client(s); disconnect them or use --force`);
+    }
+    await context.volumes.delete(name, () => context.nbd.disconnectExport(name));
+    request.log.info({ volume: name, force, disconnected: connected }, 'volume deleted');
+    return reply.status(200).send({ name, deleted: true, disconnectedClients: connected });
+  });
+
+  app.get('/api/v1/connections', async () => ({ connections: context.nbd.connections() }));
+
+  return app;
+}
+
+async function volumeView(context: ApiContext, name: string) {
+  const info = await context.volumes.info(name);
+  return { ...info, connections: context.nbd.connectionCount(name) };
+}

@@ -1,0 +1,71 @@
+/**
+ * `hindsight <noun> <verb>`: every command takes --json, exits 0 on success and non-zero
+ * with a one-line reason on failure.
+ */
+import { Command, CommanderError } from 'commander';
+import { isHindsightError } from '../core/index.js';
+import { DEFAULTS, VERSION } from '../daemon/index.js';
+import { ApiClient, apiUrl } from './client.js';
+import { printFields, printJson } from './output.js';
+import { serve } from './serve.js';
+import { registerVolumeCommands } from './volume.js';
+
+export async function main(argv: string[]): Promise<number> {
+  let exitCode = 0;
+  const json = argv.includes('--json');
+  const run = async (work: () => Promise<number>): Promise<void> => {
+    exitCode = await work();
+  };
+  const program = new Command('hindsight')
+    .description('Continuous data protection for virtual-machine disks')
+    .version(VERSION)
+    .exitOverride()
+    .configureOutput({ writeErr: (text) => process.stderr.write(text) });
+
+  program.command('serve')
+    .description('run the daemon: volumes over NBD, HTTP API')
+    .option('--data <dir>', `data directory (default $HINDSIGHT_DATA or ${DEFAULTS.data})`)
+    .option('--nbd <host:port>', `NBD listen address (default ${DEFAULTS.nbd})`)
+    .option('--api <host:port>', `HTTP API listen address (default ${DEFAULTS.api})`)
+    .option('--replication <host:port>', `replication listen address (default ${DEFAULTS.replication}; reserved)`)
+    .option('--config <file>', 'YAML or JSON config file')
+    .option('--sync-every-write', 'fdatasync after every write (slow, paranoid)')
+    .option('--create-volume <name:size>', 'create this volume at start if missing (repeatable)', (value: string, previous: string[] = []) => [...previous, value])
+    .option('--insecure', 'allow listening beyond loopback without TLS or authentication')
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
+    .option('--json', 'print the bound addresses as JSON')
+    .action((options: Record<string, unknown>) => run(() => serve(options, Boolean(options.json))));
+
+  registerVolumeCommands(program, run);
+
+  program.command('status')
+    .description('show the daemon status')
+    .option('--api <url>', 'daemon API URL')
+    .option('--json', 'print JSON')
+    .action((options: { api?: string; json?: boolean }) => run(async () => {
+      const status = await new ApiClient(apiUrl(options.api)).request<Record<string, unknown>>('GET', '/status');
+      if (options.json) printJson(status);
+      else printFields(Object.entries(status).map(([key, value]) => [key, typeof value === 'object' ? JSON.stringify(value) : value]));
+      return 0;
+    }));
+
+  try {
+    await program.parseAsync(argv);
+    return exitCode;
+  } catch (err) {
+    return reportError(err, json);
+  }
+}
+
+function reportError(err: unknown, json: boolean): number {
+  if (err instanceof CommanderError) {
+    // Commander already printed its own one-line message (or help/version, exit 0).
+    return err.exitCode;
+  }
+  const code = isHindsightError(err) ? err.code : 'INTERNAL';
+  const message = err instanceof Error ? err.message : String(err);
+  if (json) process.stdout.write(`${JSON.stringify({ error: { code, message } })}\n`);
+  process.stderr.write(`hindsight: ${message} (${code})\n`);
+  if (!isHindsightError(err) && process.env.HINDSIGHT_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
+  return 1;
+}

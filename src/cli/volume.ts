@@ -1,0 +1,74 @@
+/** `hindsight volume create|list|info|delete`. */
+import type { Command } from 'commander';
+import type { VolumeInfo } from '../volume/index.js';
+import { ApiClient, apiUrl } from './client.js';
+import { printFields, printJson, printTable, size } from './output.js';
+
+type VolumeView = VolumeInfo & { connections: number };
+
+interface ClientOptions {
+  api?: string;
+  json?: boolean;
+}
+
+export function registerVolumeCommands(program: Command, run: (work: () => Promise<number>) => Promise<void>): void {
+  const volume = program.command('volume').description('create, list, inspect and delete volumes');
+
+  volume.command('create <name>')
+    .description('create a volume (sparse: takes no space until written)')
+    .requiredOption('--size <size>', 'size, e.g. 20G, 512M, 1T')
+    .option('--api <url>', 'daemon API URL (default $HINDSIGHT_API or http://127.0.0.1:8640)')
+    .option('--json', 'print JSON')
+    .action((name: string, options: ClientOptions & { size: string }) => run(async () => {
+      const created = await client(options).request<VolumeView>('POST', '/volumes', { name, size: options.size });
+      if (options.json) printJson(created);
+      else process.stdout.write(`created volume ${created.name} (${size(created.sizeBytes)}): nbd export "${created.name}"\n`);
+      return 0;
+    }));
+
+  volume.command('list')
+    .description('list volumes')
+    .option('--api <url>', 'daemon API URL')
+    .option('--json', 'print JSON')
+    .action((options: ClientOptions) => run(async () => {
+      const { volumes } = await client(options).request<{ volumes: VolumeView[] }>('GET', '/volumes');
+      if (options.json) printJson({ volumes });
+      else printTable(['NAME', 'SIZE', 'ALLOCATED', 'STATE', 'CLIENTS'], volumes.map((v) => [
+        v.name, size(v.sizeBytes), size(v.allocatedBytes), v.state, String(v.connections),
+      ]));
+      return 0;
+    }));
+
+  volume.command('info <name>')
+    .description('show one volume')
+    .option('--api <url>', 'daemon API URL')
+    .option('--json', 'print JSON')
+    .action((name: string, options: ClientOptions) => run(async () => {
+      const v = await client(options).request<VolumeView>('GET', `/volumes/${encodeURIComponent(name)}`);
+      if (options.json) printJson(v);
+      else printFields([
+        ['name', v.name], ['state', v.error ? `${v.state} (${v.error.code}: ${v.error.message})` : v.state],
+        ['size', `${size(v.sizeBytes)} (${v.sizeBytes} bytes)`], ['allocated', size(v.allocatedBytes)],
+        ['stored on disk', size(v.storedBytes)], ['client bytes written', size(v.clientBytesWritten)],
+        ['writes', v.writeCount], ['connected clients', v.connections], ['created', v.createdAt], ['id', v.id],
+      ]);
+      return 0;
+    }));
+
+  volume.command('delete <name>')
+    .description('delete a volume and its data (refused while clients are connected)')
+    .option('--force', 'disconnect connected clients first')
+    .option('--api <url>', 'daemon API URL')
+    .option('--json', 'print JSON')
+    .action((name: string, options: ClientOptions & { force?: boolean }) => run(async () => {
+      const query = options.force ? '?force=true' : '';
+      const result = await client(options).request<{ name: string; disconnectedClients: number }>('DELETE', `/volumes/${encodeURIComponent(name)}${query}`);
+      if (options.json) printJson(result);
+      else process.stdout.write(`deleted volume ${result.name}${result.disconnectedClients ? ` (disconnected ${result.disconnectedClients} client(s))` : ''}\n`);
+      return 0;
+    }));
+}
+
+function client(options: ClientOptions): ApiClient {
+  return new ApiClient(apiUrl(options.api));
+}

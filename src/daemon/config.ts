@@ -1,0 +1,117 @@
+/**
+ * Daemon configuration: embedded defaults, then the config file (YAML or JSON), then the
+ * environment (HINDSIGHT_DATA), then command-line flags; later wins. Unknown keys in the
+ * file are an error, not a silent typo.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { HindsightError, parseSize } from '../core/index.js';
+import { validateVolumeName, validateVolumeSize } from '../volume/index.js';
+import { parseListenAddress } from './address.js';
+import type { ListenAddress } from './address.js';
+
+export interface InitialVolume {
+  name: string;
+  sizeBytes: number;
+}
+
+export interface DaemonConfig {
+  dataDir: string;
+  nbd: ListenAddress;
+  api: ListenAddress;
+  replication: ListenAddress;
+  syncEveryWrite: boolean;
+  insecure: boolean;
+  logLevel: string;
+  /** Volumes created at start when missing (the README's "first volume ready to use"). */
+  initialVolumes: InitialVolume[];
+}
+
+/** What the command line (or a test) may set; every field optional. */
+export interface ConfigOverrides {
+  config?: string;
+  data?: string;
+  nbd?: string;
+  api?: string;
+  replication?: string;
+  syncEveryWrite?: boolean;
+  insecure?: boolean;
+  logLevel?: string;
+  createVolume?: string[];
+}
+
+export const DEFAULTS = {
+  data: './hindsight-data',
+  nbd: '127.0.0.1:10809',
+  api: '127.0.0.1:8640',
+  replication: '127.0.0.1:10810',
+  logLevel: 'info',
+} as const;
+
+const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes']);
+const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+
+export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
+  const file = overrides.config ? readConfigFile(overrides.config) : {};
+  const pick = <T>(flag: T | undefined, fromFile: unknown, fallback: T): T => (flag !== undefined ? flag : (fromFile as T | undefined) ?? fallback);
+  const logLevel = pick(overrides.logLevel, file.logLevel, DEFAULTS.logLevel);
+  if (!LOG_LEVELS.has(logLevel)) throw new HindsightError('CONFIG_INVALID', `unknown log level "${logLevel}"`);
+  const fileVolumes = Array.isArray(file.volumes) ? file.volumes.map((entry) => volumeFromFile(entry)) : [];
+  if (file.volumes !== undefined && !Array.isArray(file.volumes)) throw new HindsightError('CONFIG_INVALID', 'config "volumes" must be a list');
+  return {
+    dataDir: path.resolve(overrides.data ?? env.HINDSIGHT_DATA ?? stringKey(file, 'data') ?? DEFAULTS.data),
+    nbd: parseListenAddress(pick(overrides.nbd, stringKey(file, 'nbd'), DEFAULTS.nbd), 'nbd'),
+    api: parseListenAddress(pick(overrides.api, stringKey(file, 'api'), DEFAULTS.api), 'api'),
+    replication: parseListenAddress(pick(overrides.replication, stringKey(file, 'replication'), DEFAULTS.replication), 'replication'),
+    syncEveryWrite: pick(overrides.syncEveryWrite, booleanKey(file, 'syncEveryWrite'), false),
+    insecure: pick(overrides.insecure, booleanKey(file, 'insecure'), false),
+    logLevel,
+    initialVolumes: [...fileVolumes, ...(overrides.createVolume ?? []).map(parseVolumeSpec)],
+  };
+}
+
+/** "NAME:SIZE", e.g. "disk0:20G". */
+export function parseVolumeSpec(spec: string): InitialVolume {
+  const at = spec.lastIndexOf(':');
+  if (at <= 0) throw new HindsightError('CONFIG_INVALID', `cannot read volume "${spec}": use NAME:SIZE, e.g. disk0:20G`);
+  return { name: validateVolumeName(spec.slice(0, at)), sizeBytes: validateVolumeSize(parseSize(spec.slice(at + 1))) };
+}
+
+function volumeFromFile(entry: unknown): InitialVolume {
+  const record = entry as { name?: unknown; size?: unknown };
+  if (typeof record !== 'object' || record === null || typeof record.name !== 'string') {
+    throw new HindsightError('CONFIG_INVALID', 'each config volume needs a name and a size');
+  }
+  const sizeBytes = typeof record.size === 'number' ? record.size : parseSize(String(record.size));
+  return { name: validateVolumeName(record.name), sizeBytes: validateVolumeSize(sizeBytes) };
+}
+
+function readConfigFile(file: string): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = YAML.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new HindsightError('CONFIG_INVALID', `cannot read config file ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  if (parsed === null || parsed === undefined) return {};
+  if (typeof parsed !== 'object' || Array.isArray(parsed)) throw new HindsightError('CONFIG_INVALID', `config file ${file} must be a mapping`);
+  for (const key of Object.keys(parsed)) {
+    if (!FILE_KEYS.has(key)) throw new HindsightError('CONFIG_INVALID', `config file ${file}: unknown key "${key}"`);
+  }
+  return parsed as Record<string, unknown>;
+}
+
+function stringKey(file: Record<string, unknown>, key: string): string | undefined {
+  const value = file[key];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string') throw new HindsightError('CONFIG_INVALID', `config "${key}" must be a string`);
+  return value;
+}
+
+function booleanKey(file: Record<string, unknown>, key: string): boolean | undefined {
+  const value = file[key];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'boolean') throw new HindsightError('CONFIG_INVALID', `config "${key}" must be true or false`);
+  return value;
+}

@@ -1,0 +1,128 @@
+/**
+ * `hindsight serve`: one process holding the volumes, the NBD server and the HTTP API.
+ * Start order: lock the data dir, open volumes, bind NBD, bind the API, write ports.json.
+ * Stop order is the reverse, and every volume is flushed before the process exits.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+import { HindsightError, checkLimits } from '../core/index.js';
+import { buildApi } from '../api/index.js';
+import { NbdServer } from '../nbd/index.js';
+import type { ExportCatalog, NbdExport } from '../nbd/index.js';
+import { VolumeManager } from '../volume/index.js';
+import { formatAddress, isLoopback } from './address.js';
+import type { ListenAddress } from './address.js';
+import type { DaemonConfig } from './config.js';
+import { DataDirLock } from './lock.js';
+import { VERSION } from './version.js';
+
+export interface BoundPorts {
+  nbd: ListenAddress;
+  api: ListenAddress;
+}
+
+export class Daemon {
+  private stopping: Promise<void> | null = null;
+
+  private constructor(
+    readonly config: DaemonConfig,
+    readonly ports: BoundPorts,
+    readonly log: Logger,
+    private readonly lock: DataDirLock,
+    private readonly volumes: VolumeManager,
+    private readonly nbd: NbdServer,
+    private readonly api: ReturnType<typeof buildApi>,
+  ) {}
+
+  static async start(config: DaemonConfig, log: Logger = pino({ level: config.logLevel }, pino.destination(2))): Promise<Daemon> {
+    checkLimits();
+    refuseInsecureBinds(config);
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    const lock = DataDirLock.acquire(config.dataDir);
+    const volumes = new VolumeManager({ dataDir: config.dataDir, syncEveryWrite: config.syncEveryWrite });
+    let nbd: NbdServer | null = null;
+    try {
+      await volumes.open();
+      for (const initial of config.initialVolumes) {
+        if (!volumes.names().includes(initial.name)) {
+          await volumes.create(initial.name, initial.sizeBytes);
+          log.info({ volume: initial.name, sizeBytes: initial.sizeBytes }, 'created initial volume');
+        }
+      }
+      for (const name of volumes.names()) {
+        const info = await volumes.info(name);
+        if (info.error) log.error({ volume: name, error: info.error }, 'volume failed to open and is not served');
+      }
+      nbd = new NbdServer({ ...config.nbd, catalog: catalogOf(volumes), log: log.child({ component: 'nbd' }) });
+      const nbdBound = await nbd.listen();
+      const ports: BoundPorts = { nbd: nbdBound, api: { ...config.api } };
+      const startedAt = new Date();
+      const api = buildApi({
+        volumes, nbd, version: VERSION, startedAt, dataDir: config.dataDir, log: log.child({ component: 'api' }),
+        ports: () => ({ nbd: ports.nbd, api: ports.api }),
+      });
+      try {
+        await api.listen({ host: config.api.host, port: config.api.port });
+      } catch (err) {
+        throw new HindsightError('ADDRESS_IN_USE', `cannot listen for the API on ${formatAddress(config.api)}: ${(err as Error).message}`, { cause: err });
+      }
+      const apiAddress = api.server.address();
+      if (apiAddress && typeof apiAddress === 'object') ports.api = { host: apiAddress.address, port: apiAddress.port };
+      writePortsFile(config.dataDir, ports);
+      log.info({ nbd: formatAddress(ports.nbd), api: formatAddress(ports.api), dataDir: config.dataDir, volumes: volumes.names() }, 'hindsight ready');
+      return new Daemon(config, ports, log, lock, volumes, nbd, api);
+    } catch (err) {
+      await nbd?.close().catch(() => undefined);
+      await volumes.close().catch(() => undefined);
+      lock.release();
+      throw err;
+    }
+  }
+
+  /** Stops accepting, lets in-flight requests finish, flushes every volume. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info('hindsight stopping');
+      await this.api.close().catch((err: Error) => this.log.warn({ err: err.message }, 'closing API'));
+      await this.nbd.close();
+      await this.volumes.close();
+      fs.rmSync(path.join(this.config.dataDir, 'ports.json'), { force: true });
+      this.lock.release();
+      this.log.info('hindsight stopped');
+    })();
+    return this.stopping;
+  }
+}
+
+function catalogOf(volumes: VolumeManager): ExportCatalog {
+  const toExport = (name: string): NbdExport | undefined => {
+    const device = volumes.device(name);
+    return device ? { name, description: `Hindsight volume ${name}`, device } : undefined;
+  };
+  return {
+    list: () => volumes.names().map(toExport).filter((entry): entry is NbdExport => entry !== undefined),
+    find: toExport,
+  };
+}
+
+/** Until TLS and auth land, nothing listens beyond loopback unless the user insists. */
+function refuseInsecureBinds(config: DaemonConfig): void {
+  if (config.insecure) return;
+  for (const [what, address] of [['NBD', config.nbd], ['API', config.api]] as const) {
+    if (!isLoopback(address.host)) {
+      throw new HindsightError(
+        'INSECURE_BIND',
+        `refusing to expose the ${what} on ${formatAddress(address)} without TLS or authentication; bind to loopback or pass --insecure`,
+      );
+    }
+  }
+}
+
+function writePortsFile(dataDir: string, ports: BoundPorts): void {
+  const file = path.join(dataDir, 'ports.json');
+  const temporary = `${file}.tmp`;
+  fs.writeFileSync(temporary, `${JSON.stringify({ pid: process.pid, ...ports }, null, 2)}\n`);
+  fs.renameSync(temporary, file);
+}

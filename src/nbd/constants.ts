@@ -1,0 +1,125 @@
+/** Numbers of the NBD protocol (NetworkBlockDevice/nbd doc/proto.md). */
+
+export const NBDMAGIC = 0x4e42444d41474943n;
+export const IHAVEOPT = 0x49484156454f5054n;
+export const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
+export const REQUEST_MAGIC = 0x25609513;
+export const SIMPLE_REPLY_MAGIC = 0x67446698;
+export const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+
+export const REQUEST_HEADER_BYTES = 28;
+export const SIMPLE_REPLY_HEADER_BYTES = 16;
+export const STRUCTURED_REPLY_HEADER_BYTES = 20;
+export const OPTION_HEADER_BYTES = 16;
+
+/** Handshake flags (server, 16 bits). */
+export const FLAG_FIXED_NEWSTYLE = 1 << 0;
+export const FLAG_NO_ZEROES = 1 << 1;
+
+/** Client flags (32 bits). */
+export const FLAG_C_FIXED_NEWSTYLE = 1 << 0;
+export const FLAG_C_NO_ZEROES = 1 << 1;
+
+export const Opt = {
+  EXPORT_NAME: 1,
+  ABORT: 2,
+  LIST: 3,
+  PEEK_EXPORT: 4,
+  STARTTLS: 5,
+  INFO: 6,
+  GO: 7,
+  STRUCTURED_REPLY: 8,
+  LIST_META_CONTEXT: 9,
+  SET_META_CONTEXT: 10,
+  EXTENDED_HEADERS: 11,
+} as const;
+
+export const REP_ERR_BIT = 0x80000000;
+export const Rep = {
+  ACK: 1,
+  SERVER: 2,
+  INFO: 3,
+  META_CONTEXT: 4,
+  ERR_UNSUP: REP_ERR_BIT | 1,
+  ERR_POLICY: REP_ERR_BIT | 2,
+  ERR_INVALID: REP_ERR_BIT | 3,
+  ERR_PLATFORM: REP_ERR_BIT | 4,
+  ERR_TLS_REQD: REP_ERR_BIT | 5,
+  ERR_UNKNOWN: REP_ERR_BIT | 6,
+  ERR_SHUTDOWN: REP_ERR_BIT | 7,
+  ERR_BLOCK_SIZE_REQD: REP_ERR_BIT | 8,
+  ERR_TOO_BIG: REP_ERR_BIT | 9,
+} as const;
+
+export const Info = {
+  EXPORT: 0,
+  NAME: 1,
+  DESCRIPTION: 2,
+  BLOCK_SIZE: 3,
+} as const;
+
+/** Transmission flags (16 bits). */
+export const TFlag = {
+  HAS_FLAGS: 1 << 0,
+  READ_ONLY: 1 << 1,
+  SEND_FLUSH: 1 << 2,
+  SEND_FUA: 1 << 3,
+  ROTATIONAL: 1 << 4,
+  SEND_TRIM: 1 << 5,
+  SEND_WRITE_ZEROES: 1 << 6,
+  SEND_DF: 1 << 7,
+  CAN_MULTI_CONN: 1 << 8,
+  SEND_RESIZE: 1 << 9,
+  SEND_CACHE: 1 << 10,
+  SEND_FAST_ZERO: 1 << 11,
+} as const;
+
+export const Cmd = {
+  READ: 0,
+  WRITE: 1,
+  DISC: 2,
+  FLUSH: 3,
+  TRIM: 4,
+  CACHE: 5,
+  WRITE_ZEROES: 6,
+  BLOCK_STATUS: 7,
+} as const;
+
+export const CmdFlag = {
+  FUA: 1 << 0,
+  NO_HOLE: 1 << 1,
+  DF: 1 << 2,
+  REQ_ONE: 1 << 3,
+  FAST_ZERO: 1 << 4,
+} as const;
+
+export const ReplyFlag = { DONE: 1 << 0 } as const;
+
+export const ChunkType = {
+  NONE: 0,
+  OFFSET_DATA: 1,
+  OFFSET_HOLE: 2,
+  BLOCK_STATUS: 5,
+  ERROR: (1 << 15) | 1,
+  ERROR_OFFSET: (1 << 15) | 2,
+} as const;
+
+/** NBD error numbers (not the host's errno). */
+export const Errno = {
+  OK: 0,
+  EPERM: 1,
+  EIO: 5,
+  ENOMEM: 12,
+  EINVAL: 22,
+  ENOSPC: 28,
+  EOVERFLOW: 75,
+  ENOTSUP: 95,
+  ESHUTDOWN: 108,
+} as const;
+
+export const STATE_HOLE = 1 << 0;
+export const STATE_ZERO = 1 << 1;
+
+export const BASE_ALLOCATION = 'base:allocation';
+/** Context id we hand out for base:allocation (any non-zero u32 the server picks). */
+export const BASE_ALLOCATION_ID = 1;

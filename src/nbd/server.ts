@@ -1,0 +1,96 @@
+/**
+ * The NBD listener: accepts connections up to a limit, tracks which sessions use which
+ * export (so a volume can refuse deletion while in use), and shuts down gracefully.
+ */
+import net from 'node:net';
+import { LIMITS, fromSystemError } from '../core/index.js';
+import type { ExportCatalog } from './negotiation.js';
+import { NbdSession } from './session.js';
+import type { SessionLogger } from './session.js';
+
+export interface NbdServerOptions {
+  host: string;
+  port: number;
+  catalog: ExportCatalog;
+  log: SessionLogger;
+}
+
+export interface ConnectionInfo {
+  id: number;
+  exportName: string | null;
+  remoteAddress: string;
+  requestsInflight: number;
+}
+
+export class NbdServer {
+  private readonly server: net.Server;
+  private readonly sessions = new Set<NbdSession>();
+  private readonly byExport = new Map<string, Set<NbdSession>>();
+  private nextId = 1;
+
+  constructor(private readonly options: NbdServerOptions) {
+    this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.server.maxConnections = LIMITS.nbdConnectionsMax;
+  }
+
+  async listen(): Promise<{ host: string; port: number }> {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error) => reject(fromSystemError(err, `NBD listener on ${this.options.host}:${this.options.port}`));
+      this.server.once('error', onError);
+      this.server.listen(this.options.port, this.options.host, () => {
+        this.server.off('error', onError);
+        resolve();
+      });
+    });
+    const address = this.server.address() as net.AddressInfo;
+    return { host: address.address, port: address.port };
+  }
+
+  connections(exportName?: string): ConnectionInfo[] {
+    const sessions = exportName === undefined ? [...this.sessions] : [...(this.byExport.get(exportName) ?? [])];
+    return sessions.map((session) => ({
+      id: session.id,
+      exportName: session.exportName,
+      remoteAddress: session.remoteAddress,
+      requestsInflight: session.requestsInflight,
+    }));
+  }
+
+  connectionCount(exportName: string): number {
+    return this.byExport.get(exportName)?.size ?? 0;
+  }
+
+  /** Gracefully disconnects every client of one export (volume delete --force). */
+  async disconnectExport(exportName: string): Promise<void> {
+    const sessions = [...(this.byExport.get(exportName) ?? [])];
+    await Promise.all(sessions.map((session) => session.shutdown()));
+    for (const session of sessions) session.abort('export removed');
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.all([...this.sessions].map((session) => session.shutdown()));
+    for (const session of this.sessions) session.abort('server shutting down');
+    await closed;
+  }
+
+  private accept(socket: net.Socket): void {
+    const session = new NbdSession(this.nextId++, socket, this.options.catalog, {
+      onAttach: (attached, exportName) => {
+        let set = this.byExport.get(exportName);
+        if (!set) this.byExport.set(exportName, (set = new Set()));
+        set.add(attached);
+        this.options.log.info({ session: attached.id, export: exportName, remote: attached.remoteAddress }, 'nbd client attached');
+      },
+      onClose: (gone) => {
+        this.sessions.delete(gone);
+        const name = gone.exportName;
+        if (name === null) return;
+        const set = this.byExport.get(name);
+        set?.delete(gone);
+        if (set && set.size === 0) this.byExport.delete(name);
+      },
+    }, this.options.log);
+    this.sessions.add(session);
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * The transmission phase without the socket: validate a request against the agreement made
+ * in the handshake, run it on the export's BlockDevice, and build the reply frames.
+ * Validation happens here, once; BlockDevice implementations assert the same facts.
+ */
+import { LIMITS } from '../core/index.js';
+import {
+  BASE_ALLOCATION_ID, Cmd, CmdFlag, Errno, ReplyFlag, SIMPLE_REPLY_HEADER_BYTES, STATE_HOLE, STATE_ZERO,
+} from './constants.js';
+import type { RequestMessage } from './decoder.js';
+import {
+  DATA_CHUNK_PREFIX_BYTES, encodeBlockStatusChunk, encodeErrorChunk, encodeSimpleReply, writeDataChunkHeader,
+  writeSimpleReplyHeader,
+} from './encoder.js';
+import type { StatusDescriptor } from './encoder.js';
+import { nbdErrno } from './errno.js';
+import type { Agreement } from './negotiation.js';
+
+export interface RequestError {
+  errno: number;
+  message: string;
+}
+
+const ALLOWED_FLAGS: Record<number, number> = {
+  [Cmd.READ]: CmdFlag.DF,
+  [Cmd.WRITE]: CmdFlag.FUA,
+  [Cmd.DISC]: 0,
+  [Cmd.FLUSH]: 0,
+  [Cmd.TRIM]: CmdFlag.FUA,
+  [Cmd.CACHE]: 0,
+  [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
+  [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE,
+};
+
+const MODIFIES = new Set<number>([Cmd.WRITE, Cmd.TRIM, Cmd.WRITE_ZEROES]);
+const RANGED = new Set<number>([Cmd.READ, Cmd.WRITE, Cmd.TRIM, Cmd.CACHE, Cmd.WRITE_ZEROES, Cmd.BLOCK_STATUS]);
+const LENGTH_CAPPED = new Set<number>([Cmd.READ, Cmd.WRITE]);
+
+/** Checks a request against the agreement. Returns null when it may run. */
+export function validateRequest(request: RequestMessage, agreement: Agreement): RequestError | null {
+  const { type, flags, offsetBytes, lengthBytes } = request;
+  const allowed = ALLOWED_FLAGS[type];
+  if (allowed === undefined) return { errno: Errno.EINVAL, message: `unknown command ${type}` };
+  const allowedHere = agreement.structuredReplies ? allowed : allowed & ~CmdFlag.DF;
+  if ((flags & ~allowedHere) !== 0) return { errno: Errno.EINVAL, message: `flags 0x${flags.toString(16)} not valid for command ${type}` };
+  const device = agreement.export.device;
+  if (MODIFIES.has(type) && device.capabilities.readOnly) return { errno: Errno.EPERM, message: 'export is read-only' };
+  if (request.payloadSkipped) return { errno: Errno.EINVAL, message: `write of ${lengthBytes} bytes exceeds the maximum ${LIMITS.nbdRequestBytesMax}` };
+  if (type === Cmd.FLUSH && (offsetBytes !== 0 || lengthBytes !== 0)) return { errno: Errno.EINVAL, message: 'flush offset and length must be zero' };
+  if (type === Cmd.BLOCK_STATUS && !agreement.baseAllocation) return { errno: Errno.EINVAL, message: 'no meta context negotiated' };
+  if (!RANGED.has(type)) return null;
+  if (lengthBytes === 0) return { errno: Errno.EINVAL, message: 'zero-length request' };
+  if (LENGTH_CAPPED.has(type) && lengthBytes > LIMITS.nbdRequestBytesMax) {
+    return { errno: Errno.EINVAL, message: `request of ${lengthBytes} bytes exceeds the maximum ${LIMITS.nbdRequestBytesMax}` };
+  }
+  if (offsetBytes + lengthBytes > device.sizeBytes) {
+    return { errno: MODIFIES.has(type) ? Errno.ENOSPC : Errno.EINVAL, message: 'request beyond the end of the export' };
+  }
+  return null;
+}
+
+/** The reply for a failed request: an error chunk where a structured reply is due. */
+export function encodeErrorReply(request: RequestMessage, agreement: Agreement, error: RequestError): Buffer {
+  const structured = agreement.structuredReplies && (request.type === Cmd.READ || request.type === Cmd.BLOCK_STATUS);
+  if (structured) return encodeErrorChunk(request.cookie, ReplyFlag.DONE, error.errno, error.message.slice(0, 4096));
+  return encodeSimpleReply(request.cookie, error.errno);
+}
+
+function errorFrom(err: unknown): RequestError {
+  return { errno: nbdErrno(err), message: err instanceof Error ? err.message : String(err) };
+}
+
+/** Runs a validated request and returns the reply bytes. Never throws for device errors. */
+export async function executeRequest(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
+  try {
+    return await run(request, agreement);
+  } catch (err) {
+    return encodeErrorReply(request, agreement, errorFrom(err));
+  }
+}
+
+async function run(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
+  const device = agreement.export.device;
+  const { type, flags, offsetBytes, lengthBytes, cookie } = request;
+  const fua = (flags & CmdFlag.FUA) !== 0;
+  switch (type) {
+    case Cmd.READ:
+      return readReply(request, agreement);
+    case Cmd.WRITE:
+      await device.write(offsetBytes, request.payload as Buffer, { fua });
+      break;
+    case Cmd.FLUSH:
+      await device.flush();
+      break;
+    case Cmd.TRIM:
+      await device.trim(offsetBytes, lengthBytes, { fua });
+      break;
+    case Cmd.WRITE_ZEROES:
+      await device.writeZeroes(offsetBytes, lengthBytes, {
+        fua,
+        mayTrim: (flags & CmdFlag.NO_HOLE) === 0,
+        fastOnly: (flags & CmdFlag.FAST_ZERO) !== 0,
+      });
+      break;
+    case Cmd.CACHE:
+      await device.cache(offsetBytes, lengthBytes);
+      break;
+    case Cmd.BLOCK_STATUS:
+      return blockStatusReply(request, agreement);
+    default:
+      return encodeErrorReply(request, agreement, { errno: Errno.EINVAL, message: `unknown command ${type}` });
+  }
+  return encodeSimpleReply(cookie, Errno.OK);
+}
+
+/** One buffer holds the reply header and the data, so the device reads straight into it. */
+async function readReply(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
+  const prefixBytes = agreement.structuredReplies ? DATA_CHUNK_PREFIX_BYTES : SIMPLE_REPLY_HEADER_BYTES;
+  const out = Buffer.allocUnsafe(prefixBytes + request.lengthBytes);
+  await agreement.export.device.read(request.offsetBytes, out.subarray(prefixBytes));
+  if (agreement.structuredReplies) {
+    writeDataChunkHeader(out, 0, request.cookie, ReplyFlag.DONE, request.offsetBytes, request.lengthBytes);
+  } else {
+    writeSimpleReplyHeader(out, 0, request.cookie, Errno.OK);
+  }
+  return out;
+}
+
+async function blockStatusReply(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
+  const reqOne = (request.flags & CmdFlag.REQ_ONE) !== 0;
+  const extentsMax = reqOne ? 1 : LIMITS.nbdBlockStatusExtentsMax;
+  const extents = await agreement.export.device.blockStatus(request.offsetBytes, request.lengthBytes, extentsMax);
+  const descriptors: StatusDescriptor[] = [];
+  let remaining = request.lengthBytes;
+  for (const extent of extents) {
+    if (remaining === 0 || descriptors.length === extentsMax) break;
+    const lengthBytes = Math.min(extent.lengthBytes, remaining);
+    const flags = (extent.hole ? STATE_HOLE : 0) | (extent.zero ? STATE_ZERO : 0);
+    const last = descriptors[descriptors.length - 1];
+    if (last && last.flags === flags) last.lengthBytes += lengthBytes;
+    else descriptors.push({ lengthBytes, flags });
+    remaining -= lengthBytes;
+  }
+  if (descriptors.length === 0) descriptors.push({ lengthBytes: request.lengthBytes, flags: 0 });
+  return encodeBlockStatusChunk(request.cookie, ReplyFlag.DONE, BASE_ALLOCATION_ID, descriptors);
+}

@@ -1,0 +1,207 @@
+/**
+ * The set of volumes in a data directory. Each volume is a directory
+ * `DATA/volumes/NAME/` holding `volume.json` (identity and size), the data file and its
+ * chunk map (docs/FORMAT.md). A volume that fails to open is kept in the list with its error
+ * and is not exported; the others keep serving.
+ */
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { HindsightError, fromSystemError } from '../core/index.js';
+import { FileDevice } from './file-device.js';
+import { syncDirectory } from './map-file.js';
+import { validateVolumeName, validateVolumeSize } from './names.js';
+
+const FORMAT_VERSION = 1;
+
+interface VolumeRecord {
+  formatVersion: number;
+  id: string;
+  name: string;
+  sizeBytes: number;
+  createdAt: string;
+}
+
+export interface Volume {
+  record: VolumeRecord;
+  device: FileDevice | null;
+  error: HindsightError | null;
+}
+
+export interface VolumeInfo {
+  name: string;
+  id: string;
+  sizeBytes: number;
+  createdAt: string;
+  state: 'online' | 'failed';
+  error: { code: string; message: string } | null;
+  allocatedBytes: number;
+  storedBytes: number;
+  clientBytesWritten: number;
+  writeCount: number;
+  /** Journal fields: null until the CDP journal lands (storage is a plain file today). */
+  seqLast: number | null;
+  timeLast: string | null;
+  journalBytes: number;
+  oldestPoint: string | null;
+}
+
+export interface VolumeManagerOptions {
+  dataDir: string;
+  syncEveryWrite: boolean;
+}
+
+export class VolumeManager {
+  private readonly volumes = new Map<string, Volume>();
+  private readonly volumesDir: string;
+  /** Serialises create/delete so two requests for one name cannot race. */
+  private mutation: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly options: VolumeManagerOptions) {
+    this.volumesDir = path.join(options.dataDir, 'volumes');
+  }
+
+  async open(): Promise<void> {
+    await fs.mkdir(this.volumesDir, { recursive: true });
+    for (const entry of await fs.readdir(this.volumesDir, { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue;
+      if (entry.name.startsWith('.')) {
+        // Left over from a create or delete that crashed half-way.
+        await fs.rm(path.join(this.volumesDir, entry.name), { recursive: true, force: true });
+        continue;
+      }
+      this.volumes.set(entry.name, await this.load(entry.name));
+    }
+  }
+
+  names(): string[] {
+    return [...this.volumes.keys()].sort();
+  }
+
+  /** Online volumes only: what NBD may export. */
+  device(name: string): FileDevice | undefined {
+    return this.volumes.get(name)?.device ?? undefined;
+  }
+
+  get(name: string): Volume {
+    const volume = this.volumes.get(name);
+    if (!volume) throw new HindsightError('VOLUME_NOT_FOUND', `no volume named "${name}"`);
+    return volume;
+  }
+
+  async info(name: string): Promise<VolumeInfo> {
+    const volume = this.get(name);
+    const stats = volume.device?.stats() ?? { allocatedBytes: 0, clientBytesWritten: 0, writeCount: 0 };
+    let storedBytes = 0;
+    try {
+      const stat = await fs.stat(this.dataFile(name));
+      storedBytes = stat.blocks * 512;
+    } catch {
+      storedBytes = 0;
+    }
+    return {
+      name,
+      id: volume.record.id,
+      sizeBytes: volume.record.sizeBytes,
+      createdAt: volume.record.createdAt,
+      state: volume.device ? 'online' : 'failed',
+      error: volume.error ? volume.error.toJSON() : null,
+      ...stats,
+      storedBytes,
+      seqLast: null,
+      timeLast: null,
+      journalBytes: 0,
+      oldestPoint: null,
+    };
+  }
+
+  create(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    return this.serialise(async () => {
+      validateVolumeName(name);
+      validateVolumeSize(sizeBytes);
+      if (this.volumes.has(name)) throw new HindsightError('VOLUME_EXISTS', `volume "${name}" already exists`);
+      const record: VolumeRecord = { formatVersion: FORMAT_VERSION, id: randomUUID(), name, sizeBytes, createdAt: new Date().toISOString() };
+      const staging = path.join(this.volumesDir, `.create-${record.id}`);
+      try {
+        await fs.mkdir(staging);
+        await fs.writeFile(path.join(staging, 'volume.json'), `${JSON.stringify(record, null, 2)}\n`, { flush: true });
+        FileDevice.createDataFile(path.join(staging, 'data.raw'), sizeBytes);
+        await syncDirectory(staging);
+        await fs.rename(staging, this.volumeDir(name));
+        await syncDirectory(this.volumesDir);
+      } catch (err) {
+        await fs.rm(staging, { recursive: true, force: true });
+        throw fromSystemError(err, `creating volume ${name}`);
+      }
+      this.volumes.set(name, await this.load(name));
+      return this.info(name);
+    });
+  }
+
+  /**
+   * Removes a volume. It disappears from the catalog first (no new client can attach), then
+   * `detach` disconnects the clients still attached, then the device closes.
+   */
+  delete(name: string, detach: () => Promise<void>): Promise<void> {
+    return this.serialise(async () => {
+      const volume = this.get(name);
+      this.volumes.delete(name);
+      await detach();
+      await volume.device?.close().catch(() => undefined);
+      const trash = path.join(this.volumesDir, `.delete-${volume.record.id}`);
+      try {
+        await fs.rename(this.volumeDir(name), trash);
+        await syncDirectory(this.volumesDir);
+        await fs.rm(trash, { recursive: true, force: true });
+      } catch (err) {
+        throw fromSystemError(err, `deleting volume ${name}`);
+      }
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.mutation.catch(() => undefined);
+    for (const volume of this.volumes.values()) await volume.device?.close();
+  }
+
+  private serialise<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.mutation.catch(() => undefined).then(work);
+    this.mutation = result;
+    return result;
+  }
+
+  private async load(name: string): Promise<Volume> {
+    let record: VolumeRecord;
+    try {
+      record = JSON.parse(await fs.readFile(path.join(this.volumeDir(name), 'volume.json'), 'utf8')) as VolumeRecord;
+    } catch (err) {
+      const error = new HindsightError('VOLUME_CORRUPT', `volume "${name}": cannot read volume.json`, { cause: err });
+      return { record: { formatVersion: 0, id: '', name, sizeBytes: 0, createdAt: '' }, device: null, error };
+    }
+    try {
+      if (record.formatVersion !== FORMAT_VERSION) {
+        throw new HindsightError('VOLUME_CORRUPT', `volume "${name}": unsupported format version ${record.formatVersion}`);
+      }
+      validateVolumeSize(record.sizeBytes);
+      const device = await FileDevice.open({
+        name,
+        dataFile: this.dataFile(name),
+        mapFile: path.join(this.volumeDir(name), 'alloc.map'),
+        sizeBytes: record.sizeBytes,
+        syncEveryWrite: this.options.syncEveryWrite,
+      });
+      return { record, device, error: null };
+    } catch (err) {
+      const error = err instanceof HindsightError ? err : fromSystemError(err, `opening volume ${name}`);
+      return { record, device: null, error };
+    }
+  }
+
+  private volumeDir(name: string): string {
+    return path.join(this.volumesDir, name);
+  }
+
+  private dataFile(name: string): string {
+    return path.join(this.volumeDir(name), 'data.raw');
+  }
+}
