@@ -85,6 +85,19 @@ export function buildApi(context: ApiContext): FastifyInstance {
     return volumeView(context, name);
   });
 
+  app.patch('/api/v1/volumes/:name', {
+    schema: {
+      params: NAME_PARAM,
+      body: { type: 'object', additionalProperties: false, required: ['readOnly'], properties: { readOnly: { type: 'boolean' } } },
+    },
+  }, async (request) => {
+    const { name } = request.params as { name: string };
+    const { readOnly } = request.body as { readOnly: boolean };
+    await context.volumes.setReadOnly(name, readOnly);
+    request.log.info({ volume: name, readOnly }, 'volume updated');
+    return volumeView(context, name);
+  });
+
   app.delete('/api/v1/volumes/:name', {
     schema: {
       params: NAME_PARAM,

@@ -1,5 +1,6 @@
 /** `hindsight volume create|list|info|delete`. */
 import type { Command } from 'commander';
+import { HindsightError } from '../core/index.js';
 import type { VolumeInfo } from '../volume/index.js';
 import { ApiClient, apiUrl } from './client.js';
 import { printFields, printJson, printTable, size } from './output.js';
@@ -48,10 +49,26 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
       if (options.json) printJson(v);
       else printFields([
         ['name', v.name], ['state', v.error ? `${v.state} (${v.error.code}: ${v.error.message})` : v.state],
-        ['size', `${size(v.sizeBytes)} (${v.sizeBytes} bytes)`], ['allocated', size(v.allocatedBytes)],
+        ['size', `${size(v.sizeBytes)} (${v.sizeBytes} bytes)`], ['read-only', v.readOnly], ['allocated', size(v.allocatedBytes)],
         ['stored on disk', size(v.storedBytes)], ['client bytes written', size(v.clientBytesWritten)],
         ['writes', v.writeCount], ['connected clients', v.connections], ['created', v.createdAt], ['id', v.id],
       ]);
+      return 0;
+    }));
+
+  volume.command('set <name>')
+    .description('change a volume: --read-only refuses writes from every client, --writable allows them again')
+    .option('--read-only', 'make the volume read-only')
+    .option('--writable', 'make the volume writable')
+    .option('--api <url>', 'daemon API URL')
+    .option('--json', 'print JSON')
+    .action((name: string, options: ClientOptions & { readOnly?: boolean; writable?: boolean }) => run(async () => {
+      if (Boolean(options.readOnly) === Boolean(options.writable)) {
+        throw new HindsightError('INVALID_ARGUMENT', 'give exactly one of --read-only or --writable');
+      }
+      const v = await client(options).request<VolumeView>('PATCH', `/volumes/${encodeURIComponent(name)}`, { readOnly: Boolean(options.readOnly) });
+      if (options.json) printJson(v);
+      else process.stdout.write(`volume ${v.name} is now ${v.readOnly ? 'read-only' : 'writable'}\n`);
       return 0;
     }));
 

@@ -96,7 +96,7 @@ export class Daemon {
   }
 }
 
-function catalogOf(volumes: VolumeManager): ExportCatalog {
+export function catalogOf(volumes: VolumeManager): ExportCatalog {
   const toExport = (name: string): NbdExport | undefined => {
     const device = volumes.device(name);
     return device ? { name, description: `Hindsight volume ${name}`, device } : undefined;

@@ -1,4 +1,4 @@
-export { Daemon } from './daemon.js';
+export { Daemon, catalogOf } from './daemon.js';
 export type { BoundPorts } from './daemon.js';
 export { resolveConfig, parseVolumeSpec, DEFAULTS } from './config.js';
 export type { DaemonConfig, ConfigOverrides } from './config.js';

@@ -13,6 +13,8 @@ export interface NbdServerOptions {
   port: number;
   catalog: ExportCatalog;
   log: SessionLogger;
+  /** Defaults to LIMITS.nbdHandshakeTimeoutMs. */
+  handshakeTimeoutMs?: number;
 }
 
 export interface ConnectionInfo {
@@ -67,9 +69,13 @@ export class NbdServer {
     for (const session of sessions) session.abort('export removed');
   }
 
-  async close(): Promise<void> {
+  /** Stops listening, lets in-flight requests finish (bounded by graceMs), then hangs up. */
+  async close(graceMs = 5000): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    await Promise.all([...this.sessions].map((session) => session.shutdown()));
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs); });
+    await Promise.race([Promise.all([...this.sessions].map((session) => session.shutdown())), grace]);
+    clearTimeout(timer);
     for (const session of this.sessions) session.abort('server shutting down');
     await closed;
   }
@@ -90,7 +96,7 @@ export class NbdServer {
         set?.delete(gone);
         if (set && set.size === 0) this.byExport.delete(name);
       },
-    }, this.options.log);
+    }, this.options.log, this.options.handshakeTimeoutMs ?? LIMITS.nbdHandshakeTimeoutMs);
     this.sessions.add(session);
   }
 }

@@ -46,6 +46,7 @@ export class NbdSession {
     catalog: ExportCatalog,
     private readonly events: SessionEvents,
     private readonly log: SessionLogger,
+    handshakeTimeoutMs: number,
   ) {
     this.id = id;
     this.negotiation = new Negotiation(catalog);
@@ -54,7 +55,7 @@ export class NbdSession {
     socket.on('drain', () => this.pump());
     socket.on('error', (err) => this.log.info({ session: id, err: err.message }, 'nbd connection error'));
     socket.on('close', () => this.onClosed());
-    this.handshakeTimer = setTimeout(() => this.abort('handshake timed out'), LIMITS.nbdHandshakeTimeoutMs);
+    this.handshakeTimer = setTimeout(() => this.abort('handshake timed out'), handshakeTimeoutMs);
     this.handshakeTimer.unref();
     socket.write(encodeGreeting());
   }

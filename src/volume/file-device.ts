@@ -28,6 +28,8 @@ export interface FileDeviceOptions {
   sizeBytes: number;
   /** Sync after every write (the paranoid mode). */
   syncEveryWrite: boolean;
+  /** Refuse writes (NBD clients see a read-only export). */
+  readOnly: boolean;
 }
 
 export interface FileDeviceStats {
@@ -58,6 +60,12 @@ export class FileDevice implements BlockDevice {
     this.map = map;
     this.clientBytesWritten = counters.clientBytesWritten;
     this.writeCount = counters.writeCount;
+    this.capabilities.readOnly = options.readOnly;
+  }
+
+  /** New connections see the new mode at once; requests already validated still finish. */
+  setReadOnly(readOnly: boolean): void {
+    this.capabilities.readOnly = readOnly;
   }
 
   static async open(options: FileDeviceOptions): Promise<FileDevice> {

@@ -20,6 +20,7 @@ interface VolumeRecord {
   name: string;
   sizeBytes: number;
   createdAt: string;
+  readOnly?: boolean;
 }
 
 export interface Volume {
@@ -33,6 +34,7 @@ export interface VolumeInfo {
   id: string;
   sizeBytes: number;
   createdAt: string;
+  readOnly: boolean;
   state: 'online' | 'failed';
   error: { code: string; message: string } | null;
   allocatedBytes: number;
@@ -104,6 +106,7 @@ export class VolumeManager {
       id: volume.record.id,
       sizeBytes: volume.record.sizeBytes,
       createdAt: volume.record.createdAt,
+      readOnly: volume.record.readOnly ?? false,
       state: volume.device ? 'online' : 'failed',
       error: volume.error ? volume.error.toJSON() : null,
       ...stats,
@@ -124,7 +127,7 @@ export class VolumeManager {
       const staging = path.join(this.volumesDir, `.create-${record.id}`);
       try {
         await fs.mkdir(staging);
-        await fs.writeFile(path.join(staging, 'volume.json'), `${JSON.stringify(record, null, 2)}\n`, { flush: true });
+        await writeRecord(staging, record);
         FileDevice.createDataFile(path.join(staging, 'data.raw'), sizeBytes);
         await syncDirectory(staging);
         await fs.rename(staging, this.volumeDir(name));
@@ -159,6 +162,28 @@ export class VolumeManager {
     });
   }
 
+  /** Switches a volume between read-only and writable; persisted in volume.json. */
+  setReadOnly(name: string, readOnly: boolean): Promise<VolumeInfo> {
+    return this.serialise(async () => {
+      const volume = this.get(name);
+      const record = { ...volume.record, readOnly };
+      const temporary = path.join(this.volumesDir, `.update-${record.id}`);
+      try {
+        await fs.mkdir(temporary, { recursive: true });
+        await writeRecord(temporary, record);
+        await fs.rename(path.join(temporary, 'volume.json'), path.join(this.volumeDir(name), 'volume.json'));
+        await syncDirectory(this.volumeDir(name));
+      } catch (err) {
+        throw fromSystemError(err, `updating volume ${name}`);
+      } finally {
+        await fs.rm(temporary, { recursive: true, force: true });
+      }
+      volume.record = record;
+      volume.device?.setReadOnly(readOnly);
+      return this.info(name);
+    });
+  }
+
   async close(): Promise<void> {
     await this.mutation.catch(() => undefined);
     for (const volume of this.volumes.values()) await volume.device?.close();
@@ -189,6 +214,7 @@ export class VolumeManager {
         mapFile: path.join(this.volumeDir(name), 'alloc.map'),
         sizeBytes: record.sizeBytes,
         syncEveryWrite: this.options.syncEveryWrite,
+        readOnly: record.readOnly ?? false,
       });
       return { record, device, error: null };
     } catch (err) {
@@ -204,4 +230,8 @@ export class VolumeManager {
   private dataFile(name: string): string {
     return path.join(this.volumeDir(name), 'data.raw');
   }
+}
+
+async function writeRecord(directory: string, record: VolumeRecord): Promise<void> {
+  await fs.writeFile(path.join(directory, 'volume.json'), `${JSON.stringify(record, null, 2)}\n`, { flush: true });
 }
