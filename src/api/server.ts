@@ -26,7 +26,13 @@ const NAME_PARAM = {
 } as const;
 
 export function buildApi(context: ApiContext): FastifyInstance {
-  const app = Fastify({ loggerInstance: context.log, bodyLimit: LIMITS.apiBodyBytesMax, disableRequestLogging: true });
+  const app = Fastify({
+    loggerInstance: context.log,
+    bodyLimit: LIMITS.apiBodyBytesMax,
+    disableRequestLogging: true,
+    // Unknown fields are an error, not silently dropped: a typo must not look like success.
+    ajv: { customOptions: { removeAdditional: false } },
+  });
 
   app.setErrorHandler((err, request, reply) => {
     if (isHindsightError(err)) return reply.status(httpStatus(err.code)).send(err.toJSON());
