@@ -21,7 +21,8 @@ export interface ApiContext {
 
 const NAME_PARAM = {
   type: 'object',
-  properties: { name: { type: 'string', minLength: 1, maxLength: LIMITS.volumeNameLengthMax } },
+  // Length and characters are checked by validateVolumeName, which answers INVALID_NAME.
+  properties: { name: { type: 'string' } },
   required: ['name'],
 } as const;
 
@@ -73,7 +74,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
         additionalProperties: false,
         required: ['name', 'size'],
         properties: {
-          name: { type: 'string', minLength: 1, maxLength: LIMITS.volumeNameLengthMax },
+          name: { type: 'string' },
           size: { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 1 }] },
         },
       },

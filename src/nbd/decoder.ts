@@ -58,6 +58,9 @@ export class ClientDecoder {
   private discardBytes = 0;
   /** A request header whose WRITE payload is still arriving. */
   private pendingRequest: RequestMessage | null = null;
+  /** An oversize WRITE whose payload is being discarded; emitted once it is all consumed, so
+   * the reply never overtakes the payload (clients match replies only after sending it). */
+  private skippedRequest: RequestMessage | null = null;
 
   constructor(private readonly limits: DecoderLimits) {}
 
@@ -86,6 +89,11 @@ export class ClientDecoder {
   next(): ClientMessage | null {
     this.skipDiscarded();
     if (this.discardBytes > 0) return null;
+    if (this.skippedRequest) {
+      const skipped = this.skippedRequest;
+      this.skippedRequest = null;
+      return skipped;
+    }
     switch (this.phase) {
       case 'clientFlags':
         return this.nextClientFlags();
@@ -142,8 +150,8 @@ export class ClientDecoder {
     if (request.lengthBytes > this.limits.payloadBytesMax) {
       request.payloadSkipped = true;
       this.discardBytes = request.lengthBytes;
-      this.skipDiscarded();
-      return request;
+      this.skippedRequest = request;
+      return this.next();
     }
     this.pendingRequest = request;
     return this.completePayload();

@@ -86,6 +86,7 @@ export class VolumeManager {
   }
 
   get(name: string): Volume {
+    validateVolumeName(name);
     const volume = this.volumes.get(name);
     if (!volume) throw new HindsightError('VOLUME_NOT_FOUND', `no volume named "${name}"`);
     return volume;

@@ -43,7 +43,7 @@ test('bad input gets 400 with a code, and creates nothing', async () => {
   const cases: Array<[unknown, string]> = [
     [{ name: '../etc', size: '1G' }, 'INVALID_NAME'],
     [{ name: 'a/b', size: '1G' }, 'INVALID_NAME'],
-    [{ name: 'x'.repeat(65), size: '1G' }, 'INVALID_ARGUMENT'],
+    [{ name: 'x'.repeat(65), size: '1G' }, 'INVALID_NAME'],
     [{ name: 'ok', size: 'lots' }, 'INVALID_SIZE'],
     [{ name: 'ok', size: 1000 }, 'INVALID_SIZE'],
     [{ name: 'ok' }, 'INVALID_ARGUMENT'],

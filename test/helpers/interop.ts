@@ -107,11 +107,11 @@ export function nbdshEnv(): Promise<NodeJS.ProcessEnv> {
  * Polls until check() holds. Only for outside state nothing notifies us of (a FUSE file
  * appearing, a kernel mount going idle); never to wait for our own work.
  */
-export async function waitFor(check: () => boolean | Promise<boolean>, options: { what: string; timeoutMs?: number; intervalMs?: number }): Promise<void> {
+export async function waitFor(check: () => boolean | Promise<boolean>, options: { what: string | (() => string); timeoutMs?: number; intervalMs?: number }): Promise<void> {
   const deadline = Date.now() + (options.timeoutMs ?? 10_000);
   for (;;) {
     if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${options.what}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof options.what === 'function' ? options.what() : options.what}`);
     await new Promise((resolve) => setTimeout(resolve, options.intervalMs ?? 25));
   }
 }
@@ -177,4 +177,26 @@ export async function startServe(args: string[]): Promise<ServeHandle> {
 /** Runs the CLI (`node bin/hindsight.js ARGS`) and never rejects on a non-zero exit. */
 export function hindsight(args: string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}) {
   return run(process.execPath, [CLI, ...args], { allowFailure: true, timeoutMs: options.timeoutMs ?? 30_000, env: options.env });
+}
+
+/**
+ * Teardown in reverse order of setup, in one t.after so it runs however the test ended:
+ * `const defer = deferrals(t); defer(() => stop()); defer(() => unmount());` unmounts first.
+ * Every step runs even if an earlier one throws; the first error is rethrown at the end.
+ */
+export function deferrals(t: { after(fn: () => Promise<void> | void): void }): (step: () => unknown) => void {
+  const steps: Array<() => unknown> = [];
+  t.after(async () => {
+    let firstError: unknown = null;
+    while (steps.length > 0) {
+      const step = steps.pop()!;
+      try {
+        await step();
+      } catch (err) {
+        firstError ??= err;
+      }
+    }
+    if (firstError !== null) throw firstError;
+  });
+  return (step) => { steps.push(step); };
 }

@@ -4,13 +4,14 @@
  * These are the clients a hypervisor uses, so a mismatch here is a mismatch for every VM.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { TestContext } from 'node:test';
 import { makeTempDir, startDaemon } from '../helpers/daemon.js';
 import type { DaemonHandle } from '../helpers/daemon.js';
-import { KiB, MiB, nbdMap, patternBytes, typeAt, writeSparseImage } from '../helpers/interop.js';
+import { KiB, MiB, deferrals, nbdMap, patternBytes, typeAt, writeSparseImage } from '../helpers/interop.js';
 import type { ImageRegion } from '../helpers/interop.js';
 import { run } from '../helpers/run.js';
 
@@ -53,7 +54,7 @@ function makeImage(dir: string): string {
 }
 
 async function qemuIo(uri: string, commands: string[], allowFailure = false) {
-  const args = ['-f', 'raw'];
+  const args = ['-f', 'raw', '-t', 'writeback'];
   for (const command of commands) args.push('-c', command);
   args.push(uri);
   return run('qemu-io', args, { allowFailure });
@@ -175,18 +176,30 @@ test('qemu-io: patterned write/read, write-zeroes, discard, flush, unaligned and
   assert.match(wrong.stdout, /Pattern verification failed at offset 131072/);
 });
 
-test('qemu-io: a FUA write survives the daemon being killed without a flush', async (t) => {
+test('qemu-io: a FUA write survives the daemon being killed before any flush', async (t) => {
+  const defer = deferrals(t);
   const dataDir = makeTempDir('hindsight-qemu-fua-');
-  t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  defer(() => fs.rmSync(dataDir, { recursive: true, force: true }));
   const first = await startDaemon({ dataDir, volumes: ['fua0:16M'] });
-  t.after(() => first.kill());
-  const written = await qemuIo(first.uri('fua0'), ['write -f -P 0x3c 4k 12k']);
-  assert.match(written.stdout, /wrote 12288\/12288 bytes at offset 4096/);
+  defer(() => first.kill());
+  // Interactive and writeback: qemu-io's default writethrough mode, and its flush on exit,
+  // would make the data durable with or without FUA; here only FUA can.
+  const io = spawn('qemu-io', ['-f', 'raw', '-t', 'writeback', first.uri('fua0')], { stdio: ['pipe', 'pipe', 'pipe'] });
+  defer(() => io.kill('SIGKILL'));
+  let output = '';
+  await new Promise<void>((resolve, reject) => {
+    io.stdout.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.includes('wrote 12288/12288 bytes at offset 4096')) resolve();
+    });
+    io.once('exit', (code) => reject(new Error(`qemu-io exited (${code}) before the write completed: ${output}`)));
+    io.stdin.write('write -f -P 0x3c 4k 12k\n');
+  });
 
-  await first.kill(); // SIGKILL: no flush, no orderly close
+  await first.kill(); // SIGKILL while the client is still connected: no flush, no orderly close
 
   const second = await startDaemon({ dataDir });
-  t.after(() => second.stop());
+  defer(async () => assert.equal(await second.stop(), 0));
   const read = await qemuIo(second.uri('fua0'), ['read -P 0x3c 4k 12k', 'read -P 0 0 4k'], true);
   assert.equal(read.code, 0, `FUA data lost after SIGKILL:\n${read.stdout}${read.stderr}`);
   assert.doesNotMatch(read.stdout, /Pattern verification failed/);
