@@ -4,20 +4,24 @@
  * repetition), each turn on fresh storage, so slow drifts in the machine (page cache, other
  * load, thermal) spread over all servers instead of landing on one.
  *
- *   node --import tsx bench/nbd-compare.ts [--runs 3] [--seconds 10] [--out FILE]
+ *   node --import tsx bench/nbd-compare.ts [--runs 3] [--seconds 10] [--build dist|worktree|head]
+ *        [--servers hindsight,qemu-nbd,nbdkit] [--lines ...] [--size-gib 4] [--out FILE]
  *
- * Prints progress and a Markdown table on stderr and the JSON summary on stdout. Uses the
- * built daemon (bin/hindsight.js -> dist/); build first (`npx tsc -p tsconfig.json`) or
- * pass --build. Only loopback; temp files under --tmp-dir (default /var/tmp, must not be
- * tmpfs), removed at the end; every server is stopped even on failure or Ctrl-C.
+ * Prints progress and a Markdown table on stderr and the JSON summary on stdout; exits 0
+ * when every target line is >= 0.8x the faster peer, 1 when one is not, 3 on failure.
+ * Hindsight runs from a frozen snapshot of its build (lib/snapshot.ts; default: the
+ * working tree compiled into the temp dir; `--build head` for the committed code). Only loopback; temp files under --tmp-dir (default /var/tmp, must not
+ * be tmpfs), removed at the end; every server is stopped even on failure or Ctrl-C.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { machineFacts } from './lib/machine.js';
-import { killAllProcesses, liveProcessCount, runCommand } from './lib/proc.js';
+import { killAllProcesses, liveProcessCount } from './lib/proc.js';
 import { SERVER_NAMES, startServer } from './lib/servers.js';
+import { BUILD_MODES, prepareHindsight } from './lib/snapshot.js';
+import type { BuildMode } from './lib/snapshot.js';
 import type { ServerName } from './lib/servers.js';
 import { TARGET_RATIO, formatTable, summarise } from './lib/summary.js';
 import type { Sample } from './lib/summary.js';
@@ -40,7 +44,7 @@ interface Config {
   tmpBase: string;
   out: string | null;
   deadlineMinutes: number;
-  build: boolean;
+  build: BuildMode;
 }
 
 function parseConfig(argv: string[]): Config {
@@ -58,7 +62,7 @@ function parseConfig(argv: string[]): Config {
       'tmp-dir': { type: 'string', default: '/var/tmp' },
       out: { type: 'string' },
       'deadline-minutes': { type: 'string', default: '20' },
-      build: { type: 'boolean', default: false },
+      build: { type: 'string', default: 'worktree' },
     },
   });
   const servers = values.servers.split(',').map((name) => {
@@ -70,12 +74,13 @@ function parseConfig(argv: string[]): Config {
     if (!line) throw new Error(`unknown line ${id}; pick from ${LINES.map((l) => l.id).join(',')}`);
     return line;
   });
+  if (!(BUILD_MODES as readonly string[]).includes(values.build)) throw new Error(`--build takes ${BUILD_MODES.join('|')}`);
   const sizeBytes = Number(values['size-gib']) * GIB;
   const config: Config = {
     runs: Number(values.runs), seconds: Number(values.seconds), rampSeconds: Number(values.ramp),
     sizeBytes, workingSetBytes: values['working-set-gib'] ? Number(values['working-set-gib']) * GIB : sizeBytes,
     copyBytes: Number(values['copy-gib']) * GIB, servers, lines, tmpBase: values['tmp-dir'],
-    out: values.out ?? null, deadlineMinutes: Number(values['deadline-minutes']), build: values.build,
+    out: values.out ?? null, deadlineMinutes: Number(values['deadline-minutes']), build: values.build as BuildMode,
   };
   if (!(config.runs >= 1 && config.seconds >= 1 && config.rampSeconds >= 0)) throw new Error('--runs and --seconds must be >= 1');
   if (!(config.workingSetBytes <= sizeBytes && config.copyBytes <= sizeBytes)) throw new Error('working set and copy must fit the export');
@@ -92,12 +97,19 @@ function turnOrder(servers: ServerName[], repetition: number): ServerName[] {
   return [...servers.slice(shift), ...servers.slice(0, shift)];
 }
 
-async function runTurn(config: Config, server: ServerName, repetition: number, tmpRoot: string, copySourceFile: string): Promise<Sample[]> {
+interface TurnPaths {
+  tmpRoot: string;
+  copySourceFile: string;
+  hindsightRoot: string;
+}
+
+async function runTurn(config: Config, server: ServerName, repetition: number, paths: TurnPaths): Promise<Sample[]> {
+  const { tmpRoot, copySourceFile } = paths;
   const workDir = path.join(tmpRoot, `turn-${repetition}-${server}`);
   fs.mkdirSync(workDir);
   const samples: Sample[] = [];
   try {
-    const running = await startServer(server, { workDir, sizeBytes: config.sizeBytes, repoDir: REPO_DIR });
+    const running = await startServer(server, { workDir, sizeBytes: config.sizeBytes, repoDir: paths.hindsightRoot });
     try {
       const context: TurnContext = {
         uri: running.uri, workDir, sizeBytes: config.sizeBytes, workingSetBytes: config.workingSetBytes,
@@ -126,8 +138,6 @@ function estimateMinutes(config: Config): number {
 
 async function main(): Promise<number> {
   const config = parseConfig(process.argv.slice(2));
-  if (config.build) await runCommand('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: REPO_DIR, timeoutMs: 300_000 });
-  if (!fs.existsSync(path.join(REPO_DIR, 'dist', 'cli', 'main.js'))) throw new Error('dist/ is missing: build first (npx tsc -p tsconfig.json) or pass --build');
   if (fs.statfsSync(config.tmpBase).type === TMPFS_MAGIC) throw new Error(`${config.tmpBase} is tmpfs; pick a directory on the real disk`);
   const facts = machineFacts(REPO_DIR);
   const tmpRoot = fs.mkdtempSync(path.join(config.tmpBase, 'hindsight-bench-'));
@@ -151,13 +161,15 @@ async function main(): Promise<number> {
 
   try {
     log(`temp dir ${tmpRoot}; ${config.runs} runs x ${config.servers.join(', ')}; about ${estimateMinutes(config).toFixed(1)} min`);
+    const hindsight = await prepareHindsight(REPO_DIR, tmpRoot, config.build);
+    log(`hindsight build: ${hindsight.mode} of ${hindsight.gitHead}${hindsight.dirtySrcFiles.length ? ` + ${hindsight.dirtySrcFiles.length} uncommitted src files` : ''} (dist sha256 ${hindsight.distSha256})`);
     const copySourceFile = path.join(tmpRoot, 'copy-source.bin');
     await createCopySource(copySourceFile, config.copyBytes);
     const samples: Sample[] = [];
     for (let repetition = 0; repetition < config.runs; repetition += 1) {
       for (const server of turnOrder(config.servers, repetition)) {
         log(`run ${repetition + 1}/${config.runs}: ${server}`);
-        samples.push(...await runTurn(config, server, repetition, tmpRoot, copySourceFile));
+        samples.push(...await runTurn(config, server, repetition, { tmpRoot, copySourceFile, hindsightRoot: hindsight.root }));
       }
     }
     const summary = summarise(config.lines, config.servers, samples);
@@ -169,6 +181,7 @@ async function main(): Promise<number> {
         sizeBytes: config.sizeBytes, workingSetBytes: config.workingSetBytes, copyBytes: config.copyBytes,
         servers: config.servers, targetRatio: TARGET_RATIO,
       },
+      hindsightBuild: { mode: hindsight.mode, gitHead: hindsight.gitHead, dirtySrcFiles: hindsight.dirtySrcFiles, distSha256: hindsight.distSha256 },
       machine: { ...facts, loadAverage1mAtEnd: (await import('node:os')).loadavg()[0] },
       lines: summary,
       allTargetLinesMet: targetLines.every((line) => line.ratios.meetsTarget === true),

@@ -49,7 +49,7 @@ export function runCommand(command: string, args: string[], options: RunOptions)
       clearTimeout(timer);
       const elapsedMs = Number(process.hrtime.bigint() - startedNs) / 1e6;
       if (code === 0) resolve({ stdout, stderr, elapsedMs });
-      else reject(new Error(`${command} ${args.join(' ')} failed (${signal ?? code}): ${stderr.trim().slice(-800)}`));
+      else reject(new Error(`${command} ${args.join(' ')} failed (${signal ?? code}): ${(stderr.trim() || stdout.trim()).slice(-800)}`));
     });
   });
 }

@@ -50,7 +50,7 @@ export function isHindsightError(err: unknown, code?: ErrorCode): err is Hindsig
 export function fromSystemError(err: unknown, what: string): HindsightError {
   if (err instanceof HindsightError) return err;
   const errno = (err as NodeJS.ErrnoException | undefined)?.code;
-  if (errno === 'ENOSPC' || errno === 'EDQUOT') {
+  if (errno === 'ENOSPC' || errno === 'EDQUOT' || errno === 'EFBIG') {
     return new HindsightError('NO_SPACE', `${what}: no space left on device`, { cause: err });
   }
   if (errno === 'EADDRINUSE') {

@@ -78,6 +78,12 @@ export class Negotiation {
     if (this.optionCount > LIMITS.nbdOptionsPerHandshakeMax) {
       return { kind: 'close', replies: [], reason: 'too many options in one handshake' };
     }
+    if (option === Opt.ABORT) {
+      // ACK whatever data came with it (the spec says to ignore it).
+      return { kind: 'close', replies: [encodeOptionReply(option, Rep.ACK)], reason: 'client aborted' };
+    }
+    // A SET_META_CONTEXT replaces the previous selection even when it fails.
+    if (option === Opt.SET_META_CONTEXT) this.metaContextExport = null;
     if (data === null) {
       if (option === Opt.EXPORT_NAME) return { kind: 'close', replies: [], reason: 'export name too long' };
       return this.reply(encodeOptionError(option, Rep.ERR_TOO_BIG, `option data of ${message.lengthBytes} bytes is too large`));
@@ -85,8 +91,6 @@ export class Negotiation {
     switch (option) {
       case Opt.EXPORT_NAME:
         return this.exportName(data);
-      case Opt.ABORT:
-        return { kind: 'close', replies: [encodeOptionReply(option, Rep.ACK)], reason: 'client aborted' };
       case Opt.LIST:
         return this.list(data);
       case Opt.INFO:
@@ -111,7 +115,7 @@ export class Negotiation {
   private exportName(data: Buffer): NegotiationStep {
     const name = decodeString(data);
     const found = name === null ? undefined : this.catalog.find(name);
-    if (!found) return { kind: 'close', replies: [], reason: `unknown export "${name ?? '(invalid)'}"` };
+    if (!found) return { kind: 'close', replies: [], reason: `unknown export "${shortName(name ?? '(invalid)')}"` };
     const agreement = this.agree(found);
     const reply = encodeExportNameReply(found.device.sizeBytes, agreement.transmissionFlags, this.noZeroes);
     return { kind: 'transmission', replies: [reply], agreement };
@@ -128,7 +132,7 @@ export class Negotiation {
     const request = parseInfoRequest(data);
     if (typeof request === 'string') return this.reply(encodeOptionError(option, Rep.ERR_INVALID, request));
     const found = this.catalog.find(request.name);
-    if (!found) return this.reply(encodeOptionError(option, Rep.ERR_UNKNOWN, `no export named "${request.name}"`));
+    if (!found) return this.reply(encodeOptionError(option, Rep.ERR_UNKNOWN, `no export named "${shortName(request.name)}"`));
     const agreement = this.agree(found);
     const replies = [encodeOptionReply(option, Rep.INFO, encodeInfoExport(found.device.sizeBytes, agreement.transmissionFlags))];
     if (request.infos.includes(Info.NAME)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoString(Info.NAME, found.name)));
@@ -162,9 +166,12 @@ export class Negotiation {
       return this.reply(encodeOptionError(option, Rep.ERR_INVALID, 'meta contexts need structured replies first'));
     }
     const request = parseMetaContextRequest(data);
+    if (request === TOO_MANY_QUERIES) {
+      return this.reply(encodeOptionError(option, Rep.ERR_TOO_BIG, `too many meta context queries (at most ${LIMITS.nbdMetaContextQueriesMax})`));
+    }
     if (typeof request === 'string') return this.reply(encodeOptionError(option, Rep.ERR_INVALID, request));
     if (!this.catalog.find(request.exportName)) {
-      return this.reply(encodeOptionError(option, Rep.ERR_UNKNOWN, `no export named "${request.exportName}"`));
+      return this.reply(encodeOptionError(option, Rep.ERR_UNKNOWN, `no export named "${shortName(request.exportName)}"`));
     }
     const matches = isSet ? request.queries.includes(BASE_ALLOCATION) : listMatches(request.queries);
     if (isSet) this.metaContextExport = matches ? request.exportName : null;
@@ -213,6 +220,13 @@ export function parseInfoRequest(data: Buffer): InfoRequest | string {
   return { name, infos };
 }
 
+export const TOO_MANY_QUERIES = 'too many meta context queries';
+
+/** Names echoed in messages are shortened so error strings stay far below 4096 bytes. */
+function shortName(name: string): string {
+  return name.length > 80 ? `${name.slice(0, 80)}...` : name;
+}
+
 export interface MetaContextRequest {
   exportName: string;
   queries: string[];
@@ -226,7 +240,7 @@ export function parseMetaContextRequest(data: Buffer): MetaContextRequest | stri
   const exportName = decodeString(data.subarray(4, 4 + nameBytes));
   if (exportName === null) return 'export name is not a valid string';
   const count = data.readUInt32BE(4 + nameBytes);
-  if (count > LIMITS.nbdMetaContextQueriesMax) return `too many meta context queries (at most ${LIMITS.nbdMetaContextQueriesMax})`;
+  if (count > LIMITS.nbdMetaContextQueriesMax) return TOO_MANY_QUERIES;
   const queries: string[] = [];
   let at = 8 + nameBytes;
   for (let i = 0; i < count; i += 1) {

@@ -31,7 +31,7 @@ export class NbdServer {
   private nextId = 1;
 
   constructor(private readonly options: NbdServerOptions) {
-    this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.accept(socket));
     this.server.maxConnections = LIMITS.nbdConnectionsMax;
   }
 
@@ -63,20 +63,14 @@ export class NbdServer {
   }
 
   /** Gracefully disconnects every client of one export (volume delete --force). */
-  async disconnectExport(exportName: string): Promise<void> {
-    const sessions = [...(this.byExport.get(exportName) ?? [])];
-    await Promise.all(sessions.map((session) => session.shutdown()));
-    for (const session of sessions) session.abort('export removed');
+  async disconnectExport(exportName: string, graceMs = 5000): Promise<void> {
+    await shutdownAll([...(this.byExport.get(exportName) ?? [])], graceMs, 'export removed');
   }
 
   /** Stops listening, lets in-flight requests finish (bounded by graceMs), then hangs up. */
   async close(graceMs = 5000): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs); });
-    await Promise.race([Promise.all([...this.sessions].map((session) => session.shutdown())), grace]);
-    clearTimeout(timer);
-    for (const session of this.sessions) session.abort('server shutting down');
+    await shutdownAll([...this.sessions], graceMs, 'server shutting down');
     await closed;
   }
 
@@ -99,4 +93,13 @@ export class NbdServer {
     }, this.options.log, this.options.handshakeTimeoutMs ?? LIMITS.nbdHandshakeTimeoutMs);
     this.sessions.add(session);
   }
+}
+
+/** Graceful shutdown of the sessions; whoever is still connected after graceMs is cut off. */
+async function shutdownAll(sessions: NbdSession[], graceMs: number, reason: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, graceMs); });
+  await Promise.race([Promise.all(sessions.map((session) => session.shutdown())), grace]);
+  clearTimeout(timer);
+  for (const session of sessions) session.abort(reason);
 }

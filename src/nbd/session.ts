@@ -1,16 +1,22 @@
 /**
  * One client connection: the only NBD file that touches a socket. It feeds bytes to the
  * decoder, hands options to the Negotiation and requests to the transmission executor, and
- * applies back-pressure: it stops reading while too many requests are in flight or too many
- * reply bytes wait for a slow reader, so one client can never make the daemon buffer without
- * bound. Any protocol violation closes this connection only.
+ * applies back-pressure so one client can never make the daemon buffer without bound:
+ * decoding stops while `nbdInflightPerConnectionMax` requests run, or while the reply bytes
+ * queued on the socket plus those reserved by running requests (a READ reserves its whole
+ * reply, a WRITE holds its payload) exceed `nbdReplyQueueBytesMax`. Any protocol violation
+ * closes this connection only.
+ *
+ * Endings: DISC, or the client half-closing (libnbd shuts down its write side right after
+ * DISC), end gracefully: every request already decoded is answered, then we end our side.
+ * Server shutdown answers decoded-but-unstarted requests with ESHUTDOWN.
  */
 import type { Socket } from 'node:net';
 import { LIMITS } from '../core/index.js';
-import { Cmd } from './constants.js';
+import { Cmd, Errno, Opt, Rep } from './constants.js';
 import { ClientDecoder } from './decoder.js';
 import type { RequestMessage } from './decoder.js';
-import { encodeGreeting } from './encoder.js';
+import { encodeGreeting, encodeOptionError, encodeOptionReply } from './encoder.js';
 import { Negotiation } from './negotiation.js';
 import type { Agreement, ExportCatalog } from './negotiation.js';
 import { encodeErrorReply, executeRequest, validateRequest } from './transmission.js';
@@ -25,6 +31,9 @@ export interface SessionEvents {
   onClose(session: NbdSession): void;
 }
 
+/** Bytes a running request pins until its reply is written. */
+const REPLY_OVERHEAD_BYTES = 64;
+
 export class NbdSession {
   readonly id: number;
   private readonly decoder = new ClientDecoder({
@@ -34,11 +43,16 @@ export class NbdSession {
   private readonly negotiation: Negotiation;
   private agreement: Agreement | null = null;
   private inflight = 0;
+  private reservedBytes = 0;
   private readingPaused = false;
-  private disconnecting = false;
+  /** No new requests start: DISC, client EOF, or server shutdown. */
+  private draining = false;
+  /** Server shutdown: decoded requests are answered ESHUTDOWN instead of run. */
+  private refusing = false;
   private closed = false;
   private handshakeTimer: NodeJS.Timeout | null;
   private idleWaiters: Array<() => void> = [];
+  private readonly closedPromise: Promise<void>;
 
   constructor(
     id: number,
@@ -51,10 +65,14 @@ export class NbdSession {
     this.id = id;
     this.negotiation = new Negotiation(catalog);
     socket.setNoDelay(true);
+    this.closedPromise = new Promise((resolve) => socket.once('close', () => {
+      this.onClosed();
+      resolve();
+    }));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onEnd());
     socket.on('drain', () => this.pump());
     socket.on('error', (err) => this.log.info({ session: id, err: err.message }, 'nbd connection error'));
-    socket.on('close', () => this.onClosed());
     this.handshakeTimer = setTimeout(() => this.abort('handshake timed out'), handshakeTimeoutMs);
     this.handshakeTimer.unref();
     socket.write(encodeGreeting());
@@ -79,22 +97,46 @@ export class NbdSession {
     this.socket.destroy();
   }
 
-  /** Graceful close: stop taking requests, let in-flight ones reply, then hang up. */
-  async shutdown(): Promise<void> {
-    this.disconnecting = true;
-    this.updateReading();
-    await this.waitIdle();
-    this.socket.end();
+  /**
+   * Server-initiated graceful close: requests already decoded are refused with ESHUTDOWN
+   * (options with ERR_SHUTDOWN), running ones finish and are answered, then the connection
+   * ends. Resolves when the socket is closed; the caller bounds the wait.
+   */
+  shutdown(): Promise<void> {
+    if (!this.closed && !this.refusing) {
+      this.refusing = true;
+      this.pump();
+      void this.finish();
+    }
+    return this.closedPromise;
   }
 
   private onData(chunk: Buffer): void {
-    if (this.disconnecting) return;
+    if (this.draining && !this.refusing) return;
     this.decoder.push(chunk);
     this.pump();
   }
 
+  /** Client half-closed: answer what was already asked, then end our side. */
+  private onEnd(): void {
+    if (this.agreement === null) {
+      this.socket.end();
+      return;
+    }
+    void this.finish();
+  }
+
+  /** Stops starting requests, waits for the running ones, then ends the connection. */
+  private async finish(): Promise<void> {
+    this.draining = true;
+    this.updateReading();
+    await this.waitIdle();
+    if (!this.closed) this.socket.end();
+  }
+
   /** Decodes and starts as many buffered messages as the limits allow, replies batched. */
   private pump(): void {
+    if (this.closed) return;
     this.socket.cork();
     try {
       this.drainMessages();
@@ -107,11 +149,11 @@ export class NbdSession {
   /** Too much in flight or queued for this client: take nothing more until it settles. */
   private mustWait(): boolean {
     return this.inflight >= LIMITS.nbdInflightPerConnectionMax
-      || this.socket.writableLength > LIMITS.nbdReplyQueueBytesMax;
+      || this.socket.writableLength + this.reservedBytes > LIMITS.nbdReplyQueueBytesMax;
   }
 
   private drainMessages(): void {
-    while (!this.closed && !this.disconnecting && !this.mustWait()) {
+    while (!this.closed && (this.refusing || (!this.draining && !this.mustWait()))) {
       const message = this.decoder.next();
       if (message === null) return;
       switch (message.kind) {
@@ -120,25 +162,39 @@ export class NbdSession {
           if (refusal !== null) return this.abort(refusal);
           break;
         }
-        case 'option': {
-          const step = this.negotiation.handle(message);
-          for (const reply of step.replies) this.socket.write(reply);
-          if (step.kind === 'close') {
-            this.log.info({ session: this.id, reason: step.reason }, 'nbd handshake ended');
-            this.disconnecting = true;
-            this.socket.end();
-            return;
-          }
-          if (step.kind === 'transmission') this.startTransmission(step.agreement);
+        case 'option':
+          if (this.refusing) return this.refuseOption(message.option);
+          this.onOption(message);
           break;
-        }
         case 'request':
+          if (this.refusing) {
+            if (message.type !== Cmd.DISC) this.socket.write(encodeErrorReply(message, this.agreement as Agreement, { errno: Errno.ESHUTDOWN, message: 'server is shutting down' }));
+            break;
+          }
           this.onRequest(message);
           break;
         case 'protocolError':
           return this.abort(message.reason);
       }
     }
+  }
+
+  private onOption(message: Parameters<Negotiation['handle']>[0]): void {
+    const step = this.negotiation.handle(message);
+    for (const reply of step.replies) this.socket.write(reply);
+    if (step.kind === 'close') {
+      this.log.info({ session: this.id, reason: step.reason }, 'nbd handshake ended');
+      this.draining = true;
+      this.socket.end();
+      return;
+    }
+    if (step.kind === 'transmission') this.startTransmission(step.agreement);
+  }
+
+  private refuseOption(option: number): void {
+    if (option === Opt.ABORT) this.socket.write(encodeOptionReply(option, Rep.ACK));
+    else this.socket.write(encodeOptionError(option, Rep.ERR_SHUTDOWN, 'server is shutting down'));
+    this.socket.end();
   }
 
   private startTransmission(agreement: Agreement): void {
@@ -152,7 +208,7 @@ export class NbdSession {
   private onRequest(request: RequestMessage): void {
     const agreement = this.agreement as Agreement;
     if (request.type === Cmd.DISC) {
-      void this.shutdown();
+      void this.finish();
       return;
     }
     const error = validateRequest(request, agreement);
@@ -160,20 +216,19 @@ export class NbdSession {
       this.socket.write(encodeErrorReply(request, agreement, error));
       return;
     }
+    const reserved = REPLY_OVERHEAD_BYTES + (request.type === Cmd.READ || request.type === Cmd.WRITE ? request.lengthBytes : 0);
     this.inflight += 1;
-    void executeRequest(request, agreement).then((reply) => this.onReply(reply));
+    this.reservedBytes += reserved;
+    void executeRequest(request, agreement).then((reply) => this.onReply(reply, reserved));
   }
 
-  private onReply(reply: Buffer): void {
+  private onReply(reply: Buffer, reserved: number): void {
     const wasWaiting = this.mustWait();
     this.inflight -= 1;
+    this.reservedBytes -= reserved;
     if (!this.closed) this.socket.write(reply);
     if (wasWaiting && !this.mustWait()) this.pump();
-    if (this.inflight === 0) {
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const resolve of waiters) resolve();
-    }
+    if (this.inflight === 0) this.wakeIdle();
   }
 
   private waitIdle(): Promise<void> {
@@ -181,9 +236,15 @@ export class NbdSession {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
+  private wakeIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
   private updateReading(): void {
     if (this.closed) return;
-    const shouldPause = this.disconnecting || this.mustWait();
+    const shouldPause = (this.draining && !this.refusing) || this.mustWait();
     if (shouldPause && !this.readingPaused) {
       this.readingPaused = true;
       this.socket.pause();
@@ -194,14 +255,10 @@ export class NbdSession {
   }
 
   private onClosed(): void {
-    if (this.closed) return;
     this.closed = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.events.onClose(this);
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    // In-flight device calls still resolve; their replies are dropped.
-    if (this.inflight === 0) for (const resolve of waiters) resolve();
-    else this.idleWaiters = waiters;
+    // Device calls still running resolve later; their replies are dropped.
+    this.wakeIdle();
   }
 }

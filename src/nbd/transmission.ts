@@ -3,9 +3,9 @@
  * in the handshake, run it on the export's BlockDevice, and build the reply frames.
  * Validation happens here, once; BlockDevice implementations assert the same facts.
  */
-import { LIMITS } from '../core/index.js';
+import { AssertionFailure, LIMITS } from '../core/index.js';
 import {
-  BASE_ALLOCATION_ID, Cmd, CmdFlag, Errno, ReplyFlag, SIMPLE_REPLY_HEADER_BYTES, STATE_HOLE, STATE_ZERO,
+  BASE_ALLOCATION_ID, Cmd, CmdFlag, Errno, ReplyFlag, SIMPLE_REPLY_HEADER_BYTES, STATE_HOLE, STATE_ZERO, TFlag,
 } from './constants.js';
 import type { RequestMessage } from './decoder.js';
 import {
@@ -21,16 +21,32 @@ export interface RequestError {
   message: string;
 }
 
+/** Flags each command accepts besides FUA (which the spec makes valid on every command). */
 const ALLOWED_FLAGS: Record<number, number> = {
   [Cmd.READ]: CmdFlag.DF,
-  [Cmd.WRITE]: CmdFlag.FUA,
+  [Cmd.WRITE]: 0,
   [Cmd.DISC]: 0,
   [Cmd.FLUSH]: 0,
-  [Cmd.TRIM]: CmdFlag.FUA,
+  [Cmd.TRIM]: 0,
   [Cmd.CACHE]: 0,
-  [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
+  [Cmd.WRITE_ZEROES]: CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
   [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE,
 };
+
+/** The transmission flag that must have been advertised before a command may be sent. */
+const REQUIRED_TFLAG: Record<number, number> = {
+  [Cmd.FLUSH]: TFlag.SEND_FLUSH,
+  [Cmd.TRIM]: TFlag.SEND_TRIM,
+  [Cmd.CACHE]: TFlag.SEND_CACHE,
+  [Cmd.WRITE_ZEROES]: TFlag.SEND_WRITE_ZEROES,
+};
+
+/** Flags that are only valid once their transmission flag was advertised. */
+const FLAG_NEEDS: Array<[number, number]> = [
+  [CmdFlag.FUA, TFlag.SEND_FUA],
+  [CmdFlag.DF, TFlag.SEND_DF],
+  [CmdFlag.FAST_ZERO, TFlag.SEND_FAST_ZERO],
+];
 
 const MODIFIES = new Set<number>([Cmd.WRITE, Cmd.TRIM, Cmd.WRITE_ZEROES]);
 const RANGED = new Set<number>([Cmd.READ, Cmd.WRITE, Cmd.TRIM, Cmd.CACHE, Cmd.WRITE_ZEROES, Cmd.BLOCK_STATUS]);
@@ -41,10 +57,13 @@ export function validateRequest(request: RequestMessage, agreement: Agreement): 
   const { type, flags, offsetBytes, lengthBytes } = request;
   const allowed = ALLOWED_FLAGS[type];
   if (allowed === undefined) return { errno: Errno.EINVAL, message: `unknown command ${type}` };
-  const allowedHere = agreement.structuredReplies ? allowed : allowed & ~CmdFlag.DF;
+  let allowedHere = allowed | CmdFlag.FUA;
+  for (const [flag, needs] of FLAG_NEEDS) if ((agreement.transmissionFlags & needs) === 0) allowedHere &= ~flag;
   if ((flags & ~allowedHere) !== 0) return { errno: Errno.EINVAL, message: `flags 0x${flags.toString(16)} not valid for command ${type}` };
   const device = agreement.export.device;
   if (MODIFIES.has(type) && device.capabilities.readOnly) return { errno: Errno.EPERM, message: 'export is read-only' };
+  const required = REQUIRED_TFLAG[type];
+  if (required !== undefined && (agreement.transmissionFlags & required) === 0) return { errno: Errno.EINVAL, message: `command ${type} was not advertised` };
   if (request.payloadSkipped) return { errno: Errno.EINVAL, message: `write of ${lengthBytes} bytes exceeds the maximum ${LIMITS.nbdRequestBytesMax}` };
   if (type === Cmd.FLUSH && (offsetBytes !== 0 || lengthBytes !== 0)) return { errno: Errno.EINVAL, message: 'flush offset and length must be zero' };
   if (type === Cmd.BLOCK_STATUS && !agreement.baseAllocation) return { errno: Errno.EINVAL, message: 'no meta context negotiated' };
@@ -54,7 +73,8 @@ export function validateRequest(request: RequestMessage, agreement: Agreement): 
     return { errno: Errno.EINVAL, message: `request of ${lengthBytes} bytes exceeds the maximum ${LIMITS.nbdRequestBytesMax}` };
   }
   if (offsetBytes + lengthBytes > device.sizeBytes) {
-    return { errno: MODIFIES.has(type) ? Errno.ENOSPC : Errno.EINVAL, message: 'request beyond the end of the export' };
+    const writes = type === Cmd.WRITE || type === Cmd.WRITE_ZEROES;
+    return { errno: writes ? Errno.ENOSPC : Errno.EINVAL, message: 'request beyond the end of the export' };
   }
   return null;
 }
@@ -62,8 +82,15 @@ export function validateRequest(request: RequestMessage, agreement: Agreement): 
 /** The reply for a failed request: an error chunk where a structured reply is due. */
 export function encodeErrorReply(request: RequestMessage, agreement: Agreement, error: RequestError): Buffer {
   const structured = agreement.structuredReplies && (request.type === Cmd.READ || request.type === Cmd.BLOCK_STATUS);
-  if (structured) return encodeErrorChunk(request.cookie, ReplyFlag.DONE, error.errno, error.message.slice(0, 4096));
+  if (structured) return encodeErrorChunk(request.cookie, ReplyFlag.DONE, error.errno, truncateUtf8(error.message, 1024));
   return encodeSimpleReply(request.cookie, error.errno);
+}
+
+/** Error strings are bounded in bytes on the wire (the spec caps strings at 4096 bytes). */
+export function truncateUtf8(text: string, bytesMax: number): string {
+  if (Buffer.byteLength(text, 'utf8') <= bytesMax) return text;
+  const bytes = Buffer.from(text, 'utf8').subarray(0, bytesMax);
+  return bytes.toString('utf8').replace(/\uFFFD+$/, '');
 }
 
 function errorFrom(err: unknown): RequestError {
@@ -75,6 +102,8 @@ export async function executeRequest(request: RequestMessage, agreement: Agreeme
   try {
     return await run(request, agreement);
   } catch (err) {
+    // A broken invariant is a bug: stop the daemon rather than serve from doubtful state.
+    if (err instanceof AssertionFailure) throw err;
     return encodeErrorReply(request, agreement, errorFrom(err));
   }
 }
@@ -82,6 +111,7 @@ export async function executeRequest(request: RequestMessage, agreement: Agreeme
 async function run(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
   const device = agreement.export.device;
   const { type, flags, offsetBytes, lengthBytes, cookie } = request;
+  // FUA is accepted on every command; it matters only where something is written.
   const fua = (flags & CmdFlag.FUA) !== 0;
   switch (type) {
     case Cmd.READ:

@@ -40,11 +40,16 @@ export class ChunkMap {
     }
   }
 
-  setRange(firstChunk: number, chunkCount: number): void {
+  /** Returns whether any bit changed. */
+  setRange(firstChunk: number, chunkCount: number): boolean {
+    const before = this.setCount;
     for (let chunk = firstChunk; chunk < firstChunk + chunkCount; chunk += 1) this.set(chunk);
+    return this.setCount !== before;
   }
 
-  clearRange(firstChunk: number, chunkCount: number): void {
+  /** Returns whether any bit changed. */
+  clearRange(firstChunk: number, chunkCount: number): boolean {
+    const before = this.setCount;
     for (let chunk = firstChunk; chunk < firstChunk + chunkCount; chunk += 1) {
       const mask = 1 << (chunk & 7);
       const index = chunk >>> 3;
@@ -53,6 +58,7 @@ export class ChunkMap {
         this.setCount -= 1;
       }
     }
+    return this.setCount !== before;
   }
 
   /** Length of the run of chunks with the same state as `firstChunk`, at most `limit`. */

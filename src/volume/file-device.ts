@@ -50,6 +50,9 @@ export class FileDevice implements BlockDevice {
   private clientBytesWritten: number;
   private writeCount: number;
   private mapDirty = false;
+  /** Set when a sync failed: the kernel may have dropped dirty pages, so nothing written
+   * since can be promised durable. Every later write and flush fails until reopened. */
+  private failure: HindsightError | null = null;
   private syncRunning: Promise<void> | null = null;
   private syncQueued: Promise<void> | null = null;
 
@@ -131,8 +134,7 @@ export class FileDevice implements BlockDevice {
     this.pwriteFully(data, offsetBytes);
     const first = Math.floor(offsetBytes / this.chunkBytes);
     const last = Math.floor((endBytes - 1) / this.chunkBytes);
-    this.map.setRange(first, last - first + 1);
-    this.mapDirty = true;
+    if (this.map.setRange(first, last - first + 1)) this.mapDirty = true;
     this.clientBytesWritten += data.length;
     this.writeCount += 1;
     if (options.fua || this.options.syncEveryWrite) await this.flush();
@@ -149,11 +151,11 @@ export class FileDevice implements BlockDevice {
     this.assertWritable(offsetBytes, lengthBytes);
     if (!options.mayTrim) {
       if (options.fastOnly) throw new HindsightError('NOT_SUPPORTED', 'zeroing without holes is not fast on this volume');
-      this.writeZeroBytes(offsetBytes, lengthBytes, true);
+      await this.allocateZeroes(offsetBytes, lengthBytes);
     } else {
       const { firstWhole, endWhole } = this.clearWholeChunks(offsetBytes, lengthBytes);
-      this.writeZeroBytes(offsetBytes, Math.min(firstWhole, offsetBytes + lengthBytes) - offsetBytes, false);
-      if (endWhole > firstWhole) this.writeZeroBytes(endWhole, offsetBytes + lengthBytes - endWhole, false);
+      this.writeZeroBytes(offsetBytes, Math.min(firstWhole, offsetBytes + lengthBytes) - offsetBytes);
+      if (endWhole > firstWhole) this.writeZeroBytes(endWhole, offsetBytes + lengthBytes - endWhole);
     }
     if (options.fua || this.options.syncEveryWrite) await this.flush();
   }
@@ -181,6 +183,7 @@ export class FileDevice implements BlockDevice {
 
   /** Durable: every write completed before this call, then the chunk map. Group commit. */
   flush(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
     if (this.syncRunning === null) {
       this.syncRunning = this.syncOnce().finally(() => {
         this.syncRunning = null;
@@ -217,7 +220,9 @@ export class FileDevice implements BlockDevice {
       }
     } catch (err) {
       if (mapDirty) this.mapDirty = true;
-      throw fromSystemError(err, `flushing volume ${this.name}`);
+      const error = fromSystemError(err, `flushing volume ${this.name}`);
+      this.failure ??= new HindsightError(error.code === 'NO_SPACE' ? 'NO_SPACE' : 'IO_ERROR', `${error.message}; volume ${this.name} refuses writes until the daemon restarts`, { cause: err });
+      throw error;
     }
   }
 
@@ -237,25 +242,38 @@ export class FileDevice implements BlockDevice {
     const firstChunk = Math.ceil(offsetBytes / this.chunkBytes);
     const endChunk = end === this.sizeBytes ? this.map.chunkCount : Math.floor(end / this.chunkBytes);
     if (endChunk <= firstChunk) return { firstWhole: end, endWhole: end };
-    this.map.clearRange(firstChunk, endChunk - firstChunk);
-    this.mapDirty = true;
+    if (this.map.clearRange(firstChunk, endChunk - firstChunk)) this.mapDirty = true;
     return { firstWhole: firstChunk * this.chunkBytes, endWhole: Math.min(endChunk * this.chunkBytes, end) };
   }
 
-  /** Writes literal zeroes (only into allocated chunks unless `allocate`). */
-  private writeZeroBytes(offsetBytes: number, lengthBytes: number, allocate: boolean): void {
+  /** Writes literal zeroes into the allocated chunks of a range (at most two partial chunks). */
+  private writeZeroBytes(offsetBytes: number, lengthBytes: number): void {
     let position = offsetBytes;
     const end = offsetBytes + lengthBytes;
     while (position < end) {
       const chunk = Math.floor(position / this.chunkBytes);
       const pieceEnd = Math.min(end, (chunk + 1) * this.chunkBytes);
-      if (allocate || this.map.isSet(chunk)) {
-        if (!this.map.isSet(chunk)) this.zeroFillEdge(position, position, pieceEnd);
-        this.pwriteFully(ZERO_BLOCK.subarray(0, pieceEnd - position), position);
-        this.map.set(chunk);
-        this.mapDirty = true;
-      }
+      if (this.map.isSet(chunk)) this.pwriteFully(ZERO_BLOCK.subarray(0, pieceEnd - position), position);
       position = pieceEnd;
+    }
+  }
+
+  /**
+   * NO_HOLE zeroing: real zeroes, allocated. Done in 1 MiB pieces that yield to the event
+   * loop between them, so a multi-gigabyte request cannot stall the other clients.
+   */
+  private async allocateZeroes(offsetBytes: number, lengthBytes: number): Promise<void> {
+    const end = offsetBytes + lengthBytes;
+    this.zeroFillEdge(offsetBytes, offsetBytes, end);
+    this.zeroFillEdge(end, offsetBytes, end);
+    for (let position = offsetBytes; position < end;) {
+      const pieceEnd = Math.min(end, position + ZERO_BLOCK.length);
+      this.pwriteFully(ZERO_BLOCK.subarray(0, pieceEnd - position), position);
+      const first = Math.floor(position / this.chunkBytes);
+      const last = Math.floor((pieceEnd - 1) / this.chunkBytes);
+      if (this.map.setRange(first, last - first + 1)) this.mapDirty = true;
+      position = pieceEnd;
+      if (position < end) await new Promise<void>((resolve) => setImmediate(resolve));
     }
   }
 
@@ -292,5 +310,6 @@ export class FileDevice implements BlockDevice {
   private assertWritable(offsetBytes: number, lengthBytes: number): void {
     this.assertRange(offsetBytes, lengthBytes);
     assert(!this.capabilities.readOnly, 'writes reach only writable devices');
+    if (this.failure) throw this.failure;
   }
 }

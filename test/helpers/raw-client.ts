@@ -7,14 +7,17 @@ import type { Chunk, OptionReply, SimpleReply } from './frames.js';
 import { clientFlags, goData, option } from './frames.js';
 
 export class RawClient {
-  private buffer = Buffer.alloc(0);
+  /** Received bytes not yet read, as chunks (concatenating on every chunk is quadratic). */
+  private chunks: Buffer[] = [];
+  private buffered = 0;
   private waiter: (() => void) | null = null;
   private ended = false;
   readonly closed: Promise<void>;
 
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (chunk: Buffer) => {
-      this.buffer = Buffer.concat([this.buffer, chunk]);
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
       this.wake();
     });
     this.closed = new Promise((resolve) => socket.once('close', () => {
@@ -62,12 +65,15 @@ export class RawClient {
   }
 
   async read(n: number): Promise<Buffer> {
-    while (this.buffer.length < n) {
-      if (this.ended) throw new Error(`connection closed while waiting for ${n} bytes (have ${this.buffer.length})`);
+    while (this.buffered < n) {
+      if (this.ended) throw new Error(`connection closed while waiting for ${n} bytes (have ${this.buffered})`);
       await new Promise<void>((resolve) => { this.waiter = resolve; });
     }
-    const out = this.buffer.subarray(0, n);
-    this.buffer = this.buffer.subarray(n);
+    const whole = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+    const out = whole.subarray(0, n);
+    const rest = whole.subarray(n);
+    this.chunks = rest.length > 0 ? [rest] : [];
+    this.buffered = rest.length;
     return out;
   }
 

@@ -136,3 +136,32 @@ test('client flags: unknown bits or no fixed newstyle are refused', () => {
   assert.notEqual(new Negotiation(catalog()).acceptClientFlags(0), null);
   assert.equal(new Negotiation(catalog()).acceptClientFlags(1), null);
 });
+
+test('a failed SET_META_CONTEXT drops the earlier selection', () => {
+  for (const failing of [
+    (n: Negotiation) => n.handle(opt(10, Buffer.concat([metaContextData('disk0', ['base:allocation']), Buffer.from([0])]))),
+    (n: Negotiation) => n.handle(opt(10, metaContextData('missing', ['base:allocation']))),
+    (n: Negotiation) => n.handle({ kind: 'option', option: 10, lengthBytes: 1 << 20, data: null }),
+  ]) {
+    const negotiation = started();
+    negotiation.handle(opt(8));
+    negotiation.handle(opt(10, metaContextData('disk0', ['base:allocation'])));
+    const refused = parse(failing(negotiation).replies);
+    assert.ok(refused[0].type >= 0x80000000, 'the bad SET is refused');
+    const go = negotiation.handle(opt(7, goData('disk0')));
+    assert.ok(go.kind === 'transmission' && !go.agreement.baseAllocation);
+  }
+});
+
+test('ABORT is acknowledged even with oversize data', () => {
+  const step = started().handle({ kind: 'option', option: 2, lengthBytes: 1 << 20, data: null });
+  assert.equal(step.kind, 'close');
+  assert.equal(parse(step.replies)[0].type, 1);
+});
+
+test('too many meta context queries is ERR_TOO_BIG', () => {
+  const negotiation = started();
+  negotiation.handle(opt(8));
+  const queries = Array.from({ length: 100 }, (_, i) => `base:q${i}`);
+  assert.equal(parse(negotiation.handle(opt(9, metaContextData('disk0', queries))).replies)[0].type, 0x80000009);
+});
