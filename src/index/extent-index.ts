@@ -1,0 +1,202 @@
+/**
+ * Where the current content of every byte range lives: an ordered map of non-overlapping
+ * extents, each pointing at a journal payload (segment, position) or saying "zero".
+ *
+ * Off the JS heap and O(log n): the volume is cut into 4 MiB regions; each region that was
+ * ever written holds its extents in one growable Uint32Array (16 bytes an extent: start,
+ * end, segment, position), sorted by start. Lookup is a binary search in one region; an
+ * update splices a few entries with copyWithin. A sequential 1 MiB write is one extent, not
+ * 256. Segment 0 means "zero, deallocated"; ZERO_ALLOCATED means "zero, allocated".
+ */
+import { assert } from '../core/index.js';
+
+export const REGION_SHIFT = 22;
+export const REGION_BYTES = 2 ** REGION_SHIFT;
+export const SEGMENT_ZERO = 0;
+export const SEGMENT_ZERO_ALLOCATED = 0xffffffff;
+const STRIDE = 4;
+
+export interface ExtentVisit {
+  startBytes: number;
+  endBytes: number;
+  /** SEGMENT_ZERO / SEGMENT_ZERO_ALLOCATED, a journal segment, or -1 for "not in the index". */
+  segment: number;
+  /** Journal position of startBytes (data extents only). */
+  position: number;
+}
+
+class Region {
+  entries: Uint32Array;
+  count = 0;
+
+  constructor(capacity = 8) {
+    this.entries = new Uint32Array(capacity * STRIDE);
+  }
+
+  /** First extent whose end is after `offset` (extents are sorted and disjoint). */
+  firstEndingAfter(offset: number): number {
+    let low = 0;
+    let high = this.count;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.entries[middle * STRIDE + 1] <= offset) low = middle + 1;
+      else high = middle;
+    }
+    return low;
+  }
+
+  /** Replaces extents [from, to) with `replacement` (flat, STRIDE per extent). */
+  splice(from: number, to: number, replacement: number[]): void {
+    const added = replacement.length / STRIDE;
+    const newCount = this.count - (to - from) + added;
+    if (newCount * STRIDE > this.entries.length) {
+      const grown = new Uint32Array(Math.max(newCount, this.entries.length / STRIDE * 2) * STRIDE);
+      grown.set(this.entries.subarray(0, this.count * STRIDE));
+      this.entries = grown;
+    }
+    this.entries.copyWithin((from + added) * STRIDE, to * STRIDE, this.count * STRIDE);
+    this.entries.set(replacement, from * STRIDE);
+    this.count = newCount;
+  }
+}
+
+export class ExtentIndex {
+  private readonly regions: Array<Region | undefined>;
+  private extentTotal = 0;
+
+  constructor(readonly sizeBytes: number) {
+    this.regions = new Array(Math.ceil(sizeBytes / REGION_BYTES));
+  }
+
+  get extentCount(): number {
+    return this.extentTotal;
+  }
+
+  /** Bytes of the index's own arrays (for volume info). */
+  get memoryBytes(): number {
+    let bytes = 0;
+    for (const region of this.regions) if (region) bytes += region.entries.byteLength;
+    return bytes;
+  }
+
+  /** Maps [offset, offset+length) to journal bytes starting at (segment, position). */
+  setData(offsetBytes: number, lengthBytes: number, segment: number, position: number): void {
+    assert(segment !== SEGMENT_ZERO && segment !== SEGMENT_ZERO_ALLOCATED, 'data extents name a real segment');
+    this.set(offsetBytes, lengthBytes, segment, position);
+  }
+
+  setZero(offsetBytes: number, lengthBytes: number, allocated: boolean): void {
+    this.set(offsetBytes, lengthBytes, allocated ? SEGMENT_ZERO_ALLOCATED : SEGMENT_ZERO, 0);
+  }
+
+  /** Calls `visit` for consecutive pieces covering the range, gaps included (segment -1). */
+  lookup(offsetBytes: number, lengthBytes: number, visit: (piece: ExtentVisit) => void): void {
+    const end = offsetBytes + lengthBytes;
+    let at = offsetBytes;
+    while (at < end) {
+      const regionIndex = Math.floor(at / REGION_BYTES);
+      const regionBase = regionIndex * REGION_BYTES;
+      const regionEnd = Math.min(end, regionBase + REGION_BYTES);
+      const region = this.regions[regionIndex];
+      if (!region || region.count === 0) {
+        visit({ startBytes: at, endBytes: regionEnd, segment: -1, position: 0 });
+        at = regionEnd;
+        continue;
+      }
+      at = this.lookupInRegion(region, regionBase, at, regionEnd, visit);
+    }
+  }
+
+  /** Serialises every region (for the checkpoint). */
+  *regionsForCheckpoint(): Generator<{ regionIndex: number; entries: Uint32Array }> {
+    for (let index = 0; index < this.regions.length; index += 1) {
+      const region = this.regions[index];
+      if (region && region.count > 0) yield { regionIndex: index, entries: region.entries.subarray(0, region.count * STRIDE) };
+    }
+  }
+
+  /** Restores one region from a checkpoint (entries already validated by the caller). */
+  loadRegion(regionIndex: number, entries: Uint32Array): void {
+    assert(regionIndex < this.regions.length && entries.length % STRIDE === 0, 'checkpoint region fits the volume');
+    const region = new Region(Math.max(8, entries.length / STRIDE));
+    region.entries.set(entries);
+    region.count = entries.length / STRIDE;
+    let previousEnd = 0;
+    for (let i = 0; i < region.count; i += 1) {
+      const start = region.entries[i * STRIDE];
+      const stop = region.entries[i * STRIDE + 1];
+      assert(start >= previousEnd && stop > start && stop <= REGION_BYTES, 'checkpoint extents are sorted and disjoint');
+      previousEnd = stop;
+    }
+    this.extentTotal += region.count - (this.regions[regionIndex]?.count ?? 0);
+    this.regions[regionIndex] = region;
+  }
+
+  private lookupInRegion(region: Region, base: number, from: number, to: number, visit: (piece: ExtentVisit) => void): number {
+    const entries = region.entries;
+    let at = from;
+    for (let i = region.firstEndingAfter(at - base); i < region.count && at < to; i += 1) {
+      const start = base + entries[i * STRIDE];
+      const stop = base + entries[i * STRIDE + 1];
+      if (start >= to) break;
+      if (start > at) {
+        visit({ startBytes: at, endBytes: start, segment: -1, position: 0 });
+        at = start;
+      }
+      const pieceEnd = Math.min(stop, to);
+      const segment = entries[i * STRIDE + 2];
+      const position = entries[i * STRIDE + 3] + (at - start);
+      visit({ startBytes: at, endBytes: pieceEnd, segment, position: isZero(segment) ? 0 : position });
+      at = pieceEnd;
+    }
+    if (at < to) visit({ startBytes: at, endBytes: to, segment: -1, position: 0 });
+    return to;
+  }
+
+  private set(offsetBytes: number, lengthBytes: number, segment: number, position: number): void {
+    assert(lengthBytes > 0 && offsetBytes + lengthBytes <= this.sizeBytes, 'extent within the volume');
+    const end = offsetBytes + lengthBytes;
+    let at = offsetBytes;
+    while (at < end) {
+      const regionIndex = Math.floor(at / REGION_BYTES);
+      const base = regionIndex * REGION_BYTES;
+      const pieceEnd = Math.min(end, base + REGION_BYTES);
+      const piecePosition = isZero(segment) ? 0 : position + (at - offsetBytes);
+      assert(piecePosition <= 0xffffffff, 'journal positions fit 32 bits');
+      let region = this.regions[regionIndex];
+      if (!region) this.regions[regionIndex] = region = new Region();
+      this.setInRegion(region, at - base, pieceEnd - base, segment, piecePosition);
+      at = pieceEnd;
+    }
+  }
+
+  private setInRegion(region: Region, start: number, stop: number, segment: number, position: number): void {
+    const entries = region.entries;
+    const first = region.firstEndingAfter(start);
+    const replacement: number[] = [];
+    let last = first;
+    if (first < region.count && entries[first * STRIDE] < start) {
+      // The extent straddling `start` keeps its head.
+      replacement.push(entries[first * STRIDE], start, entries[first * STRIDE + 2], entries[first * STRIDE + 3]);
+    }
+    replacement.push(start, stop, segment, position);
+    while (last < region.count && entries[last * STRIDE] < stop) {
+      const lastStop = entries[last * STRIDE + 1];
+      if (lastStop > stop) {
+        // The extent straddling `stop` keeps its tail.
+        const lastStart = entries[last * STRIDE];
+        const lastSegment = entries[last * STRIDE + 2];
+        const tailPosition = isZero(lastSegment) ? 0 : entries[last * STRIDE + 3] + (stop - lastStart);
+        replacement.push(stop, lastStop, lastSegment, tailPosition);
+      }
+      last += 1;
+    }
+    const before = region.count;
+    region.splice(first, last, replacement);
+    this.extentTotal += region.count - before;
+  }
+}
+
+export function isZero(segment: number): boolean {
+  return segment === SEGMENT_ZERO || segment === SEGMENT_ZERO_ALLOCATED;
+}

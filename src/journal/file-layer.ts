@@ -1,0 +1,140 @@
+/**
+ * The few file operations the journal and index use, behind an interface so tests can put a
+ * fault-injecting layer underneath (torn writes, lost unsynced writes, short writes, ENOSPC).
+ * Data calls are synchronous positioned I/O on the page cache; only syncs are asynchronous.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fromSystemError } from '../core/index.js';
+
+export interface StorageFile {
+  readonly path: string;
+  sizeBytes(): number;
+  /** Writes all of `buffers` at `position` (throws on error, e.g. ENOSPC). */
+  writev(buffers: Buffer[], position: number): void;
+  /** Reads up to `length` bytes; returns how many were read (fewer only at end of file). */
+  read(into: Buffer, intoOffset: number, length: number, position: number): number;
+  datasync(): Promise<void>;
+  truncate(sizeBytes: number): void;
+  close(): void;
+}
+
+export interface FileLayer {
+  open(file: string, create: boolean): StorageFile;
+  list(directory: string): string[];
+  exists(file: string): boolean;
+  remove(file: string): void;
+  mkdir(directory: string): void;
+  readFile(file: string): Buffer | null;
+  /** Replaces `file` atomically and durably: temp file, sync, rename, directory sync. */
+  writeFileAtomic(file: string, data: Buffer): Promise<void>;
+  syncDirectory(directory: string): Promise<void>;
+}
+
+class NodeFile implements StorageFile {
+  constructor(readonly path: string, private fd: number) {}
+
+  sizeBytes(): number {
+    return fs.fstatSync(this.fd).size;
+  }
+
+  writev(buffers: Buffer[], position: number): void {
+    let remaining = buffers.filter((buffer) => buffer.length > 0);
+    let at = position;
+    try {
+      while (remaining.length > 0) {
+        let written = fs.writevSync(this.fd, remaining, at);
+        at += written;
+        const rest: Buffer[] = [];
+        for (const buffer of remaining) {
+          if (written >= buffer.length) {
+            written -= buffer.length;
+          } else {
+            rest.push(buffer.subarray(written));
+            written = 0;
+          }
+        }
+        remaining = rest;
+      }
+    } catch (err) {
+      throw fromSystemError(err, `writing ${this.path}`);
+    }
+  }
+
+  read(into: Buffer, intoOffset: number, length: number, position: number): number {
+    let done = 0;
+    try {
+      while (done < length) {
+        const got = fs.readSync(this.fd, into, intoOffset + done, length - done, position + done);
+        if (got === 0) break;
+        done += got;
+      }
+    } catch (err) {
+      throw fromSystemError(err, `reading ${this.path}`);
+    }
+    return done;
+  }
+
+  datasync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(fromSystemError(err, `syncing ${this.path}`)) : resolve())));
+  }
+
+  truncate(sizeBytes: number): void {
+    fs.ftruncateSync(this.fd, sizeBytes);
+  }
+
+  close(): void {
+    if (this.fd >= 0) fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+export const nodeFileLayer: FileLayer = {
+  open(file, create) {
+    try {
+      return new NodeFile(file, fs.openSync(file, create ? 'wx+' : 'r+'));
+    } catch (err) {
+      throw fromSystemError(err, `opening ${file}`);
+    }
+  },
+  list(directory) {
+    return fs.existsSync(directory) ? fs.readdirSync(directory).sort() : [];
+  },
+  exists: (file) => fs.existsSync(file),
+  remove: (file) => fs.rmSync(file, { force: true }),
+  mkdir: (directory) => {
+    fs.mkdirSync(directory, { recursive: true });
+  },
+  readFile(file) {
+    try {
+      return fs.readFileSync(file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw fromSystemError(err, `reading ${file}`);
+    }
+  },
+  async writeFileAtomic(file, data) {
+    const temporary = `${file}.tmp`;
+    try {
+      const handle = await fs.promises.open(temporary, 'w');
+      try {
+        await handle.writeFile(data);
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      await fs.promises.rename(temporary, file);
+      await nodeFileLayer.syncDirectory(path.dirname(file));
+    } catch (err) {
+      throw fromSystemError(err, `writing ${file}`);
+    }
+  },
+  async syncDirectory(directory) {
+    const handle = await fs.promises.open(directory, 'r');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  },
+};

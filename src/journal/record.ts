@@ -1,0 +1,122 @@
+/**
+ * Journal records (docs/FORMAT.md, "Journal records"). Self-describing and checksummed:
+ * a 56-byte little-endian header, then the payload, then zero padding to a multiple of 8.
+ * CRC32C covers the header (with its CRC field zero) and the payload.
+ */
+import { crc32c } from '@node-rs/crc32';
+import { assert } from '../core/index.js';
+
+export const RECORD_MAGIC = 0x4a524853; // "SHRJ" little-endian on disk
+export const RECORD_HEADER_BYTES = 56;
+export const RECORD_ALIGN_BYTES = 8;
+const CRC_AT = 48;
+
+export const RecordType = {
+  WRITE: 1,
+  ZERO: 2,
+  TRIM: 3,
+  FLUSH: 4,
+  BOOKMARK: 5,
+} as const;
+export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
+
+export const RecordFlag = {
+  FUA: 1 << 0,
+} as const;
+
+export interface RecordHeader {
+  type: RecordTypeValue;
+  flags: number;
+  seq: number;
+  timeUs: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  payloadBytes: number;
+  /** Highest seq known durable (synced) when this record was written. */
+  seqDurable: number;
+}
+
+const KNOWN_TYPES = new Set<number>(Object.values(RecordType));
+
+/** Total bytes a record occupies in a segment, padding included. */
+export function recordSpan(payloadBytes: number): number {
+  return RECORD_HEADER_BYTES + alignUp(payloadBytes);
+}
+
+export function alignUp(bytes: number): number {
+  return Math.ceil(bytes / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
+}
+
+/** Writes the header (CRC included) into `out` at 0. */
+export function encodeRecordHeader(out: Buffer, header: RecordHeader, payload: Buffer | null, crcSeed: number): void {
+  assert(out.length >= RECORD_HEADER_BYTES, 'header buffer is large enough');
+  assert(KNOWN_TYPES.has(header.type), 'record type is known');
+  assert((payload?.length ?? 0) === header.payloadBytes, 'payload length matches header');
+  out.writeUInt32LE(RECORD_MAGIC, 0);
+  out.writeUInt8(header.type, 4);
+  out.writeUInt8(header.flags, 5);
+  out.writeUInt16LE(0, 6);
+  writeU64(out, 8, header.seq);
+  writeU64(out, 16, header.timeUs);
+  writeU64(out, 24, header.offsetBytes);
+  out.writeUInt32LE(header.lengthBytes, 32);
+  out.writeUInt32LE(header.payloadBytes, 36);
+  writeU64(out, 40, header.seqDurable);
+  out.writeUInt32LE(0, CRC_AT);
+  out.writeUInt32LE(0, 52);
+  out.writeUInt32LE(recordCrc(out.subarray(0, RECORD_HEADER_BYTES), payload, crcSeed), CRC_AT);
+}
+
+/**
+ * The CRC is seeded with the volume's identity (crcSeedFor), so a record copied from another
+ * journal — say, a Hindsight journal stored inside a guest disk — never validates here.
+ */
+export function recordCrc(header: Buffer, payload: Buffer | null, crcSeed: number): number {
+  const zeroed = Buffer.from(header.subarray(0, RECORD_HEADER_BYTES));
+  zeroed.writeUInt32LE(0, CRC_AT);
+  const headerCrc = crc32c(zeroed, crcSeed);
+  return payload && payload.length > 0 ? crc32c(payload, headerCrc) : headerCrc;
+}
+
+export type HeaderCheck = { ok: true; header: RecordHeader } | { ok: false; reason: string };
+
+/** Structural check of a header (magic, type, sizes); the CRC needs the payload too. */
+export function decodeRecordHeader(bytes: Buffer): HeaderCheck {
+  if (bytes.length < RECORD_HEADER_BYTES) return { ok: false, reason: 'truncated header' };
+  if (bytes.readUInt32LE(0) !== RECORD_MAGIC) return { ok: false, reason: 'bad record magic' };
+  const type = bytes.readUInt8(4);
+  if (!KNOWN_TYPES.has(type)) return { ok: false, reason: `unknown record type ${type}` };
+  const header: RecordHeader = {
+    type: type as RecordTypeValue,
+    flags: bytes.readUInt8(5),
+    seq: readU64(bytes, 8),
+    timeUs: readU64(bytes, 16),
+    offsetBytes: readU64(bytes, 24),
+    lengthBytes: bytes.readUInt32LE(32),
+    payloadBytes: bytes.readUInt32LE(36),
+    seqDurable: readU64(bytes, 40),
+  };
+  if (type === RecordType.WRITE ? header.payloadBytes !== header.lengthBytes : header.payloadBytes !== 0) {
+    return { ok: false, reason: 'payload length does not fit the record type' };
+  }
+  return { ok: true, header };
+}
+
+export function crcSeedFor(volumeId: Buffer): number {
+  return crc32c(volumeId);
+}
+
+export function storedCrc(header: Buffer): number {
+  return header.readUInt32LE(CRC_AT);
+}
+
+/** u64 fields hold values below 2^53 (asserted on write, checked on read). */
+function writeU64(out: Buffer, at: number, value: number): void {
+  assert(Number.isSafeInteger(value) && value >= 0, 'u64 field is a safe integer');
+  out.writeUInt32LE(value % 0x100000000, at);
+  out.writeUInt32LE(Math.floor(value / 0x100000000), at + 4);
+}
+
+function readU64(bytes: Buffer, at: number): number {
+  return bytes.readUInt32LE(at + 4) * 0x100000000 + bytes.readUInt32LE(at);
+}

@@ -1,0 +1,162 @@
+/**
+ * Reads records back from segment files in seq order, checking each one (magic, type,
+ * sizes, seq continuity, CRC). Used by recovery at start (from the index checkpoint on) and
+ * by fsck (from the beginning). Stops at the first bad record and says where and why.
+ */
+import path from 'node:path';
+import { HindsightError } from '../core/index.js';
+import type { FileLayer, StorageFile } from './file-layer.js';
+import {
+  RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, decodeRecordHeader, recordCrc, recordSpan, storedCrc,
+} from './record.js';
+import type { RecordHeader } from './record.js';
+import { SEGMENT_HEADER_BYTES, decodeSegmentHeader, parseSegmentFileName } from './segment.js';
+
+export interface JournalPosition {
+  segmentIndex: number;
+  position: number;
+}
+
+export interface ScannedRecord {
+  header: RecordHeader;
+  segmentIndex: number;
+  /** Where the record starts in its segment. */
+  recordPosition: number;
+  /** Where its payload starts. */
+  payloadPosition: number;
+}
+
+export interface BadRecord extends JournalPosition {
+  reason: string;
+  expectedSeq: number;
+}
+
+export interface ScanResult {
+  /** Where the next record goes: just past the last good one. */
+  end: JournalPosition;
+  seqLast: number;
+  bad: BadRecord | null;
+}
+
+export interface ScanOptions {
+  directory: string;
+  files: FileLayer;
+  volumeId: Buffer;
+  crcSeed: number;
+  from: JournalPosition;
+  expectedSeq: number;
+  onRecord: (record: ScannedRecord) => void;
+}
+
+export function listSegments(files: FileLayer, directory: string): number[] {
+  return files.list(directory).map(parseSegmentFileName).filter((index): index is number => index !== null).sort((a, b) => a - b);
+}
+
+export function segmentPath(directory: string, segmentIndex: number): string {
+  return path.join(directory, `${String(segmentIndex).padStart(8, '0')}.seg`);
+}
+
+export function scanJournal(options: ScanOptions): ScanResult {
+  const segments = listSegments(options.files, options.directory).filter((index) => index >= options.from.segmentIndex);
+  let expectedSeq = options.expectedSeq;
+  let end: JournalPosition = { ...options.from };
+  for (const segmentIndex of segments) {
+    const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
+    try {
+      const start = segmentIndex === options.from.segmentIndex ? options.from.position : SEGMENT_HEADER_BYTES;
+      const result = scanSegment(file, segmentIndex, start, expectedSeq, options);
+      end = { segmentIndex, position: result.position };
+      expectedSeq = result.expectedSeq;
+      if (result.bad) return { end, seqLast: expectedSeq - 1, bad: result.bad };
+    } finally {
+      file.close();
+    }
+  }
+  return { end, seqLast: expectedSeq - 1, bad: null };
+}
+
+function scanSegment(file: StorageFile, segmentIndex: number, start: number, firstSeq: number, options: ScanOptions):
+  { position: number; expectedSeq: number; bad: BadRecord | null } {
+  const size = file.sizeBytes();
+  const bad = (position: number, reason: string, expectedSeq: number) => ({ position, expectedSeq, bad: { segmentIndex, position, reason, expectedSeq } });
+  const headerBytes = Buffer.alloc(SEGMENT_HEADER_BYTES);
+  if (file.read(headerBytes, 0, SEGMENT_HEADER_BYTES, 0) < SEGMENT_HEADER_BYTES) return bad(0, 'segment header truncated', firstSeq);
+  try {
+    const header = decodeSegmentHeader(headerBytes, file.path);
+    if (!header.volumeId.equals(options.volumeId)) return bad(0, 'segment belongs to another volume', firstSeq);
+    if (header.segmentIndex !== segmentIndex) return bad(0, 'segment index differs from its file name', firstSeq);
+  } catch (err) {
+    return bad(0, (err as HindsightError).message, firstSeq);
+  }
+  if (start > size) return bad(size, `index checkpoint points past the end of the segment (${start} > ${size})`, firstSeq);
+  let position = start;
+  let expectedSeq = firstSeq;
+  const header = Buffer.alloc(RECORD_HEADER_BYTES);
+  while (position < size) {
+    const check = readRecordAt(file, position, size, header, options.crcSeed);
+    if (!check.ok) return bad(position, check.reason, expectedSeq);
+    if (check.header.seq !== expectedSeq) return bad(position, `seq ${check.header.seq} where ${expectedSeq} was expected`, expectedSeq);
+    options.onRecord({ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + RECORD_HEADER_BYTES });
+    expectedSeq += 1;
+    position += recordSpan(check.header.payloadBytes);
+  }
+  return { position, expectedSeq, bad: null };
+}
+
+type RecordCheck = { ok: true; header: RecordHeader } | { ok: false; reason: string };
+
+/** Reads and fully checks the record at `position` (header, payload bounds, CRC). */
+export function readRecordAt(file: StorageFile, position: number, size: number, scratch: Buffer, crcSeed: number): RecordCheck {
+  if (position + RECORD_HEADER_BYTES > size) return { ok: false, reason: 'record header truncated' };
+  file.read(scratch, 0, RECORD_HEADER_BYTES, position);
+  const decoded = decodeRecordHeader(scratch);
+  if (!decoded.ok) return decoded;
+  const payloadBytes = decoded.header.payloadBytes;
+  if (position + recordSpan(payloadBytes) > size) return { ok: false, reason: 'record payload truncated' };
+  const payload = payloadBytes > 0 ? Buffer.allocUnsafe(payloadBytes) : null;
+  if (payload) file.read(payload, 0, payloadBytes, position + RECORD_HEADER_BYTES);
+  if (recordCrc(scratch, payload, crcSeed) !== storedCrc(scratch)) return { ok: false, reason: 'record checksum mismatch' };
+  return decoded;
+}
+
+/**
+ * After a bad record: the highest `seqDurable` claimed by any valid record that follows it
+ * (searched at every aligned position of this segment and in later segments). If a later
+ * record says the bad one was already durable, the bad record is corruption, not a torn
+ * tail left by a crash.
+ */
+export function durableClaimAfter(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, bad: JournalPosition): number {
+  let claimed = 0;
+  const scratch = Buffer.alloc(RECORD_HEADER_BYTES);
+  for (const segmentIndex of listSegments(options.files, options.directory).filter((index) => index >= bad.segmentIndex)) {
+    const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
+    try {
+      const size = file.sizeBytes();
+      const start = segmentIndex === bad.segmentIndex ? bad.position + RECORD_ALIGN_BYTES : SEGMENT_HEADER_BYTES;
+      for (const position of magicPositions(file, start, size)) {
+        const check = readRecordAt(file, position, size, scratch, options.crcSeed);
+        if (check.ok) claimed = Math.max(claimed, check.header.seqDurable);
+      }
+    } finally {
+      file.close();
+    }
+  }
+  return claimed;
+}
+
+const SEARCH_WINDOW_BYTES = 8 * 1024 * 1024;
+
+/** Aligned positions in [start, size) where the record magic appears, read in big windows. */
+function* magicPositions(file: StorageFile, start: number, size: number): Generator<number> {
+  const magic = Buffer.alloc(4);
+  magic.writeUInt32LE(RECORD_MAGIC, 0);
+  const window = Buffer.allocUnsafe(SEARCH_WINDOW_BYTES);
+  const first = Math.ceil(start / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
+  for (let base = first; base < size; base += SEARCH_WINDOW_BYTES) {
+    const got = file.read(window, 0, Math.min(SEARCH_WINDOW_BYTES, size - base), base);
+    const view = window.subarray(0, got);
+    for (let hit = view.indexOf(magic); hit !== -1; hit = view.indexOf(magic, hit + 1)) {
+      if (hit % RECORD_ALIGN_BYTES === 0) yield base + hit;
+    }
+  }
+}
