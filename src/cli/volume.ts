@@ -34,8 +34,8 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
     .action((options: ClientOptions) => run(async () => {
       const { volumes } = await client(options).request<{ volumes: VolumeView[] }>('GET', '/volumes');
       if (options.json) printJson({ volumes });
-      else printTable(['NAME', 'SIZE', 'ALLOCATED', 'STATE', 'CLIENTS'], volumes.map((v) => [
-        v.name, size(v.sizeBytes), size(v.allocatedBytes), v.state, String(v.connections),
+      else printTable(['NAME', 'SIZE', 'STORED', 'LAST SEQ', 'LAST WRITE', 'STATE', 'CLIENTS'], volumes.map((v) => [
+        v.name, size(v.sizeBytes), size(v.storedBytes), String(v.seqLast ?? '-'), v.timeLast ?? '-', v.state, String(v.connections),
       ]));
       return 0;
     }));
@@ -49,9 +49,13 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
       if (options.json) printJson(v);
       else printFields([
         ['name', v.name], ['state', v.error ? `${v.state} (${v.error.code}: ${v.error.message})` : v.state],
-        ['size', `${size(v.sizeBytes)} (${v.sizeBytes} bytes)`], ['read-only', v.readOnly], ['allocated', size(v.allocatedBytes)],
+        ['size', `${size(v.sizeBytes)} (${v.sizeBytes} bytes)`], ['read-only', v.readOnly],
         ['stored on disk', size(v.storedBytes)], ['client bytes written', size(v.clientBytesWritten)],
-        ['writes', v.writeCount], ['connected clients', v.connections], ['created', v.createdAt], ['id', v.id],
+        ['journal', `${size(v.journalBytes)} in ${v.journalSegments} segment(s), ${v.records} record(s)`],
+        ['seq', v.seqLast === null ? '-' : `${v.seqFirst}..${v.seqLast} (durable to ${v.seqDurable})`],
+        ['time', v.timeLast === null ? '-' : `${v.timeFirst} .. ${v.timeLast}`], ['oldest point', v.oldestPoint],
+        ['index', `${v.indexExtents} extent(s), ${size(v.indexBytes)}`],
+        ['connected clients', v.connections], ['created', v.createdAt], ['id', v.id],
       ]);
       return 0;
     }));

@@ -27,6 +27,10 @@ export const LIMITS = {
   nbdConnectionsMax: 512,
   /** Block-status descriptors returned for one request. */
   nbdBlockStatusExtentsMax: 128 * 1024,
+  /** A journal segment is closed and a new one started past this size (< 4 GiB: u32 positions). */
+  journalSegmentBytesMax: 1024 * 1024 * 1024,
+  /** The index is checkpointed after this much new journal, bounding replay at start. */
+  indexCheckpointEveryBytes: 256 * 1024 * 1024,
   /** Allocation granularity of a volume's data file. */
   volumeChunkBytes: 4096,
   /** Largest volume that can be created (2^50 = 1 PiB keeps every offset exact in a double). */
@@ -44,4 +48,5 @@ export function checkLimits(): void {
   assert(LIMITS.volumeChunkBytes >= 512 && (LIMITS.volumeChunkBytes & (LIMITS.volumeChunkBytes - 1)) === 0, 'chunk is a power of two');
   assert(LIMITS.volumeSizeBytesMax <= Number.MAX_SAFE_INTEGER, 'volume offsets fit a double exactly');
   assert(LIMITS.nbdRequestBytesMax < 2 ** 32, 'request length fits u32');
+  assert(LIMITS.journalSegmentBytesMax < 2 ** 32 && LIMITS.journalSegmentBytesMax > LIMITS.nbdRequestBytesMax * 2, 'a segment holds the largest record; positions fit u32');
 }

@@ -22,6 +22,8 @@ export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
 
 export const RecordFlag = {
   FUA: 1 << 0,
+  /** ZERO records: the client asked for allocated zeroes (NBD NO_HOLE). */
+  ALLOCATED: 1 << 1,
 } as const;
 
 export interface RecordHeader {

@@ -158,19 +158,76 @@ async function readReply(request: RequestMessage, agreement: Agreement): Promise
 
 async function blockStatusReply(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
   const reqOne = (request.flags & CmdFlag.REQ_ONE) !== 0;
-  const extentsMax = reqOne ? 1 : LIMITS.nbdBlockStatusExtentsMax;
-  const extents = await agreement.export.device.blockStatus(request.offsetBytes, request.lengthBytes, extentsMax);
-  const descriptors: StatusDescriptor[] = [];
+  // Ask for more than one extent even under REQ_ONE: aligning needs the neighbours.
+  const extents = await agreement.export.device.blockStatus(request.offsetBytes, request.lengthBytes, reqOne ? 64 : LIMITS.nbdBlockStatusExtentsMax);
+  const exact: StatusDescriptor[] = [];
   let remaining = request.lengthBytes;
   for (const extent of extents) {
-    if (remaining === 0 || descriptors.length === extentsMax) break;
+    if (remaining === 0) break;
     const lengthBytes = Math.min(extent.lengthBytes, remaining);
-    const flags = (extent.hole ? STATE_HOLE : 0) | (extent.zero ? STATE_ZERO : 0);
-    const last = descriptors[descriptors.length - 1];
-    if (last && last.flags === flags) last.lengthBytes += lengthBytes;
-    else descriptors.push({ lengthBytes, flags });
+    exact.push({ lengthBytes, flags: (extent.hole ? STATE_HOLE : 0) | (extent.zero ? STATE_ZERO : 0) });
     remaining -= lengthBytes;
   }
-  if (descriptors.length === 0) descriptors.push({ lengthBytes: request.lengthBytes, flags: 0 });
+  let descriptors = alignDescriptors(request.offsetBytes, exact, request.lengthBytes, LIMITS.nbdPreferredBlockBytes);
+  if (descriptors.length === 0) descriptors = [{ lengthBytes: request.lengthBytes, flags: 0 }];
+  if (reqOne) descriptors = descriptors.slice(0, 1);
+  else if (descriptors.length > LIMITS.nbdBlockStatusExtentsMax) descriptors = descriptors.slice(0, LIMITS.nbdBlockStatusExtentsMax);
   return encodeBlockStatusChunk(request.cookie, ReplyFlag.DONE, BASE_ALLOCATION_ID, descriptors);
+}
+
+/**
+ * Rounds descriptor boundaries to `blockBytes` (the spec asks for multiples of 512 where
+ * possible; we use the preferred block). A block that mixes states claims only what all its
+ * parts share (flags ANDed), which is always safe: "data" is never reported as a hole. If the
+ * device's list stopped short of the request, the trailing partial block is left out.
+ */
+export function alignDescriptors(offsetBytes: number, exact: StatusDescriptor[], requestBytes: number, blockBytes: number): StatusDescriptor[] {
+  const out: StatusDescriptor[] = [];
+  const push = (lengthBytes: number, flags: number) => {
+    const last = out[out.length - 1];
+    if (last && last.flags === flags) last.lengthBytes += lengthBytes;
+    else if (lengthBytes > 0) out.push({ lengthBytes, flags });
+  };
+  const covered = exact.reduce((sum, d) => sum + d.lengthBytes, 0);
+  const end = offsetBytes + covered;
+  const complete = covered >= requestBytes;
+  let cursor = offsetBytes;
+  let index = 0;
+  let extentEnd = offsetBytes + (exact[0]?.lengthBytes ?? 0);
+  while (cursor < end && index < exact.length) {
+    const flags = exact[index].flags;
+    if (extentEnd === end || extentEnd % blockBytes === 0) {
+      if (extentEnd === end && !complete && extentEnd % blockBytes !== 0) {
+        push(Math.max(0, Math.floor(extentEnd / blockBytes) * blockBytes - cursor), flags);
+        break;
+      }
+      push(extentEnd - cursor, flags);
+      cursor = extentEnd;
+      index += 1;
+      extentEnd += exact[index]?.lengthBytes ?? 0;
+      continue;
+    }
+    const cut = Math.floor(extentEnd / blockBytes) * blockBytes;
+    if (cut > cursor) {
+      push(cut - cursor, flags);
+      cursor = cut;
+    }
+    // [cursor, blockEnd) mixes this extent's tail with what follows: AND their flags.
+    const blockEnd = Math.min(Math.floor(cursor / blockBytes) * blockBytes + blockBytes, end);
+    if (blockEnd === end && !complete) break;
+    let mixed = flags;
+    while (extentEnd < blockEnd) {
+      index += 1;
+      mixed &= exact[index].flags;
+      extentEnd += exact[index].lengthBytes;
+    }
+    push(blockEnd - cursor, mixed);
+    cursor = blockEnd;
+    if (extentEnd === blockEnd) {
+      index += 1;
+      extentEnd += exact[index]?.lengthBytes ?? 0;
+    }
+  }
+  if (out.length === 0 && exact.length > 0) return [exact[0]];
+  return out;
 }

@@ -7,12 +7,16 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { HindsightError, fromSystemError } from '../core/index.js';
+import { HindsightError, LIMITS, fromSystemError } from '../core/index.js';
+import { nodeFileLayer } from '../journal/index.js';
 import { FileDevice } from './file-device.js';
+import { JournaledDevice } from './journaled-device.js';
 import { syncDirectory } from './map-file.js';
 import { validateVolumeName, validateVolumeSize } from './names.js';
 
-const FORMAT_VERSION = 1;
+/** 1: plain data file (now the base image under the journal); 2: journal from creation. */
+const FORMAT_VERSION = 2;
+const FORMAT_VERSIONS = new Set([1, 2]);
 
 interface VolumeRecord {
   formatVersion: number;
@@ -25,7 +29,9 @@ interface VolumeRecord {
 
 export interface Volume {
   record: VolumeRecord;
-  device: FileDevice | null;
+  device: JournaledDevice | null;
+  /** The pre-journal data file of a format-1 volume, read beneath the journal. */
+  base: FileDevice | null;
   error: HindsightError | null;
 }
 
@@ -37,15 +43,22 @@ export interface VolumeInfo {
   readOnly: boolean;
   state: 'online' | 'failed';
   error: { code: string; message: string } | null;
-  allocatedBytes: number;
+  /** Bytes on disk: journal segments, index checkpoint, base image. */
   storedBytes: number;
   clientBytesWritten: number;
-  writeCount: number;
-  /** Journal fields: null until the CDP journal lands (storage is a plain file today). */
-  seqLast: number | null;
-  timeLast: string | null;
   journalBytes: number;
+  journalSegments: number;
+  /** Records in the journal (writes, zeroes, trims, flush markers); seqs run 1..seqLast. */
+  records: number;
+  seqFirst: number | null;
+  seqLast: number | null;
+  seqDurable: number | null;
+  timeFirst: string | null;
+  timeLast: string | null;
+  /** The oldest instant that can be restored (no retention yet: the first record). */
   oldestPoint: string | null;
+  indexExtents: number;
+  indexBytes: number;
 }
 
 export interface VolumeManagerOptions {
@@ -81,7 +94,7 @@ export class VolumeManager {
   }
 
   /** Online volumes only: what NBD may export. */
-  device(name: string): FileDevice | undefined {
+  device(name: string): JournaledDevice | undefined {
     return this.volumes.get(name)?.device ?? undefined;
   }
 
@@ -94,14 +107,10 @@ export class VolumeManager {
 
   async info(name: string): Promise<VolumeInfo> {
     const volume = this.get(name);
-    const stats = volume.device?.stats() ?? { allocatedBytes: 0, clientBytesWritten: 0, writeCount: 0 };
-    let storedBytes = 0;
-    try {
-      const stat = await fs.stat(this.dataFile(name));
-      storedBytes = stat.blocks * 512;
-    } catch {
-      storedBytes = 0;
-    }
+    const stats = volume.device?.stats();
+    const storedBytes = await diskUsage(this.volumeDir(name));
+    const time = (us: number | undefined) => (us ? new Date(Math.floor(us / 1000)).toISOString() : null);
+    const hasRecords = (stats?.records ?? 0) > 0;
     return {
       name,
       id: volume.record.id,
@@ -110,12 +119,19 @@ export class VolumeManager {
       readOnly: volume.record.readOnly ?? false,
       state: volume.device ? 'online' : 'failed',
       error: volume.error ? volume.error.toJSON() : null,
-      ...stats,
       storedBytes,
-      seqLast: null,
-      timeLast: null,
-      journalBytes: 0,
-      oldestPoint: null,
+      clientBytesWritten: stats?.clientBytesWritten ?? 0,
+      journalBytes: stats?.bytes ?? 0,
+      journalSegments: stats?.segments ?? 0,
+      records: stats?.records ?? 0,
+      seqFirst: hasRecords ? 1 : null,
+      seqLast: hasRecords ? stats!.seqLast : null,
+      seqDurable: hasRecords ? stats!.seqDurable : null,
+      timeFirst: hasRecords ? time(stats!.timeFirstUs) : null,
+      timeLast: hasRecords ? time(stats!.timeLastUs) : null,
+      oldestPoint: hasRecords ? time(stats!.timeFirstUs) : null,
+      indexExtents: stats?.extents ?? 0,
+      indexBytes: stats?.indexBytes ?? 0,
     };
   }
 
@@ -129,7 +145,6 @@ export class VolumeManager {
       try {
         await fs.mkdir(staging);
         await writeRecord(staging, record);
-        FileDevice.createDataFile(path.join(staging, 'data.raw'), sizeBytes);
         await syncDirectory(staging);
         await fs.rename(staging, this.volumeDir(name));
         await syncDirectory(this.volumesDir);
@@ -152,6 +167,7 @@ export class VolumeManager {
       this.volumes.delete(name);
       await detach();
       await volume.device?.close().catch(() => undefined);
+      await volume.base?.close().catch(() => undefined);
       const trash = path.join(this.volumesDir, `.delete-${volume.record.id}`);
       try {
         await fs.rename(this.volumeDir(name), trash);
@@ -187,7 +203,10 @@ export class VolumeManager {
 
   async close(): Promise<void> {
     await this.mutation.catch(() => undefined);
-    for (const volume of this.volumes.values()) await volume.device?.close();
+    for (const volume of this.volumes.values()) {
+      await volume.device?.close();
+      await volume.base?.close();
+    }
   }
 
   private serialise<T>(work: () => Promise<T>): Promise<T> {
@@ -202,25 +221,38 @@ export class VolumeManager {
       record = JSON.parse(await fs.readFile(path.join(this.volumeDir(name), 'volume.json'), 'utf8')) as VolumeRecord;
     } catch (err) {
       const error = new HindsightError('VOLUME_CORRUPT', `volume "${name}": cannot read volume.json`, { cause: err });
-      return { record: { formatVersion: 0, id: '', name, sizeBytes: 0, createdAt: '' }, device: null, error };
+      return { record: { formatVersion: 0, id: '', name, sizeBytes: 0, createdAt: '' }, device: null, base: null, error };
     }
+    let base: FileDevice | null = null;
     try {
-      if (record.formatVersion !== FORMAT_VERSION) {
+      if (!FORMAT_VERSIONS.has(record.formatVersion)) {
         throw new HindsightError('VOLUME_CORRUPT', `volume "${name}": unsupported format version ${record.formatVersion}`);
       }
       validateVolumeSize(record.sizeBytes);
-      const device = await FileDevice.open({
+      if (record.formatVersion === 1) {
+        base = await FileDevice.open({
+          name, dataFile: this.dataFile(name), mapFile: path.join(this.volumeDir(name), 'alloc.map'),
+          sizeBytes: record.sizeBytes, syncEveryWrite: false, readOnly: true,
+        });
+      }
+      const device = JournaledDevice.open({
         name,
-        dataFile: this.dataFile(name),
-        mapFile: path.join(this.volumeDir(name), 'alloc.map'),
+        directory: this.volumeDir(name),
         sizeBytes: record.sizeBytes,
-        syncEveryWrite: this.options.syncEveryWrite,
+        volumeId: Buffer.from(record.id.replace(/-/g, ''), 'hex'),
+        files: nodeFileLayer,
+        base,
         readOnly: record.readOnly ?? false,
+        syncEveryWrite: this.options.syncEveryWrite,
+        segmentBytesMax: LIMITS.journalSegmentBytesMax,
+        checkpointEveryBytes: LIMITS.indexCheckpointEveryBytes,
+        nowUs: () => Date.now() * 1000,
       });
-      return { record, device, error: null };
+      return { record, device, base, error: null };
     } catch (err) {
+      await base?.close().catch(() => undefined);
       const error = err instanceof HindsightError ? err : fromSystemError(err, `opening volume ${name}`);
-      return { record, device: null, error };
+      return { record, device: null, base: null, error };
     }
   }
 
@@ -235,4 +267,21 @@ export class VolumeManager {
 
 async function writeRecord(directory: string, record: VolumeRecord): Promise<void> {
   await fs.writeFile(path.join(directory, 'volume.json'), `${JSON.stringify(record, null, 2)}\n`, { flush: true });
+}
+
+/** Bytes allocated on disk under a directory (st_blocks), recursively. */
+async function diskUsage(directory: string): Promise<number> {
+  let total = 0;
+  let entries;
+  try {
+    entries = await fs.readdir(directory, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const entry of entries) {
+    const full = path.join(directory, entry.name);
+    if (entry.isDirectory()) total += await diskUsage(full);
+    else if (entry.isFile()) total += (await fs.stat(full)).blocks * 512;
+  }
+  return total;
 }
