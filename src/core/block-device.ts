@@ -42,6 +42,7 @@ export interface BlockDevice {
   readonly capabilities: BlockDeviceCapabilities;
   /** Fills `into` (exactly lengthBytes long) with the content at offsetBytes. */
   read(offsetBytes: number, into: Buffer): Promise<void>;
+  /** `data` may be reused by the caller once the promise settles: do not keep it. */
   write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void>;
   flush(): Promise<void>;
   trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void>;

@@ -14,6 +14,8 @@ export interface StorageFile {
   writev(buffers: Buffer[], position: number): void;
   /** Reads up to `length` bytes; returns how many were read (fewer only at end of file). */
   read(into: Buffer, intoOffset: number, length: number, position: number): number;
+  /** The same in the thread pool: for large reads, so the event loop keeps serving. */
+  readAsync(into: Buffer, intoOffset: number, length: number, position: number): Promise<number>;
   datasync(): Promise<void>;
   truncate(sizeBytes: number): void;
   close(): void;
@@ -71,6 +73,16 @@ class NodeFile implements StorageFile {
       }
     } catch (err) {
       throw fromSystemError(err, `reading ${this.path}`);
+    }
+    return done;
+  }
+
+  async readAsync(into: Buffer, intoOffset: number, length: number, position: number): Promise<number> {
+    let done = 0;
+    while (done < length) {
+      const got = await new Promise<number>((resolve, reject) => fs.read(this.fd, into, intoOffset + done, length - done, position + done, (err, bytes) => (err ? reject(fromSystemError(err, `reading ${this.path}`)) : resolve(bytes))));
+      if (got === 0) break;
+      done += got;
     }
     return done;
   }

@@ -68,6 +68,8 @@ export class Journal {
   private segmentCount: number;
   private readonly rolledUnsynced: StorageFile[] = [];
   private readonly readFiles = new Map<number, StorageFile>();
+  /** Files with reads in flight: never closed under them. */
+  private readonly pinned = new Map<StorageFile, number>();
   private failure: HindsightError | null = null;
   private syncRunning: Promise<void> | null = null;
   private syncQueued: Promise<void> | null = null;
@@ -202,9 +204,22 @@ export class Journal {
   /** Reads `length` payload bytes at `position` of a segment into `into`. */
   read(segmentIndex: number, position: number, into: Buffer, intoOffset: number, length: number): void {
     const file = segmentIndex === this.activeIndex ? this.activeFile : this.readFile(segmentIndex);
-    const got = file.read(into, intoOffset, length, position);
-    if (got !== length) {
-      throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path}: expected ${length} bytes at offset ${position}, found ${got}`);
+    checkLength(file, position, length, file.read(into, intoOffset, length, position));
+  }
+
+  /**
+   * The same in the thread pool. Safe to overlap with appends: journal bytes at a position
+   * never change once written. The file stays open until the read is done.
+   */
+  async readAsync(segmentIndex: number, position: number, into: Buffer, intoOffset: number, length: number): Promise<void> {
+    const file = segmentIndex === this.activeIndex ? this.activeFile : this.readFile(segmentIndex);
+    this.pinned.set(file, (this.pinned.get(file) ?? 0) + 1);
+    try {
+      checkLength(file, position, length, await file.readAsync(into, intoOffset, length, position));
+    } finally {
+      const left = (this.pinned.get(file) ?? 1) - 1;
+      if (left === 0) this.pinned.delete(file);
+      else this.pinned.set(file, left);
     }
   }
 
@@ -249,13 +264,22 @@ export class Journal {
       return file;
     }
     if (this.readFiles.size >= SEGMENT_FILES_OPEN_MAX) {
-      const [oldestIndex, oldest] = this.readFiles.entries().next().value as [number, StorageFile];
-      oldest.close();
-      this.readFiles.delete(oldestIndex);
+      for (const [oldestIndex, oldest] of this.readFiles) {
+        if (this.pinned.has(oldest)) continue;
+        oldest.close();
+        this.readFiles.delete(oldestIndex);
+        break;
+      }
     }
     file = this.options.files.open(segmentPath(this.options.directory, segmentIndex), false);
     this.readFiles.set(segmentIndex, file);
     return file;
+  }
+}
+
+function checkLength(file: StorageFile, position: number, expected: number, got: number): void {
+  if (got !== expected) {
+    throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path}: expected ${expected} bytes at offset ${position}, found ${got}`);
   }
 }
 

@@ -48,6 +48,8 @@ export type DecoderPhase = 'clientFlags' | 'options' | 'transmission' | 'failed'
 export interface DecoderLimits {
   optionBytesMax: number;
   payloadBytesMax: number;
+  /** Where WRITE payloads that span socket chunks are gathered (default: a fresh buffer). */
+  allocate?: (lengthBytes: number) => Buffer;
 }
 
 export class ClientDecoder {
@@ -161,7 +163,7 @@ export class ClientDecoder {
     const request = this.pendingRequest;
     assert(request !== null, 'a payload belongs to a pending request');
     if (this.bufferedBytes < request.lengthBytes) return null;
-    request.payload = this.take(request.lengthBytes);
+    request.payload = this.take(request.lengthBytes, this.limits.allocate);
     this.pendingRequest = null;
     return request;
   }
@@ -193,7 +195,7 @@ export class ClientDecoder {
   }
 
   /** Consumes n bytes; zero-copy when they sit in one chunk, one copy otherwise. */
-  private take(n: number): Buffer {
+  private take(n: number, allocate?: (lengthBytes: number) => Buffer): Buffer {
     assert(n <= this.bufferedBytes, 'take within buffered bytes');
     const head = this.chunks[0];
     if (head.length - this.headOffset >= n) {
@@ -201,11 +203,11 @@ export class ClientDecoder {
       this.consumeHead(n);
       return out;
     }
-    return this.gather(n, true);
+    return this.gather(n, true, allocate);
   }
 
-  private gather(n: number, consume: boolean): Buffer {
-    const out = Buffer.allocUnsafe(n);
+  private gather(n: number, consume: boolean, allocate?: (lengthBytes: number) => Buffer): Buffer {
+    const out = allocate ? allocate(n) : Buffer.allocUnsafe(n);
     let copied = 0;
     let index = 0;
     let offset = this.headOffset;

@@ -14,6 +14,7 @@
 import type { Socket } from 'node:net';
 import { LIMITS } from '../core/index.js';
 import { Cmd, Errno, Opt, Rep } from './constants.js';
+import { BufferPool } from './buffer-pool.js';
 import { ClientDecoder } from './decoder.js';
 import type { RequestMessage } from './decoder.js';
 import { encodeGreeting, encodeOptionError, encodeOptionReply } from './encoder.js';
@@ -31,6 +32,9 @@ export interface SessionEvents {
   onClose(session: NbdSession): void;
 }
 
+/** Large READ replies and WRITE payloads are recycled through one pool per process. */
+const pool = new BufferPool(64 * 1024, 256 * 1024 * 1024);
+
 /** Bytes a running request pins until its reply is written. */
 const REPLY_OVERHEAD_BYTES = 64;
 
@@ -39,6 +43,7 @@ export class NbdSession {
   private readonly decoder = new ClientDecoder({
     optionBytesMax: LIMITS.nbdOptionBytesMax,
     payloadBytesMax: LIMITS.nbdRequestBytesMax,
+    allocate: (lengthBytes) => pool.acquire(lengthBytes),
   });
   private readonly negotiation: Negotiation;
   private agreement: Agreement | null = null;
@@ -53,6 +58,8 @@ export class NbdSession {
   private handshakeTimer: NodeJS.Timeout | null;
   private idleWaiters: Array<() => void> = [];
   private readonly closedPromise: Promise<void>;
+  /** Replies finishing in one event-loop turn leave in one writev (see onReply). */
+  private replyBatchOpen = false;
 
   constructor(
     id: number,
@@ -219,14 +226,28 @@ export class NbdSession {
     const reserved = REPLY_OVERHEAD_BYTES + (request.type === Cmd.READ || request.type === Cmd.WRITE ? request.lengthBytes : 0);
     this.inflight += 1;
     this.reservedBytes += reserved;
-    void executeRequest(request, agreement).then((reply) => this.onReply(reply, reserved));
+    void executeRequest(request, agreement, pool).then((reply) => {
+      // The device call has settled: the payload is no longer referenced.
+      if (request.payload) pool.release(request.payload);
+      this.onReply(reply, reserved);
+    });
   }
 
   private onReply(reply: Buffer, reserved: number): void {
     const wasWaiting = this.mustWait();
     this.inflight -= 1;
     this.reservedBytes -= reserved;
-    if (!this.closed) this.socket.write(reply);
+    if (!this.closed) {
+      if (!this.replyBatchOpen) {
+        this.replyBatchOpen = true;
+        this.socket.cork();
+        setImmediate(() => {
+          this.replyBatchOpen = false;
+          this.socket.uncork();
+        });
+      }
+      this.socket.write(reply, () => pool.release(reply));
+    }
     if (wasWaiting && !this.mustWait()) this.pump();
     if (this.inflight === 0) this.wakeIdle();
   }

@@ -15,6 +15,7 @@ import {
 import type { StatusDescriptor } from './encoder.js';
 import { nbdErrno } from './errno.js';
 import type { Agreement } from './negotiation.js';
+import type { BufferPool } from './buffer-pool.js';
 
 export interface RequestError {
   errno: number;
@@ -98,9 +99,9 @@ function errorFrom(err: unknown): RequestError {
 }
 
 /** Runs a validated request and returns the reply bytes. Never throws for device errors. */
-export async function executeRequest(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
+export async function executeRequest(request: RequestMessage, agreement: Agreement, pool: BufferPool): Promise<Buffer> {
   try {
-    return await run(request, agreement);
+    return await run(request, agreement, pool);
   } catch (err) {
     // A broken invariant is a bug: stop the daemon rather than serve from doubtful state.
     if (err instanceof AssertionFailure) throw err;
@@ -108,14 +109,14 @@ export async function executeRequest(request: RequestMessage, agreement: Agreeme
   }
 }
 
-async function run(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
+async function run(request: RequestMessage, agreement: Agreement, pool: BufferPool): Promise<Buffer> {
   const device = agreement.export.device;
   const { type, flags, offsetBytes, lengthBytes, cookie } = request;
   // FUA is accepted on every command; it matters only where something is written.
   const fua = (flags & CmdFlag.FUA) !== 0;
   switch (type) {
     case Cmd.READ:
-      return readReply(request, agreement);
+      return readReply(request, agreement, pool);
     case Cmd.WRITE:
       await device.write(offsetBytes, request.payload as Buffer, { fua });
       break;
@@ -144,10 +145,15 @@ async function run(request: RequestMessage, agreement: Agreement): Promise<Buffe
 }
 
 /** One buffer holds the reply header and the data, so the device reads straight into it. */
-async function readReply(request: RequestMessage, agreement: Agreement): Promise<Buffer> {
+async function readReply(request: RequestMessage, agreement: Agreement, pool: BufferPool): Promise<Buffer> {
   const prefixBytes = agreement.structuredReplies ? DATA_CHUNK_PREFIX_BYTES : SIMPLE_REPLY_HEADER_BYTES;
-  const out = Buffer.allocUnsafe(prefixBytes + request.lengthBytes);
-  await agreement.export.device.read(request.offsetBytes, out.subarray(prefixBytes));
+  const out = pool.acquire(prefixBytes + request.lengthBytes);
+  try {
+    await agreement.export.device.read(request.offsetBytes, out.subarray(prefixBytes));
+  } catch (err) {
+    pool.release(out);
+    throw err;
+  }
   if (agreement.structuredReplies) {
     writeDataChunkHeader(out, 0, request.cookie, ReplyFlag.DONE, request.offsetBytes, request.lengthBytes);
   } else {

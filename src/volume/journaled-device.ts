@@ -15,6 +15,8 @@ import { ExtentIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint
 import { Journal, RecordFlag, RecordType } from '../journal/index.js';
 import type { FileLayer, JournalStats, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
+const ASYNC_READ_BYTES_MIN = 64 * 1024;
+
 export interface JournaledDeviceOptions {
   name: string;
   /** The volume's directory: journal/ and index.ckpt live here. */
@@ -127,6 +129,10 @@ export class JournaledDevice implements BlockDevice {
   async read(offsetBytes: number, into: Buffer): Promise<void> {
     this.assertRange(offsetBytes, into.length);
     const basePieces: Array<[number, number]> = [];
+    // Large reads go to the thread pool so the event loop keeps receiving and replying
+    // meanwhile; small ones are cheaper as a direct pread on the page cache.
+    const inPool = into.length >= ASYNC_READ_BYTES_MIN;
+    const pooled: Array<Promise<void>> = [];
     this.index.lookup(offsetBytes, into.length, (piece) => {
       const at = piece.startBytes - offsetBytes;
       const length = piece.endBytes - piece.startBytes;
@@ -135,10 +141,17 @@ export class JournaledDevice implements BlockDevice {
         else into.fill(0, at, at + length);
       } else if (isZero(piece.segment)) {
         into.fill(0, at, at + length);
+      } else if (inPool) {
+        pooled.push(this.journal.readAsync(piece.segment, piece.position, into, at, length));
       } else {
         this.journal.read(piece.segment, piece.position, into, at, length);
       }
     });
+    // Wait for every pooled read, even after a failure: `into` must not be written once the
+    // caller has it back (it may be recycled for another reply).
+    const settled = await Promise.allSettled(pooled);
+    const failed = settled.find((result) => result.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
     for (const [start, length] of basePieces) {
       await (this.options.base as BlockDevice).read(start, into.subarray(start - offsetBytes, start - offsetBytes + length));
     }
