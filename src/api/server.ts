@@ -123,6 +123,23 @@ export function buildApi(context: ApiContext): FastifyInstance {
     return reply.status(200).send({ name, deleted: true, disconnectedClients: connected });
   });
 
+  app.post('/api/v1/fsck', {
+    schema: {
+      body: {
+        type: 'object', additionalProperties: false,
+        properties: { volume: { type: 'string' }, rebuildIndex: { type: 'boolean' } },
+      },
+    },
+  }, async (request) => {
+    const { volume, rebuildIndex = false } = (request.body ?? {}) as { volume?: string; rebuildIndex?: boolean };
+    const names = volume === undefined ? context.volumes.names() : [volume];
+    const reports = [];
+    for (const name of names) reports.push(await context.volumes.fsck(name, rebuildIndex));
+    const problems = reports.reduce((sum, report) => sum + report.problems.length, 0);
+    request.log.info({ volumes: names, problems, rebuildIndex }, 'fsck finished');
+    return { ok: problems === 0, volumes: reports };
+  });
+
   app.get('/api/v1/connections', async () => ({ connections: context.nbd.connections() }));
 
   return app;

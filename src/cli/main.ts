@@ -38,6 +38,19 @@ export async function main(argv: string[]): Promise<number> {
 
   registerVolumeCommands(program, run);
 
+  program.command('fsck [name]')
+    .description('check every journal record (checksums, seq order) and the index of one volume or all; exit 2 when a problem is found')
+    .option('--rebuild-index', 'replace the index by one rebuilt from the journal (when the journal is sound)')
+    .option('--api <url>', 'daemon API URL')
+    .option('--json', 'print JSON')
+    .action((name: string | undefined, options: { api?: string; json?: boolean; rebuildIndex?: boolean }) => run(async () => {
+      const body = { ...(name === undefined ? {} : { volume: name }), rebuildIndex: Boolean(options.rebuildIndex) };
+      const result = await new ApiClient(apiUrl(options.api)).request<FsckResult>('POST', '/fsck', body);
+      if (options.json) printJson(result);
+      else printFsck(result);
+      return result.ok ? 0 : 2;
+    }));
+
   program.command('status')
     .description('show the daemon status')
     .option('--api <url>', 'daemon API URL')
@@ -54,6 +67,22 @@ export async function main(argv: string[]): Promise<number> {
     return exitCode;
   } catch (err) {
     return reportError(err, json);
+  }
+}
+
+interface FsckResult {
+  ok: boolean;
+  volumes: Array<{ name: string; state: string; records: number; indexRebuilt: boolean; problems: Array<{ kind: string; segment: string | null; offsetBytes: number | null; message: string }> }>;
+}
+
+function printFsck(result: FsckResult): void {
+  for (const volume of result.volumes) {
+    const verdict = volume.problems.length === 0 ? 'clean' : `${volume.problems.length} problem(s)`;
+    process.stdout.write(`${volume.name}: ${verdict}, ${volume.records} record(s) checked${volume.indexRebuilt ? ', index rebuilt' : ''}\n`);
+    for (const problem of volume.problems) {
+      const where = problem.segment ? ` segment ${problem.segment} offset ${problem.offsetBytes}:` : '';
+      process.stdout.write(`  ${problem.kind}:${where} ${problem.message}\n`);
+    }
   }
 }
 

@@ -1,6 +1,6 @@
 export { Journal } from './journal.js';
 export type { JournalOptions, RecoveryStart, RecoveryReport, AppendedRecord, JournalStats } from './journal.js';
-export { RecordType, RecordFlag, RECORD_HEADER_BYTES } from './record.js';
+export { RecordType, RecordFlag, RECORD_HEADER_BYTES, crcSeedFor } from './record.js';
 export type { RecordHeader } from './record.js';
 export { nodeFileLayer } from './file-layer.js';
 export type { FileLayer, StorageFile } from './file-layer.js';

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { HindsightError, assert } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
-import { Journal, RecordFlag, RecordType } from '../journal/index.js';
+import { Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanJournal, segmentPath } from '../journal/index.js';
 import type { FileLayer, JournalStats, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
@@ -39,6 +39,20 @@ export interface JournaledDeviceStats extends JournalStats {
   extents: number;
   indexBytes: number;
   clientBytesWritten: number;
+}
+
+export interface FsckProblem {
+  kind: 'journal' | 'index';
+  segment: string | null;
+  offsetBytes: number | null;
+  message: string;
+}
+
+export interface FsckReport {
+  records: number;
+  journalBytes: number;
+  problems: FsckProblem[];
+  indexRebuilt: boolean;
 }
 
 export interface OpenReport extends RecoveryReport {
@@ -220,6 +234,29 @@ export class JournaledDevice implements BlockDevice {
     this.maybeCheckpoint();
   }
 
+  /**
+   * Checks every record of the journal (checksum, seq continuity, bounds) and compares the
+   * index rebuilt from it with the live index; with `rebuildIndex`, replaces the live index
+   * by the rebuilt one and checkpoints it. Synchronous scan: it pauses the daemon for as long
+   * as reading the journal takes.
+   */
+  async fsck(rebuildIndex: boolean): Promise<FsckReport> {
+    const verified = verifyJournal(this.options);
+    const problems = [...verified.problems];
+    const reachedEnd = verified.seqLast === this.journal.lastSeq;
+    if (problems.length === 0 && reachedEnd) {
+      const difference = compareIndexes(this.index, verified.index, this.sizeBytes);
+      if (difference !== null) problems.push({ kind: 'index', segment: null, offsetBytes: difference, message: `index differs from the journal at volume offset ${difference}` });
+    }
+    let indexRebuilt = false;
+    if (rebuildIndex && verified.problems.length === 0 && reachedEnd) {
+      this.index = verified.index;
+      await this.checkpoint();
+      indexRebuilt = true;
+    }
+    return { records: verified.records, journalBytes: this.journal.stats().bytes, problems, indexRebuilt };
+  }
+
   /** Writes the index checkpoint now (after syncing the journal it covers). */
   async checkpoint(): Promise<void> {
     const position = this.journal.endPosition;
@@ -293,4 +330,50 @@ function mergeExtents(extents: Extent[], extentsMax: number): Extent[] {
     else break;
   }
   return merged;
+}
+
+/** Scans a volume's whole journal without opening it for service (fsck, failed volumes). */
+export function verifyJournal(options: Pick<JournaledDeviceOptions, 'directory' | 'files' | 'volumeId' | 'sizeBytes'>):
+  { records: number; seqLast: number; problems: FsckProblem[]; index: ExtentIndex } {
+  const directory = path.join(options.directory, 'journal');
+  const index = new ExtentIndex(options.sizeBytes);
+  const problems: FsckProblem[] = [];
+  const segments = listSegments(options.files, directory);
+  if (segments.length === 0) return { records: 0, seqLast: 0, problems, index };
+  let records = 0;
+  const result = scanJournal({
+    directory, files: options.files, volumeId: options.volumeId, crcSeed: crcSeedFor(options.volumeId),
+    from: { segmentIndex: segments[0], position: SEGMENT_HEADER_BYTES }, expectedSeq: 1,
+    onRecord: (record) => {
+      try {
+        applyRecord(index, record, options.sizeBytes);
+        records += 1;
+      } catch (err) {
+        problems.push({ kind: 'journal', segment: path.basename(segmentPath(directory, record.segmentIndex)), offsetBytes: record.recordPosition, message: (err as Error).message });
+      }
+    },
+  });
+  if (result.bad) {
+    problems.push({
+      kind: 'journal',
+      segment: path.basename(segmentPath(directory, result.bad.segmentIndex)),
+      offsetBytes: result.bad.position,
+      message: `${result.bad.reason} (expected seq ${result.bad.expectedSeq})`,
+    });
+  }
+  return { records, seqLast: result.seqLast, problems, index };
+}
+
+/** The first volume offset where two indexes disagree, or null. */
+function compareIndexes(live: ExtentIndex, rebuilt: ExtentIndex, sizeBytes: number): number | null {
+  const pieces: string[] = [];
+  live.lookup(0, sizeBytes, (p) => pieces.push(`${p.startBytes}:${p.endBytes}:${p.segment}:${p.position}`));
+  let at = 0;
+  let difference: number | null = null;
+  rebuilt.lookup(0, sizeBytes, (p) => {
+    if (difference === null && pieces[at] !== `${p.startBytes}:${p.endBytes}:${p.segment}:${p.position}`) difference = p.startBytes;
+    at += 1;
+  });
+  if (difference === null && at !== pieces.length) difference = 0;
+  return difference;
 }

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { HindsightError, LIMITS, fromSystemError } from '../core/index.js';
 import { nodeFileLayer } from '../journal/index.js';
 import { FileDevice } from './file-device.js';
-import { JournaledDevice } from './journaled-device.js';
+import { JournaledDevice, verifyJournal } from './journaled-device.js';
+import type { FsckReport } from './journaled-device.js';
 import { syncDirectory } from './map-file.js';
 import { validateVolumeName, validateVolumeSize } from './names.js';
 
@@ -201,6 +202,18 @@ export class VolumeManager {
     });
   }
 
+  /** Checks one volume's journal and index (see JournaledDevice.fsck); works on failed volumes too. */
+  async fsck(name: string, rebuildIndex: boolean): Promise<FsckReport & { name: string; state: 'online' | 'failed' }> {
+    const volume = this.get(name);
+    if (volume.device) return { name, state: 'online', ...(await volume.device.fsck(rebuildIndex)) };
+    if (!volume.record.id) {
+      return { name, state: 'failed', records: 0, journalBytes: 0, indexRebuilt: false, problems: [{ kind: 'journal', segment: null, offsetBytes: null, message: volume.error?.message ?? 'volume cannot be read' }] };
+    }
+    const verified = verifyJournal({ directory: this.volumeDir(name), files: nodeFileLayer, volumeId: volumeIdOf(volume.record), sizeBytes: volume.record.sizeBytes });
+    const problems = verified.problems.length > 0 ? verified.problems : [{ kind: 'journal' as const, segment: null, offsetBytes: null, message: `journal checks out, but the volume failed to open: ${volume.error?.message}` }];
+    return { name, state: 'failed', records: verified.records, journalBytes: 0, indexRebuilt: false, problems };
+  }
+
   async close(): Promise<void> {
     await this.mutation.catch(() => undefined);
     for (const volume of this.volumes.values()) {
@@ -239,7 +252,7 @@ export class VolumeManager {
         name,
         directory: this.volumeDir(name),
         sizeBytes: record.sizeBytes,
-        volumeId: Buffer.from(record.id.replace(/-/g, ''), 'hex'),
+        volumeId: volumeIdOf(record),
         files: nodeFileLayer,
         base,
         readOnly: record.readOnly ?? false,
@@ -284,4 +297,8 @@ async function diskUsage(directory: string): Promise<number> {
     else if (entry.isFile()) total += (await fs.stat(full)).blocks * 512;
   }
   return total;
+}
+
+function volumeIdOf(record: VolumeRecord): Buffer {
+  return Buffer.from(record.id.replace(/-/g, ''), 'hex');
 }
