@@ -70,6 +70,7 @@ export class JournaledDevice implements BlockDevice {
   private clientBytesWritten = 0;
   private checkpointBytes: number;
   private checkpointRunning: Promise<void> | null = null;
+  private checkpointChain: Promise<void> = Promise.resolve();
 
   private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, timeFirstUs: number, readonly openReport: OpenReport) {
     this.name = options.name;
@@ -257,8 +258,14 @@ export class JournaledDevice implements BlockDevice {
     return { records: verified.records, journalBytes: this.journal.stats().bytes, problems, indexRebuilt };
   }
 
-  /** Writes the index checkpoint now (after syncing the journal it covers). */
-  async checkpoint(): Promise<void> {
+  /** Writes the index checkpoint now (after syncing the journal it covers); one at a time. */
+  checkpoint(): Promise<void> {
+    const next = this.checkpointChain.catch(() => undefined).then(() => this.checkpointOnce());
+    this.checkpointChain = next;
+    return next;
+  }
+
+  private async checkpointOnce(): Promise<void> {
     const position = this.journal.endPosition;
     const stats = this.journal.stats();
     const bytes = encodeCheckpoint(this.index, {
