@@ -3,4 +3,5 @@ export type { ErrorCode } from './errors.js';
 export { assert, unreachable, AssertionFailure } from './assert.js';
 export { LIMITS, checkLimits } from './limits.js';
 export { parseSize, formatSize } from './size.js';
+export { GroupCommit } from './group-commit.js';
 export type { BlockDevice, BlockDeviceCapabilities, WriteOptions, ZeroOptions, Extent } from './block-device.js';

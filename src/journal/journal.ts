@@ -8,7 +8,7 @@
  * carries `seqDurable`, the highest seq synced when it was written; recovery uses it to tell a
  * torn tail left by a crash (cut) from corruption of data that was already durable (refused).
  */
-import { HindsightError, assert } from '../core/index.js';
+import { GroupCommit, HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
 import { RECORD_HEADER_BYTES, RecordType, alignUp, crcSeedFor, encodeRecordHeader, recordSpan } from './record.js';
 import type { RecordHeader, RecordTypeValue } from './record.js';
@@ -71,8 +71,7 @@ export class Journal {
   /** Files with reads in flight: never closed under them. */
   private readonly pinned = new Map<StorageFile, number>();
   private failure: HindsightError | null = null;
-  private syncRunning: Promise<void> | null = null;
-  private syncQueued: Promise<void> | null = null;
+  private readonly groupCommit = new GroupCommit(() => this.syncOnce());
   private readonly headerScratch = Buffer.alloc(RECORD_HEADER_BYTES);
 
   private constructor(private readonly options: JournalOptions, state: { activeIndex: number; activeFile: StorageFile; activeSize: number; seqLast: number; timeLastUs: number; bytesBeforeActive: number; segmentCount: number }) {
@@ -186,19 +185,7 @@ export class Journal {
   /** Durable: every record appended before this call. Concurrent calls share syncs. */
   sync(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    if (this.syncRunning === null) {
-      this.syncRunning = this.syncOnce().finally(() => {
-        this.syncRunning = null;
-      });
-      return this.syncRunning;
-    }
-    if (this.syncQueued === null) {
-      this.syncQueued = this.syncRunning.catch(() => undefined).then(() => {
-        this.syncQueued = null;
-        return this.sync();
-      });
-    }
-    return this.syncQueued;
+    return this.groupCommit.request();
   }
 
   /** Reads `length` payload bytes at `position` of a segment into `into`. */

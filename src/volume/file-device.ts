@@ -14,7 +14,7 @@
  * durable, and a chunk that was zeroed (bit clear) never shows its stale bytes again.
  */
 import fs from 'node:fs';
-import { HindsightError, LIMITS, assert, fromSystemError } from '../core/index.js';
+import { GroupCommit, HindsightError, LIMITS, assert, fromSystemError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ChunkMap } from './chunk-map.js';
 import { readMapFile, writeMapFile } from './map-file.js';
@@ -53,8 +53,7 @@ export class FileDevice implements BlockDevice {
   /** Set when a sync failed: the kernel may have dropped dirty pages, so nothing written
    * since can be promised durable. Every later write and flush fails until reopened. */
   private failure: HindsightError | null = null;
-  private syncRunning: Promise<void> | null = null;
-  private syncQueued: Promise<void> | null = null;
+  private readonly groupCommit = new GroupCommit(() => this.syncOnce());
 
   private constructor(private readonly options: FileDeviceOptions, fd: number, map: ChunkMap, counters: { clientBytesWritten: number; writeCount: number }) {
     this.name = options.name;
@@ -184,19 +183,7 @@ export class FileDevice implements BlockDevice {
   /** Durable: every write completed before this call, then the chunk map. Group commit. */
   flush(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    if (this.syncRunning === null) {
-      this.syncRunning = this.syncOnce().finally(() => {
-        this.syncRunning = null;
-      });
-      return this.syncRunning;
-    }
-    if (this.syncQueued === null) {
-      this.syncQueued = this.syncRunning.catch(() => undefined).then(() => {
-        this.syncQueued = null;
-        return this.flush();
-      });
-    }
-    return this.syncQueued;
+    return this.groupCommit.request();
   }
 
   async close(): Promise<void> {
