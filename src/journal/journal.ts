@@ -70,6 +70,8 @@ export class Journal {
   private readonly readFiles = new Map<number, StorageFile>();
   /** Files with reads in flight: never closed under them. */
   private readonly pinned = new Map<StorageFile, number>();
+  /** Files to close as soon as their last read finishes. */
+  private readonly closing = new Set<StorageFile>();
   private failure: HindsightError | null = null;
   private readonly groupCommit = new GroupCommit(() => this.syncOnce());
   private readonly headerScratch = Buffer.alloc(RECORD_HEADER_BYTES);
@@ -205,7 +207,10 @@ export class Journal {
       checkLength(file, position, length, await file.readAsync(into, intoOffset, length, position));
     } finally {
       const left = (this.pinned.get(file) ?? 1) - 1;
-      if (left === 0) this.pinned.delete(file);
+      if (left === 0) {
+        this.pinned.delete(file);
+        if (this.closing.delete(file)) file.close();
+      }
       else this.pinned.set(file, left);
     }
   }
@@ -227,7 +232,8 @@ export class Journal {
       this.failure ??= new HindsightError('IO_ERROR', `journal sync failed; the volume refuses writes until the daemon restarts: ${(err as Error).message}`, { cause: err });
       throw this.failure;
     } finally {
-      for (const file of files) if (file !== this.activeFile && !this.readFiles.has(indexOfPath(file.path))) file.close();
+      // Rolled segments were only kept open for this sync; reads reopen them on demand.
+      for (const file of files) if (file !== this.activeFile) this.closeWhenIdle(file);
     }
     this.seqDurable = Math.max(this.seqDurable, target);
   }
@@ -243,6 +249,11 @@ export class Journal {
     this.segmentCount += 1;
   }
 
+  private closeWhenIdle(file: StorageFile): void {
+    if (this.pinned.has(file)) this.closing.add(file);
+    else file.close();
+  }
+
   private readFile(segmentIndex: number): StorageFile {
     let file = this.readFiles.get(segmentIndex);
     if (file) {
@@ -251,12 +262,9 @@ export class Journal {
       return file;
     }
     if (this.readFiles.size >= SEGMENT_FILES_OPEN_MAX) {
-      for (const [oldestIndex, oldest] of this.readFiles) {
-        if (this.pinned.has(oldest)) continue;
-        oldest.close();
-        this.readFiles.delete(oldestIndex);
-        break;
-      }
+      const [oldestIndex, oldest] = this.readFiles.entries().next().value as [number, StorageFile];
+      this.readFiles.delete(oldestIndex);
+      this.closeWhenIdle(oldest);
     }
     file = this.options.files.open(segmentPath(this.options.directory, segmentIndex), false);
     this.readFiles.set(segmentIndex, file);
@@ -270,9 +278,6 @@ function checkLength(file: StorageFile, position: number, expected: number, got:
   }
 }
 
-function indexOfPath(file: string): number {
-  return Number(/(\d{8})\.seg$/.exec(file)?.[1] ?? -1);
-}
 
 function createSegment(options: JournalOptions, segmentIndex: number, seqFirst: number): void {
   const file = options.files.open(segmentPath(options.directory, segmentIndex), true);

@@ -95,3 +95,24 @@ for (const seed of [21, 22, 23, 24, 25, 26]) {
     await device.close();
   });
 }
+
+test('segment rolls, syncs and reads of old segments leak no file descriptors', async (t) => {
+  const dir = makeTempDir();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const clock = { us: 1_700_000_000_000_000 };
+  const device = open(dir, clock);
+  const fds = () => fs.readdirSync('/proc/self/fd').length;
+  const before = fds();
+  const block = Buffer.alloc(64 * 1024, 5);
+  for (let i = 0; i < 400; i += 1) {
+    await device.write((i * block.length) % (SIZE - block.length), block, { fua: false });
+    if (i % 10 === 0) await device.flush();
+    const back = Buffer.alloc(128 * 1024);
+    await device.read((i * 4096) % (SIZE - back.length), back);
+  }
+  await device.flush();
+  assert.ok(device.stats().segments > 40, `many segments (${device.stats().segments})`);
+  assert.ok(fds() - before <= 70, `descriptors bounded: ${fds() - before} more than before`);
+  await device.close();
+  assert.ok(fds() <= before + 1, 'close releases every descriptor');
+});
