@@ -6,10 +6,10 @@
  */
 import { crc32c } from '@node-rs/crc32';
 import { assert } from '../core/index.js';
-import { ExtentIndex, REGION_BYTES } from './extent-index.js';
+import { EXTENT_STRIDE, ExtentIndex, REGION_BYTES } from './extent-index.js';
 
 const MAGIC = Buffer.from('HSIDXCP1', 'latin1');
-const VERSION = 1;
+const VERSION = 2;
 const HEADER_BYTES = 128;
 
 export interface CheckpointPosition {
@@ -47,7 +47,7 @@ export function encodeCheckpoint(index: ExtentIndex, info: CheckpointInfo): Buff
   let at = HEADER_BYTES;
   for (const region of regions) {
     out.writeUInt32LE(region.regionIndex, at);
-    out.writeUInt32LE(region.entries.length / 4, at + 4);
+    out.writeUInt32LE(region.entries.length / EXTENT_STRIDE, at + 4);
     Buffer.from(region.entries.buffer, region.entries.byteOffset, region.entries.byteLength).copy(out, at + 8);
     at += 8 + region.entries.byteLength;
   }
@@ -73,9 +73,9 @@ export function decodeCheckpoint(bytes: Buffer, index: ExtentIndex, volumeId: Bu
     if (at + 8 > bytes.length) return { ok: false, reason: 'truncated region table' };
     const regionIndex = bytes.readUInt32LE(at);
     const count = bytes.readUInt32LE(at + 4);
-    const byteLength = count * 16;
+    const byteLength = count * EXTENT_STRIDE * 4;
     if (at + 8 + byteLength > bytes.length || regionIndex >= Math.ceil(index.sizeBytes / REGION_BYTES)) return { ok: false, reason: 'region out of bounds' };
-    const entries = new Uint32Array(count * 4);
+    const entries = new Uint32Array(count * EXTENT_STRIDE);
     Buffer.from(entries.buffer).set(bytes.subarray(at + 8, at + 8 + byteLength));
     index.loadRegion(regionIndex, entries);
     at += 8 + byteLength;

@@ -3,10 +3,13 @@
  * extents, each pointing at a journal payload (segment, position) or saying "zero".
  *
  * Off the JS heap and O(log n): the volume is cut into 4 MiB regions; each region that was
- * ever written holds its extents in one growable Uint32Array (16 bytes an extent: start,
- * end, segment, position), sorted by start. Lookup is a binary search in one region; an
- * update splices a few entries with copyWithin. A sequential 1 MiB write is one extent, not
- * 256. Segment 0 means "zero, deallocated"; ZERO_ALLOCATED means "zero, allocated".
+ * ever written holds its extents in one growable Uint32Array, sorted by start. An extent is
+ * 24 bytes: start and end (within the region), the journal segment, the record's payload
+ * position and length (reads verify the payload's chunk checksums, so they need the whole
+ * record's geometry), and `delta`, where `start` falls within that payload. Lookup is a
+ * binary search in one region; an update splices a few entries with copyWithin. A
+ * sequential 1 MiB write is one extent, not 256. Segment 0 means "zero, deallocated";
+ * ZERO_ALLOCATED means "zero, allocated".
  */
 import { assert } from '../core/index.js';
 
@@ -14,15 +17,19 @@ export const REGION_SHIFT = 22;
 export const REGION_BYTES = 2 ** REGION_SHIFT;
 export const SEGMENT_ZERO = 0;
 export const SEGMENT_ZERO_ALLOCATED = 0xffffffff;
-const STRIDE = 4;
+export const EXTENT_STRIDE = 6;
+const STRIDE = EXTENT_STRIDE;
 
 export interface ExtentVisit {
   startBytes: number;
   endBytes: number;
   /** SEGMENT_ZERO / SEGMENT_ZERO_ALLOCATED, a journal segment, or -1 for "not in the index". */
   segment: number;
-  /** Journal position of startBytes (data extents only). */
-  position: number;
+  /** Data extents: where the record's payload starts, how long it is, and where in it
+   * `startBytes` falls. */
+  payloadPosition: number;
+  payloadBytes: number;
+  delta: number;
 }
 
 class Region {
@@ -79,14 +86,14 @@ export class ExtentIndex {
     return bytes;
   }
 
-  /** Maps [offset, offset+length) to journal bytes starting at (segment, position). */
-  setData(offsetBytes: number, lengthBytes: number, segment: number, position: number): void {
+  /** Maps [offset, offset+length) to a whole record payload at (segment, payloadPosition). */
+  setData(offsetBytes: number, lengthBytes: number, segment: number, payloadPosition: number): void {
     assert(segment !== SEGMENT_ZERO && segment !== SEGMENT_ZERO_ALLOCATED, 'data extents name a real segment');
-    this.set(offsetBytes, lengthBytes, segment, position);
+    this.set(offsetBytes, lengthBytes, segment, payloadPosition, lengthBytes);
   }
 
   setZero(offsetBytes: number, lengthBytes: number, allocated: boolean): void {
-    this.set(offsetBytes, lengthBytes, allocated ? SEGMENT_ZERO_ALLOCATED : SEGMENT_ZERO, 0);
+    this.set(offsetBytes, lengthBytes, allocated ? SEGMENT_ZERO_ALLOCATED : SEGMENT_ZERO, 0, 0);
   }
 
   /** Calls `visit` for consecutive pieces covering the range, gaps included (segment -1). */
@@ -99,7 +106,7 @@ export class ExtentIndex {
       const regionEnd = Math.min(end, regionBase + REGION_BYTES);
       const region = this.regions[regionIndex];
       if (!region || region.count === 0) {
-        visit({ startBytes: at, endBytes: regionEnd, segment: -1, position: 0 });
+        visit({ startBytes: at, endBytes: regionEnd, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
         at = regionEnd;
         continue;
       }
@@ -140,54 +147,61 @@ export class ExtentIndex {
       const stop = base + entries[i * STRIDE + 1];
       if (start >= to) break;
       if (start > at) {
-        visit({ startBytes: at, endBytes: start, segment: -1, position: 0 });
+        visit({ startBytes: at, endBytes: start, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
         at = start;
       }
       const pieceEnd = Math.min(stop, to);
       const segment = entries[i * STRIDE + 2];
-      const position = entries[i * STRIDE + 3] + (at - start);
-      visit({ startBytes: at, endBytes: pieceEnd, segment, position: isZero(segment) ? 0 : position });
+      const zero = isZero(segment);
+      visit({
+        startBytes: at, endBytes: pieceEnd, segment,
+        payloadPosition: zero ? 0 : entries[i * STRIDE + 3],
+        payloadBytes: zero ? 0 : entries[i * STRIDE + 5],
+        delta: zero ? 0 : entries[i * STRIDE + 4] + (at - start),
+      });
       at = pieceEnd;
     }
-    if (at < to) visit({ startBytes: at, endBytes: to, segment: -1, position: 0 });
+    if (at < to) visit({ startBytes: at, endBytes: to, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
     return to;
   }
 
-  private set(offsetBytes: number, lengthBytes: number, segment: number, position: number): void {
+  private set(offsetBytes: number, lengthBytes: number, segment: number, payloadPosition: number, payloadBytes: number): void {
     assert(lengthBytes > 0 && offsetBytes + lengthBytes <= this.sizeBytes, 'extent within the volume');
+    assert(payloadPosition <= 0xffffffff && payloadBytes <= 0xffffffff, 'journal positions fit 32 bits');
     const end = offsetBytes + lengthBytes;
     let at = offsetBytes;
     while (at < end) {
       const regionIndex = Math.floor(at / REGION_BYTES);
       const base = regionIndex * REGION_BYTES;
       const pieceEnd = Math.min(end, base + REGION_BYTES);
-      const piecePosition = isZero(segment) ? 0 : position + (at - offsetBytes);
-      assert(piecePosition <= 0xffffffff, 'journal positions fit 32 bits');
+      const delta = isZero(segment) ? 0 : at - offsetBytes;
       let region = this.regions[regionIndex];
       if (!region) this.regions[regionIndex] = region = new Region();
-      this.setInRegion(region, at - base, pieceEnd - base, segment, piecePosition);
+      this.setInRegion(region, at - base, pieceEnd - base, [segment, payloadPosition, delta, payloadBytes]);
       at = pieceEnd;
     }
   }
 
-  private setInRegion(region: Region, start: number, stop: number, segment: number, position: number): void {
+  /** `value` = [segment, payloadPosition, delta, payloadBytes]. */
+  private setInRegion(region: Region, start: number, stop: number, value: number[]): void {
     const entries = region.entries;
     const first = region.firstEndingAfter(start);
     const replacement: number[] = [];
     let last = first;
     if (first < region.count && entries[first * STRIDE] < start) {
       // The extent straddling `start` keeps its head.
-      replacement.push(entries[first * STRIDE], start, entries[first * STRIDE + 2], entries[first * STRIDE + 3]);
+      const at = first * STRIDE;
+      replacement.push(entries[at], start, entries[at + 2], entries[at + 3], entries[at + 4], entries[at + 5]);
     }
-    replacement.push(start, stop, segment, position);
+    replacement.push(start, stop, value[0], value[1], value[2], value[3]);
     while (last < region.count && entries[last * STRIDE] < stop) {
-      const lastStop = entries[last * STRIDE + 1];
+      const at = last * STRIDE;
+      const lastStop = entries[at + 1];
       if (lastStop > stop) {
-        // The extent straddling `stop` keeps its tail.
-        const lastStart = entries[last * STRIDE];
-        const lastSegment = entries[last * STRIDE + 2];
-        const tailPosition = isZero(lastSegment) ? 0 : entries[last * STRIDE + 3] + (stop - lastStart);
-        replacement.push(stop, lastStop, lastSegment, tailPosition);
+        // The extent straddling `stop` keeps its tail, further into its payload.
+        const lastStart = entries[at];
+        const tailDelta = isZero(entries[at + 2]) ? 0 : entries[at + 4] + (stop - lastStart);
+        replacement.push(stop, lastStop, entries[at + 2], entries[at + 3], tailDelta, entries[at + 5]);
       }
       last += 1;
     }

@@ -157,9 +157,9 @@ export class JournaledDevice implements BlockDevice {
       } else if (isZero(piece.segment)) {
         into.fill(0, at, at + length);
       } else if (inPool) {
-        pooled.push(this.journal.readAsync(piece.segment, piece.position, into, at, length));
+        pooled.push(this.journal.readAsync(piece.segment, piece.payloadPosition + piece.delta, into, at, length));
       } else {
-        this.journal.read(piece.segment, piece.position, into, at, length);
+        this.journal.read(piece.segment, piece.payloadPosition + piece.delta, into, at, length);
       }
     });
     // Wait for every pooled read, even after a failure: `into` must not be written once the
@@ -374,11 +374,11 @@ export function verifyJournal(options: Pick<JournaledDeviceOptions, 'directory' 
 /** The first volume offset where two indexes disagree, or null. */
 function compareIndexes(live: ExtentIndex, rebuilt: ExtentIndex, sizeBytes: number): number | null {
   const pieces: string[] = [];
-  live.lookup(0, sizeBytes, (p) => pieces.push(`${p.startBytes}:${p.endBytes}:${p.segment}:${p.position}`));
+  live.lookup(0, sizeBytes, (p) => pieces.push(`${p.startBytes}:${p.endBytes}:${p.segment}:${p.payloadPosition}:${p.delta}:${p.payloadBytes}`));
   let at = 0;
   let difference: number | null = null;
   rebuilt.lookup(0, sizeBytes, (p) => {
-    if (difference === null && pieces[at] !== `${p.startBytes}:${p.endBytes}:${p.segment}:${p.position}`) difference = p.startBytes;
+    if (difference === null && pieces[at] !== `${p.startBytes}:${p.endBytes}:${p.segment}:${p.payloadPosition}:${p.delta}:${p.payloadBytes}`) difference = p.startBytes;
     at += 1;
   });
   if (difference === null && at !== pieces.length) difference = 0;
