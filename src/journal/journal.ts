@@ -7,6 +7,10 @@
  * rolled since the last sync); concurrent callers share one sync (group commit). Each record
  * carries `seqDurable`, the highest seq synced when it was written; recovery uses it to tell a
  * torn tail left by a crash (cut) from corruption of data that was already durable (refused).
+ * A sync also syncs the journal directory after a segment was created or removed. Recovery
+ * never claims more durable than the checkpoint and the records say: the first sync after
+ * open covers every replayed record above that (written again, in case the kernel dropped
+ * it) and any cut, and new records after a cut go to a fresh segment.
  */
 import { GroupCommit, HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
@@ -67,6 +71,13 @@ export class Journal {
   private bytesBeforeActive: number;
   private segmentCount: number;
   private readonly rolledUnsynced: StorageFile[] = [];
+  /**
+   * Segments replayed at open that may hold records not yet durable (a process restart
+   * finds them in the page cache): the first sync makes them durable too.
+   */
+  private readonly unsyncedAtOpen: number[];
+  /** A segment was created or removed since the journal directory was last synced. */
+  private directoryDirty = true;
   private readonly readFiles = new Map<number, StorageFile>();
   /** Files with reads in flight: never closed under them. */
   private readonly pinned = new Map<StorageFile, number>();
@@ -76,14 +87,15 @@ export class Journal {
   private readonly groupCommit = new GroupCommit(() => this.syncOnce());
   private readonly headerScratch = Buffer.alloc(RECORD_HEADER_BYTES);
 
-  private constructor(private readonly options: JournalOptions, state: { activeIndex: number; activeFile: StorageFile; activeSize: number; seqLast: number; timeLastUs: number; bytesBeforeActive: number; segmentCount: number }) {
+  private constructor(private readonly options: JournalOptions, state: { activeIndex: number; activeFile: StorageFile; activeSize: number; seqLast: number; seqDurable: number; unsyncedAtOpen: number[]; timeLastUs: number; bytesBeforeActive: number; segmentCount: number }) {
     this.crcSeed = crcSeedFor(options.volumeId);
     this.activeIndex = state.activeIndex;
     this.activeFile = state.activeFile;
     this.activeSize = state.activeSize;
     this.seqLast = state.seqLast;
     this.timeLastUs = state.timeLastUs;
-    this.seqDurable = state.seqLast;
+    this.seqDurable = state.seqDurable;
+    this.unsyncedAtOpen = state.unsyncedAtOpen;
     this.bytesBeforeActive = state.bytesBeforeActive;
     this.segmentCount = state.segmentCount;
   }
@@ -104,11 +116,13 @@ export class Journal {
     const from = start?.from ?? { segmentIndex: listSegments(files, directory)[0], position: SEGMENT_HEADER_BYTES };
     let replayed = 0;
     let timeLastUs = start?.timeLastUs ?? 0;
+    const claims = new DurableClaims(start?.seqLast ?? 0);
     const result = scanJournal({
       directory, files, volumeId: options.volumeId, crcSeed, from, expectedSeq: (start?.seqLast ?? 0) + 1,
       onRecord: (record) => {
         replayed += 1;
         timeLastUs = record.header.timeUs;
+        claims.note(record);
         onRecord(record);
       },
     });
@@ -120,8 +134,19 @@ export class Journal {
           `journal ${segmentPath(directory, result.bad.segmentIndex)} is corrupt at offset ${result.bad.position} (${result.bad.reason}): ` +
           `seq ${result.bad.expectedSeq} had been made durable, so this is not a torn write; the volume is not served (run hindsight fsck)`);
       }
-      tornTail = { ...cutTail(options, result.bad), reason: result.bad.reason };
+      const cut = cutTail(options, result.bad);
+      tornTail = { segmentIndex: cut.segmentIndex, position: cut.position, reason: result.bad.reason, bytesCut: cut.bytesCut };
+      // Until the cut is durable a crash may bring back what it truncated or removed; new
+      // records go to a fresh segment past all of those, so stale records can never pass
+      // for their continuation (they would not follow the cut point in seq order).
+      createSegment(options, cut.segmentIndexMax + 1, result.seqLast + 1);
     }
+    // Replayed records not known durable may be only in the page cache (the process
+    // restarted, the machine did not) — even pages the kernel dropped after a failed
+    // fdatasync yet still serves. Written again, so the first sync really persists them; no
+    // record claims them durable before that.
+    const tail = claims.tailStart;
+    if (tail) rewriteRecords(options, tail, result.end);
     const segments = listSegments(files, directory);
     const activeIndex = segments[segments.length - 1];
     const activeFile = files.open(segmentPath(directory, activeIndex), false);
@@ -132,8 +157,10 @@ export class Journal {
       bytesBeforeActive += file.sizeBytes();
       file.close();
     }
+    const syncFrom = Math.min(tail?.segmentIndex ?? Infinity, tornTail?.segmentIndex ?? Infinity);
+    const unsyncedAtOpen = segments.filter((index) => index >= syncFrom && index !== activeIndex);
     const journal = new Journal(options, {
-      activeIndex, activeFile, activeSize, seqLast: result.seqLast, timeLastUs, bytesBeforeActive, segmentCount: segments.length,
+      activeIndex, activeFile, activeSize, seqLast: result.seqLast, seqDurable: claims.seqDurable, unsyncedAtOpen, timeLastUs, bytesBeforeActive, segmentCount: segments.length,
     });
     return { journal, report: { recordsReplayed: replayed, tornTail } };
   }
@@ -176,7 +203,12 @@ export class Journal {
     if (payload) buffers.push(payload);
     const padding = alignUp(payloadBytes) - payloadBytes;
     if (padding > 0) buffers.push(PADDING.subarray(0, padding));
-    this.activeFile.writev(buffers, this.activeSize);
+    try {
+      this.activeFile.writev(buffers, this.activeSize);
+    } catch (err) {
+      this.discardPartialRecord();
+      throw err;
+    }
     const payloadPosition = this.activeSize + RECORD_HEADER_BYTES;
     this.activeSize += span;
     this.seqLast = seq;
@@ -223,17 +255,27 @@ export class Journal {
   }
 
   private async syncOnce(): Promise<void> {
+    // A sync queued behind one that failed must fail too: the kernel may have dropped the
+    // pages that one could not write, and a second fdatasync would report success.
+    if (this.failure) throw this.failure;
     const target = this.seqLast;
-    if (target === this.seqDurable && this.rolledUnsynced.length === 0) return;
+    if (target === this.seqDurable && this.rolledUnsynced.length === 0 && !this.directoryDirty) return;
+    const reopen = this.unsyncedAtOpen.splice(0);
     const files = [...this.rolledUnsynced.splice(0), this.activeFile];
+    const syncDirectory = this.directoryDirty;
+    this.directoryDirty = false;
     try {
+      for (const index of reopen) files.unshift(this.options.files.open(segmentPath(this.options.directory, index), false));
       for (const file of files) await file.datasync();
+      // A new segment's directory entry is durable only once its directory is synced.
+      if (syncDirectory) await this.options.files.syncDirectory(this.options.directory);
     } catch (err) {
       this.failure ??= new HindsightError('IO_ERROR', `journal sync failed; the volume refuses writes until the daemon restarts: ${(err as Error).message}`, { cause: err });
       throw this.failure;
     } finally {
-      // Rolled segments were only kept open for this sync; reads reopen them on demand.
-      for (const file of files) if (file !== this.activeFile) this.closeWhenIdle(file);
+      // Rolled segments were only kept open for this sync; reads reopen them on demand. One
+      // that rolled while this sync ran is still active or queued for the next sync.
+      for (const file of files) if (file !== this.activeFile && !this.rolledUnsynced.includes(file)) this.closeWhenIdle(file);
     }
     this.seqDurable = Math.max(this.seqDurable, target);
   }
@@ -242,11 +284,25 @@ export class Journal {
     const next = this.activeIndex + 1;
     createSegment(this.options, next, this.seqLast + 1);
     this.rolledUnsynced.push(this.activeFile);
+    this.directoryDirty = true;
     this.bytesBeforeActive += this.activeSize;
     this.activeIndex = next;
     this.activeFile = this.options.files.open(segmentPath(this.options.directory, next), false);
     this.activeSize = SEGMENT_HEADER_BYTES;
     this.segmentCount += 1;
+  }
+
+  /**
+   * After a failed append (disk full): part of the record may be in the file past the end.
+   * Removed, or a later roll would leave it in the middle of the journal, where the next
+   * open takes it for corruption (or cuts the acknowledged records after it).
+   */
+  private discardPartialRecord(): void {
+    try {
+      this.activeFile.truncate(this.activeSize);
+    } catch (err) {
+      this.failure ??= new HindsightError('IO_ERROR', `journal ${this.activeFile.path}: cannot remove a partly written record; the volume refuses writes until the daemon restarts`, { cause: err });
+    }
   }
 
   private closeWhenIdle(file: StorageFile): void {
@@ -278,20 +334,82 @@ function checkLength(file: StorageFile, position: number, expected: number, got:
   }
 }
 
+/**
+ * Follows recovery's replay to find the records not known durable: those above the highest
+ * seq that the checkpoint (written after a sync) or any replayed record says was synced.
+ */
+class DurableClaims {
+  private readonly seqs: number[] = [];
+  private readonly positions: JournalPosition[] = [];
+  private head = 0;
+
+  constructor(public seqDurable: number) {}
+
+  note(record: ScannedRecord): void {
+    this.seqDurable = Math.max(this.seqDurable, record.header.seqDurable);
+    this.seqs.push(record.header.seq);
+    this.positions.push({ segmentIndex: record.segmentIndex, position: record.recordPosition });
+    while (this.head < this.seqs.length && this.seqs[this.head] <= this.seqDurable) this.head += 1;
+    if (this.head > 4096 && this.head * 2 > this.seqs.length) {
+      this.seqs.splice(0, this.head);
+      this.positions.splice(0, this.head);
+      this.head = 0;
+    }
+  }
+
+  /** Where the first record not known durable starts, or null. */
+  get tailStart(): JournalPosition | null {
+    return this.head < this.seqs.length ? this.positions[this.head] : null;
+  }
+}
+
+const REWRITE_CHUNK_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Writes the journal's bytes from `from` to `end` again, in place (they are unchanged), with
+ * the header of every segment whose records are all rewritten: it may have been dropped
+ * with them.
+ */
+function rewriteRecords(options: JournalOptions, from: JournalPosition, end: JournalPosition): void {
+  const chunk = Buffer.allocUnsafe(REWRITE_CHUNK_BYTES);
+  for (const index of listSegments(options.files, options.directory)) {
+    if (index < from.segmentIndex || index > end.segmentIndex) continue;
+    const file = options.files.open(segmentPath(options.directory, index), false);
+    try {
+      const stop = index === end.segmentIndex ? end.position : file.sizeBytes();
+      const first = index === from.segmentIndex && from.position > SEGMENT_HEADER_BYTES ? from.position : 0;
+      for (let at = first; at < stop; at += REWRITE_CHUNK_BYTES) {
+        const length = Math.min(REWRITE_CHUNK_BYTES, stop - at);
+        checkLength(file, at, length, file.read(chunk, 0, length, at));
+        file.writev([chunk.subarray(0, length)], at);
+      }
+    } finally {
+      file.close();
+    }
+  }
+}
 
 function createSegment(options: JournalOptions, segmentIndex: number, seqFirst: number): void {
   const file = options.files.open(segmentPath(options.directory, segmentIndex), true);
   try {
     file.writev([encodeSegmentHeader({ volumeId: options.volumeId, segmentIndex, seqFirst, createdUs: options.nowUs() })], 0);
-  } finally {
+  } catch (err) {
+    // Disk full: leave no half-made segment behind, or the next roll could not create it.
     file.close();
+    options.files.remove(segmentPath(options.directory, segmentIndex));
+    throw err;
   }
+  file.close();
 }
 
-/** Cuts the journal at a torn record: truncates that segment, removes any later ones. */
-function cutTail(options: JournalOptions, at: JournalPosition): { segmentIndex: number; position: number; bytesCut: number } {
+/**
+ * Cuts the journal at a torn record: truncates that segment, removes any later ones. Says
+ * the highest segment index there was.
+ */
+function cutTail(options: JournalOptions, at: JournalPosition): { segmentIndex: number; position: number; bytesCut: number; segmentIndexMax: number } {
   let bytesCut = 0;
-  for (const index of listSegments(options.files, options.directory)) {
+  const segments = listSegments(options.files, options.directory);
+  for (const index of segments) {
     if (index < at.segmentIndex) continue;
     const file = options.files.open(segmentPath(options.directory, index), false);
     const size = file.sizeBytes();
@@ -305,6 +423,5 @@ function cutTail(options: JournalOptions, at: JournalPosition): { segmentIndex: 
       options.files.remove(segmentPath(options.directory, index));
     }
   }
-  if (listSegments(options.files, options.directory).length === 0) createSegment(options, at.segmentIndex, 1);
-  return { segmentIndex: at.segmentIndex, position: at.position, bytesCut };
+  return { segmentIndex: at.segmentIndex, position: at.position, bytesCut, segmentIndexMax: Math.max(at.segmentIndex, ...segments) };
 }

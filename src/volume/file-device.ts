@@ -194,6 +194,8 @@ export class FileDevice implements BlockDevice {
   }
 
   private async syncOnce(): Promise<void> {
+    // A sync queued behind a failed one must fail too: the kernel may have dropped the pages.
+    if (this.failure) throw this.failure;
     const mapDirty = this.mapDirty;
     this.mapDirty = false;
     const snapshot = mapDirty ? this.map.snapshot() : null;
