@@ -57,6 +57,11 @@ export class Daemon {
       }
       nbd = new NbdServer({ ...config.nbd, catalog: catalogOf(volumes), log: log.child({ component: 'nbd' }) });
       const nbdBound = await nbd.listen();
+      const server = nbd;
+      volumes.onVolumeFailed = (name, error) => {
+        log.error({ volume: name, error: error.message }, 'volume refused: damaged journal data');
+        void server.disconnectExport(name).catch(() => undefined);
+      };
       const ports: BoundPorts = { nbd: nbdBound, api: { ...config.api } };
       const startedAt = new Date();
       const api = buildApi({

@@ -1,9 +1,9 @@
 export { Journal } from './journal.js';
-export type { JournalOptions, RecoveryStart, RecoveryReport, AppendedRecord, JournalStats } from './journal.js';
+export type { JournalOptions, RecoveryStart, RecoveryReport, AppendedRecord, JournalStats, PayloadPiece } from './journal.js';
 export { RecordType, RecordFlag, RECORD_HEADER_BYTES, crcSeedFor } from './record.js';
 export type { RecordHeader } from './record.js';
 export { nodeFileLayer } from './file-layer.js';
 export type { FileLayer, StorageFile } from './file-layer.js';
-export { scanJournal, listSegments, segmentPath } from './scanner.js';
-export type { JournalPosition, ScannedRecord } from './scanner.js';
+export { scanJournal, scrubJournal, listSegments, segmentPath } from './scanner.js';
+export type { JournalPosition, ScannedRecord, BadRecord } from './scanner.js';
 export { SEGMENT_HEADER_BYTES } from './segment.js';

@@ -14,7 +14,8 @@
  */
 import { GroupCommit, HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
-import { RECORD_HEADER_BYTES, RecordType, alignUp, crcSeedFor, encodeRecordHeader, recordSpan } from './record.js';
+import { RECORD_HEADER_BYTES, RecordType, crcSeedFor, encodeRecordHeader, payloadOffset, recordSpan } from './record.js';
+import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, encodeChunkTable, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader, RecordTypeValue } from './record.js';
 import { durableClaimAfter, listSegments, scanJournal, segmentPath } from './scanner.js';
 import type { JournalPosition, ScannedRecord } from './scanner.js';
@@ -113,6 +114,9 @@ export class Journal {
       if (start !== null) throw new HindsightError('JOURNAL_CORRUPT', `${directory}: the index checkpoint refers to journal segments that are missing`);
       createSegment(options, 1, 1);
     }
+    if (start !== null && !listSegments(files, directory).includes(start.from.segmentIndex)) {
+      throw new HindsightError('JOURNAL_CORRUPT', `${directory}: the index checkpoint refers to journal segment ${start.from.segmentIndex}, which is missing`);
+    }
     const from = start?.from ?? { segmentIndex: listSegments(files, directory)[0], position: SEGMENT_HEADER_BYTES };
     let replayed = 0;
     let timeLastUs = start?.timeLastUs ?? 0;
@@ -127,6 +131,11 @@ export class Journal {
       },
     });
     let tornTail: RecoveryReport['tornTail'] = null;
+    if (result.bad?.startMismatch && start !== null) {
+      // Not the journal's fault: the checkpoint is stale or foreign. The caller rebuilds the
+      // index by replaying the whole journal, which then judges any damage on its own terms.
+      throw new HindsightError('JOURNAL_CORRUPT', `the index checkpoint does not match the journal (${result.bad.reason})`);
+    }
     if (result.bad) {
       const claimed = durableClaimAfter({ directory, files, volumeId: options.volumeId, crcSeed }, result.bad);
       if (claimed >= result.bad.expectedSeq) {
@@ -198,10 +207,11 @@ export class Journal {
     const seq = this.seqLast + 1;
     const timeUs = Math.max(this.options.nowUs(), this.timeLastUs);
     const header: RecordHeader = { type, flags, seq, timeUs, offsetBytes, lengthBytes, payloadBytes, seqDurable: this.seqDurable };
-    encodeRecordHeader(this.headerScratch, header, payload, this.crcSeed);
+    const table = payload && payloadBytes > 0 ? encodeChunkTable(payload, this.crcSeed) : null;
+    encodeRecordHeader(this.headerScratch, header, table, this.crcSeed);
     const buffers: Buffer[] = [this.headerScratch];
-    if (payload) buffers.push(payload);
-    const padding = alignUp(payloadBytes) - payloadBytes;
+    if (table) buffers.push(table, payload as Buffer);
+    const padding = span - payloadOffset(payloadBytes) - payloadBytes;
     if (padding > 0) buffers.push(PADDING.subarray(0, padding));
     try {
       this.activeFile.writev(buffers, this.activeSize);
@@ -209,7 +219,7 @@ export class Journal {
       this.discardPartialRecord();
       throw err;
     }
-    const payloadPosition = this.activeSize + RECORD_HEADER_BYTES;
+    const payloadPosition = this.activeSize + payloadOffset(payloadBytes);
     this.activeSize += span;
     this.seqLast = seq;
     this.timeLastUs = timeUs;
@@ -222,29 +232,57 @@ export class Journal {
     return this.groupCommit.request();
   }
 
-  /** Reads `length` payload bytes at `position` of a segment into `into`. */
-  read(segmentIndex: number, position: number, into: Buffer, intoOffset: number, length: number): void {
-    const file = segmentIndex === this.activeIndex ? this.activeFile : this.readFile(segmentIndex);
-    checkLength(file, position, length, file.read(into, intoOffset, length, position));
+  /**
+   * Reads `length` bytes of a WRITE record's payload, starting `delta` bytes into it, into
+   * `into` at `intoOffset` — verified: every 4 KiB payload chunk touched is read whole and
+   * checked against the record's chunk table, so damaged data is reported, never returned.
+   */
+  readPayload(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): void {
+    const file = piece.segment === this.activeIndex ? this.activeFile : this.readFile(piece.segment);
+    const plan = planRead(piece, length);
+    const table = Buffer.allocUnsafe(plan.tableBytes);
+    checkLength(file, plan.tablePosition, plan.tableBytes, file.read(table, 0, plan.tableBytes, plan.tablePosition));
+    const data = plan.direct ? into.subarray(intoOffset, intoOffset + length) : Buffer.allocUnsafe(plan.dataBytes);
+    checkLength(file, plan.dataPosition, plan.dataBytes, file.read(data, 0, plan.dataBytes, plan.dataPosition));
+    this.verify(file, piece, plan, data, table);
+    if (!plan.direct) data.copy(into, intoOffset, plan.skip, plan.skip + length);
   }
 
   /**
-   * The same in the thread pool. Safe to overlap with appends: journal bytes at a position
-   * never change once written. The file stays open until the read is done.
+   * The same in the thread pool (the checksums still run here). Safe to overlap with
+   * appends: journal bytes never change once written. The file stays open until done.
    */
-  async readAsync(segmentIndex: number, position: number, into: Buffer, intoOffset: number, length: number): Promise<void> {
-    const file = segmentIndex === this.activeIndex ? this.activeFile : this.readFile(segmentIndex);
+  async readPayloadAsync(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): Promise<void> {
+    const file = piece.segment === this.activeIndex ? this.activeFile : this.readFile(piece.segment);
+    const plan = planRead(piece, length);
     this.pinned.set(file, (this.pinned.get(file) ?? 0) + 1);
     try {
-      checkLength(file, position, length, await file.readAsync(into, intoOffset, length, position));
+      const table = Buffer.allocUnsafe(plan.tableBytes);
+      const data = plan.direct ? into.subarray(intoOffset, intoOffset + length) : Buffer.allocUnsafe(plan.dataBytes);
+      const [tableGot, dataGot] = await Promise.all([
+        file.readAsync(table, 0, plan.tableBytes, plan.tablePosition),
+        file.readAsync(data, 0, plan.dataBytes, plan.dataPosition),
+      ]);
+      checkLength(file, plan.tablePosition, plan.tableBytes, tableGot);
+      checkLength(file, plan.dataPosition, plan.dataBytes, dataGot);
+      this.verify(file, piece, plan, data, table);
+      if (!plan.direct) data.copy(into, intoOffset, plan.skip, plan.skip + length);
     } finally {
       const left = (this.pinned.get(file) ?? 1) - 1;
       if (left === 0) {
         this.pinned.delete(file);
         if (this.closing.delete(file)) file.close();
+      } else {
+        this.pinned.set(file, left);
       }
-      else this.pinned.set(file, left);
     }
+  }
+
+  private verify(file: StorageFile, piece: PayloadPiece, plan: ReadPlan, data: Buffer, table: Buffer): void {
+    const bad = firstBadChunk(data, plan.firstChunk, piece.payloadBytes, table, this.crcSeed);
+    if (bad === -1) return;
+    const recordPosition = piece.payloadPosition - payloadOffset(piece.payloadBytes);
+    throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path}: payload chunk ${bad} of the record at offset ${recordPosition} fails its checksum; the data is not served (run hindsight fsck)`);
   }
 
   async close(): Promise<void> {
@@ -326,6 +364,45 @@ export class Journal {
     this.readFiles.set(segmentIndex, file);
     return file;
   }
+}
+
+/** Where a piece of a record payload lives: the index's view of it. */
+export interface PayloadPiece {
+  segment: number;
+  payloadPosition: number;
+  payloadBytes: number;
+  /** Offset of the piece's first byte within the payload. */
+  delta: number;
+}
+
+interface ReadPlan {
+  firstChunk: number;
+  tablePosition: number;
+  tableBytes: number;
+  dataPosition: number;
+  dataBytes: number;
+  /** Bytes of the aligned data before the piece. */
+  skip: number;
+  /** The piece is exactly whole chunks: read straight into the caller's buffer. */
+  direct: boolean;
+}
+
+function planRead(piece: PayloadPiece, length: number): ReadPlan {
+  assert(piece.delta + length <= piece.payloadBytes && length > 0, 'read within the record payload');
+  const firstChunk = Math.floor(piece.delta / PAYLOAD_CHUNK_BYTES);
+  const endChunk = Math.ceil((piece.delta + length) / PAYLOAD_CHUNK_BYTES);
+  const dataStart = firstChunk * PAYLOAD_CHUNK_BYTES;
+  const dataEnd = Math.min(endChunk * PAYLOAD_CHUNK_BYTES, piece.payloadBytes);
+  const tableStart = piece.payloadPosition - chunkTableBytes(piece.payloadBytes);
+  return {
+    firstChunk,
+    tablePosition: tableStart + firstChunk * 4,
+    tableBytes: (endChunk - firstChunk) * 4,
+    dataPosition: piece.payloadPosition + dataStart,
+    dataBytes: dataEnd - dataStart,
+    skip: piece.delta - dataStart,
+    direct: piece.delta === dataStart && length === dataEnd - dataStart,
+  };
 }
 
 function checkLength(file: StorageFile, position: number, expected: number, got: number): void {

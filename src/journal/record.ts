@@ -1,10 +1,13 @@
 /**
  * Journal records (docs/FORMAT.md, "Journal records"). Self-describing and checksummed:
- * a 56-byte little-endian header, then the payload, then zero padding to a multiple of 8.
- * CRC32C covers the header (with its CRC field zero) and the payload.
+ * a 56-byte little-endian header, the chunk table (one CRC32C per 4 KiB of payload, WRITE
+ * only), the payload, then zero padding to a multiple of 8. The header's CRC32C covers the
+ * header (CRC field zero) and the chunk table; the table covers the payload, chunk by chunk,
+ * so a read can verify just the chunks it touches.
  */
 import { crc32c } from '@node-rs/crc32';
 import { assert } from '../core/index.js';
+import { chunkTableBytes } from './chunk-crc.js';
 
 export const RECORD_MAGIC = 0x4a524853; // "SHRJ" little-endian on disk
 export const RECORD_HEADER_BYTES = 56;
@@ -42,7 +45,12 @@ const KNOWN_TYPES = new Set<number>(Object.values(RecordType));
 
 /** Total bytes a record occupies in a segment, padding included. */
 export function recordSpan(payloadBytes: number): number {
-  return RECORD_HEADER_BYTES + alignUp(payloadBytes);
+  return alignUp(payloadOffset(payloadBytes) + payloadBytes);
+}
+
+/** Where the payload starts within its record: after the header and the chunk table. */
+export function payloadOffset(payloadBytes: number): number {
+  return RECORD_HEADER_BYTES + chunkTableBytes(payloadBytes);
 }
 
 export function alignUp(bytes: number): number {
@@ -50,10 +58,11 @@ export function alignUp(bytes: number): number {
 }
 
 /** Writes the header (CRC included) into `out` at 0. */
-export function encodeRecordHeader(out: Buffer, header: RecordHeader, payload: Buffer | null, crcSeed: number): void {
+/** `table` is the payload's chunk table (encodeChunkTable), null without payload. */
+export function encodeRecordHeader(out: Buffer, header: RecordHeader, table: Buffer | null, crcSeed: number): void {
   assert(out.length >= RECORD_HEADER_BYTES, 'header buffer is large enough');
   assert(KNOWN_TYPES.has(header.type), 'record type is known');
-  assert((payload?.length ?? 0) === header.payloadBytes, 'payload length matches header');
+  assert((table?.length ?? 0) === chunkTableBytes(header.payloadBytes), 'chunk table matches the payload');
   out.writeUInt32LE(RECORD_MAGIC, 0);
   out.writeUInt8(header.type, 4);
   out.writeUInt8(header.flags, 5);
@@ -66,18 +75,18 @@ export function encodeRecordHeader(out: Buffer, header: RecordHeader, payload: B
   writeU64(out, 40, header.seqDurable);
   out.writeUInt32LE(0, CRC_AT);
   out.writeUInt32LE(0, 52);
-  out.writeUInt32LE(recordCrc(out.subarray(0, RECORD_HEADER_BYTES), payload, crcSeed), CRC_AT);
+  out.writeUInt32LE(recordCrc(out.subarray(0, RECORD_HEADER_BYTES), table, crcSeed), CRC_AT);
 }
 
 /**
  * The CRC is seeded with the volume's identity (crcSeedFor), so a record copied from another
  * journal — say, a Hindsight journal stored inside a guest disk — never validates here.
  */
-export function recordCrc(header: Buffer, payload: Buffer | null, crcSeed: number): number {
+export function recordCrc(header: Buffer, table: Buffer | null, crcSeed: number): number {
   const zeroed = Buffer.from(header.subarray(0, RECORD_HEADER_BYTES));
   zeroed.writeUInt32LE(0, CRC_AT);
   const headerCrc = crc32c(zeroed, crcSeed);
-  return payload && payload.length > 0 ? crc32c(payload, headerCrc) : headerCrc;
+  return table && table.length > 0 ? crc32c(table, headerCrc) : headerCrc;
 }
 
 export type HeaderCheck = { ok: true; header: RecordHeader } | { ok: false; reason: string };

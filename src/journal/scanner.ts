@@ -7,8 +7,9 @@ import path from 'node:path';
 import { HindsightError } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
 import {
-  RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, decodeRecordHeader, recordCrc, recordSpan, storedCrc,
+  RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, decodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc,
 } from './record.js';
+import { chunkTableBytes, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader } from './record.js';
 import { SEGMENT_HEADER_BYTES, decodeSegmentHeader, parseSegmentFileName } from './segment.js';
 
@@ -29,6 +30,9 @@ export interface ScannedRecord {
 export interface BadRecord extends JournalPosition {
   reason: string;
   expectedSeq: number;
+  /** The journal does not continue where the scan was told to start (a stale or foreign
+   * index checkpoint), as opposed to a damaged or torn record. */
+  startMismatch: boolean;
 }
 
 export interface ScanResult {
@@ -78,7 +82,7 @@ export function scanJournal(options: ScanOptions): ScanResult {
 function scanSegment(file: StorageFile, segmentIndex: number, start: number, firstSeq: number, options: ScanOptions):
   { position: number; expectedSeq: number; bad: BadRecord | null } {
   const size = file.sizeBytes();
-  const bad = (position: number, reason: string, expectedSeq: number) => ({ position, expectedSeq, bad: { segmentIndex, position, reason, expectedSeq } });
+  const bad = (position: number, reason: string, expectedSeq: number, startMismatch = false) => ({ position, expectedSeq, bad: { segmentIndex, position, reason, expectedSeq, startMismatch } });
   const headerBytes = Buffer.alloc(SEGMENT_HEADER_BYTES);
   if (file.read(headerBytes, 0, SEGMENT_HEADER_BYTES, 0) < SEGMENT_HEADER_BYTES) return bad(0, 'segment header truncated', firstSeq);
   try {
@@ -88,15 +92,18 @@ function scanSegment(file: StorageFile, segmentIndex: number, start: number, fir
   } catch (err) {
     return bad(0, (err as HindsightError).message, firstSeq);
   }
-  if (start > size) return bad(size, `index checkpoint points past the end of the segment (${start} > ${size})`, firstSeq);
+  if (start > size) return bad(size, `index checkpoint points past the end of the segment (${start} > ${size})`, firstSeq, true);
   let position = start;
   let expectedSeq = firstSeq;
   const header = Buffer.alloc(RECORD_HEADER_BYTES);
   while (position < size) {
     const check = readRecordAt(file, position, size, header, options.crcSeed);
     if (!check.ok) return bad(position, check.reason, expectedSeq);
-    if (check.header.seq !== expectedSeq) return bad(position, `seq ${check.header.seq} where ${expectedSeq} was expected`, expectedSeq);
-    options.onRecord({ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + RECORD_HEADER_BYTES });
+    if (check.header.seq !== expectedSeq) {
+      const atStart = segmentIndex === options.from.segmentIndex && position === options.from.position;
+      return bad(position, `seq ${check.header.seq} where ${expectedSeq} was expected`, expectedSeq, atStart);
+    }
+    options.onRecord({ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(check.header.payloadBytes) });
     expectedSeq += 1;
     position += recordSpan(check.header.payloadBytes);
   }
@@ -113,9 +120,16 @@ export function readRecordAt(file: StorageFile, position: number, size: number, 
   if (!decoded.ok) return decoded;
   const payloadBytes = decoded.header.payloadBytes;
   if (position + recordSpan(payloadBytes) > size) return { ok: false, reason: 'record payload truncated' };
-  const payload = payloadBytes > 0 ? Buffer.allocUnsafe(payloadBytes) : null;
-  if (payload) file.read(payload, 0, payloadBytes, position + RECORD_HEADER_BYTES);
-  if (recordCrc(scratch, payload, crcSeed) !== storedCrc(scratch)) return { ok: false, reason: 'record checksum mismatch' };
+  if (payloadBytes === 0) {
+    if (recordCrc(scratch, null, crcSeed) !== storedCrc(scratch)) return { ok: false, reason: 'record checksum mismatch' };
+    return decoded;
+  }
+  const body = Buffer.allocUnsafe(payloadOffset(payloadBytes) - RECORD_HEADER_BYTES + payloadBytes);
+  file.read(body, 0, body.length, position + RECORD_HEADER_BYTES);
+  const table = body.subarray(0, chunkTableBytes(payloadBytes));
+  if (recordCrc(scratch, table, crcSeed) !== storedCrc(scratch)) return { ok: false, reason: 'record checksum mismatch' };
+  const bad = firstBadChunk(body.subarray(table.length), 0, payloadBytes, table, crcSeed);
+  if (bad !== -1) return { ok: false, reason: `payload chunk ${bad} checksum mismatch` };
   return decoded;
 }
 
@@ -159,4 +173,43 @@ function* magicPositions(file: StorageFile, start: number, size: number): Genera
       if (hit % RECORD_ALIGN_BYTES === 0) yield base + hit;
     }
   }
+}
+
+const SCRUB_YIELD_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Verifies every record from the start of the journal up to `until` (records known durable,
+ * so any failure is corruption), yielding to the event loop every few MiB so serving goes
+ * on. Returns the first bad record, or null; stops early (null) when `stopped()` says so.
+ */
+export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, until: JournalPosition, stopped: () => boolean): Promise<BadRecord | null> {
+  const scratch = Buffer.alloc(RECORD_HEADER_BYTES);
+  let expectedSeq = 1;
+  let sinceYield = 0;
+  for (const segmentIndex of listSegments(options.files, options.directory).filter((index) => index <= until.segmentIndex)) {
+    const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
+    try {
+      const size = file.sizeBytes();
+      const limit = segmentIndex === until.segmentIndex ? Math.min(until.position, size) : size;
+      let position = SEGMENT_HEADER_BYTES;
+      while (position < limit) {
+        const check = readRecordAt(file, position, size, scratch, options.crcSeed);
+        const bad = (reason: string): BadRecord => ({ segmentIndex, position, reason, expectedSeq, startMismatch: false });
+        if (!check.ok) return bad(check.reason);
+        if (check.header.seq !== expectedSeq) return bad(`seq ${check.header.seq} where ${expectedSeq} was expected`);
+        expectedSeq += 1;
+        const span = recordSpan(check.header.payloadBytes);
+        position += span;
+        sinceYield += span;
+        if (sinceYield >= SCRUB_YIELD_BYTES) {
+          sinceYield = 0;
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          if (stopped()) return null;
+        }
+      }
+    } finally {
+      file.close();
+    }
+  }
+  return null;
 }

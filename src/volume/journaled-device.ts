@@ -9,11 +9,11 @@
  * close, so start-up replays only the journal's tail.
  */
 import path from 'node:path';
-import { HindsightError, assert } from '../core/index.js';
+import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
-import { Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanJournal, segmentPath } from '../journal/index.js';
-import type { FileLayer, JournalStats, RecoveryReport, ScannedRecord } from '../journal/index.js';
+import { Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanJournal, scrubJournal, segmentPath } from '../journal/index.js';
+import type { FileLayer, JournalPosition, JournalStats, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
 
@@ -31,6 +31,8 @@ export interface JournaledDeviceOptions {
   segmentBytesMax: number;
   checkpointEveryBytes: number;
   nowUs: () => number;
+  /** Called once when damaged journal data is found (by a read, the scrub or fsck). */
+  onCorruption?: (error: HindsightError) => void;
 }
 
 export interface JournaledDeviceStats extends JournalStats {
@@ -70,15 +72,21 @@ export class JournaledDevice implements BlockDevice {
   private clientBytesWritten = 0;
   private checkpointBytes: number;
   private checkpointRunning: Promise<void> | null = null;
+  /** Set once damaged journal data was found: the volume is then refused. */
+  private corruption: HindsightError | null = null;
+  /** Where replay at open started: records before it were verified by nobody yet. */
+  private readonly replayedFrom: JournalPosition | null;
+  private closed = false;
   private checkpointChain: Promise<void> = Promise.resolve();
 
-  private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, timeFirstUs: number, readonly openReport: OpenReport) {
+  private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
     this.sizeBytes = options.sizeBytes;
     this.index = index;
     this.timeFirstUs = timeFirstUs;
     this.capabilities.readOnly = options.readOnly;
     this.checkpointBytes = journal.stats().bytes;
+    this.replayedFrom = replayedFrom;
   }
 
   static open(options: JournaledDeviceOptions): JournaledDevice {
@@ -120,9 +128,37 @@ export class JournaledDevice implements BlockDevice {
       checkpoint = `ignored (${(err as Error).message}); index rebuilt from the journal`;
       opened = Journal.open(journalOptions, null, apply);
     }
-    const device = new JournaledDevice(options, opened.journal, index, timeFirstUs, { ...opened.report, checkpoint });
+    const replayedFrom = checkpoint === 'loaded' && start ? start.from : null;
+    const device = new JournaledDevice(options, opened.journal, index, timeFirstUs, { ...opened.report, checkpoint }, replayedFrom);
     device.clientBytesWritten = clientBytesWritten;
     return device;
+  }
+
+  get corruptionError(): HindsightError | null {
+    return this.corruption;
+  }
+
+  /**
+   * Verifies, in the background, the records that the start-up replay skipped (those before
+   * the index checkpoint). Reads verify what they touch anyway; this finds damage in data
+   * nobody reads, so the volume is refused rather than silently rotting.
+   */
+  async scrub(): Promise<void> {
+    if (this.replayedFrom === null) return;
+    const bad = await scrubJournal({
+      directory: path.join(this.options.directory, 'journal'), files: this.options.files,
+      volumeId: this.options.volumeId, crcSeed: crcSeedFor(this.options.volumeId),
+    }, this.replayedFrom, () => this.closed || this.corruption !== null);
+    if (bad) {
+      this.reportCorruption(new HindsightError('JOURNAL_CORRUPT',
+        `journal ${segmentPath(path.join(this.options.directory, 'journal'), bad.segmentIndex)} is corrupt at offset ${bad.position} (${bad.reason}); the volume is not served (run hindsight fsck)`));
+    }
+  }
+
+  private reportCorruption(error: HindsightError): void {
+    if (this.corruption) return;
+    this.corruption = error;
+    this.options.onCorruption?.(error);
   }
 
   setReadOnly(readOnly: boolean): void {
@@ -142,7 +178,17 @@ export class JournaledDevice implements BlockDevice {
   }
 
   async read(offsetBytes: number, into: Buffer): Promise<void> {
+    try {
+      await this.readVerified(offsetBytes, into);
+    } catch (err) {
+      if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
+      throw err;
+    }
+  }
+
+  private async readVerified(offsetBytes: number, into: Buffer): Promise<void> {
     this.assertRange(offsetBytes, into.length);
+    if (this.corruption) throw this.corruption;
     const basePieces: Array<[number, number]> = [];
     // Large reads go to the thread pool so the event loop keeps receiving and replying
     // meanwhile; small ones are cheaper as a direct pread on the page cache.
@@ -157,9 +203,9 @@ export class JournaledDevice implements BlockDevice {
       } else if (isZero(piece.segment)) {
         into.fill(0, at, at + length);
       } else if (inPool) {
-        pooled.push(this.journal.readAsync(piece.segment, piece.payloadPosition + piece.delta, into, at, length));
+        pooled.push(this.journal.readPayloadAsync(piece, into, at, length));
       } else {
-        this.journal.read(piece.segment, piece.payloadPosition + piece.delta, into, at, length);
+        this.journal.readPayload(piece, into, at, length);
       }
     });
     // Wait for every pooled read, even after a failure: `into` must not be written once the
@@ -244,6 +290,8 @@ export class JournaledDevice implements BlockDevice {
   async fsck(rebuildIndex: boolean): Promise<FsckReport> {
     const verified = verifyJournal(this.options);
     const problems = [...verified.problems];
+    const first = verified.problems[0];
+    if (first) this.reportCorruption(new HindsightError('JOURNAL_CORRUPT', `fsck: journal segment ${first.segment} offset ${first.offsetBytes}: ${first.message}`));
     const reachedEnd = verified.seqLast === this.journal.lastSeq;
     if (problems.length === 0 && reachedEnd) {
       const difference = compareIndexes(this.index, verified.index, this.sizeBytes);
@@ -278,6 +326,7 @@ export class JournaledDevice implements BlockDevice {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await this.checkpointRunning?.catch(() => undefined);
     await this.checkpoint().catch(() => undefined);
     await this.journal.close();
@@ -302,6 +351,7 @@ export class JournaledDevice implements BlockDevice {
   private assertWritable(offsetBytes: number, lengthBytes: number): void {
     this.assertRange(offsetBytes, lengthBytes);
     assert(!this.capabilities.readOnly, 'writes reach only writable devices');
+    if (this.corruption) throw this.corruption;
     if (lengthBytes === 0) throw new HindsightError('INVALID_ARGUMENT', 'zero-length change');
   }
 }

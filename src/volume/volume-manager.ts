@@ -73,6 +73,9 @@ export class VolumeManager {
   /** Serialises create/delete so two requests for one name cannot race. */
   private mutation: Promise<unknown> = Promise.resolve();
 
+  /** Told when a volume that was online is refused (damaged journal data found). */
+  onVolumeFailed: (name: string, error: HindsightError) => void = () => undefined;
+
   constructor(private readonly options: VolumeManagerOptions) {
     this.volumesDir = path.join(options.dataDir, 'volumes');
   }
@@ -86,7 +89,10 @@ export class VolumeManager {
         await fs.rm(path.join(this.volumesDir, entry.name), { recursive: true, force: true });
         continue;
       }
-      this.volumes.set(entry.name, await this.load(entry.name));
+      const volume = await this.load(entry.name);
+      this.volumes.set(entry.name, volume);
+      // After registering: a damaged record found at once must find the volume to refuse.
+      void volume.device?.scrub().catch(() => undefined);
     }
   }
 
@@ -96,7 +102,8 @@ export class VolumeManager {
 
   /** Online volumes only: what NBD may export. */
   device(name: string): JournaledDevice | undefined {
-    return this.volumes.get(name)?.device ?? undefined;
+    const volume = this.volumes.get(name);
+    return volume && !volume.error ? volume.device ?? undefined : undefined;
   }
 
   get(name: string): Volume {
@@ -118,7 +125,7 @@ export class VolumeManager {
       sizeBytes: volume.record.sizeBytes,
       createdAt: volume.record.createdAt,
       readOnly: volume.record.readOnly ?? false,
-      state: volume.device ? 'online' : 'failed',
+      state: volume.device && !volume.error ? 'online' : 'failed',
       error: volume.error ? volume.error.toJSON() : null,
       storedBytes,
       clientBytesWritten: stats?.clientBytesWritten ?? 0,
@@ -205,7 +212,10 @@ export class VolumeManager {
   /** Checks one volume's journal and index (see JournaledDevice.fsck); works on failed volumes too. */
   async fsck(name: string, rebuildIndex: boolean): Promise<FsckReport & { name: string; state: 'online' | 'failed' }> {
     const volume = this.get(name);
-    if (volume.device) return { name, state: 'online', ...(await volume.device.fsck(rebuildIndex)) };
+    if (volume.device) {
+      const report = await volume.device.fsck(rebuildIndex);
+      return { name, state: volume.error ? 'failed' : 'online', ...report };
+    }
     if (!volume.record.id) {
       return { name, state: 'failed', records: 0, journalBytes: 0, indexRebuilt: false, problems: [{ kind: 'journal', segment: null, offsetBytes: null, message: volume.error?.message ?? 'volume cannot be read' }] };
     }
@@ -220,6 +230,14 @@ export class VolumeManager {
       await volume.device?.close();
       await volume.base?.close();
     }
+  }
+
+  /** Refuses a volume from now on: hidden from NBD, listed as failed with the error. */
+  private fail(name: string, error: HindsightError): void {
+    const volume = this.volumes.get(name);
+    if (!volume || volume.error) return;
+    volume.error = error;
+    this.onVolumeFailed(name, error);
   }
 
   private serialise<T>(work: () => Promise<T>): Promise<T> {
@@ -260,6 +278,7 @@ export class VolumeManager {
         segmentBytesMax: LIMITS.journalSegmentBytesMax,
         checkpointEveryBytes: LIMITS.indexCheckpointEveryBytes,
         nowUs: () => Date.now() * 1000,
+        onCorruption: (error) => this.fail(name, error),
       });
       return { record, device, base, error: null };
     } catch (err) {

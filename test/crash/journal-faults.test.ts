@@ -22,7 +22,8 @@ const SEGMENT_HEADER_BYTES = 64;
 const RECORD_HEADER_BYTES = 56;
 
 const segmentFile = (index: number) => path.join(DIRECTORY, 'journal', `${String(index).padStart(8, '0')}.seg`);
-const recordSpan = (payloadBytes: number) => RECORD_HEADER_BYTES + Math.ceil(payloadBytes / 8) * 8;
+// Header, chunk table (4 bytes per 4 KiB of payload), payload, padding to 8 (docs/FORMAT.md).
+const recordSpan = (payloadBytes: number) => Math.ceil((RECORD_HEADER_BYTES + Math.ceil(payloadBytes / 4096) * 4 + payloadBytes) / 8) * 8;
 
 function openDevice(files: FaultFs, segmentBytesMax = 256 * 1024): JournaledDevice {
   let clock = 1_700_000_000_000_000;

@@ -86,8 +86,10 @@ export function shakeBlock(key: string, lengthBytes = 4096): Buffer {
 export interface SegmentRecord {
   /** Where the record starts in the segment file. */
   position: number;
-  /** Header + payload + padding. */
+  /** Header + chunk table + payload + padding. */
   span: number;
+  /** Where the payload starts in the segment file (after the header and the chunk table). */
+  payloadPosition: number;
   type: number;
   flags: number;
   seq: number;
@@ -112,11 +114,13 @@ export function parseSegment(file: string): { sizeBytes: number; records: Segmen
   let position = SEGMENT_HEADER_BYTES;
   while (position + RECORD_HEADER_BYTES <= bytes.length && bytes.readUInt32LE(position) === RECORD_MAGIC) {
     const payloadBytes = bytes.readUInt32LE(position + 36);
-    const span = RECORD_HEADER_BYTES + Math.ceil(payloadBytes / 8) * 8;
+    const tableBytes = Math.ceil(payloadBytes / 4096) * 4;
+    const span = Math.ceil((RECORD_HEADER_BYTES + tableBytes + payloadBytes) / 8) * 8;
     if (position + span > bytes.length) break;
     records.push({
       position,
       span,
+      payloadPosition: position + RECORD_HEADER_BYTES + tableBytes,
       type: bytes.readUInt8(position + 4),
       flags: bytes.readUInt8(position + 5),
       seq: u64(bytes, position + 8),

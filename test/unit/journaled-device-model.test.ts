@@ -116,3 +116,34 @@ test('segment rolls, syncs and reads of old segments leak no file descriptors', 
   await device.close();
   assert.ok(fds() <= before + 1, 'close releases every descriptor');
 });
+
+test('damaged journal data is never served: the read fails and the volume is refused', async (t) => {
+  const dir = makeTempDir();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const clock = { us: 1_700_000_000_000_000 };
+  let device = open(dir, clock);
+  for (let i = 0; i < 8; i += 1) await device.write(i * 65536, Buffer.alloc(65536, i + 1), { fua: false });
+  await device.close();
+  // Damage the payload of the fourth record (behind the checkpoint: start-up replay skips it).
+  const segment = path.join(dir, 'journal', '00000001.seg');
+  const bytes = fs.readFileSync(segment);
+  const span = Math.ceil((56 + 16 * 4 + 65536) / 8) * 8;
+  bytes[64 + 3 * span + 56 + 64 + 1000] ^= 0x5a;
+  fs.writeFileSync(segment, bytes);
+  const reported: string[] = [];
+  device = JournaledDevice.open({
+    name: 'model', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer, base: null,
+    readOnly: false, syncEveryWrite: false, segmentBytesMax: 512 * 1024, checkpointEveryBytes: 256 * 1024,
+    nowUs: () => (clock.us += 7), onCorruption: (error) => reported.push(error.message),
+  });
+  assert.equal(device.openReport.checkpoint, 'loaded');
+  const good = Buffer.alloc(4096);
+  await device.read(0, good);
+  assert.ok(good.every((b) => b === 1), 'undamaged data reads back');
+  await assert.rejects(device.read(3 * 65536, Buffer.alloc(4096)), { code: 'JOURNAL_CORRUPT' });
+  assert.equal(reported.length, 1);
+  assert.match(reported[0], /00000001\.seg/);
+  await assert.rejects(device.read(0, good), { code: 'JOURNAL_CORRUPT' }, 'a refused volume serves nothing');
+  await assert.rejects(device.write(0, Buffer.alloc(512), { fua: false }), { code: 'JOURNAL_CORRUPT' });
+  await device.close();
+});
