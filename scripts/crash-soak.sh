@@ -45,4 +45,17 @@ if [ "$failed" -ne 0 ]; then
   exit 1
 fi
 echo "crash soak: passed, $rounds rounds, $points crash points" >&2
+
+# The real daemon under kill -9 and on-disk corruption, with seeds CI does not use (it runs
+# the fixed default seed). KILL9_RUNS runs of HINDSIGHT_CRASH_ROUNDS rounds each.
+npx tsc -p tsconfig.json
+for ((run = 0; run < ${KILL9_RUNS:-5}; run++)); do
+  seed=$(( seed_first + 7919 * (run + 1) ))
+  HINDSIGHT_CRASH_SEED=$seed HINDSIGHT_CRASH_ROUNDS=${HINDSIGHT_CRASH_ROUNDS:-20} \
+    node --import tsx --test --test-reporter=spec test/crash/kill9.test.ts test/crash/corruption.test.ts >"$logs/daemon-$run.log" 2>&1 || {
+    echo "crash soak: kill -9 / corruption FAILED; replay with HINDSIGHT_CRASH_SEED=$seed (log: $logs/daemon-$run.log)" >&2
+    exit 1
+  }
+done
+echo "crash soak: kill -9 and corruption passed with ${KILL9_RUNS:-5} extra seeds" >&2
 rm -rf "$logs"
