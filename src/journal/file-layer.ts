@@ -16,6 +16,9 @@ export interface StorageFile {
   read(into: Buffer, intoOffset: number, length: number, position: number): number;
   /** The same in the thread pool: for large reads, so the event loop keeps serving. */
   readAsync(into: Buffer, intoOffset: number, length: number, position: number): Promise<number>;
+  /** Consecutive bytes from `position` into several buffers, in one call; returns bytes read. */
+  readv(buffers: Buffer[], position: number): number;
+  readvAsync(buffers: Buffer[], position: number): Promise<number>;
   datasync(): Promise<void>;
   truncate(sizeBytes: number): void;
   close(): void;
@@ -77,6 +80,22 @@ class NodeFile implements StorageFile {
     return done;
   }
 
+  readv(buffers: Buffer[], position: number): number {
+    try {
+      const total = buffers.reduce((sum, buffer) => sum + buffer.length, 0);
+      const got = fs.readvSync(this.fd, buffers, position);
+      return got === total ? got : readRest(this, buffers, position, got);
+    } catch (err) {
+      throw fromSystemError(err, `reading ${this.path}`);
+    }
+  }
+
+  async readvAsync(buffers: Buffer[], position: number): Promise<number> {
+    const total = buffers.reduce((sum, buffer) => sum + buffer.length, 0);
+    const got = await new Promise<number>((resolve, reject) => fs.readv(this.fd, buffers, position, (err, bytes) => (err ? reject(fromSystemError(err, `reading ${this.path}`)) : resolve(bytes))));
+    return got === total ? got : readRest(this, buffers, position, got);
+  }
+
   async readAsync(into: Buffer, intoOffset: number, length: number, position: number): Promise<number> {
     let done = 0;
     while (done < length) {
@@ -99,6 +118,22 @@ class NodeFile implements StorageFile {
     if (this.fd >= 0) fs.closeSync(this.fd);
     this.fd = -1;
   }
+}
+
+/** After a short readv (rare: end of file or a signal), the rest one buffer at a time. */
+function readRest(file: StorageFile, buffers: Buffer[], position: number, done: number): number {
+  let skipped = 0;
+  let total = done;
+  for (const buffer of buffers) {
+    const start = Math.max(0, done - skipped);
+    if (start < buffer.length) {
+      const got = file.read(buffer, start, buffer.length - start, position + skipped + start);
+      total += got;
+      if (got < buffer.length - start) return total;
+    }
+    skipped += buffer.length;
+  }
+  return total;
 }
 
 export const nodeFileLayer: FileLayer = {

@@ -436,6 +436,20 @@ class FaultFile implements StorageFile {
     return this.read(into, intoOffset, length, position);
   }
 
+  readv(buffers: Buffer[], position: number): number {
+    let total = 0;
+    for (const buffer of buffers) {
+      const got = this.read(buffer, 0, buffer.length, position + total);
+      total += got;
+      if (got < buffer.length) break;
+    }
+    return total;
+  }
+
+  async readvAsync(buffers: Buffer[], position: number): Promise<number> {
+    return this.readv(buffers, position);
+  }
+
   async datasync(): Promise<void> {
     this.check('syncing');
     const fail = this.layer.beforeDatasync(this.path);
