@@ -77,6 +77,8 @@ export function decodeCheckpoint(bytes: Buffer, index: ExtentIndex, volumeId: Bu
     if (at + 8 + byteLength > bytes.length || regionIndex >= Math.ceil(index.sizeBytes / REGION_BYTES)) return { ok: false, reason: 'region out of bounds' };
     const entries = new Uint32Array(count * EXTENT_STRIDE);
     Buffer.from(entries.buffer).set(bytes.subarray(at + 8, at + 8 + byteLength));
+    const invalid = invalidExtent(entries);
+    if (invalid !== null) return { ok: false, reason: `region ${regionIndex}: ${invalid}` };
     index.loadRegion(regionIndex, entries);
     at += 8 + byteLength;
   }
@@ -94,4 +96,16 @@ export function decodeCheckpoint(bytes: Buffer, index: ExtentIndex, volumeId: Bu
       clientBytesWritten: Number(bytes.readBigUInt64LE(96)),
     },
   };
+}
+
+/** Checks a region's extents before they reach the index (which asserts the same facts). */
+function invalidExtent(entries: Uint32Array): string | null {
+  let previousEnd = 0;
+  for (let at = 0; at < entries.length; at += EXTENT_STRIDE) {
+    const [start, end, segment, , delta, payloadBytes] = entries.subarray(at, at + EXTENT_STRIDE);
+    if (start < previousEnd || end <= start || end > REGION_BYTES) return 'extents not sorted, disjoint and inside the region';
+    if (segment !== 0 && segment !== 0xffffffff && delta + (end - start) > payloadBytes) return 'extent reaches past its record payload';
+    previousEnd = end;
+  }
+  return null;
 }

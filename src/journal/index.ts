@@ -1,4 +1,4 @@
-export { Journal } from './journal.js';
+export { Journal, CheckpointMismatch } from './journal.js';
 export type { JournalOptions, RecoveryStart, RecoveryReport, AppendedRecord, JournalStats, PayloadPiece } from './journal.js';
 export { RecordType, RecordFlag, RECORD_HEADER_BYTES, crcSeedFor } from './record.js';
 export type { RecordHeader } from './record.js';

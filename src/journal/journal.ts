@@ -106,16 +106,20 @@ export class Journal {
    * beginning) through `onRecord`. A torn tail is cut; corruption of durable data throws
    * JOURNAL_CORRUPT naming the segment and offset.
    */
-  static open(options: JournalOptions, start: RecoveryStart | null, onRecord: (record: ScannedRecord) => void): { journal: Journal; report: RecoveryReport } {
+  static open(options: JournalOptions, start: RecoveryStart | null, onRecord: (record: ScannedRecord) => void, durableFloor = 0): { journal: Journal; report: RecoveryReport } {
     const { files, directory } = options;
     files.mkdir(directory);
     const crcSeed = crcSeedFor(options.volumeId);
+    // Every seq up to here is proven durable (a checkpoint is written only after a sync):
+    // damage at or below it is corruption, never a torn tail to cut.
+    const floor = Math.max(durableFloor, start?.seqLast ?? 0);
     if (listSegments(files, directory).length === 0) {
-      if (start !== null) throw new HindsightError('JOURNAL_CORRUPT', `${directory}: the index checkpoint refers to journal segments that are missing`);
+      if (start !== null) throw new CheckpointMismatch(`${directory}: the index checkpoint refers to journal segments that are missing`);
+      if (floor > 0) throw new HindsightError('JOURNAL_CORRUPT', `${directory}: the journal is missing, but seq ${floor} had been made durable`);
       createSegment(options, 1, 1);
     }
     if (start !== null && !listSegments(files, directory).includes(start.from.segmentIndex)) {
-      throw new HindsightError('JOURNAL_CORRUPT', `${directory}: the index checkpoint refers to journal segment ${start.from.segmentIndex}, which is missing`);
+      throw new CheckpointMismatch(`${directory}: the index checkpoint refers to journal segment ${start.from.segmentIndex}, which is missing`);
     }
     const from = start?.from ?? { segmentIndex: listSegments(files, directory)[0], position: SEGMENT_HEADER_BYTES };
     let replayed = 0;
@@ -132,12 +136,13 @@ export class Journal {
     });
     let tornTail: RecoveryReport['tornTail'] = null;
     if (result.bad?.startMismatch && start !== null) {
-      // Not the journal's fault: the checkpoint is stale or foreign. The caller rebuilds the
-      // index by replaying the whole journal, which then judges any damage on its own terms.
-      throw new HindsightError('JOURNAL_CORRUPT', `the index checkpoint does not match the journal (${result.bad.reason})`);
+      // The checkpoint is stale or foreign. The caller replays the whole journal instead,
+      // keeping the checkpoint's seq as a floor of what must be there.
+      throw new CheckpointMismatch(`the index checkpoint does not match the journal (${result.bad.reason})`);
     }
     if (result.bad) {
-      const claimed = durableClaimAfter({ directory, files, volumeId: options.volumeId, crcSeed }, result.bad);
+      const beforeStart = start !== null && result.bad.segmentIndex === start.from.segmentIndex && result.bad.position < start.from.position;
+      const claimed = beforeStart ? Infinity : Math.max(floor, durableClaimAfter({ directory, files, volumeId: options.volumeId, crcSeed }, result.bad));
       if (claimed >= result.bad.expectedSeq) {
         throw new HindsightError('JOURNAL_CORRUPT',
           `journal ${segmentPath(directory, result.bad.segmentIndex)} is corrupt at offset ${result.bad.position} (${result.bad.reason}): ` +
@@ -149,6 +154,9 @@ export class Journal {
       // records go to a fresh segment past all of those, so stale records can never pass
       // for their continuation (they would not follow the cut point in seq order).
       createSegment(options, cut.segmentIndexMax + 1, result.seqLast + 1);
+    }
+    if (result.seqLast < floor) {
+      throw new HindsightError('JOURNAL_CORRUPT', `journal ${directory} ends at seq ${result.seqLast}, but seq ${floor} had been made durable: segments are missing or damaged; the volume is not served (run hindsight fsck)`);
     }
     // Replayed records not known durable may be only in the page cache (the process
     // restarted, the machine did not) — even pages the kernel dropped after a failed
@@ -264,12 +272,16 @@ export class Journal {
       if (buffers) {
         checkLength(file, plan.tablePosition, plan.spanBytes, await file.readvAsync(buffers, plan.tablePosition));
       } else {
-        const [tableGot, dataGot] = await Promise.all([
+        // Both reads must finish before anything throws: `data` may be the caller's buffer,
+        // which goes back to a pool as soon as this rejects.
+        const [tableRead, dataRead] = await Promise.allSettled([
           file.readAsync(table, 0, plan.tableBytes, plan.tablePosition),
           file.readAsync(data, 0, plan.dataBytes, plan.dataPosition),
         ]);
-        checkLength(file, plan.tablePosition, plan.tableBytes, tableGot);
-        checkLength(file, plan.dataPosition, plan.dataBytes, dataGot);
+        if (tableRead.status === 'rejected') throw tableRead.reason;
+        if (dataRead.status === 'rejected') throw dataRead.reason;
+        checkLength(file, plan.tablePosition, plan.tableBytes, tableRead.value);
+        checkLength(file, plan.dataPosition, plan.dataBytes, dataRead.value);
       }
       this.verify(file, piece, plan, data, table);
       if (!plan.direct) data.copy(into, intoOffset, plan.skip, plan.skip + length);
@@ -293,8 +305,9 @@ export class Journal {
 
   async close(): Promise<void> {
     await this.sync().catch(() => undefined);
-    this.activeFile.close();
-    for (const file of this.readFiles.values()) file.close();
+    // Reads still running (a client cut off at shutdown) keep their file until they finish.
+    this.closeWhenIdle(this.activeFile);
+    for (const file of this.readFiles.values()) this.closeWhenIdle(file);
     this.readFiles.clear();
   }
 
@@ -369,6 +382,13 @@ export class Journal {
     file = this.options.files.open(segmentPath(this.options.directory, segmentIndex), false);
     this.readFiles.set(segmentIndex, file);
     return file;
+  }
+}
+
+/** The index checkpoint does not fit the journal: replay the whole journal instead. */
+export class CheckpointMismatch extends HindsightError {
+  constructor(message: string) {
+    super('JOURNAL_CORRUPT', message);
   }
 }
 

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
-import { Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanJournal, scrubJournal, segmentPath } from '../journal/index.js';
+import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanJournal, scrubJournal, segmentPath } from '../journal/index.js';
 import type { FileLayer, JournalPosition, JournalStats, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
@@ -120,13 +120,14 @@ export class JournaledDevice implements BlockDevice {
     try {
       opened = Journal.open(journalOptions, start, apply);
     } catch (err) {
-      if (start === null) throw err;
-      // The checkpoint may be what is wrong: the index is derivable, so rebuild from scratch.
+      if (start === null || !(err instanceof CheckpointMismatch)) throw err;
+      // The checkpoint does not fit the journal: the index is derivable, so rebuild it from
+      // the whole journal — which must still reach the seq the checkpoint proved durable.
       index = new ExtentIndex(options.sizeBytes);
       timeFirstUs = 0;
       clientBytesWritten = 0;
       checkpoint = `ignored (${(err as Error).message}); index rebuilt from the journal`;
-      opened = Journal.open(journalOptions, null, apply);
+      opened = Journal.open(journalOptions, null, apply, start.seqLast);
     }
     const replayedFrom = checkpoint === 'loaded' && start ? start.from : null;
     const device = new JournaledDevice(options, opened.journal, index, timeFirstUs, { ...opened.report, checkpoint }, replayedFrom);
@@ -276,7 +277,15 @@ export class JournaledDevice implements BlockDevice {
 
   /** Durable: everything acknowledged before; a flush marker records the crash-consistent point. */
   async flush(): Promise<void> {
-    if (!this.capabilities.readOnly) this.journal.append(RecordType.FLUSH, 0, 0, 0, null);
+    if (!this.capabilities.readOnly) {
+      try {
+        this.journal.append(RecordType.FLUSH, 0, 0, 0, null);
+      } catch (err) {
+        // The marker is a convenience; the sync is the promise. A full disk must not stop
+        // what was already written from becoming durable.
+        if (!isHindsightError(err, 'NO_SPACE')) throw err;
+      }
+    }
     await this.journal.sync();
     this.maybeCheckpoint();
   }

@@ -331,7 +331,7 @@ test(`a lost, damaged or stale index checkpoint: the index is rebuilt from the j
   if (daemon.process.exitCode === null && daemon.process.signalCode === null) await stopCleanly(daemon);
 });
 
-test(`a checkpoint ahead of its journal (segment restored from an older copy): the index comes from the journal, never from bytes it does not hold (seed ${SEED + 3})`, { timeout: 90_000 }, async (t) => {
+test(`a checkpoint ahead of its journal (segment restored from an older copy): flushed data is missing, so the volume is refused until the operator accepts the loss (seed ${SEED + 3})`, { timeout: 90_000 }, async (t) => {
   const defer = deferrals(t);
   const dataDir = makeTempDir('hindsight-ckpt-ahead-');
   const scratch = makeTempDir('hindsight-ckpt-ahead-img-');
@@ -353,6 +353,15 @@ test(`a checkpoint ahead of its journal (segment restored from an older copy): t
   // The checkpoint now covers journal bytes the older segment does not have.
   fs.writeFileSync(segment, older);
 
+  daemon = await startDaemon({ dataDir });
+  const refused = await volumeInfo(daemon.apiUrl, 'delta');
+  assert.equal(refused.state, 'failed', 'the checkpoint proves flushed writes the journal no longer holds');
+  assert.equal(refused.error?.code, 'JOURNAL_CORRUPT');
+  assert.match(refused.error?.message ?? '', /had been made durable/);
+  await stopCleanly(daemon);
+
+  // The operator accepts the loss: without the checkpoint the journal alone is the truth.
+  fs.rmSync(checkpointFile(dataDir, 'delta'));
   daemon = await startDaemon({ dataDir });
   const info = await volumeInfo(daemon.apiUrl, 'delta');
   assert.equal(info.state, 'online', JSON.stringify(info.error));
