@@ -91,10 +91,15 @@ export class Daemon {
     this.stopping ??= (async () => {
       this.log.info('hindsight stopping');
       await this.api.close().catch((err: Error) => this.log.warn({ err: err.message }, 'closing API'));
-      await this.nbd.close();
-      await this.volumes.close();
-      fs.rmSync(path.join(this.config.dataDir, 'ports.json'), { force: true });
-      this.lock.release();
+      try {
+        await this.nbd.close();
+        await this.volumes.close();
+      } catch (err) {
+        this.log.error({ err: (err as Error).message }, 'error while stopping; some volume may not have closed cleanly');
+      } finally {
+        fs.rmSync(path.join(this.config.dataDir, 'ports.json'), { force: true });
+        this.lock.release();
+      }
       this.log.info('hindsight stopped');
     })();
     return this.stopping;

@@ -340,11 +340,13 @@ export class Journal {
   private roll(): void {
     const next = this.activeIndex + 1;
     createSegment(this.options, next, this.seqLast + 1);
-    this.rolledUnsynced.push(this.activeFile);
     this.directoryDirty = true;
+    // Open first: if that fails, nothing below has changed and the next append retries.
+    const nextFile = this.options.files.open(segmentPath(this.options.directory, next), false);
+    this.rolledUnsynced.push(this.activeFile);
     this.bytesBeforeActive += this.activeSize;
     this.activeIndex = next;
-    this.activeFile = this.options.files.open(segmentPath(this.options.directory, next), false);
+    this.activeFile = nextFile;
     this.activeSize = SEGMENT_HEADER_BYTES;
     this.segmentCount += 1;
   }
@@ -533,16 +535,15 @@ function cutTail(options: JournalOptions, at: JournalPosition): { segmentIndex: 
   for (const index of segments) {
     if (index < at.segmentIndex) continue;
     const file = options.files.open(segmentPath(options.directory, index), false);
-    const size = file.sizeBytes();
-    if (index === at.segmentIndex && at.position >= SEGMENT_HEADER_BYTES) {
-      bytesCut += size - at.position;
-      file.truncate(at.position);
+    const truncate = index === at.segmentIndex && at.position >= SEGMENT_HEADER_BYTES;
+    try {
+      const size = file.sizeBytes();
+      bytesCut += truncate ? size - at.position : size;
+      if (truncate) file.truncate(at.position);
+    } finally {
       file.close();
-    } else {
-      bytesCut += size;
-      file.close();
-      options.files.remove(segmentPath(options.directory, index));
     }
+    if (!truncate) options.files.remove(segmentPath(options.directory, index));
   }
   return { segmentIndex: at.segmentIndex, position: at.position, bytesCut, segmentIndexMax: Math.max(at.segmentIndex, ...segments) };
 }

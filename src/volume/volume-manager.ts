@@ -224,12 +224,15 @@ export class VolumeManager {
     return { name, state: 'failed', records: verified.records, journalBytes: 0, indexRebuilt: false, problems };
   }
 
+  /** Closes every volume; one failing to close does not keep the others open. */
   async close(): Promise<void> {
     await this.mutation.catch(() => undefined);
+    const failures: unknown[] = [];
     for (const volume of this.volumes.values()) {
-      await volume.device?.close();
-      await volume.base?.close();
+      await volume.device?.close().catch((err: unknown) => failures.push(err));
+      await volume.base?.close().catch((err: unknown) => failures.push(err));
     }
+    if (failures.length > 0) throw failures[0];
   }
 
   /** Refuses a volume from now on: hidden from NBD, listed as failed with the error. */
