@@ -9,6 +9,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { FileDevice } from '../../src/volume/index.js';
 import { makeTempDir } from '../helpers/daemon.js';
+import { probeAgainstOracle, randomRange } from '../helpers/device-model.js';
 import { Random } from '../helpers/random.js';
 
 const SIZE = 1024 * 1024 + 4096 * 3 + 512;
@@ -19,14 +20,6 @@ async function openDevice(dir: string, create: boolean): Promise<FileDevice> {
   return FileDevice.open({ name: 'model', dataFile, mapFile: path.join(dir, 'alloc.map'), sizeBytes: SIZE, syncEveryWrite: false, readOnly: false });
 }
 
-function randomRange(rng: Random): { offset: number; length: number } {
-  const aligned = rng.int(3) === 0;
-  const unit = aligned ? 4096 : 1;
-  const offset = Math.min(SIZE - 1, rng.int(Math.floor(SIZE / unit)) * unit);
-  const maxLength = Math.min(SIZE - offset, rng.int(4) === 0 ? 256 * 1024 : 12 * 1024);
-  const length = Math.max(1, Math.min(maxLength, aligned ? (1 + rng.int(8)) * 4096 : 1 + rng.int(maxLength)));
-  return { offset, length };
-}
 
 for (const seed of [1, 2, 3, 4, 5]) {
   test(`file device matches the oracle (seed ${seed})`, async (t) => {
@@ -36,7 +29,7 @@ for (const seed of [1, 2, 3, 4, 5]) {
     const oracle = Buffer.alloc(SIZE);
     let device = await openDevice(dir, true);
     for (let step = 0; step < 400; step += 1) {
-      const { offset, length } = randomRange(rng);
+      const { offset, length } = randomRange(rng, SIZE, 256 * 1024);
       const action = rng.int(10);
       if (action < 5) {
         const data = rng.bytes(length, rng.int(4) === 0);
@@ -59,17 +52,7 @@ for (const seed of [1, 2, 3, 4, 5]) {
         await device.close();
         device = await openDevice(dir, false);
       }
-      const probe = randomRange(rng);
-      const got = Buffer.alloc(probe.length);
-      await device.read(probe.offset, got);
-      assert.ok(got.equals(oracle.subarray(probe.offset, probe.offset + probe.length)), `step ${step}: read ${probe.offset}+${probe.length}`);
-      const extents = await device.blockStatus(probe.offset, probe.length, 1000);
-      let at = probe.offset;
-      for (const extent of extents) {
-        if (extent.zero) assert.ok(oracle.subarray(at, at + extent.lengthBytes).every((b) => b === 0), `step ${step}: extent at ${at} claims zero`);
-        at += extent.lengthBytes;
-      }
-      assert.equal(at, probe.offset + probe.length, 'extents cover the range');
+      await probeAgainstOracle(device, oracle, rng, 256 * 1024, step);
     }
     const whole = Buffer.alloc(SIZE);
     await device.read(0, whole);
