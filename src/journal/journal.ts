@@ -462,29 +462,37 @@ function checkLength(file: StorageFile, position: number, expected: number, got:
  * seq that the checkpoint (written after a sync) or any replayed record says was synced.
  */
 class DurableClaims {
-  private readonly seqs: number[] = [];
-  private readonly positions: JournalPosition[] = [];
-  private head = 0;
+  /** Every SAMPLE_EVERY-th replayed record's seq and position (bounded memory however long
+   * the replay); the tail is rewritten from the last sample at or before its first record,
+   * which only rewrites a few durable records again (harmless: same bytes, same place). */
+  private readonly samples: Array<{ seq: number; at: JournalPosition }> = [];
+  private count = 0;
+  private seqLast = 0;
 
   constructor(public seqDurable: number) {}
 
   note(record: ScannedRecord): void {
     this.seqDurable = Math.max(this.seqDurable, record.header.seqDurable);
-    this.seqs.push(record.header.seq);
-    this.positions.push({ segmentIndex: record.segmentIndex, position: record.recordPosition });
-    while (this.head < this.seqs.length && this.seqs[this.head] <= this.seqDurable) this.head += 1;
-    if (this.head > 4096 && this.head * 2 > this.seqs.length) {
-      this.seqs.splice(0, this.head);
-      this.positions.splice(0, this.head);
-      this.head = 0;
+    this.seqLast = record.header.seq;
+    if (this.count % SAMPLE_EVERY === 0) {
+      this.samples.push({ seq: record.header.seq, at: { segmentIndex: record.segmentIndex, position: record.recordPosition } });
+      // Samples wholly below what is known durable are no longer needed (keep the last one).
+      while (this.samples.length > 1 && this.samples[1].seq <= this.seqDurable + 1) this.samples.shift();
     }
+    this.count += 1;
   }
 
-  /** Where the first record not known durable starts, or null. */
+  /** Where the rewrite of the records not known durable starts, or null when all are. */
   get tailStart(): JournalPosition | null {
-    return this.head < this.seqs.length ? this.positions[this.head] : null;
+    if (this.seqLast <= this.seqDurable) return null;
+    const target = this.seqDurable + 1;
+    let start: JournalPosition | null = null;
+    for (const sample of this.samples) if (sample.seq <= target) start = sample.at;
+    return start;
   }
 }
+
+const SAMPLE_EVERY = 1024;
 
 const REWRITE_CHUNK_BYTES = 8 * 1024 * 1024;
 
