@@ -17,8 +17,8 @@ import type { FileLayer, StorageFile } from './file-layer.js';
 import { RECORD_HEADER_BYTES, RecordType, crcSeedFor, encodeRecordHeader, payloadOffset, recordSpan } from './record.js';
 import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, encodeChunkTable, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader, RecordTypeValue } from './record.js';
-import { durableClaimAfter, listSegments, scanJournal, segmentPath } from './scanner.js';
-import type { JournalPosition, ScannedRecord } from './scanner.js';
+import { durableClaimAfter, findContinuation, listSegments, scanJournal, segmentPath } from './scanner.js';
+import type { BadRecord, JournalPosition, ScannedRecord } from './scanner.js';
 import { SEGMENT_HEADER_BYTES, encodeSegmentHeader } from './segment.js';
 
 const PADDING = Buffer.alloc(8);
@@ -125,8 +125,8 @@ export class Journal {
     let replayed = 0;
     let timeLastUs = start?.timeLastUs ?? 0;
     const claims = new DurableClaims(start?.seqLast ?? 0);
-    const result = scanJournal({
-      directory, files, volumeId: options.volumeId, crcSeed, from, expectedSeq: (start?.seqLast ?? 0) + 1,
+    const scanFrom = (position: JournalPosition, expectedSeq: number) => scanJournal({
+      directory, files, volumeId: options.volumeId, crcSeed, from: position, expectedSeq,
       onRecord: (record) => {
         replayed += 1;
         timeLastUs = record.header.timeUs;
@@ -134,7 +134,16 @@ export class Journal {
         onRecord(record);
       },
     });
+    const result = scanFrom(from, (start?.seqLast ?? 0) + 1);
     let tornTail: RecoveryReport['tornTail'] = null;
+    // Dead tails of earlier cuts that a crash brought back (the journal went on in a fresh
+    // segment): dropped now, made durable by the first sync.
+    for (const dead of result.deadTails) {
+      const continuation = findContinuation({ files, directory, volumeId: options.volumeId }, dead);
+      assert(continuation !== null, 'a dead tail has its continuation');
+      const bytesCut = dropDeadTail(options, dead, continuation);
+      tornTail ??= { segmentIndex: dead.segmentIndex, position: dead.position, reason: `dead tail of an earlier cut (${dead.reason})`, bytesCut };
+    }
     if (result.bad?.startMismatch && start !== null) {
       // The checkpoint is stale or foreign. The caller replays the whole journal instead,
       // keeping the checkpoint's seq as a floor of what must be there.
@@ -174,7 +183,7 @@ export class Journal {
       bytesBeforeActive += file.sizeBytes();
       file.close();
     }
-    const syncFrom = Math.min(tail?.segmentIndex ?? Infinity, tornTail?.segmentIndex ?? Infinity);
+    const syncFrom = Math.min(tail?.segmentIndex ?? Infinity, tornTail?.segmentIndex ?? Infinity, deadTailFrom(tornTail));
     const unsyncedAtOpen = segments.filter((index) => index >= syncFrom && index !== activeIndex);
     const journal = new Journal(options, {
       activeIndex, activeFile, activeSize, seqLast: result.seqLast, seqDurable: claims.seqDurable, unsyncedAtOpen, timeLastUs, bytesBeforeActive, segmentCount: segments.length,
@@ -462,37 +471,33 @@ function checkLength(file: StorageFile, position: number, expected: number, got:
  * seq that the checkpoint (written after a sync) or any replayed record says was synced.
  */
 class DurableClaims {
-  /** Every SAMPLE_EVERY-th replayed record's seq and position (bounded memory however long
-   * the replay); the tail is rewritten from the last sample at or before its first record,
-   * which only rewrites a few durable records again (harmless: same bytes, same place). */
-  private readonly samples: Array<{ seq: number; at: JournalPosition }> = [];
-  private count = 0;
-  private seqLast = 0;
+  // Exact: one entry per replayed record above what is known durable (compacted as the
+  // known-durable seq advances). A sampled variant (rewriting from an earlier, durable
+  // position) was tried and failed a crash soak (seed 1201129); memory stays O(unsynced
+  // records) until that is understood.
+  private readonly seqs: number[] = [];
+  private readonly positions: JournalPosition[] = [];
+  private head = 0;
 
   constructor(public seqDurable: number) {}
 
   note(record: ScannedRecord): void {
     this.seqDurable = Math.max(this.seqDurable, record.header.seqDurable);
-    this.seqLast = record.header.seq;
-    if (this.count % SAMPLE_EVERY === 0) {
-      this.samples.push({ seq: record.header.seq, at: { segmentIndex: record.segmentIndex, position: record.recordPosition } });
-      // Samples wholly below what is known durable are no longer needed (keep the last one).
-      while (this.samples.length > 1 && this.samples[1].seq <= this.seqDurable + 1) this.samples.shift();
+    this.seqs.push(record.header.seq);
+    this.positions.push({ segmentIndex: record.segmentIndex, position: record.recordPosition });
+    while (this.head < this.seqs.length && this.seqs[this.head] <= this.seqDurable) this.head += 1;
+    if (this.head > 4096 && this.head * 2 > this.seqs.length) {
+      this.seqs.splice(0, this.head);
+      this.positions.splice(0, this.head);
+      this.head = 0;
     }
-    this.count += 1;
   }
 
-  /** Where the rewrite of the records not known durable starts, or null when all are. */
+  /** Where the first record not known durable starts, or null. */
   get tailStart(): JournalPosition | null {
-    if (this.seqLast <= this.seqDurable) return null;
-    const target = this.seqDurable + 1;
-    let start: JournalPosition | null = null;
-    for (const sample of this.samples) if (sample.seq <= target) start = sample.at;
-    return start;
+    return this.head < this.seqs.length ? this.positions[this.head] : null;
   }
 }
-
-const SAMPLE_EVERY = 1024;
 
 const REWRITE_CHUNK_BYTES = 8 * 1024 * 1024;
 
@@ -531,6 +536,29 @@ function createSegment(options: JournalOptions, segmentIndex: number, seqFirst: 
     throw err;
   }
   file.close();
+}
+
+/** Truncates the bad segment at the bad record and removes the segments before `continuation`. */
+function dropDeadTail(options: JournalOptions, bad: BadRecord, continuation: number): number {
+  let bytes = 0;
+  for (const index of listSegments(options.files, options.directory)) {
+    if (index < bad.segmentIndex || index >= continuation) continue;
+    const file = options.files.open(segmentPath(options.directory, index), false);
+    const truncate = index === bad.segmentIndex && bad.position >= SEGMENT_HEADER_BYTES;
+    try {
+      const size = file.sizeBytes();
+      bytes += truncate ? size - bad.position : size;
+      if (truncate) file.truncate(bad.position);
+    } finally {
+      file.close();
+    }
+    if (!truncate) options.files.remove(segmentPath(options.directory, index));
+  }
+  return bytes;
+}
+
+function deadTailFrom(tornTail: RecoveryReport['tornTail']): number {
+  return tornTail?.reason.startsWith('dead tail') ? tornTail.segmentIndex : Infinity;
 }
 
 /**

@@ -40,6 +40,8 @@ export interface ScanResult {
   end: JournalPosition;
   seqLast: number;
   bad: BadRecord | null;
+  /** Dead tails of earlier recovery cuts skipped on the way (the journal went on after them). */
+  deadTails: BadRecord[];
 }
 
 export interface ScanOptions {
@@ -64,19 +66,51 @@ export function scanJournal(options: ScanOptions): ScanResult {
   const segments = listSegments(options.files, options.directory).filter((index) => index >= options.from.segmentIndex);
   let expectedSeq = options.expectedSeq;
   let end: JournalPosition = { ...options.from };
+  const deadTails: BadRecord[] = [];
+  let skipBelow = -1;
   for (const segmentIndex of segments) {
+    if (segmentIndex < skipBelow) continue;
     const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
     try {
       const start = segmentIndex === options.from.segmentIndex ? options.from.position : SEGMENT_HEADER_BYTES;
       const result = scanSegment(file, segmentIndex, start, expectedSeq, options);
       end = { segmentIndex, position: result.position };
       expectedSeq = result.expectedSeq;
-      if (result.bad) return { end, seqLast: expectedSeq - 1, bad: result.bad };
+      if (result.bad) {
+        // A fresh segment that starts at exactly the seq expected here means the rest of this
+        // one is the dead tail of an earlier recovery cut that a crash brought back.
+        const continuation = result.bad.startMismatch ? null : findContinuation(options, result.bad);
+        if (continuation === null) return { end, seqLast: expectedSeq - 1, bad: result.bad, deadTails };
+        deadTails.push(result.bad);
+        skipBelow = continuation;
+      }
     } finally {
       file.close();
     }
   }
-  return { end, seqLast: expectedSeq - 1, bad: null };
+  return { end, seqLast: expectedSeq - 1, bad: null, deadTails };
+}
+
+/**
+ * The highest-numbered segment after a bad record's whose header says it starts at the seq
+ * expected there (the fresh segment a recovery cut began), or null.
+ */
+export function findContinuation(options: Pick<ScanOptions, 'files' | 'directory' | 'volumeId'>, bad: BadRecord): number | null {
+  const later = listSegments(options.files, options.directory).filter((index) => index > bad.segmentIndex).reverse();
+  const header = Buffer.alloc(SEGMENT_HEADER_BYTES);
+  for (const index of later) {
+    const file = options.files.open(segmentPath(options.directory, index), false);
+    try {
+      if (file.read(header, 0, SEGMENT_HEADER_BYTES, 0) < SEGMENT_HEADER_BYTES) continue;
+      const decoded = decodeSegmentHeader(header, file.path);
+      if (decoded.volumeId.equals(options.volumeId) && decoded.segmentIndex === index && decoded.seqFirst === bad.expectedSeq) return index;
+    } catch {
+      // A damaged header is no continuation.
+    } finally {
+      file.close();
+    }
+  }
+  return null;
 }
 
 function scanSegment(file: StorageFile, segmentIndex: number, start: number, firstSeq: number, options: ScanOptions):
@@ -186,7 +220,9 @@ export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from
   const scratch = Buffer.alloc(RECORD_HEADER_BYTES);
   let expectedSeq = 1;
   let sinceYield = 0;
+  let skipBelow = -1;
   for (const segmentIndex of listSegments(options.files, options.directory).filter((index) => index <= until.segmentIndex)) {
+    if (segmentIndex < skipBelow) continue;
     const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
     try {
       const size = file.sizeBytes();
@@ -195,8 +231,15 @@ export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from
       while (position < limit) {
         const check = readRecordAt(file, position, size, scratch, options.crcSeed);
         const bad = (reason: string): BadRecord => ({ segmentIndex, position, reason, expectedSeq, startMismatch: false });
-        if (!check.ok) return bad(check.reason);
-        if (check.header.seq !== expectedSeq) return bad(`seq ${check.header.seq} where ${expectedSeq} was expected`);
+        const problem = !check.ok ? bad(check.reason) : check.header.seq !== expectedSeq ? bad(`seq ${check.header.seq} where ${expectedSeq} was expected`) : null;
+        if (problem) {
+          // The dead tail of an earlier recovery cut, when the journal goes on in a fresh segment.
+          const continuation = findContinuation(options, problem);
+          if (continuation === null) return problem;
+          skipBelow = continuation;
+          break;
+        }
+        if (!check.ok) return null;
         expectedSeq += 1;
         const span = recordSpan(check.header.payloadBytes);
         position += span;

@@ -37,6 +37,7 @@ const SEGMENT_SIZES = [64 * 1024, 256 * 1024, 256 * 1024, 1024 * 1024];
 const ROUNDS = Number(process.env.HINDSIGHT_JOURNAL_CRASH_ROUNDS ?? 300);
 const SEED_FIRST = Number(process.env.HINDSIGHT_JOURNAL_CRASH_SEED ?? 1);
 const ROUNDS_PER_TEST = 10;
+const REGRESSION_SEEDS = [777938, 778496, 901488, 901682, 1201129];
 /** 'durable' treats directory changes as durable at once (a weaker model, for diagnosis). */
 const DIRECTORIES = process.env.HINDSIGHT_JOURNAL_CRASH_DIRECTORIES === 'durable' ? 'durable' : 'synced';
 
@@ -262,6 +263,12 @@ describe('journal crash recovery (randomized, on the fault-injecting file layer)
       t.diagnostic(`crash points: ${crashPoints - before} (total so far ${crashPoints})`);
     });
   }
+  // Seeds that once failed in a soak, replayed in every run: a crash undoing a recovery cut
+  // brought the dead tail back while the journal went on in the fresh segment (fixed by
+  // recognising the continuation segment).
+  test('regression seeds', async () => {
+    for (const seed of REGRESSION_SEEDS) await crashRound(seed);
+  });
   test('enough crash points were checked', (t) => {
     t.diagnostic(`crash points: ${crashPoints} in ${ROUNDS} rounds`);
     assert.ok(crashPoints >= 2 * ROUNDS, 'every round crashed at least twice');
