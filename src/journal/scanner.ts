@@ -4,7 +4,7 @@
  * by fsck (from the beginning). Stops at the first bad record and says where and why.
  */
 import path from 'node:path';
-import { HindsightError } from '../core/index.js';
+import { HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
 import {
   RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, decodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc,
@@ -239,7 +239,7 @@ export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from
           skipBelow = continuation;
           break;
         }
-        if (!check.ok) return null;
+        assert(check.ok, 'a record without a problem checked out');
         expectedSeq += 1;
         const span = recordSpan(check.header.payloadBytes);
         position += span;
