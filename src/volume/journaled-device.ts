@@ -30,6 +30,12 @@ export interface JournaledDeviceOptions {
   syncEveryWrite: boolean;
   segmentBytesMax: number;
   checkpointEveryBytes: number;
+  /**
+   * After a flush followed by this long without any new record, the index is checkpointed.
+   * The checkpoint proves the last flushed batch durable, so damage to it found later is
+   * reported as corruption instead of being cut as a torn tail. Default 5 s; 0 disables.
+   */
+  idleCheckpointMs?: number;
   nowUs: () => number;
   /** Called once when damaged journal data is found (by a read, the scrub or fsck). */
   onCorruption?: (error: HindsightError) => void;
@@ -78,6 +84,9 @@ export class JournaledDevice implements BlockDevice {
   private readonly replayedFrom: JournalPosition | null;
   private closed = false;
   private checkpointChain: Promise<void> = Promise.resolve();
+  private idleTimer: NodeJS.Timeout | null = null;
+  /** seqLast covered by the newest checkpoint written. */
+  private checkpointSeq = 0;
 
   private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
@@ -288,6 +297,21 @@ export class JournaledDevice implements BlockDevice {
     }
     await this.journal.sync();
     this.maybeCheckpoint();
+    this.scheduleIdleCheckpoint();
+  }
+
+  private scheduleIdleCheckpoint(): void {
+    const delayMs = this.options.idleCheckpointMs ?? 5000;
+    if (delayMs <= 0 || this.closed) return;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    const seqAtFlush = this.journal.lastSeq;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      // Only when idle (nothing appended since) and not already covered by a checkpoint.
+      if (this.closed || this.journal.lastSeq !== seqAtFlush || this.checkpointSeq >= seqAtFlush) return;
+      void this.checkpoint().catch(() => undefined);
+    }, delayMs);
+    this.idleTimer.unref();
   }
 
   /**
@@ -332,10 +356,12 @@ export class JournaledDevice implements BlockDevice {
     await this.journal.sync();
     await this.options.files.writeFileAtomic(path.join(this.options.directory, 'index.ckpt'), bytes);
     this.checkpointBytes = stats.bytes;
+    this.checkpointSeq = stats.seqLast;
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
     await this.checkpointRunning?.catch(() => undefined);
     await this.checkpoint().catch(() => undefined);
     await this.journal.close();

@@ -51,7 +51,7 @@ function openDevice(files: FaultFs, setup: Setup): JournaledDevice {
   return JournaledDevice.open({
     name: 'crash', directory: DIRECTORY, sizeBytes: SIZE, volumeId: VOLUME_ID, files, base: null,
     readOnly: false, syncEveryWrite: false, segmentBytesMax: setup.segmentBytesMax,
-    checkpointEveryBytes: setup.checkpointEveryBytes, nowUs: () => (setup.clock.us += 3),
+    checkpointEveryBytes: setup.checkpointEveryBytes, nowUs: () => (setup.clock.us += 3), idleCheckpointMs: 0,
   });
 }
 

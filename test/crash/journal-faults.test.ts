@@ -30,7 +30,7 @@ function openDevice(files: FaultFs, segmentBytesMax = 256 * 1024): JournaledDevi
   return JournaledDevice.open({
     name: 'faults', directory: DIRECTORY, sizeBytes: SIZE, volumeId: VOLUME_ID, files, base: null,
     readOnly: false, syncEveryWrite: false, segmentBytesMax, checkpointEveryBytes: 1024 * 1024 * 1024,
-    nowUs: () => (clock += 5),
+    nowUs: () => (clock += 5), idleCheckpointMs: 0,
   });
 }
 
