@@ -4,6 +4,6 @@ export { RecordType, RecordFlag, RECORD_HEADER_BYTES, crcSeedFor } from './recor
 export type { RecordHeader } from './record.js';
 export { nodeFileLayer } from './file-layer.js';
 export type { FileLayer, StorageFile } from './file-layer.js';
-export { scanJournal, scrubJournal, listSegments, segmentPath } from './scanner.js';
+export { scanJournal, scanJournalAsync, scrubJournal, listSegments, segmentPath } from './scanner.js';
 export type { JournalPosition, ScannedRecord, BadRecord } from './scanner.js';
 export { SEGMENT_HEADER_BYTES } from './segment.js';

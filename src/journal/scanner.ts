@@ -63,6 +63,30 @@ export function segmentPath(directory: string, segmentIndex: number): string {
 }
 
 export function scanJournal(options: ScanOptions): ScanResult {
+  const steps = scanSteps(options);
+  for (;;) {
+    const step = steps.next();
+    if (step.done) return step.value;
+  }
+}
+
+const SCAN_YIELD_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The same scan, yielding to the event loop every few MiB so a running daemon keeps serving
+ * (fsck). Records appended meanwhile are scanned too if they land before the scan gets there.
+ */
+export async function scanJournalAsync(options: ScanOptions): Promise<ScanResult> {
+  const steps = scanSteps(options);
+  for (;;) {
+    const step = steps.next();
+    if (step.done) return step.value;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+/** The scan as steps: it yields (nothing) every SCAN_YIELD_BYTES of records read. */
+function* scanSteps(options: ScanOptions): Generator<void, ScanResult> {
   const segments = listSegments(options.files, options.directory).filter((index) => index >= options.from.segmentIndex);
   let expectedSeq = options.expectedSeq;
   let end: JournalPosition = { ...options.from };
@@ -73,7 +97,7 @@ export function scanJournal(options: ScanOptions): ScanResult {
     const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
     try {
       const start = segmentIndex === options.from.segmentIndex ? options.from.position : SEGMENT_HEADER_BYTES;
-      const result = scanSegment(file, segmentIndex, start, expectedSeq, options);
+      const result = yield* scanSegment(file, segmentIndex, start, expectedSeq, options);
       end = { segmentIndex, position: result.position };
       expectedSeq = result.expectedSeq;
       if (result.bad) {
@@ -87,6 +111,7 @@ export function scanJournal(options: ScanOptions): ScanResult {
     } finally {
       file.close();
     }
+    yield;
   }
   return { end, seqLast: expectedSeq - 1, bad: null, deadTails };
 }
@@ -113,8 +138,8 @@ export function findContinuation(options: Pick<ScanOptions, 'files' | 'directory
   return null;
 }
 
-function scanSegment(file: StorageFile, segmentIndex: number, start: number, firstSeq: number, options: ScanOptions):
-  { position: number; expectedSeq: number; bad: BadRecord | null } {
+function* scanSegment(file: StorageFile, segmentIndex: number, start: number, firstSeq: number, options: ScanOptions):
+  Generator<void, { position: number; expectedSeq: number; bad: BadRecord | null }> {
   const size = file.sizeBytes();
   const bad = (position: number, reason: string, expectedSeq: number, startMismatch = false) => ({ position, expectedSeq, bad: { segmentIndex, position, reason, expectedSeq, startMismatch } });
   const headerBytes = Buffer.alloc(SEGMENT_HEADER_BYTES);
@@ -129,6 +154,7 @@ function scanSegment(file: StorageFile, segmentIndex: number, start: number, fir
   if (start > size) return bad(size, `index checkpoint points past the end of the segment (${start} > ${size})`, firstSeq, true);
   let position = start;
   let expectedSeq = firstSeq;
+  let sinceYield = 0;
   const header = Buffer.alloc(RECORD_HEADER_BYTES);
   while (position < size) {
     const check = readRecordAt(file, position, size, header, options.crcSeed);
@@ -139,7 +165,13 @@ function scanSegment(file: StorageFile, segmentIndex: number, start: number, fir
     }
     options.onRecord({ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(check.header.payloadBytes) });
     expectedSeq += 1;
-    position += recordSpan(check.header.payloadBytes);
+    const span = recordSpan(check.header.payloadBytes);
+    position += span;
+    sinceYield += span;
+    if (sinceYield >= SCAN_YIELD_BYTES) {
+      sinceYield = 0;
+      yield;
+    }
   }
   return { position, expectedSeq, bad: null };
 }

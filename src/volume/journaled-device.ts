@@ -12,7 +12,7 @@ import path from 'node:path';
 import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
-import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanJournal, scrubJournal, segmentPath } from '../journal/index.js';
+import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanJournalAsync, scrubJournal, segmentPath } from '../journal/index.js';
 import type { FileLayer, JournalPosition, JournalStats, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
@@ -61,6 +61,9 @@ export interface FsckReport {
   journalBytes: number;
   problems: FsckProblem[];
   indexRebuilt: boolean;
+  /** False when clients wrote during the check: the index comparison (and a rebuild) then
+   * waits for a quieter moment; the records themselves were all checked. */
+  indexCompared: boolean;
 }
 
 export interface OpenReport extends RecoveryReport {
@@ -321,7 +324,8 @@ export class JournaledDevice implements BlockDevice {
    * as reading the journal takes.
    */
   async fsck(rebuildIndex: boolean): Promise<FsckReport> {
-    const verified = verifyJournal(this.options);
+    // The scan yields every few MiB, so clients keep being served while it runs.
+    const verified = await verifyJournal(this.options);
     const problems = [...verified.problems];
     const first = verified.problems[0];
     if (first) this.reportCorruption(new HindsightError('JOURNAL_CORRUPT', `fsck: journal segment ${first.segment} offset ${first.offsetBytes}: ${first.message}`));
@@ -336,7 +340,7 @@ export class JournaledDevice implements BlockDevice {
       await this.checkpoint();
       indexRebuilt = true;
     }
-    return { records: verified.records, journalBytes: this.journal.stats().bytes, problems, indexRebuilt };
+    return { records: verified.records, journalBytes: this.journal.stats().bytes, problems, indexRebuilt, indexCompared: verified.problems.length === 0 && reachedEnd };
   }
 
   /** Writes the index checkpoint now (after syncing the journal it covers); one at a time. */
@@ -425,15 +429,15 @@ function mergeExtents(extents: Extent[], extentsMax: number): Extent[] {
 }
 
 /** Scans a volume's whole journal without opening it for service (fsck, failed volumes). */
-export function verifyJournal(options: Pick<JournaledDeviceOptions, 'directory' | 'files' | 'volumeId' | 'sizeBytes'>):
-  { records: number; seqLast: number; problems: FsckProblem[]; index: ExtentIndex } {
+export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'directory' | 'files' | 'volumeId' | 'sizeBytes'>):
+  Promise<{ records: number; seqLast: number; problems: FsckProblem[]; index: ExtentIndex }> {
   const directory = path.join(options.directory, 'journal');
   const index = new ExtentIndex(options.sizeBytes);
   const problems: FsckProblem[] = [];
   const segments = listSegments(options.files, directory);
   if (segments.length === 0) return { records: 0, seqLast: 0, problems, index };
   let records = 0;
-  const result = scanJournal({
+  const result = await scanJournalAsync({
     directory, files: options.files, volumeId: options.volumeId, crcSeed: crcSeedFor(options.volumeId),
     from: { segmentIndex: segments[0], position: SEGMENT_HEADER_BYTES }, expectedSeq: 1,
     onRecord: (record) => {

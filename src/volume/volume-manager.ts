@@ -217,11 +217,11 @@ export class VolumeManager {
       return { name, state: volume.error ? 'failed' : 'online', ...report };
     }
     if (!volume.record.id) {
-      return { name, state: 'failed', records: 0, journalBytes: 0, indexRebuilt: false, problems: [{ kind: 'journal', segment: null, offsetBytes: null, message: volume.error?.message ?? 'volume cannot be read' }] };
+      return { name, state: 'failed', records: 0, journalBytes: 0, indexRebuilt: false, indexCompared: false, problems: [{ kind: 'journal', segment: null, offsetBytes: null, message: volume.error?.message ?? 'volume cannot be read' }] };
     }
-    const verified = verifyJournal({ directory: this.volumeDir(name), files: nodeFileLayer, volumeId: volumeIdOf(volume.record), sizeBytes: volume.record.sizeBytes });
+    const verified = await verifyJournal({ directory: this.volumeDir(name), files: nodeFileLayer, volumeId: volumeIdOf(volume.record), sizeBytes: volume.record.sizeBytes });
     const problems = verified.problems.length > 0 ? verified.problems : [{ kind: 'journal' as const, segment: null, offsetBytes: null, message: `journal checks out, but the volume failed to open: ${volume.error?.message}` }];
-    return { name, state: 'failed', records: verified.records, journalBytes: 0, indexRebuilt: false, problems };
+    return { name, state: 'failed', records: verified.records, journalBytes: 0, indexRebuilt: false, indexCompared: false, problems };
   }
 
   /** Closes every volume; one failing to close does not keep the others open. */

@@ -158,3 +158,28 @@ test('an idle volume after a flush gets a checkpoint: damage to its last batch i
   await reopened.close();
   await device.close();
 });
+
+test('fsck yields while it scans: writes go on meanwhile, and no false problem is reported', async (t) => {
+  const dir = makeTempDir();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const clock = { us: 1_700_000_000_000_000 };
+  const device = open(dir, clock);
+  const block = Buffer.alloc(256 * 1024, 3);
+  for (let i = 0; i < 48; i += 1) await device.write((i * block.length) % (SIZE - block.length), block, { fua: false });
+  let writesDuringCheck = 0;
+  let checking = true;
+  const checked = device.fsck(false).finally(() => { checking = false; });
+  while (checking) {
+    await device.write(4096, Buffer.alloc(4096, 7), { fua: false });
+    writesDuringCheck += 1;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  const report = await checked;
+  assert.ok(writesDuringCheck > 1, `writes were served during the check (${writesDuringCheck})`);
+  assert.deepEqual(report.problems, []);
+  assert.equal(report.indexCompared, false, 'the index comparison waits for a quiet moment');
+  const quiet = await device.fsck(false);
+  assert.deepEqual(quiet.problems, []);
+  assert.equal(quiet.indexCompared, true);
+  await device.close();
+});
