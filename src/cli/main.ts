@@ -72,13 +72,14 @@ export async function main(argv: string[]): Promise<number> {
 
 interface FsckResult {
   ok: boolean;
-  volumes: Array<{ name: string; state: string; records: number; indexRebuilt: boolean; problems: Array<{ kind: string; segment: string | null; offsetBytes: number | null; message: string }> }>;
+  volumes: Array<{ name: string; state: string; records: number; indexRebuilt: boolean; indexCompared: boolean; problems: Array<{ kind: string; segment: string | null; offsetBytes: number | null; message: string }> }>;
 }
 
 function printFsck(result: FsckResult): void {
   for (const volume of result.volumes) {
     const verdict = volume.problems.length === 0 ? 'clean' : `${volume.problems.length} problem(s)`;
-    process.stdout.write(`${volume.name}: ${verdict}, ${volume.records} record(s) checked${volume.indexRebuilt ? ', index rebuilt' : ''}\n`);
+    const index = volume.indexRebuilt ? ', index rebuilt' : volume.indexCompared ? '' : ', index not compared (written to during the check; run again when quieter)';
+    process.stdout.write(`${volume.name}: ${verdict}, ${volume.records} record(s) checked${index}\n`);
     for (const problem of volume.problems) {
       const where = problem.segment ? ` segment ${problem.segment} offset ${problem.offsetBytes}:` : '';
       process.stdout.write(`  ${problem.kind}:${where} ${problem.message}\n`);
