@@ -18,7 +18,7 @@ import { RECORD_HEADER_BYTES, RecordType, crcSeedFor, encodeRecordHeader, payloa
 import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, encodeChunkTable, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader, RecordTypeValue } from './record.js';
 import { durableClaimAfter, findContinuation, listSegments, scanJournal, segmentPath } from './scanner.js';
-import type { BadRecord, JournalPosition, ScannedRecord } from './scanner.js';
+import type { JournalPosition, ScannedRecord } from './scanner.js';
 import { SEGMENT_HEADER_BYTES, encodeSegmentHeader } from './segment.js';
 
 const PADDING = Buffer.alloc(8);
@@ -136,12 +136,15 @@ export class Journal {
     });
     const result = scanFrom(from, (start?.seqLast ?? 0) + 1);
     let tornTail: RecoveryReport['tornTail'] = null;
+    /** The lowest segment a cut changed: the first sync must cover it. */
+    let cutFrom = Infinity;
     // Dead tails of earlier cuts that a crash brought back (the journal went on in a fresh
     // segment): dropped now, made durable by the first sync.
     for (const dead of result.deadTails) {
       const continuation = findContinuation({ files, directory, volumeId: options.volumeId }, dead);
       assert(continuation !== null, 'a dead tail has its continuation');
-      const bytesCut = dropDeadTail(options, dead, continuation);
+      const bytesCut = removeFrom(options, dead, continuation);
+      cutFrom = Math.min(cutFrom, dead.segmentIndex);
       tornTail ??= { segmentIndex: dead.segmentIndex, position: dead.position, reason: `dead tail of an earlier cut (${dead.reason})`, bytesCut };
     }
     if (result.bad?.startMismatch && start !== null) {
@@ -157,12 +160,14 @@ export class Journal {
           `journal ${segmentPath(directory, result.bad.segmentIndex)} is corrupt at offset ${result.bad.position} (${result.bad.reason}): ` +
           `seq ${result.bad.expectedSeq} had been made durable, so this is not a torn write; the volume is not served (run hindsight fsck)`);
       }
-      const cut = cutTail(options, result.bad);
-      tornTail = { segmentIndex: cut.segmentIndex, position: cut.position, reason: result.bad.reason, bytesCut: cut.bytesCut };
+      const segmentIndexMax = Math.max(...listSegments(files, directory));
+      const bytesCut = removeFrom(options, result.bad, Infinity);
+      cutFrom = Math.min(cutFrom, result.bad.segmentIndex);
+      tornTail = { segmentIndex: result.bad.segmentIndex, position: result.bad.position, reason: result.bad.reason, bytesCut };
       // Until the cut is durable a crash may bring back what it truncated or removed; new
       // records go to a fresh segment past all of those, so stale records can never pass
       // for their continuation (they would not follow the cut point in seq order).
-      createSegment(options, cut.segmentIndexMax + 1, result.seqLast + 1);
+      createSegment(options, segmentIndexMax + 1, result.seqLast + 1);
     }
     if (result.seqLast < floor) {
       throw new HindsightError('JOURNAL_CORRUPT', `journal ${directory} ends at seq ${result.seqLast}, but seq ${floor} had been made durable: segments are missing or damaged; the volume is not served (run hindsight fsck)`);
@@ -183,7 +188,7 @@ export class Journal {
       bytesBeforeActive += file.sizeBytes();
       file.close();
     }
-    const syncFrom = Math.min(tail?.segmentIndex ?? Infinity, tornTail?.segmentIndex ?? Infinity, deadTailFrom(tornTail));
+    const syncFrom = Math.min(tail?.segmentIndex ?? Infinity, cutFrom);
     const unsyncedAtOpen = segments.filter((index) => index >= syncFrom && index !== activeIndex);
     const journal = new Journal(options, {
       activeIndex, activeFile, activeSize, seqLast: result.seqLast, seqDurable: claims.seqDurable, unsyncedAtOpen, timeLastUs, bytesBeforeActive, segmentCount: segments.length,
@@ -538,48 +543,26 @@ function createSegment(options: JournalOptions, segmentIndex: number, seqFirst: 
   file.close();
 }
 
-/** Truncates the bad segment at the bad record and removes the segments before `continuation`. */
-function dropDeadTail(options: JournalOptions, bad: BadRecord, continuation: number): number {
+/**
+ * Drops the journal from `at` on: truncates that segment there (or removes it when `at` is
+ * its header) and removes the later segments below `before`. Returns the bytes dropped.
+ * Used for a torn tail (before = Infinity) and for the dead tail of an earlier cut (before =
+ * the segment the journal continues in).
+ */
+function removeFrom(options: JournalOptions, at: JournalPosition, before: number): number {
   let bytes = 0;
   for (const index of listSegments(options.files, options.directory)) {
-    if (index < bad.segmentIndex || index >= continuation) continue;
-    const file = options.files.open(segmentPath(options.directory, index), false);
-    const truncate = index === bad.segmentIndex && bad.position >= SEGMENT_HEADER_BYTES;
-    try {
-      const size = file.sizeBytes();
-      bytes += truncate ? size - bad.position : size;
-      if (truncate) file.truncate(bad.position);
-    } finally {
-      file.close();
-    }
-    if (!truncate) options.files.remove(segmentPath(options.directory, index));
-  }
-  return bytes;
-}
-
-function deadTailFrom(tornTail: RecoveryReport['tornTail']): number {
-  return tornTail?.reason.startsWith('dead tail') ? tornTail.segmentIndex : Infinity;
-}
-
-/**
- * Cuts the journal at a torn record: truncates that segment, removes any later ones. Says
- * the highest segment index there was.
- */
-function cutTail(options: JournalOptions, at: JournalPosition): { segmentIndex: number; position: number; bytesCut: number; segmentIndexMax: number } {
-  let bytesCut = 0;
-  const segments = listSegments(options.files, options.directory);
-  for (const index of segments) {
-    if (index < at.segmentIndex) continue;
+    if (index < at.segmentIndex || index >= before) continue;
     const file = options.files.open(segmentPath(options.directory, index), false);
     const truncate = index === at.segmentIndex && at.position >= SEGMENT_HEADER_BYTES;
     try {
       const size = file.sizeBytes();
-      bytesCut += truncate ? size - at.position : size;
+      bytes += truncate ? size - at.position : size;
       if (truncate) file.truncate(at.position);
     } finally {
       file.close();
     }
     if (!truncate) options.files.remove(segmentPath(options.directory, index));
   }
-  return { segmentIndex: at.segmentIndex, position: at.position, bytesCut, segmentIndexMax: Math.max(at.segmentIndex, ...segments) };
+  return bytes;
 }
