@@ -31,8 +31,6 @@ export const LIMITS = {
   journalSegmentBytesMax: 1024 * 1024 * 1024,
   /** The index is checkpointed after this much new journal, bounding replay at start. */
   indexCheckpointEveryBytes: 256 * 1024 * 1024,
-  /** Allocation granularity of a volume's data file. */
-  volumeChunkBytes: 4096,
   /** Largest volume that can be created (2^50 = 1 PiB keeps every offset exact in a double). */
   volumeSizeBytesMax: 2 ** 50,
   /** Longest volume name. */
@@ -45,7 +43,6 @@ export function checkLimits(): void {
   assert(LIMITS.nbdRequestBytesMax % LIMITS.nbdPreferredBlockBytes === 0, 'max request is a multiple of preferred block');
   assert(LIMITS.nbdOptionBytesMax >= LIMITS.nbdStringBytesMax * 2 + 64, 'an option fits its strings');
   assert(LIMITS.nbdReplyQueueBytesMax >= LIMITS.nbdRequestBytesMax * 2, 'reply queue holds two max replies');
-  assert(LIMITS.volumeChunkBytes >= 512 && (LIMITS.volumeChunkBytes & (LIMITS.volumeChunkBytes - 1)) === 0, 'chunk is a power of two');
   assert(LIMITS.volumeSizeBytesMax <= Number.MAX_SAFE_INTEGER, 'volume offsets fit a double exactly');
   assert(LIMITS.nbdRequestBytesMax < 2 ** 32, 'request length fits u32');
   assert(LIMITS.journalSegmentBytesMax < 2 ** 32 && LIMITS.journalSegmentBytesMax > LIMITS.nbdRequestBytesMax * 2, 'a segment holds the largest record; positions fit u32');

@@ -1,7 +1,8 @@
 /**
  * The few file operations the journal and index use, behind an interface so tests can put a
  * fault-injecting layer underneath (torn writes, lost unsynced writes, short writes, ENOSPC).
- * Data calls are synchronous positioned I/O on the page cache; only syncs are asynchronous.
+ * Data calls are synchronous positioned I/O on the page cache (large reads also have thread-pool
+ * variants); syncs are asynchronous.
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -2,8 +2,8 @@
  * A volume whose every change is journaled (CDP): the BlockDevice NBD clients use.
  *
  * Writes, zeroes and trims are appended to the journal and then entered in the extent index;
- * reads ask the index where each piece of the range lives (a journal payload, zeroes, or the
- * base image beneath — the pre-journal data file of a volume created before the journal).
+ * reads ask the index where each piece of the range lives (a journal payload or zeroes;
+ * what was never written reads as zeroes).
  * FLUSH appends a flush marker and syncs the journal (group commit); FUA syncs after the
  * record. The index is checkpointed after syncs once enough journal has accumulated, and at
  * close, so start-up replays only the journal's tail.
@@ -24,8 +24,6 @@ export interface JournaledDeviceOptions {
   sizeBytes: number;
   volumeId: Buffer;
   files: FileLayer;
-  /** What reads see where the journal has nothing (null: zeroes). */
-  base: BlockDevice | null;
   readOnly: boolean;
   syncEveryWrite: boolean;
   segmentBytesMax: number;
@@ -202,7 +200,6 @@ export class JournaledDevice implements BlockDevice {
   private async readVerified(offsetBytes: number, into: Buffer): Promise<void> {
     this.assertRange(offsetBytes, into.length);
     if (this.corruption) throw this.corruption;
-    const basePieces: Array<[number, number]> = [];
     // Large reads go to the thread pool so the event loop keeps receiving and replying
     // meanwhile; small ones are cheaper as a direct pread on the page cache.
     const inPool = into.length >= ASYNC_READ_BYTES_MIN;
@@ -210,10 +207,7 @@ export class JournaledDevice implements BlockDevice {
     this.index.lookup(offsetBytes, into.length, (piece) => {
       const at = piece.startBytes - offsetBytes;
       const length = piece.endBytes - piece.startBytes;
-      if (piece.segment === -1) {
-        if (this.options.base) basePieces.push([piece.startBytes, length]);
-        else into.fill(0, at, at + length);
-      } else if (isZero(piece.segment)) {
+      if (piece.segment === -1 || isZero(piece.segment)) {
         into.fill(0, at, at + length);
       } else if (inPool) {
         pooled.push(this.journal.readPayloadAsync(piece, into, at, length));
@@ -226,9 +220,6 @@ export class JournaledDevice implements BlockDevice {
     const settled = await Promise.allSettled(pooled);
     const failed = settled.find((result) => result.status === 'rejected');
     if (failed) throw (failed as PromiseRejectedResult).reason;
-    for (const [start, length] of basePieces) {
-      await (this.options.base as BlockDevice).read(start, into.subarray(start - offsetBytes, start - offsetBytes + length));
-    }
   }
 
   async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
@@ -236,17 +227,15 @@ export class JournaledDevice implements BlockDevice {
     const flags = options.fua ? RecordFlag.FUA : 0;
     const record = this.journal.append(RecordType.WRITE, flags, offsetBytes, data.length, data);
     this.index.setData(offsetBytes, data.length, record.segmentIndex, record.payloadPosition);
-    this.noteFirst(record.timeUs);
     this.clientBytesWritten += data.length;
-    if (options.fua || this.options.syncEveryWrite) await this.journal.sync();
+    await this.afterChange(record.timeUs, options.fua);
   }
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
     this.assertWritable(offsetBytes, lengthBytes);
     const record = this.journal.append(RecordType.TRIM, options.fua ? RecordFlag.FUA : 0, offsetBytes, lengthBytes, null);
     this.index.setZero(offsetBytes, lengthBytes, false);
-    this.noteFirst(record.timeUs);
-    if (options.fua || this.options.syncEveryWrite) await this.journal.sync();
+    await this.afterChange(record.timeUs, options.fua);
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
@@ -255,31 +244,23 @@ export class JournaledDevice implements BlockDevice {
     const flags = (options.fua ? RecordFlag.FUA : 0) | (options.mayTrim ? 0 : RecordFlag.ALLOCATED);
     const record = this.journal.append(RecordType.ZERO, flags, offsetBytes, lengthBytes, null);
     this.index.setZero(offsetBytes, lengthBytes, !options.mayTrim);
-    this.noteFirst(record.timeUs);
-    if (options.fua || this.options.syncEveryWrite) await this.journal.sync();
+    await this.afterChange(record.timeUs, options.fua);
+  }
+
+  /** Every change: note the volume's first time, and make it durable when asked to. */
+  private async afterChange(timeUs: number, fua: boolean): Promise<void> {
+    if (this.timeFirstUs === 0) this.timeFirstUs = timeUs;
+    if (fua || this.options.syncEveryWrite) await this.journal.sync();
   }
 
   async blockStatus(offsetBytes: number, lengthBytes: number, extentsMax: number): Promise<Extent[]> {
     this.assertRange(offsetBytes, lengthBytes);
     const extents: Extent[] = [];
-    const gaps: Array<{ at: number; start: number; length: number }> = [];
     this.index.lookup(offsetBytes, lengthBytes, (piece) => {
       const length = piece.endBytes - piece.startBytes;
-      if (piece.segment === -1 && this.options.base) {
-        gaps.push({ at: extents.length, start: piece.startBytes, length });
-        extents.push({ lengthBytes: length, hole: true, zero: true });
-      } else if (piece.segment === -1 || isZero(piece.segment)) {
-        extents.push({ lengthBytes: length, hole: piece.segment !== SEGMENT_ZERO_ALLOCATED, zero: true });
-      } else {
-        extents.push({ lengthBytes: length, hole: false, zero: false });
-      }
+      const data = piece.segment !== -1 && !isZero(piece.segment);
+      extents.push({ lengthBytes: length, hole: !data && piece.segment !== SEGMENT_ZERO_ALLOCATED, zero: !data });
     });
-    for (const gap of gaps.reverse()) {
-      const fromBase = await (this.options.base as BlockDevice).blockStatus(gap.start, gap.length, extentsMax);
-      const covered = fromBase.reduce((sum, extent) => sum + extent.lengthBytes, 0);
-      if (covered < gap.length) fromBase.push({ lengthBytes: gap.length - covered, hole: false, zero: false });
-      extents.splice(gap.at, 1, ...fromBase);
-    }
     return mergeExtents(extents, extentsMax);
   }
 
@@ -376,10 +357,6 @@ export class JournaledDevice implements BlockDevice {
     this.checkpointRunning = this.checkpoint().catch(() => undefined).finally(() => {
       this.checkpointRunning = null;
     });
-  }
-
-  private noteFirst(timeUs: number): void {
-    if (this.timeFirstUs === 0) this.timeFirstUs = timeUs;
   }
 
   private assertRange(offsetBytes: number, lengthBytes: number): void {

@@ -9,15 +9,16 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HindsightError, LIMITS, fromSystemError } from '../core/index.js';
 import { nodeFileLayer } from '../journal/index.js';
-import { FileDevice } from './file-device.js';
 import { JournaledDevice, verifyJournal } from './journaled-device.js';
 import type { FsckReport } from './journaled-device.js';
-import { syncDirectory } from './map-file.js';
 import { validateVolumeName, validateVolumeSize } from './names.js';
 
-/** 1: plain data file (now the base image under the journal); 2: journal from creation. */
+/**
+ * 2: every change journaled. (1 was the plain-file storage of early development builds,
+ * before the journal; such a volume is refused with a clear message.)
+ */
 const FORMAT_VERSION = 2;
-const FORMAT_VERSIONS = new Set([1, 2]);
+const syncDirectory = (directory: string) => nodeFileLayer.syncDirectory(directory);
 
 interface VolumeRecord {
   formatVersion: number;
@@ -31,8 +32,6 @@ interface VolumeRecord {
 export interface Volume {
   record: VolumeRecord;
   device: JournaledDevice | null;
-  /** The pre-journal data file of a format-1 volume, read beneath the journal. */
-  base: FileDevice | null;
   error: HindsightError | null;
 }
 
@@ -44,7 +43,7 @@ export interface VolumeInfo {
   readOnly: boolean;
   state: 'online' | 'failed';
   error: { code: string; message: string } | null;
-  /** Bytes on disk: journal segments, index checkpoint, base image. */
+  /** Bytes on disk: journal segments and index checkpoint. */
   storedBytes: number;
   clientBytesWritten: number;
   journalBytes: number;
@@ -175,7 +174,6 @@ export class VolumeManager {
       this.volumes.delete(name);
       await detach();
       await volume.device?.close().catch(() => undefined);
-      await volume.base?.close().catch(() => undefined);
       const trash = path.join(this.volumesDir, `.delete-${volume.record.id}`);
       try {
         await fs.rename(this.volumeDir(name), trash);
@@ -230,7 +228,6 @@ export class VolumeManager {
     const failures: unknown[] = [];
     for (const volume of this.volumes.values()) {
       await volume.device?.close().catch((err: unknown) => failures.push(err));
-      await volume.base?.close().catch((err: unknown) => failures.push(err));
     }
     if (failures.length > 0) throw failures[0];
   }
@@ -255,27 +252,19 @@ export class VolumeManager {
       record = JSON.parse(await fs.readFile(path.join(this.volumeDir(name), 'volume.json'), 'utf8')) as VolumeRecord;
     } catch (err) {
       const error = new HindsightError('VOLUME_CORRUPT', `volume "${name}": cannot read volume.json`, { cause: err });
-      return { record: { formatVersion: 0, id: '', name, sizeBytes: 0, createdAt: '' }, device: null, base: null, error };
+      return { record: { formatVersion: 0, id: '', name, sizeBytes: 0, createdAt: '' }, device: null, error };
     }
-    let base: FileDevice | null = null;
     try {
-      if (!FORMAT_VERSIONS.has(record.formatVersion)) {
+      if (record.formatVersion !== FORMAT_VERSION) {
         throw new HindsightError('VOLUME_CORRUPT', `volume "${name}": unsupported format version ${record.formatVersion}`);
       }
       validateVolumeSize(record.sizeBytes);
-      if (record.formatVersion === 1) {
-        base = await FileDevice.open({
-          name, dataFile: this.dataFile(name), mapFile: path.join(this.volumeDir(name), 'alloc.map'),
-          sizeBytes: record.sizeBytes, syncEveryWrite: false, readOnly: true,
-        });
-      }
       const device = JournaledDevice.open({
         name,
         directory: this.volumeDir(name),
         sizeBytes: record.sizeBytes,
         volumeId: volumeIdOf(record),
         files: nodeFileLayer,
-        base,
         readOnly: record.readOnly ?? false,
         syncEveryWrite: this.options.syncEveryWrite,
         segmentBytesMax: LIMITS.journalSegmentBytesMax,
@@ -283,20 +272,15 @@ export class VolumeManager {
         nowUs: () => Date.now() * 1000,
         onCorruption: (error) => this.fail(name, error),
       });
-      return { record, device, base, error: null };
+      return { record, device, error: null };
     } catch (err) {
-      await base?.close().catch(() => undefined);
       const error = err instanceof HindsightError ? err : fromSystemError(err, `opening volume ${name}`);
-      return { record, device: null, base: null, error };
+      return { record, device: null, error };
     }
   }
 
   private volumeDir(name: string): string {
     return path.join(this.volumesDir, name);
-  }
-
-  private dataFile(name: string): string {
-    return path.join(this.volumeDir(name), 'data.raw');
   }
 }
 

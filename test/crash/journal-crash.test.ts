@@ -49,7 +49,7 @@ interface Setup {
 
 function openDevice(files: FaultFs, setup: Setup): JournaledDevice {
   return JournaledDevice.open({
-    name: 'crash', directory: DIRECTORY, sizeBytes: SIZE, volumeId: VOLUME_ID, files, base: null,
+    name: 'crash', directory: DIRECTORY, sizeBytes: SIZE, volumeId: VOLUME_ID, files,
     readOnly: false, syncEveryWrite: false, segmentBytesMax: setup.segmentBytesMax,
     checkpointEveryBytes: setup.checkpointEveryBytes, nowUs: () => (setup.clock.us += 3), idleCheckpointMs: 0,
   });

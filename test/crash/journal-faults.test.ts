@@ -28,7 +28,7 @@ const recordSpan = (payloadBytes: number) => Math.ceil((RECORD_HEADER_BYTES + Ma
 function openDevice(files: FaultFs, segmentBytesMax = 256 * 1024): JournaledDevice {
   let clock = 1_700_000_000_000_000;
   return JournaledDevice.open({
-    name: 'faults', directory: DIRECTORY, sizeBytes: SIZE, volumeId: VOLUME_ID, files, base: null,
+    name: 'faults', directory: DIRECTORY, sizeBytes: SIZE, volumeId: VOLUME_ID, files,
     readOnly: false, syncEveryWrite: false, segmentBytesMax, checkpointEveryBytes: 1024 * 1024 * 1024,
     nowUs: () => (clock += 5), idleCheckpointMs: 0,
   });

@@ -19,7 +19,7 @@ const VOLUME_ID = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
 
 function open(dir: string, clock: { us: number }): JournaledDevice {
   return JournaledDevice.open({
-    name: 'model', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer, base: null,
+    name: 'model', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer,
     readOnly: false, syncEveryWrite: false, segmentBytesMax: 512 * 1024, checkpointEveryBytes: 256 * 1024,
     nowUs: () => (clock.us += 7),
   });
@@ -115,7 +115,7 @@ test('damaged journal data is never served: the read fails and the volume is ref
   fs.writeFileSync(segment, bytes);
   const reported: string[] = [];
   device = JournaledDevice.open({
-    name: 'model', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer, base: null,
+    name: 'model', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer,
     readOnly: false, syncEveryWrite: false, segmentBytesMax: 512 * 1024, checkpointEveryBytes: 256 * 1024,
     nowUs: () => (clock.us += 7), onCorruption: (error) => reported.push(error.message),
   });
@@ -136,7 +136,7 @@ test('an idle volume after a flush gets a checkpoint: damage to its last batch i
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const clock = { us: 1_700_000_000_000_000 };
   const options = {
-    name: 'model', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer, base: null,
+    name: 'model', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer,
     readOnly: false, syncEveryWrite: false, segmentBytesMax: 512 * 1024, checkpointEveryBytes: 1024 * 1024 * 1024,
     nowUs: () => (clock.us += 7), idleCheckpointMs: 20,
   };
