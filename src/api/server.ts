@@ -2,16 +2,18 @@
  * The HTTP API (`/api/v1`, JSON). Bodies are validated by JSON schema at the edge; every
  * error leaves as `{code, message}` with a proper status and never a stack trace.
  */
-import Fastify from 'fastify';
+import Fastify, { LogController } from 'fastify';
 import type { FastifyInstance, FastifyBaseLogger } from 'fastify';
 import { HindsightError, LIMITS, isHindsightError, parseSize } from '../core/index.js';
 import type { NbdServer } from '../nbd/index.js';
-import type { VolumeManager } from '../volume/index.js';
+import type { JobRegistry, VolumeManager } from '../volume/index.js';
+import { registerHistoryRoutes } from './history-routes.js';
 import { httpStatus } from './http-status.js';
 
 export interface ApiContext {
   volumes: VolumeManager;
   nbd: NbdServer;
+  jobs: JobRegistry;
   version: string;
   startedAt: Date;
   dataDir: string;
@@ -30,7 +32,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
   const app = Fastify({
     loggerInstance: context.log,
     bodyLimit: LIMITS.apiBodyBytesMax,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     // Unknown fields are an error, not silently dropped: a typo must not look like success.
     ajv: { customOptions: { removeAdditional: false } },
   });
@@ -118,7 +120,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
     if (connected > 0 && !force) {
       throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${connected} connected NBD client(s); disconnect them or use --force`);
     }
-    await context.volumes.delete(name, () => context.nbd.disconnectExport(name));
+    await context.volumes.delete(name, (exportName) => context.nbd.disconnectExport(exportName), force);
     request.log.info({ volume: name, force, disconnected: connected }, 'volume deleted');
     return reply.status(200).send({ name, deleted: true, disconnectedClients: connected });
   });
@@ -142,6 +144,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
 
   app.get('/api/v1/connections', async () => ({ connections: context.nbd.connections() }));
 
+  registerHistoryRoutes(app, context);
   return app;
 }
 

@@ -8,6 +8,7 @@ import { DEFAULTS, VERSION } from '../daemon/index.js';
 import { ApiClient, apiUrl } from './client.js';
 import { printFields, printJson } from './output.js';
 import { serve } from './serve.js';
+import { registerHistoryCommands } from './history.js';
 import { registerVolumeCommands } from './volume.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -37,6 +38,7 @@ export async function main(argv: string[]): Promise<number> {
     .action((options: Record<string, unknown>) => run(() => serve(options, Boolean(options.json))));
 
   registerVolumeCommands(program, run);
+  registerHistoryCommands(program, run);
 
   program.command('fsck [name]')
     .description('check every journal record (checksums, seq order) and the index of one volume or all; exit 2 when a problem is found')

@@ -11,7 +11,7 @@ import { HindsightError, checkLimits } from '../core/index.js';
 import { buildApi } from '../api/index.js';
 import { NbdServer } from '../nbd/index.js';
 import type { ExportCatalog, NbdExport } from '../nbd/index.js';
-import { VolumeManager } from '../volume/index.js';
+import { JobRegistry, VolumeManager } from '../volume/index.js';
 import { formatAddress, isLoopback } from './address.js';
 import type { ListenAddress } from './address.js';
 import type { DaemonConfig } from './config.js';
@@ -34,6 +34,7 @@ export class Daemon {
     private readonly volumes: VolumeManager,
     private readonly nbd: NbdServer,
     private readonly api: ReturnType<typeof buildApi>,
+    private readonly jobs: JobRegistry,
   ) {}
 
   static async start(config: DaemonConfig, log: Logger = pino({ level: config.logLevel }, pino.destination(2))): Promise<Daemon> {
@@ -64,8 +65,9 @@ export class Daemon {
       };
       const ports: BoundPorts = { nbd: nbdBound, api: { ...config.api } };
       const startedAt = new Date();
+      const jobs = new JobRegistry();
       const api = buildApi({
-        volumes, nbd, version: VERSION, startedAt, dataDir: config.dataDir, log: log.child({ component: 'api' }),
+        volumes, nbd, jobs, version: VERSION, startedAt, dataDir: config.dataDir, log: log.child({ component: 'api' }),
         ports: () => ({ nbd: ports.nbd, api: ports.api }),
       });
       try {
@@ -77,7 +79,7 @@ export class Daemon {
       if (apiAddress && typeof apiAddress === 'object') ports.api = { host: apiAddress.address, port: apiAddress.port };
       writePortsFile(config.dataDir, ports);
       log.info({ nbd: formatAddress(ports.nbd), api: formatAddress(ports.api), dataDir: config.dataDir, volumes: volumes.names() }, 'hindsight ready');
-      return new Daemon(config, ports, log, lock, volumes, nbd, api);
+      return new Daemon(config, ports, log, lock, volumes, nbd, api, jobs);
     } catch (err) {
       await nbd?.close().catch(() => undefined);
       await volumes.close().catch(() => undefined);
@@ -92,6 +94,7 @@ export class Daemon {
       this.log.info('hindsight stopping');
       await this.api.close().catch((err: Error) => this.log.warn({ err: err.message }, 'closing API'));
       try {
+        await this.jobs.stop();
         await this.nbd.close();
         await this.volumes.close();
       } catch (err) {
@@ -109,10 +112,11 @@ export class Daemon {
 export function catalogOf(volumes: VolumeManager): ExportCatalog {
   const toExport = (name: string): NbdExport | undefined => {
     const device = volumes.device(name);
-    return device ? { name, description: `Hindsight volume ${name}`, device } : undefined;
+    if (!device) return undefined;
+    return { name, description: volumes.exportDescription(name), device };
   };
   return {
-    list: () => volumes.names().map(toExport).filter((entry): entry is NbdExport => entry !== undefined),
+    list: () => volumes.exportNames().map(toExport).filter((entry): entry is NbdExport => entry !== undefined),
     find: toExport,
   };
 }

@@ -32,12 +32,26 @@ export interface ExtentVisit {
   delta: number;
 }
 
-class Region {
+/** The extents of one 4 MiB region: sorted, disjoint, STRIDE numbers each. */
+export class Region {
   entries: Uint32Array;
   count = 0;
 
   constructor(capacity = 8) {
     this.entries = new Uint32Array(capacity * STRIDE);
+  }
+
+  /** An exact-size copy (history snapshots), or a working copy with room to grow. */
+  static from(entries: Uint32Array, spare = 8): Region {
+    const region = new Region(entries.length / STRIDE + spare);
+    region.entries.set(entries);
+    region.count = entries.length / STRIDE;
+    return region;
+  }
+
+  /** The live extents (a view, not a copy). */
+  get used(): Uint32Array {
+    return this.entries.subarray(0, this.count * STRIDE);
   }
 
   /** First extent whose end is after `offset` (extents are sorted and disjoint). */
@@ -64,6 +78,37 @@ class Region {
     this.entries.copyWithin((from + added) * STRIDE, to * STRIDE, this.count * STRIDE);
     this.entries.set(replacement, from * STRIDE);
     this.count = newCount;
+  }
+
+  /**
+   * Maps [start, stop) (region-relative) to `value` = [segment, payloadPosition, delta,
+   * payloadBytes], cutting the extents it overlaps. Returns the change in extent count.
+   */
+  set(start: number, stop: number, value: readonly number[]): number {
+    const entries = this.entries;
+    const first = this.firstEndingAfter(start);
+    const replacement: number[] = [];
+    let last = first;
+    if (first < this.count && entries[first * STRIDE] < start) {
+      // The extent straddling `start` keeps its head.
+      const at = first * STRIDE;
+      replacement.push(entries[at], start, entries[at + 2], entries[at + 3], entries[at + 4], entries[at + 5]);
+    }
+    replacement.push(start, stop, value[0], value[1], value[2], value[3]);
+    while (last < this.count && entries[last * STRIDE] < stop) {
+      const at = last * STRIDE;
+      const lastStop = entries[at + 1];
+      if (lastStop > stop) {
+        // The extent straddling `stop` keeps its tail, further into its payload.
+        const lastStart = entries[at];
+        const tailDelta = isZero(entries[at + 2]) ? 0 : entries[at + 4] + (stop - lastStart);
+        replacement.push(stop, lastStop, entries[at + 2], entries[at + 3], tailDelta, entries[at + 5]);
+      }
+      last += 1;
+    }
+    const before = this.count;
+    this.splice(first, last, replacement);
+    return this.count - before;
   }
 }
 
@@ -98,20 +143,22 @@ export class ExtentIndex {
 
   /** Calls `visit` for consecutive pieces covering the range, gaps included (segment -1). */
   lookup(offsetBytes: number, lengthBytes: number, visit: (piece: ExtentVisit) => void): void {
-    const end = offsetBytes + lengthBytes;
-    let at = offsetBytes;
-    while (at < end) {
-      const regionIndex = Math.floor(at / REGION_BYTES);
-      const regionBase = regionIndex * REGION_BYTES;
-      const regionEnd = Math.min(end, regionBase + REGION_BYTES);
-      const region = this.regions[regionIndex];
-      if (!region || region.count === 0) {
-        visit({ startBytes: at, endBytes: regionEnd, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
-        at = regionEnd;
-        continue;
-      }
-      at = this.lookupInRegion(region, regionBase, at, regionEnd, visit);
-    }
+    lookupRegions((index) => this.regions[index], offsetBytes, lengthBytes, visit);
+  }
+
+  /** The region's extents (a live view), or undefined where nothing was ever written. */
+  region(regionIndex: number): Region | undefined {
+    return this.regions[regionIndex];
+  }
+
+  /** Replaces a whole region (rollback installs the regions of an earlier point). */
+  replaceRegion(regionIndex: number, region: Region | undefined): void {
+    this.extentTotal += (region?.count ?? 0) - (this.regions[regionIndex]?.count ?? 0);
+    this.regions[regionIndex] = region;
+  }
+
+  get regionCount(): number {
+    return this.regions.length;
   }
 
   /** Serialises every region (for the checkpoint). */
@@ -139,32 +186,6 @@ export class ExtentIndex {
     this.regions[regionIndex] = region;
   }
 
-  private lookupInRegion(region: Region, base: number, from: number, to: number, visit: (piece: ExtentVisit) => void): number {
-    const entries = region.entries;
-    let at = from;
-    for (let i = region.firstEndingAfter(at - base); i < region.count && at < to; i += 1) {
-      const start = base + entries[i * STRIDE];
-      const stop = base + entries[i * STRIDE + 1];
-      if (start >= to) break;
-      if (start > at) {
-        visit({ startBytes: at, endBytes: start, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
-        at = start;
-      }
-      const pieceEnd = Math.min(stop, to);
-      const segment = entries[i * STRIDE + 2];
-      const zero = isZero(segment);
-      visit({
-        startBytes: at, endBytes: pieceEnd, segment,
-        payloadPosition: zero ? 0 : entries[i * STRIDE + 3],
-        payloadBytes: zero ? 0 : entries[i * STRIDE + 5],
-        delta: zero ? 0 : entries[i * STRIDE + 4] + (at - start),
-      });
-      at = pieceEnd;
-    }
-    if (at < to) visit({ startBytes: at, endBytes: to, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
-    return to;
-  }
-
   private set(offsetBytes: number, lengthBytes: number, segment: number, payloadPosition: number, payloadBytes: number): void {
     assert(lengthBytes > 0 && offsetBytes + lengthBytes <= this.sizeBytes, 'extent within the volume');
     assert(payloadPosition <= 0xffffffff && payloadBytes <= 0xffffffff, 'journal positions fit 32 bits');
@@ -177,40 +198,59 @@ export class ExtentIndex {
       const delta = isZero(segment) ? 0 : at - offsetBytes;
       let region = this.regions[regionIndex];
       if (!region) this.regions[regionIndex] = region = new Region();
-      this.setInRegion(region, at - base, pieceEnd - base, [segment, payloadPosition, delta, payloadBytes]);
+      this.extentTotal += region.set(at - base, pieceEnd - base, [segment, payloadPosition, delta, payloadBytes]);
       at = pieceEnd;
     }
-  }
-
-  /** `value` = [segment, payloadPosition, delta, payloadBytes]. */
-  private setInRegion(region: Region, start: number, stop: number, value: number[]): void {
-    const entries = region.entries;
-    const first = region.firstEndingAfter(start);
-    const replacement: number[] = [];
-    let last = first;
-    if (first < region.count && entries[first * STRIDE] < start) {
-      // The extent straddling `start` keeps its head.
-      const at = first * STRIDE;
-      replacement.push(entries[at], start, entries[at + 2], entries[at + 3], entries[at + 4], entries[at + 5]);
-    }
-    replacement.push(start, stop, value[0], value[1], value[2], value[3]);
-    while (last < region.count && entries[last * STRIDE] < stop) {
-      const at = last * STRIDE;
-      const lastStop = entries[at + 1];
-      if (lastStop > stop) {
-        // The extent straddling `stop` keeps its tail, further into its payload.
-        const lastStart = entries[at];
-        const tailDelta = isZero(entries[at + 2]) ? 0 : entries[at + 4] + (stop - lastStart);
-        replacement.push(stop, lastStop, entries[at + 2], entries[at + 3], tailDelta, entries[at + 5]);
-      }
-      last += 1;
-    }
-    const before = region.count;
-    region.splice(first, last, replacement);
-    this.extentTotal += region.count - before;
   }
 }
 
 export function isZero(segment: number): boolean {
   return segment === SEGMENT_ZERO || segment === SEGMENT_ZERO_ALLOCATED;
+}
+
+/**
+ * Calls `visit` for consecutive pieces covering the range, gaps included (segment -1), over
+ * any source of regions: the live index, or a point in history (history.ts).
+ */
+export function lookupRegions(regionAt: (regionIndex: number) => Region | undefined, offsetBytes: number, lengthBytes: number, visit: (piece: ExtentVisit) => void): void {
+  const end = offsetBytes + lengthBytes;
+  let at = offsetBytes;
+  while (at < end) {
+    const regionIndex = Math.floor(at / REGION_BYTES);
+    const regionBase = regionIndex * REGION_BYTES;
+    const regionEnd = Math.min(end, regionBase + REGION_BYTES);
+    const region = regionAt(regionIndex);
+    if (!region || region.count === 0) {
+      visit({ startBytes: at, endBytes: regionEnd, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
+      at = regionEnd;
+      continue;
+    }
+    at = lookupInRegion(region, regionBase, at, regionEnd, visit);
+  }
+}
+
+function lookupInRegion(region: Region, base: number, from: number, to: number, visit: (piece: ExtentVisit) => void): number {
+  const entries = region.entries;
+  let at = from;
+  for (let i = region.firstEndingAfter(at - base); i < region.count && at < to; i += 1) {
+    const start = base + entries[i * STRIDE];
+    const stop = base + entries[i * STRIDE + 1];
+    if (start >= to) break;
+    if (start > at) {
+      visit({ startBytes: at, endBytes: start, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
+      at = start;
+    }
+    const pieceEnd = Math.min(stop, to);
+    const segment = entries[i * STRIDE + 2];
+    const zero = isZero(segment);
+    visit({
+      startBytes: at, endBytes: pieceEnd, segment,
+      payloadPosition: zero ? 0 : entries[i * STRIDE + 3],
+      payloadBytes: zero ? 0 : entries[i * STRIDE + 5],
+      delta: zero ? 0 : entries[i * STRIDE + 4] + (at - start),
+    });
+    at = pieceEnd;
+  }
+  if (at < to) visit({ startBytes: at, endBytes: to, segment: -1, payloadPosition: 0, payloadBytes: 0, delta: 0 });
+  return to;
 }

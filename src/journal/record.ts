@@ -20,6 +20,8 @@ export const RecordType = {
   TRIM: 3,
   FLUSH: 4,
   BOOKMARK: 5,
+  /** Rollback: the volume's content becomes what it was at seq `offsetBytes` (length 0). */
+  REVERT: 6,
 } as const;
 export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
 
@@ -109,6 +111,9 @@ export function decodeRecordHeader(bytes: Buffer): HeaderCheck {
   };
   if (type === RecordType.WRITE ? header.payloadBytes !== header.lengthBytes : header.payloadBytes !== 0) {
     return { ok: false, reason: 'payload length does not fit the record type' };
+  }
+  if (type === RecordType.REVERT && (header.lengthBytes !== 0 || header.offsetBytes >= header.seq)) {
+    return { ok: false, reason: 'revert record does not go back to an earlier seq' };
   }
   return { ok: true, header };
 }

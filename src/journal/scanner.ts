@@ -288,3 +288,54 @@ export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from
   }
   return null;
 }
+
+const HEADER_WINDOW_BYTES = 256 * 1024;
+
+/**
+ * Every record from the journal's start up to `until` (exclusive), in seq order, reading only
+ * headers and chunk tables (CRC-checked; payloads are the scrub's and the reads' job), a
+ * window at a time. For a journal recovery already made consistent: any inconsistency is
+ * corruption (JOURNAL_CORRUPT). Used to rebuild the history behind the index checkpoint.
+ */
+export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, until: JournalPosition, onRecord: (record: ScannedRecord) => void): number {
+  const window = Buffer.allocUnsafe(HEADER_WINDOW_BYTES);
+  let expectedSeq = 1;
+  for (const segmentIndex of listSegments(options.files, options.directory).filter((index) => index <= until.segmentIndex)) {
+    const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
+    try {
+      const size = file.sizeBytes();
+      const limit = segmentIndex === until.segmentIndex ? Math.min(until.position, size) : size;
+      let windowStart = 0;
+      let windowBytes = 0;
+      /** Makes [position, position+bytes) readable in the window; false if past the end. */
+      const have = (position: number, bytes: number): boolean => {
+        if (position >= windowStart && position + bytes <= windowStart + windowBytes) return true;
+        if (position + bytes > size) return false;
+        windowStart = position;
+        windowBytes = file.read(window, 0, Math.min(HEADER_WINDOW_BYTES, size - position), position);
+        return position + bytes <= windowStart + windowBytes;
+      };
+      let position = SEGMENT_HEADER_BYTES;
+      while (position < limit) {
+        const corrupt = (reason: string) => new HindsightError('JOURNAL_CORRUPT',
+          `journal ${file.path} is corrupt at offset ${position} (${reason}); the volume is not served (run hindsight fsck)`);
+        if (!have(position, RECORD_HEADER_BYTES)) throw corrupt('record header truncated');
+        const header = window.subarray(position - windowStart, position - windowStart + RECORD_HEADER_BYTES);
+        const decoded = decodeRecordHeader(header);
+        if (!decoded.ok) throw corrupt(decoded.reason);
+        const tableBytes = chunkTableBytes(decoded.header.payloadBytes);
+        if (!have(position, RECORD_HEADER_BYTES + tableBytes)) throw corrupt('chunk table truncated');
+        const at = position - windowStart;
+        const table = tableBytes > 0 ? window.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + tableBytes) : null;
+        if (recordCrc(window.subarray(at, at + RECORD_HEADER_BYTES), table, options.crcSeed) !== storedCrc(window.subarray(at, at + RECORD_HEADER_BYTES))) throw corrupt('record checksum mismatch');
+        if (decoded.header.seq !== expectedSeq) throw corrupt(`seq ${decoded.header.seq} where ${expectedSeq} was expected`);
+        onRecord({ header: decoded.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(decoded.header.payloadBytes) });
+        expectedSeq += 1;
+        position += recordSpan(decoded.header.payloadBytes);
+      }
+    } finally {
+      file.close();
+    }
+  }
+  return expectedSeq - 1;
+}

@@ -1,4 +1,11 @@
 export { VolumeManager } from './volume-manager.js';
-export type { VolumeInfo, VolumeManagerOptions } from './volume-manager.js';
-export { validateVolumeName, validateVolumeSize } from './names.js';
+export type { VolumeInfo, VolumeManagerOptions, RollbackResult, Timeline, PointInfo } from './volume-manager.js';
+export { validateVolumeName, validateVolumeSize, validateMountName } from './names.js';
 export type { FsckReport, FsckProblem } from './journaled-device.js';
+export type { MountInfo } from './mounts.js';
+export type { Bookmark } from './bookmarks.js';
+export type { ResolvedPoint } from './points.js';
+export { JobRegistry } from './jobs.js';
+export type { JobInfo } from './jobs.js';
+export { restoreImage } from './restore.js';
+export type { RestoreResult } from './restore.js';

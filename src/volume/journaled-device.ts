@@ -11,9 +11,10 @@
 import path from 'node:path';
 import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
-import { ExtentIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
-import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanJournalAsync, scrubJournal, segmentPath } from '../journal/index.js';
-import type { FileLayer, JournalPosition, JournalStats, RecoveryReport, ScannedRecord } from '../journal/index.js';
+import { ExtentIndex, History, PointIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
+import type { ExtentVisit, HistoryEntry } from '../index/index.js';
+import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanHeaders, scanJournalAsync, scrubJournal, segmentPath } from '../journal/index.js';
+import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
 
@@ -37,6 +38,16 @@ export interface JournaledDeviceOptions {
   nowUs: () => number;
   /** Called once when damaged journal data is found (by a read, the scrub or fsck). */
   onCorruption?: (error: HindsightError) => void;
+  /**
+   * What lies beneath (a writable clone's point in its source volume): ranges this volume
+   * never wrote read from there. Without a base they read as zeroes.
+   */
+  base?: BlockDevice;
+}
+
+/** Where each piece of a range lives: the live index, or the index at a point in history. */
+export interface RangeLookup {
+  lookup(offsetBytes: number, lengthBytes: number, visit: (piece: ExtentVisit) => void): void;
 }
 
 export interface JournaledDeviceStats extends JournalStats {
@@ -44,6 +55,7 @@ export interface JournaledDeviceStats extends JournalStats {
   timeFirstUs: number;
   extents: number;
   indexBytes: number;
+  historyBytes: number;
   clientBytesWritten: number;
 }
 
@@ -75,6 +87,8 @@ export class JournaledDevice implements BlockDevice {
     readOnly: false, flush: true, fua: true, trim: true, writeZeroes: true, fastZero: true, cache: true, multiConn: true,
   };
   private index: ExtentIndex;
+  /** Every record since the first: answers what any range held at any seq. */
+  readonly history: History;
   private timeFirstUs: number;
   private clientBytesWritten = 0;
   private checkpointBytes: number;
@@ -89,10 +103,11 @@ export class JournaledDevice implements BlockDevice {
   /** seqLast covered by the newest checkpoint written. */
   private checkpointSeq = 0;
 
-  private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
+  private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, history: History, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
     this.sizeBytes = options.sizeBytes;
     this.index = index;
+    this.history = history;
     this.timeFirstUs = timeFirstUs;
     this.capabilities.readOnly = options.readOnly;
     this.checkpointBytes = journal.stats().bytes;
@@ -121,10 +136,14 @@ export class JournaledDevice implements BlockDevice {
       }
     }
     const journalOptions = { directory: path.join(options.directory, 'journal'), files: options.files, volumeId: options.volumeId, segmentBytesMax: options.segmentBytesMax, nowUs: options.nowUs };
+    // Replayed records also join the history, after the part behind the checkpoint (read
+    // once recovery has made the journal consistent).
+    const tail: HistoryEntry[] = [];
     const apply = (record: ScannedRecord) => {
       if (timeFirstUs === 0) timeFirstUs = record.header.timeUs;
       if (record.header.type === RecordType.WRITE) clientBytesWritten += record.header.lengthBytes;
       applyRecord(index, record, options.sizeBytes);
+      tail.push(historyEntry(record));
     };
     let opened;
     try {
@@ -136,11 +155,20 @@ export class JournaledDevice implements BlockDevice {
       index = new ExtentIndex(options.sizeBytes);
       timeFirstUs = 0;
       clientBytesWritten = 0;
+      tail.length = 0;
       checkpoint = `ignored (${(err as Error).message}); index rebuilt from the journal`;
       opened = Journal.open(journalOptions, null, apply, start.seqLast);
     }
     const replayedFrom = checkpoint === 'loaded' && start ? start.from : null;
-    const device = new JournaledDevice(options, opened.journal, index, timeFirstUs, { ...opened.report, checkpoint }, replayedFrom);
+    const history = new History(options.sizeBytes);
+    if (replayedFrom) {
+      scanHeaders({ directory: journalOptions.directory, files: options.files, volumeId: options.volumeId, crcSeed: crcSeedFor(options.volumeId) }, replayedFrom,
+        (record) => history.append(historyEntry(record)));
+    }
+    for (const entry of tail) history.append(entry);
+    // A rollback among the replayed records: the live index is what the history says now.
+    if (tail.some((entry) => entry.type === RecordType.REVERT)) index = history.indexAt(history.seqLast);
+    const device = new JournaledDevice(options, opened.journal, index, history, timeFirstUs, { ...opened.report, checkpoint }, replayedFrom);
     device.clientBytesWritten = clientBytesWritten;
     return device;
   }
@@ -184,30 +212,42 @@ export class JournaledDevice implements BlockDevice {
       timeFirstUs: this.timeFirstUs,
       extents: this.index.extentCount,
       indexBytes: this.index.memoryBytes,
+      historyBytes: this.history.memoryBytes,
       clientBytesWritten: this.clientBytesWritten,
     };
   }
 
   async read(offsetBytes: number, into: Buffer): Promise<void> {
+    this.assertRange(offsetBytes, into.length);
+    await this.readAt(this.index, offsetBytes, into);
+  }
+
+  /**
+   * Reads a range as `lookup` (the live index or a point in history) places it: journal
+   * payloads verified chunk by chunk; never-written ranges from the base, else zeroes.
+   */
+  async readAt(lookup: RangeLookup, offsetBytes: number, into: Buffer): Promise<void> {
     try {
-      await this.readVerified(offsetBytes, into);
+      await this.readVerified(lookup, offsetBytes, into);
     } catch (err) {
       if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
       throw err;
     }
   }
 
-  private async readVerified(offsetBytes: number, into: Buffer): Promise<void> {
-    this.assertRange(offsetBytes, into.length);
+  private async readVerified(lookup: RangeLookup, offsetBytes: number, into: Buffer): Promise<void> {
     if (this.corruption) throw this.corruption;
     // Large reads go to the thread pool so the event loop keeps receiving and replying
     // meanwhile; small ones are cheaper as a direct pread on the page cache.
     const inPool = into.length >= ASYNC_READ_BYTES_MIN;
     const pooled: Array<Promise<void>> = [];
-    this.index.lookup(offsetBytes, into.length, (piece) => {
+    const base = this.options.base;
+    lookup.lookup(offsetBytes, into.length, (piece) => {
       const at = piece.startBytes - offsetBytes;
       const length = piece.endBytes - piece.startBytes;
-      if (piece.segment === -1 || isZero(piece.segment)) {
+      if (piece.segment === -1 && base) {
+        pooled.push(base.read(piece.startBytes, into.subarray(at, at + length)));
+      } else if (piece.segment === -1 || isZero(piece.segment)) {
         into.fill(0, at, at + length);
       } else if (inPool) {
         pooled.push(this.journal.readPayloadAsync(piece, into, at, length));
@@ -224,8 +264,7 @@ export class JournaledDevice implements BlockDevice {
 
   async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
     this.assertWritable(offsetBytes, data.length);
-    const flags = options.fua ? RecordFlag.FUA : 0;
-    const record = this.journal.append(RecordType.WRITE, flags, offsetBytes, data.length, data);
+    const record = this.append(RecordType.WRITE, options.fua ? RecordFlag.FUA : 0, offsetBytes, data.length, data);
     this.index.setData(offsetBytes, data.length, record.segmentIndex, record.payloadPosition);
     this.clientBytesWritten += data.length;
     await this.afterChange(record.timeUs, options.fua);
@@ -233,7 +272,7 @@ export class JournaledDevice implements BlockDevice {
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
     this.assertWritable(offsetBytes, lengthBytes);
-    const record = this.journal.append(RecordType.TRIM, options.fua ? RecordFlag.FUA : 0, offsetBytes, lengthBytes, null);
+    const record = this.append(RecordType.TRIM, options.fua ? RecordFlag.FUA : 0, offsetBytes, lengthBytes, null);
     this.index.setZero(offsetBytes, lengthBytes, false);
     await this.afterChange(record.timeUs, options.fua);
   }
@@ -242,9 +281,20 @@ export class JournaledDevice implements BlockDevice {
     // Zeroes are metadata here whatever NO_HOLE says, so FAST_ZERO always holds.
     this.assertWritable(offsetBytes, lengthBytes);
     const flags = (options.fua ? RecordFlag.FUA : 0) | (options.mayTrim ? 0 : RecordFlag.ALLOCATED);
-    const record = this.journal.append(RecordType.ZERO, flags, offsetBytes, lengthBytes, null);
+    const record = this.append(RecordType.ZERO, flags, offsetBytes, lengthBytes, null);
     this.index.setZero(offsetBytes, lengthBytes, !options.mayTrim);
     await this.afterChange(record.timeUs, options.fua);
+  }
+
+  /** Journals one record and enters it in the history. */
+  private append(type: RecordTypeValue, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): AppendedRecord {
+    const record = this.journal.append(type, flags, offsetBytes, lengthBytes, payload);
+    const payloadBytes = payload?.length ?? 0;
+    this.history.append({
+      seq: record.seq, type, flags, offsetBytes, lengthBytes, timeUs: record.timeUs,
+      segment: record.segmentIndex, payloadPosition: record.payloadPosition, payloadBytes,
+    });
+    return record;
   }
 
   /** Every change: note the volume's first time, and make it durable when asked to. */
@@ -253,15 +303,68 @@ export class JournaledDevice implements BlockDevice {
     if (fua || this.options.syncEveryWrite) await this.journal.sync();
   }
 
+  /**
+   * Rollback: the volume continues from `seq` as a new branch. A REVERT record says so in the
+   * journal (made durable before this returns), so the writes after `seq` stay in history,
+   * readable by seq, until retention removes them. The caller makes sure nobody writes
+   * meanwhile (no clients attached).
+   */
+  async rollback(seq: number): Promise<{ seq: number; timeUs: number }> {
+    assert(!this.capabilities.readOnly, 'rollback reaches only writable volumes');
+    if (this.corruption) throw this.corruption;
+    assert(seq >= 0 && seq <= this.journal.lastSeq, 'rollback target within history');
+    const record = this.append(RecordType.REVERT, 0, seq, 0, null);
+    this.index = this.history.indexAt(record.seq);
+    await this.journal.sync();
+    await this.checkpoint();
+    return { seq: record.seq, timeUs: record.timeUs };
+  }
+
   async blockStatus(offsetBytes: number, lengthBytes: number, extentsMax: number): Promise<Extent[]> {
     this.assertRange(offsetBytes, lengthBytes);
-    const extents: Extent[] = [];
-    this.index.lookup(offsetBytes, lengthBytes, (piece) => {
+    return this.blockStatusAt(this.index, offsetBytes, lengthBytes, extentsMax);
+  }
+
+  /** Allocation as `lookup` places it; never-written ranges as the base reports them. */
+  async blockStatusAt(lookup: RangeLookup, offsetBytes: number, lengthBytes: number, extentsMax: number): Promise<Extent[]> {
+    const pieces: Array<Extent | { baseFrom: number; baseLength: number }> = [];
+    const base = this.options.base;
+    lookup.lookup(offsetBytes, lengthBytes, (piece) => {
       const length = piece.endBytes - piece.startBytes;
+      if (piece.segment === -1 && base) {
+        pieces.push({ baseFrom: piece.startBytes, baseLength: length });
+        return;
+      }
       const data = piece.segment !== -1 && !isZero(piece.segment);
-      extents.push({ lengthBytes: length, hole: !data && piece.segment !== SEGMENT_ZERO_ALLOCATED, zero: !data });
+      pieces.push({ lengthBytes: length, hole: !data && piece.segment !== SEGMENT_ZERO_ALLOCATED, zero: !data });
     });
+    const extents: Extent[] = [];
+    for (const piece of pieces) {
+      if (!('baseFrom' in piece)) {
+        extents.push(piece);
+        continue;
+      }
+      // The base answers at least the start of the range; fill the rest as it says.
+      let at = piece.baseFrom;
+      const end = piece.baseFrom + piece.baseLength;
+      while (at < end && base) {
+        const below = await base.blockStatus(at, end - at, extentsMax);
+        for (const extent of below) {
+          const length = Math.min(extent.lengthBytes, end - at);
+          extents.push({ ...extent, lengthBytes: length });
+          at += length;
+          if (at >= end) break;
+        }
+        if (below.length === 0) break;
+      }
+      if (extents.length >= extentsMax) break;
+    }
     return mergeExtents(extents, extentsMax);
+  }
+
+  /** The volume as it was at `seq`, for a read-only or writable view (O(1): nothing copied). */
+  pointIndex(seq: number): PointIndex {
+    return new PointIndex(this.history, seq);
   }
 
   async cache(offsetBytes: number, lengthBytes: number): Promise<void> {
@@ -272,7 +375,7 @@ export class JournaledDevice implements BlockDevice {
   async flush(): Promise<void> {
     if (!this.capabilities.readOnly) {
       try {
-        this.journal.append(RecordType.FLUSH, 0, 0, 0, null);
+        this.append(RecordType.FLUSH, 0, 0, 0, null);
       } catch (err) {
         // The marker is a convenience; the sync is the promise. A full disk must not stop
         // what was already written from becoming durable.
@@ -372,7 +475,19 @@ export class JournaledDevice implements BlockDevice {
   }
 }
 
-/** Enters one replayed record in the index. */
+/** A replayed record as the history keeps it. */
+function historyEntry(record: ScannedRecord): HistoryEntry {
+  const { header } = record;
+  return {
+    seq: header.seq, type: header.type, flags: header.flags, offsetBytes: header.offsetBytes, lengthBytes: header.lengthBytes,
+    timeUs: header.timeUs, segment: record.segmentIndex, payloadPosition: record.payloadPosition, payloadBytes: header.payloadBytes,
+  };
+}
+
+/**
+ * Enters one replayed record in the index. A REVERT is not applied here: whoever replays
+ * one rebuilds the index from the history afterwards (History.indexAt).
+ */
 export function applyRecord(index: ExtentIndex, record: ScannedRecord, sizeBytes: number): void {
   const { header } = record;
   if (header.lengthBytes === 0) return;
@@ -409,7 +524,9 @@ function mergeExtents(extents: Extent[], extentsMax: number): Extent[] {
 export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'directory' | 'files' | 'volumeId' | 'sizeBytes'>):
   Promise<{ records: number; seqLast: number; problems: FsckProblem[]; index: ExtentIndex }> {
   const directory = path.join(options.directory, 'journal');
-  const index = new ExtentIndex(options.sizeBytes);
+  let index = new ExtentIndex(options.sizeBytes);
+  const history = new History(options.sizeBytes);
+  let reverted = false;
   const problems: FsckProblem[] = [];
   const segments = listSegments(options.files, directory);
   if (segments.length === 0) return { records: 0, seqLast: 0, problems, index };
@@ -420,6 +537,8 @@ export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'direc
     onRecord: (record) => {
       try {
         applyRecord(index, record, options.sizeBytes);
+        history.append(historyEntry(record));
+        reverted ||= record.header.type === RecordType.REVERT;
         records += 1;
       } catch (err) {
         problems.push({ kind: 'journal', segment: path.basename(segmentPath(directory, record.segmentIndex)), offsetBytes: record.recordPosition, message: (err as Error).message });
@@ -434,6 +553,7 @@ export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'direc
       message: `${result.bad.reason} (expected seq ${result.bad.expectedSeq})`,
     });
   }
+  if (reverted && problems.length === 0) index = history.indexAt(history.seqLast);
   return { records, seqLast: result.seqLast, problems, index };
 }
 

@@ -23,3 +23,18 @@ export function validateVolumeSize(sizeBytes: unknown): number {
   }
   return sizeBytes;
 }
+
+const EXPORT_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]*$/;
+/** Longest mount name: a volume name plus room for "@<seq>-rw". */
+export const MOUNT_NAME_LENGTH_MAX = LIMITS.volumeNameLengthMax + 32;
+
+/** Mount names are NBD export names and directory names too: a volume name may add '@'. */
+export function validateMountName(name: unknown): string {
+  if (typeof name !== 'string' || name.length === 0 || name.length > MOUNT_NAME_LENGTH_MAX || !EXPORT_PATTERN.test(name)) {
+    throw new HindsightError(
+      'INVALID_NAME',
+      `invalid mount name ${JSON.stringify(name)}: use 1-${MOUNT_NAME_LENGTH_MAX} letters, digits, '.', '_', '-' or '@', starting with a letter or digit`,
+    );
+  }
+  return name;
+}

@@ -1,17 +1,27 @@
 /**
- * The set of volumes in a data directory. Each volume is a directory
- * `DATA/volumes/NAME/` holding `volume.json` (identity and size), the data file and its
- * chunk map (docs/FORMAT.md). A volume that fails to open is kept in the list with its error
- * and is not exported; the others keep serving.
+ * The set of volumes in a data directory, and the mounts of their points in history. Each
+ * volume is a directory `DATA/volumes/NAME/` holding `volume.json` (identity and size), its
+ * journal, index checkpoint and bookmarks (docs/FORMAT.md); each mount one in
+ * `DATA/mounts/NAME/` (mounts.ts). A volume that fails to open is kept in the list with its
+ * error and is not exported; the others keep serving.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { HindsightError, LIMITS, fromSystemError } from '../core/index.js';
-import { nodeFileLayer } from '../journal/index.js';
+import { HindsightError, LIMITS, formatTimeUs, fromSystemError, parsePoint } from '../core/index.js';
+import type { BlockDevice } from '../core/index.js';
+import type { TimelineBucket } from '../index/index.js';
+import { RecordType, nodeFileLayer } from '../journal/index.js';
+import { BookmarkStore } from './bookmarks.js';
+import type { Bookmark } from './bookmarks.js';
 import { JournaledDevice, verifyJournal } from './journaled-device.js';
 import type { FsckReport } from './journaled-device.js';
-import { validateVolumeName, validateVolumeSize } from './names.js';
+import { createMountDirectory, mountInfo, newMountRecord, openMountDevice, readMountRecord, removeMountDirectory } from './mounts.js';
+import type { Mount, MountInfo } from './mounts.js';
+import { validateMountName, validateVolumeName, validateVolumeSize } from './names.js';
+import { PointView } from './point-view.js';
+import { resolvePoint } from './points.js';
+import type { ResolvedPoint } from './points.js';
 
 /**
  * 2: every change journaled. (1 was the plain-file storage of early development builds,
@@ -32,8 +42,43 @@ interface VolumeRecord {
 export interface Volume {
   record: VolumeRecord;
   device: JournaledDevice | null;
+  bookmarks: BookmarkStore | null;
   error: HindsightError | null;
+  /** Not exported while set (a rollback is switching its content). */
+  paused: boolean;
 }
+
+export interface PointInfo {
+  seq: number;
+  time: string;
+}
+
+export interface RollbackResult {
+  volume: string;
+  /** The point the volume now continues from. */
+  seq: number;
+  time: string;
+  /** The REVERT record that says so. */
+  revertSeq: number;
+  revertTime: string;
+  /** Seqs left behind on the old branch (still mountable by seq), or null if none. */
+  abandoned: { seqFirst: number; seqLast: number } | null;
+}
+
+export interface Timeline {
+  volume: string;
+  from: string;
+  to: string;
+  stepMs: number;
+  buckets: Array<Omit<TimelineBucket, 'fromUs' | 'toUs'> & { from: string; to: string }>;
+  flushPoints: number;
+  bookmarks: Array<{ name: string; seq: number; time: string }>;
+}
+
+/** Buckets one timeline answer may hold. */
+const TIMELINE_BUCKETS_MAX = 10_000;
+/** Points one listing may return. */
+const POINTS_LIST_MAX = 10_000;
 
 export interface VolumeInfo {
   name: string;
@@ -68,7 +113,9 @@ export interface VolumeManagerOptions {
 
 export class VolumeManager {
   private readonly volumes = new Map<string, Volume>();
+  private readonly mounts = new Map<string, Mount>();
   private readonly volumesDir: string;
+  private readonly mountsDir: string;
   /** Serialises create/delete so two requests for one name cannot race. */
   private mutation: Promise<unknown> = Promise.resolve();
 
@@ -77,6 +124,7 @@ export class VolumeManager {
 
   constructor(private readonly options: VolumeManagerOptions) {
     this.volumesDir = path.join(options.dataDir, 'volumes');
+    this.mountsDir = path.join(options.dataDir, 'mounts');
   }
 
   async open(): Promise<void> {
@@ -93,16 +141,40 @@ export class VolumeManager {
       // After registering: a damaged record found at once must find the volume to refuse.
       void volume.device?.scrub().catch(() => undefined);
     }
+    await fs.mkdir(this.mountsDir, { recursive: true });
+    for (const entry of await fs.readdir(this.mountsDir, { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue;
+      if (entry.name.startsWith('.')) {
+        await fs.rm(path.join(this.mountsDir, entry.name), { recursive: true, force: true });
+        continue;
+      }
+      this.mounts.set(entry.name, await this.loadMount(entry.name));
+    }
   }
 
   names(): string[] {
     return [...this.volumes.keys()].sort();
   }
 
-  /** Online volumes only: what NBD may export. */
-  device(name: string): JournaledDevice | undefined {
+  /** Online volumes and mounts only: what NBD may export under `name`. */
+  device(name: string): BlockDevice | undefined {
     const volume = this.volumes.get(name);
-    return volume && !volume.error ? volume.device ?? undefined : undefined;
+    if (volume) return !volume.error && !volume.paused ? volume.device ?? undefined : undefined;
+    const mount = this.mounts.get(name);
+    return mount && !mount.error ? mount.device ?? undefined : undefined;
+  }
+
+  /** What NBD clients see as an export's description. */
+  exportDescription(name: string): string {
+    const mount = this.mounts.get(name)?.record;
+    if (!mount) return `Hindsight volume ${name}`;
+    const what = mount.writable ? 'writable clone of' : 'read-only point of';
+    return `Hindsight ${what} ${mount.volume} at seq ${mount.seq} (${formatTimeUs(mount.timeUs)})`;
+  }
+
+  /** Every export name: volumes, then mounts. */
+  exportNames(): string[] {
+    return [...this.names(), ...[...this.mounts.keys()].sort()];
   }
 
   get(name: string): Volume {
@@ -147,6 +219,7 @@ export class VolumeManager {
       validateVolumeName(name);
       validateVolumeSize(sizeBytes);
       if (this.volumes.has(name)) throw new HindsightError('VOLUME_EXISTS', `volume "${name}" already exists`);
+      if (this.mounts.has(name)) throw new HindsightError('VOLUME_EXISTS', `a mount named "${name}" exists (volumes and mounts share the NBD export names)`);
       const record: VolumeRecord = { formatVersion: FORMAT_VERSION, id: randomUUID(), name, sizeBytes, createdAt: new Date().toISOString() };
       const staging = path.join(this.volumesDir, `.create-${record.id}`);
       try {
@@ -168,11 +241,16 @@ export class VolumeManager {
    * Removes a volume. It disappears from the catalog first (no new client can attach), then
    * `detach` disconnects the clients still attached, then the device closes.
    */
-  delete(name: string, detach: () => Promise<void>): Promise<void> {
+  delete(name: string, detach: (exportName: string) => Promise<void>, force = false): Promise<void> {
     return this.serialise(async () => {
       const volume = this.get(name);
+      const mounts = [...this.mounts.values()].filter((mount) => mount.record.volume === name);
+      if (mounts.length > 0 && !force) {
+        throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${mounts.length} mount(s) (${mounts.map((mount) => mount.record.name).join(', ')}); unmount them or use --force`);
+      }
+      for (const mount of mounts) await this.unmountNow(mount.record.name, detach);
       this.volumes.delete(name);
-      await detach();
+      await detach(name);
       await volume.device?.close().catch(() => undefined);
       const trash = path.join(this.volumesDir, `.delete-${volume.record.id}`);
       try {
@@ -222,10 +300,214 @@ export class VolumeManager {
     return { name, state: 'failed', records: verified.records, journalBytes: 0, indexRebuilt: false, indexCompared: false, problems };
   }
 
-  /** Closes every volume; one failing to close does not keep the others open. */
+  /** A volume that is online (served), with its device and bookmarks. */
+  private online(name: string): Volume & { device: JournaledDevice; bookmarks: BookmarkStore } {
+    const volume = this.get(name);
+    if (volume.error || !volume.device || !volume.bookmarks) {
+      throw volume.error ?? new HindsightError('VOLUME_CORRUPT', `volume "${name}" is not online`);
+    }
+    return volume as Volume & { device: JournaledDevice; bookmarks: BookmarkStore };
+  }
+
+  /** Resolves a point (`--at`) in one volume's history. */
+  resolve(name: string, at: string): ResolvedPoint {
+    const volume = this.online(name);
+    return resolvePoint(name, volume.device.history, volume.bookmarks, at);
+  }
+
+  /** A read-only view of a volume at a seq (restore, export). */
+  view(name: string, seq: number): PointView {
+    return new PointView(`${name}@${seq}`, this.online(name).device, seq);
+  }
+
+  // ---- mounts ----
+
+  mountList(volume?: string): MountInfo[] {
+    return [...this.mounts.values()].filter((mount) => volume === undefined || mount.record.volume === volume)
+      .map(mountInfo).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  mountGet(name: string): MountInfo {
+    validateMountName(name);
+    const mount = this.mounts.get(name);
+    if (!mount) throw new HindsightError('MOUNT_NOT_FOUND', `no mount named "${name}"`);
+    return mountInfo(mount);
+  }
+
+  /**
+   * Presents a point as a new export: read-only, or a writable clone whose writes go to its
+   * own journal. Copies nothing: it takes the same time whatever the volume's size or age.
+   */
+  mount(volumeName: string, at: string, options: { name?: string; writable?: boolean }): Promise<MountInfo> {
+    return this.serialise(async () => {
+      const volume = this.online(volumeName);
+      const point = resolvePoint(volumeName, volume.device.history, volume.bookmarks, at);
+      const writable = options.writable ?? false;
+      const name = validateMountName(options.name ?? `${volumeName}@${point.seq}${writable ? '-rw' : ''}`);
+      const existing = this.mounts.get(name);
+      if (existing) {
+        // Mounting the same point read-only twice is harmless: the existing mount answers.
+        const same = !writable && !existing.record.writable && existing.record.volume === volumeName && existing.record.seq === point.seq && options.name === undefined;
+        if (same) return mountInfo(existing);
+        throw new HindsightError('MOUNT_EXISTS', `a mount named "${name}" already exists (${existing.record.volume} at seq ${existing.record.seq}); choose another --name`);
+      }
+      if (this.volumes.has(name)) throw new HindsightError('MOUNT_EXISTS', `a volume named "${name}" exists (volumes and mounts share the NBD export names); choose another --name`);
+      const record = newMountRecord(name, volumeName, volume.record.id, point.seq, point.timeUs, writable);
+      await createMountDirectory(this.mountsDir, record);
+      let device;
+      try {
+        device = openMountDevice(this.mountsDir, record, volume.device, this.options.syncEveryWrite);
+      } catch (err) {
+        await removeMountDirectory(this.mountsDir, record).catch(() => undefined);
+        throw err;
+      }
+      const mount: Mount = { record, device, error: null };
+      this.mounts.set(name, mount);
+      return mountInfo(mount);
+    });
+  }
+
+  /** Removes a mount: hidden from NBD first, clients disconnected, a clone's data deleted. */
+  unmount(name: string, detach: (exportName: string) => Promise<void>): Promise<MountInfo> {
+    return this.serialise(() => this.unmountNow(name, detach));
+  }
+
+  private async unmountNow(name: string, detach: (exportName: string) => Promise<void>): Promise<MountInfo> {
+    const info = this.mountGet(name);
+    const mount = this.mounts.get(name)!;
+    this.mounts.delete(name);
+    await detach(name);
+    if (mount.device instanceof JournaledDevice) await mount.device.close().catch(() => undefined);
+    await removeMountDirectory(this.mountsDir, mount.record);
+    return info;
+  }
+
+  private async loadMount(name: string): Promise<Mount> {
+    let record;
+    try {
+      record = await readMountRecord(this.mountsDir, name);
+    } catch (err) {
+      const error = err instanceof HindsightError ? err : fromSystemError(err, `loading mount ${name}`);
+      return { record: { formatVersion: 0, id: '', name, volume: '', volumeId: '', seq: 0, timeUs: 0, writable: false, createdAt: '' }, device: null, error };
+    }
+    const source = this.volumes.get(record.volume);
+    if (!source || source.record.id !== record.volumeId) {
+      return { record, device: null, error: new HindsightError('VOLUME_NOT_FOUND', `mount "${name}": its volume "${record.volume}" no longer exists`) };
+    }
+    if (!source.device || source.error) {
+      return { record, device: null, error: new HindsightError('VOLUME_CORRUPT', `mount "${name}": its volume "${record.volume}" is not online (${source.error?.message ?? 'failed'})`) };
+    }
+    try {
+      return { record, device: openMountDevice(this.mountsDir, record, source.device, this.options.syncEveryWrite), error: null };
+    } catch (err) {
+      return { record, device: null, error: err instanceof HindsightError ? err : fromSystemError(err, `opening mount ${name}`) };
+    }
+  }
+
+  // ---- bookmarks ----
+
+  bookmarkList(volumeName: string): Array<Bookmark & { time: string }> {
+    return this.online(volumeName).bookmarks.list().map((bookmark) => ({ ...bookmark, time: formatTimeUs(bookmark.timeUs) }));
+  }
+
+  bookmarkCreate(volumeName: string, name: string, at = 'latest'): Promise<Bookmark & { time: string }> {
+    return this.serialise(async () => {
+      const volume = this.online(volumeName);
+      const point = resolvePoint(volumeName, volume.device.history, volume.bookmarks, at);
+      const bookmark = await volume.bookmarks.create({ name, seq: point.seq, timeUs: point.timeUs, createdAt: new Date().toISOString() });
+      return { ...bookmark, time: formatTimeUs(bookmark.timeUs) };
+    });
+  }
+
+  bookmarkDelete(volumeName: string, name: string): Promise<Bookmark & { time: string }> {
+    return this.serialise(async () => {
+      const bookmark = await this.online(volumeName).bookmarks.delete(name);
+      return { ...bookmark, time: formatTimeUs(bookmark.timeUs) };
+    });
+  }
+
+  // ---- rollback, timeline, points ----
+
+  /**
+   * Moves the live volume back to a point, as a new branch of its history (nothing is
+   * destroyed: the writes after the point stay mountable by seq). Refused while clients are
+   * attached unless `force`, which disconnects them first; the volume is not exported while
+   * its content switches.
+   */
+  rollback(name: string, at: string, force: boolean, clients: () => number, detach: (exportName: string) => Promise<void>): Promise<RollbackResult> {
+    return this.serialise(async () => {
+      const volume = this.online(name);
+      if (volume.record.readOnly) throw new HindsightError('READ_ONLY', `volume "${name}" is read-only; make it writable first (volume set --writable)`);
+      const point = resolvePoint(name, volume.device.history, volume.bookmarks, at);
+      const connected = clients();
+      if (connected > 0 && !force) {
+        throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${connected} connected NBD client(s), which would see the disk change under them; shut the VM down or disconnect them, or pass --force to disconnect them`);
+      }
+      volume.paused = true;
+      try {
+        await detach(name);
+        const seqBefore = volume.device.history.seqLast;
+        const revert = await volume.device.rollback(point.seq);
+        return {
+          volume: name, seq: point.seq, time: formatTimeUs(point.timeUs), revertSeq: revert.seq, revertTime: formatTimeUs(revert.timeUs),
+          abandoned: seqBefore > point.seq ? { seqFirst: point.seq + 1, seqLast: seqBefore } : null,
+        };
+      } finally {
+        volume.paused = false;
+      }
+    });
+  }
+
+  /** Activity per interval (writes, bytes, zeroes, flushes, rollbacks), and the bookmarks in range. */
+  timeline(name: string, options: { from?: string; to?: string; stepMs?: number }): Timeline {
+    const volume = this.online(name);
+    const history = volume.device.history;
+    const now = Date.now();
+    const timeOf = (text: string | undefined, fallbackUs: number): number => {
+      if (text === undefined) return fallbackUs;
+      const spec = parsePoint(text, now);
+      if (spec.kind === 'time') return spec.timeUs;
+      return resolvePoint(name, history, volume.bookmarks, spec, now).timeUs;
+    };
+    const lastUs = history.seqLast > 0 ? history.timeOf(history.seqLast) : now * 1000;
+    const fromUs = timeOf(options.from, history.seqLast > 0 ? history.timeOf(history.seqFirst) : lastUs);
+    const toUs = Math.max(fromUs, timeOf(options.to, lastUs + 1));
+    const spanUs = Math.max(1, toUs - fromUs);
+    const stepUs = options.stepMs !== undefined ? options.stepMs * 1000 : Math.max(1000, Math.ceil(spanUs / 60 / 1000) * 1000);
+    if (!(stepUs > 0) || spanUs / stepUs > TIMELINE_BUCKETS_MAX) {
+      throw new HindsightError('INVALID_ARGUMENT', `a timeline holds at most ${TIMELINE_BUCKETS_MAX} intervals; use a larger --step`);
+    }
+    const buckets = history.timeline(fromUs, toUs, stepUs).map(({ fromUs: start, toUs: end, ...counts }) => ({ from: formatTimeUs(start), to: formatTimeUs(end), ...counts }));
+    return {
+      volume: name, from: formatTimeUs(fromUs), to: formatTimeUs(toUs), stepMs: stepUs / 1000, buckets,
+      flushPoints: buckets.reduce((sum, bucket) => sum + bucket.flushes, 0),
+      bookmarks: volume.bookmarks.list().filter((bookmark) => bookmark.timeUs >= fromUs && bookmark.timeUs <= toUs)
+        .map((bookmark) => ({ name: bookmark.name, seq: bookmark.seq, time: formatTimeUs(bookmark.timeUs) })),
+    };
+  }
+
+  /** Flush points (the client's crash-consistent points), newest `limit` within [from, to]. */
+  flushPoints(name: string, options: { from?: string; to?: string; limit?: number }): PointInfo[] {
+    const history = this.online(name).device.history;
+    const now = Date.now();
+    const timeOf = (text: string | undefined, fallbackUs: number): number => {
+      if (text === undefined) return fallbackUs;
+      const spec = parsePoint(text, now);
+      if (spec.kind !== 'time') throw new HindsightError('POINT_INVALID', `--from and --to take times (RFC 3339 or relative), not ${text}`);
+      return spec.timeUs;
+    };
+    const limit = Math.min(options.limit ?? 100, POINTS_LIST_MAX);
+    return history.seqsOfType(RecordType.FLUSH, timeOf(options.from, 0), timeOf(options.to, Number.MAX_SAFE_INTEGER), limit, true)
+      .map((seq) => ({ seq, time: formatTimeUs(history.timeOf(seq)) }));
+  }
+
+  /** Closes every mount and volume; one failing to close does not keep the others open. */
   async close(): Promise<void> {
     await this.mutation.catch(() => undefined);
     const failures: unknown[] = [];
+    for (const mount of this.mounts.values()) {
+      if (mount.device instanceof JournaledDevice) await mount.device.close().catch((err: unknown) => failures.push(err));
+    }
     for (const volume of this.volumes.values()) {
       await volume.device?.close().catch((err: unknown) => failures.push(err));
     }
@@ -252,13 +534,14 @@ export class VolumeManager {
       record = JSON.parse(await fs.readFile(path.join(this.volumeDir(name), 'volume.json'), 'utf8')) as VolumeRecord;
     } catch (err) {
       const error = new HindsightError('VOLUME_CORRUPT', `volume "${name}": cannot read volume.json`, { cause: err });
-      return { record: { formatVersion: 0, id: '', name, sizeBytes: 0, createdAt: '' }, device: null, error };
+      return { record: { formatVersion: 0, id: '', name, sizeBytes: 0, createdAt: '' }, device: null, bookmarks: null, error, paused: false };
     }
     try {
       if (record.formatVersion !== FORMAT_VERSION) {
         throw new HindsightError('VOLUME_CORRUPT', `volume "${name}": unsupported format version ${record.formatVersion}`);
       }
       validateVolumeSize(record.sizeBytes);
+      const bookmarks = await BookmarkStore.load(this.volumeDir(name));
       const device = JournaledDevice.open({
         name,
         directory: this.volumeDir(name),
@@ -272,10 +555,10 @@ export class VolumeManager {
         nowUs: () => Date.now() * 1000,
         onCorruption: (error) => this.fail(name, error),
       });
-      return { record, device, error: null };
+      return { record, device, bookmarks, error: null, paused: false };
     } catch (err) {
       const error = err instanceof HindsightError ? err : fromSystemError(err, `opening volume ${name}`);
-      return { record, device: null, error };
+      return { record, device: null, bookmarks: null, error, paused: false };
     }
   }
 

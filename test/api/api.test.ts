@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { pino } from 'pino';
 import { buildApi } from '../../src/api/index.js';
+import { JobRegistry } from '../../src/volume/index.js';
 import { startInProcess } from '../helpers/in-process.js';
 import type { InProcessServer } from '../helpers/in-process.js';
 import { RawClient } from '../helpers/raw-client.js';
@@ -13,7 +14,7 @@ let api: ReturnType<typeof buildApi>;
 before(async () => {
   server = await startInProcess([{ name: 'disk0', sizeBytes: 1 << 20 }]);
   api = buildApi({
-    volumes: server.volumes, nbd: server.nbd, version: 'test', startedAt: new Date(), dataDir: server.dataDir,
+    volumes: server.volumes, nbd: server.nbd, jobs: new JobRegistry(), version: 'test', startedAt: new Date(), dataDir: server.dataDir,
     ports: () => ({ nbd: { host: '127.0.0.1', port: server.port } }), log: pino({ level: 'silent' }),
   });
 });

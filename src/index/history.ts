@@ -1,0 +1,403 @@
+/**
+ * The volume's history: where every byte range lived at any seq, not just now.
+ *
+ * Two structures, both in typed arrays off the JS heap:
+ * - the record table: every journal record in seq order (type, range, time, where its
+ *   payload is) — 30 bytes a record; answers "which seq was the last write at time T";
+ * - per 4 MiB region, its postings: the seqs of the records that touched it, ascending.
+ *
+ * The extents of region r at seq S are rebuilt by replaying r's postings up to S. So that
+ * the cost does not grow with history, snapshots of the region's extents are kept along the
+ * way, built lazily (the first time someone looks at that region) and never changed after:
+ * a snapshot is taken once as many postings have been replayed since the last one as the
+ * region has extents (at least SNAPSHOT_POSTINGS_MIN), so snapshots cost at most ~24 bytes
+ * per posting and a lookup replays at most max(SNAPSHOT_POSTINGS_MIN, extents) postings.
+ * A REVERT record (rollback) makes every region what it was at an earlier seq; a snapshot
+ * is always taken right after one, so a replay never crosses a revert.
+ *
+ * Mounting a point is therefore O(1): a PointIndex only remembers the seq, and materialises
+ * (and caches, bounded) the regions a client actually reads.
+ */
+import { HindsightError, assert } from '../core/index.js';
+import { RecordFlag, RecordType } from '../journal/record.js';
+import { EXTENT_STRIDE, ExtentIndex, REGION_BYTES, Region, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
+import type { ExtentVisit } from './extent-index.js';
+
+const SNAPSHOT_POSTINGS_MIN = 64;
+
+/** One journal record as the history keeps it. */
+export interface HistoryEntry {
+  seq: number;
+  type: number;
+  flags: number;
+  /** REVERT records: the seq the volume went back to. */
+  offsetBytes: number;
+  lengthBytes: number;
+  timeUs: number;
+  segment: number;
+  payloadPosition: number;
+  payloadBytes: number;
+}
+
+/** Records that change content (the others: flush markers, bookmarks). */
+export function changesContent(type: number): boolean {
+  return type === RecordType.WRITE || type === RecordType.ZERO || type === RecordType.TRIM || type === RecordType.REVERT;
+}
+
+class RecordTable {
+  count = 0;
+  type = new Uint8Array(1024);
+  flags = new Uint8Array(1024);
+  offset = new Float64Array(1024);
+  length = new Uint32Array(1024);
+  time = new Float64Array(1024);
+  segment = new Uint32Array(1024);
+  payloadPosition = new Uint32Array(1024);
+  payloadBytes = new Uint32Array(1024);
+
+  push(entry: HistoryEntry): void {
+    if (this.count === this.type.length) this.grow();
+    const i = this.count;
+    this.type[i] = entry.type;
+    this.flags[i] = entry.flags;
+    this.offset[i] = entry.offsetBytes;
+    this.length[i] = entry.lengthBytes;
+    this.time[i] = entry.timeUs;
+    this.segment[i] = entry.segment;
+    this.payloadPosition[i] = entry.payloadPosition;
+    this.payloadBytes[i] = entry.payloadBytes;
+    this.count += 1;
+  }
+
+  get memoryBytes(): number {
+    return this.type.length * 30;
+  }
+
+  private grow(): void {
+    const size = this.type.length * 2;
+    const grown = <T extends Uint8Array | Uint32Array | Float64Array>(array: T): T => {
+      const next = new (array.constructor as new (length: number) => T)(size);
+      next.set(array);
+      return next;
+    };
+    this.type = grown(this.type);
+    this.flags = grown(this.flags);
+    this.offset = grown(this.offset);
+    this.length = grown(this.length);
+    this.time = grown(this.time);
+    this.segment = grown(this.segment);
+    this.payloadPosition = grown(this.payloadPosition);
+    this.payloadBytes = grown(this.payloadBytes);
+  }
+}
+
+class RegionHistory {
+  seqs = new Float64Array(4);
+  count = 0;
+  /** snapshots[k] holds the extents after the first snapshotAt[k] postings. */
+  readonly snapshotAt: number[] = [0];
+  readonly snapshots: Uint32Array[] = [new Uint32Array(0)];
+
+  post(seq: number): void {
+    if (this.count === this.seqs.length) {
+      const grown = new Float64Array(this.count * 2);
+      grown.set(this.seqs);
+      this.seqs = grown;
+    }
+    this.seqs[this.count] = seq;
+    this.count += 1;
+  }
+
+  /** How many postings have seq <= `seq`. */
+  postingsUpTo(seq: number): number {
+    let low = 0;
+    let high = this.count;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.seqs[middle] <= seq) low = middle + 1;
+      else high = middle;
+    }
+    return low;
+  }
+
+  /** The last snapshot taken after at most `postings` postings. */
+  snapshotBefore(postings: number): number {
+    let low = 0;
+    let high = this.snapshotAt.length - 1;
+    while (low < high) {
+      const middle = (low + high + 1) >>> 1;
+      if (this.snapshotAt[middle] <= postings) low = middle;
+      else high = middle - 1;
+    }
+    return low;
+  }
+}
+
+export interface TimelineBucket {
+  fromUs: number;
+  toUs: number;
+  writes: number;
+  bytesWritten: number;
+  zeroes: number;
+  bytesZeroed: number;
+  flushes: number;
+  reverts: number;
+}
+
+export class History {
+  private readonly table = new RecordTable();
+  private readonly regions: Array<RegionHistory | undefined>;
+  /** Regions with at least one posting, in the order first touched. */
+  private readonly touched: number[] = [];
+  private postingCount = 0;
+  private snapshotBytes = 0;
+  /** The seq of the first record kept (retention will raise it). */
+  readonly seqFirst = 1;
+
+  constructor(readonly sizeBytes: number) {
+    this.regions = new Array(Math.ceil(sizeBytes / REGION_BYTES));
+  }
+
+  get seqLast(): number {
+    return this.seqFirst + this.table.count - 1;
+  }
+
+  get recordCount(): number {
+    return this.table.count;
+  }
+
+  get memoryBytes(): number {
+    return this.table.memoryBytes + this.postingCount * 8 + this.snapshotBytes;
+  }
+
+  /** Adds the next record (seqs must follow each other). */
+  append(entry: HistoryEntry): void {
+    assert(entry.seq === this.seqLast + 1, 'history records arrive in seq order without gaps');
+    if (entry.type === RecordType.REVERT) {
+      assert(entry.offsetBytes >= 0 && entry.offsetBytes < entry.seq, 'a revert goes back to an earlier seq');
+    } else if (changesContent(entry.type)) {
+      assert(entry.offsetBytes + entry.lengthBytes <= this.sizeBytes, 'a change lies within the volume');
+    }
+    this.table.push(entry);
+    if (entry.type === RecordType.REVERT) {
+      for (const regionIndex of this.touched) this.post(regionIndex, entry.seq);
+    } else if (changesContent(entry.type) && entry.lengthBytes > 0) {
+      const first = Math.floor(entry.offsetBytes / REGION_BYTES);
+      const last = Math.floor((entry.offsetBytes + entry.lengthBytes - 1) / REGION_BYTES);
+      for (let regionIndex = first; regionIndex <= last; regionIndex += 1) this.post(regionIndex, entry.seq);
+    }
+  }
+
+  entry(seq: number): HistoryEntry {
+    assert(seq >= this.seqFirst && seq <= this.seqLast, 'seq within history');
+    const t = this.table;
+    const i = seq - this.seqFirst;
+    return {
+      seq, type: t.type[i], flags: t.flags[i], offsetBytes: t.offset[i], lengthBytes: t.length[i], timeUs: t.time[i],
+      segment: t.segment[i], payloadPosition: t.payloadPosition[i], payloadBytes: t.payloadBytes[i],
+    };
+  }
+
+  timeOf(seq: number): number {
+    return this.table.time[seq - this.seqFirst];
+  }
+
+  typeOf(seq: number): number {
+    return this.table.type[seq - this.seqFirst];
+  }
+
+  /** The first record that changed content, or 0 if none did. */
+  firstChangeSeq(): number {
+    for (let seq = this.seqFirst; seq <= this.seqLast; seq += 1) if (changesContent(this.typeOf(seq))) return seq;
+    return 0;
+  }
+
+  /** The last content change at or before `seq` (0 if none). */
+  lastChangeAtOrBefore(seq: number): number {
+    for (let at = Math.min(seq, this.seqLast); at >= this.seqFirst; at -= 1) if (changesContent(this.typeOf(at))) return at;
+    return 0;
+  }
+
+  /** The last record at or before `timeUs` (0 if none); record times never go backwards. */
+  lastSeqAtOrBefore(timeUs: number): number {
+    let low = 0;
+    let high = this.table.count;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.table.time[middle] <= timeUs) low = middle + 1;
+      else high = middle;
+    }
+    return low === 0 ? 0 : this.seqFirst + low - 1;
+  }
+
+  /**
+   * Seqs of records of `type` with time in [fromUs, toUs], oldest first, at most `limit` (the
+   * newest ones with `newest`). A record right after another of the same type is skipped:
+   * two flushes in a row mark one point.
+   */
+  seqsOfType(type: number, fromUs: number, toUs: number, limit: number, newest = false): number[] {
+    const first = Math.max(this.seqFirst, this.lastSeqAtOrBefore(fromUs - 1) + 1);
+    const last = this.lastSeqAtOrBefore(toUs);
+    const found: number[] = [];
+    const wanted = (seq: number) => this.typeOf(seq) === type && (seq === this.seqFirst || this.typeOf(seq - 1) !== type);
+    if (newest) {
+      for (let seq = last; seq >= first && found.length < limit; seq -= 1) if (wanted(seq)) found.push(seq);
+      return found.reverse();
+    }
+    for (let seq = first; seq <= last && found.length < limit; seq += 1) if (wanted(seq)) found.push(seq);
+    return found;
+  }
+
+  /** Activity per interval of `stepUs` from `fromUs` to `toUs`. */
+  timeline(fromUs: number, toUs: number, stepUs: number): TimelineBucket[] {
+    assert(stepUs > 0 && toUs >= fromUs, 'timeline range is ordered and steps forward');
+    const buckets: TimelineBucket[] = [];
+    for (let start = fromUs; start < toUs || buckets.length === 0; start += stepUs) {
+      buckets.push({ fromUs: start, toUs: Math.min(start + stepUs, toUs), writes: 0, bytesWritten: 0, zeroes: 0, bytesZeroed: 0, flushes: 0, reverts: 0 });
+    }
+    const t = this.table;
+    for (let i = this.lastSeqAtOrBefore(fromUs - 1) + 1 - this.seqFirst; i < t.count && t.time[i] < toUs; i += 1) {
+      if (i < 0) continue;
+      const bucket = buckets[Math.min(buckets.length - 1, Math.floor((t.time[i] - fromUs) / stepUs))];
+      switch (t.type[i]) {
+        case RecordType.WRITE:
+          bucket.writes += 1;
+          bucket.bytesWritten += t.length[i];
+          break;
+        case RecordType.ZERO:
+        case RecordType.TRIM:
+          bucket.zeroes += 1;
+          bucket.bytesZeroed += t.length[i];
+          break;
+        case RecordType.FLUSH:
+          bucket.flushes += 1;
+          break;
+        case RecordType.REVERT:
+          bucket.reverts += 1;
+          break;
+        default:
+          break;
+      }
+    }
+    return buckets;
+  }
+
+  /** The extents of one region at `seq` (a fresh copy the caller owns), or undefined if empty. */
+  regionAt(regionIndex: number, seq: number): Region | undefined {
+    const history = this.regions[regionIndex];
+    if (!history) return undefined;
+    const postings = history.postingsUpTo(seq);
+    if (postings === 0) return undefined;
+    this.buildSnapshots(regionIndex, history, postings);
+    const k = history.snapshotBefore(postings);
+    const region = Region.from(history.snapshots[k]);
+    for (let i = history.snapshotAt[k]; i < postings; i += 1) {
+      const posted = history.seqs[i];
+      assert(this.typeOf(posted) !== RecordType.REVERT, 'a replay never crosses a revert (a snapshot follows each)');
+      this.apply(region, regionIndex, posted);
+    }
+    return region.count > 0 ? region : undefined;
+  }
+
+  /** The whole volume's extents at `seq` (rollback, fsck). */
+  indexAt(seq: number): ExtentIndex {
+    const index = new ExtentIndex(this.sizeBytes);
+    for (const regionIndex of this.touched) index.replaceRegion(regionIndex, this.regionAt(regionIndex, seq));
+    return index;
+  }
+
+  private post(regionIndex: number, seq: number): void {
+    let history = this.regions[regionIndex];
+    if (!history) {
+      this.regions[regionIndex] = history = new RegionHistory();
+      this.touched.push(regionIndex);
+    }
+    history.post(seq);
+    this.postingCount += 1;
+  }
+
+  /** Takes the snapshots due within the first `postings` postings that are not taken yet. */
+  private buildSnapshots(regionIndex: number, history: RegionHistory, postings: number): void {
+    for (;;) {
+      const lastAt = history.snapshotAt[history.snapshotAt.length - 1];
+      const last = history.snapshots[history.snapshots.length - 1];
+      const gap = Math.max(SNAPSHOT_POSTINGS_MIN, last.length / EXTENT_STRIDE);
+      // Due after `gap` postings, or right after a revert, whichever comes first.
+      let boundary = -1;
+      for (let i = lastAt; i < Math.min(lastAt + gap, history.count); i += 1) {
+        if (this.typeOf(history.seqs[i]) === RecordType.REVERT) {
+          boundary = i + 1;
+          break;
+        }
+      }
+      if (boundary === -1 && lastAt + gap <= history.count) boundary = lastAt + gap;
+      if (boundary === -1 || boundary > postings) return;
+      const region = Region.from(last);
+      for (let i = lastAt; i < boundary; i += 1) this.apply(region, regionIndex, history.seqs[i]);
+      const snapshot = region.used.slice();
+      history.snapshotAt.push(boundary);
+      history.snapshots.push(snapshot);
+      this.snapshotBytes += snapshot.byteLength;
+    }
+  }
+
+  private apply(region: Region, regionIndex: number, seq: number): void {
+    const i = seq - this.seqFirst;
+    const t = this.table;
+    const type = t.type[i];
+    if (type === RecordType.REVERT) {
+      const earlier = this.regionAt(regionIndex, t.offset[i]) ?? new Region();
+      region.entries = earlier.entries;
+      region.count = earlier.count;
+      return;
+    }
+    const base = regionIndex * REGION_BYTES;
+    const offset = t.offset[i];
+    const start = Math.max(offset, base);
+    const stop = Math.min(offset + t.length[i], base + REGION_BYTES);
+    if (type === RecordType.WRITE) {
+      region.set(start - base, stop - base, [t.segment[i], t.payloadPosition[i], start - offset, t.payloadBytes[i]]);
+    } else {
+      const allocated = type === RecordType.ZERO && (t.flags[i] & RecordFlag.ALLOCATED) !== 0;
+      region.set(start - base, stop - base, [allocated ? SEGMENT_ZERO_ALLOCATED : SEGMENT_ZERO, 0, 0, 0]);
+    }
+  }
+}
+
+/**
+ * The volume as it was at one seq: regions are materialised from the history when first
+ * looked at and kept in a bounded cache (least recently used out first).
+ */
+export class PointIndex {
+  private readonly cache = new Map<number, Region | undefined>();
+  private cachedBytes = 0;
+
+  constructor(private readonly history: History, readonly seq: number, private readonly cacheBytesMax = 64 * 1024 * 1024) {
+    if (seq < history.seqFirst || seq > history.seqLast) {
+      throw new HindsightError('POINT_NOT_FOUND', `seq ${seq} is not in this volume's history (${history.seqFirst}..${history.seqLast})`);
+    }
+  }
+
+  lookup(offsetBytes: number, lengthBytes: number, visit: (piece: ExtentVisit) => void): void {
+    lookupRegions((regionIndex) => this.region(regionIndex), offsetBytes, lengthBytes, visit);
+  }
+
+  private region(regionIndex: number): Region | undefined {
+    if (this.cache.has(regionIndex)) {
+      const hit = this.cache.get(regionIndex);
+      this.cache.delete(regionIndex);
+      this.cache.set(regionIndex, hit);
+      return hit;
+    }
+    const region = this.history.regionAt(regionIndex, this.seq);
+    const bytes = 64 + (region?.entries.byteLength ?? 0);
+    while (this.cachedBytes + bytes > this.cacheBytesMax && this.cache.size > 0) {
+      const [oldest, evicted] = this.cache.entries().next().value as [number, Region | undefined];
+      this.cache.delete(oldest);
+      this.cachedBytes -= 64 + (evicted?.entries.byteLength ?? 0);
+    }
+    this.cache.set(regionIndex, region);
+    this.cachedBytes += bytes;
+    return region;
+  }
+}

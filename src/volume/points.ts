@@ -1,0 +1,56 @@
+/**
+ * From what a user typed (`--at`) to a seq in one volume's history: RFC 3339 and relative
+ * times resolve to the last change (write, zero, trim, rollback) at or before that instant;
+ * `seq:N` is taken as given; `bookmark:NAME` is the bookmark's seq; `latest` the newest
+ * record. Every refusal says why with its own code, and touches nothing.
+ */
+import { HindsightError, describePoint, formatTimeUs, parsePoint } from '../core/index.js';
+import type { PointSpec } from '../core/index.js';
+import type { History } from '../index/index.js';
+import type { BookmarkStore } from './bookmarks.js';
+
+export interface ResolvedPoint {
+  seq: number;
+  timeUs: number;
+  /** What the user asked for, normalised (for messages and output). */
+  asked: string;
+}
+
+export function resolvePoint(volume: string, history: History, bookmarks: BookmarkStore, at: string | PointSpec, nowMs = Date.now()): ResolvedPoint {
+  const spec = typeof at === 'string' ? parsePoint(at, nowMs) : at;
+  const asked = describePoint(spec);
+  if (history.seqLast === 0) throw new HindsightError('POINT_BEFORE_HISTORY', `volume "${volume}" has no writes yet: there is no point to use`);
+  const firstChange = history.firstChangeSeq();
+  if (firstChange === 0) throw new HindsightError('POINT_BEFORE_HISTORY', `volume "${volume}" has no writes yet (only flush markers): there is no point to use`);
+  let seq: number;
+  switch (spec.kind) {
+    case 'latest':
+      seq = history.seqLast;
+      break;
+    case 'seq':
+      seq = spec.seq;
+      break;
+    case 'bookmark':
+      seq = bookmarks.get(spec.name).seq;
+      break;
+    case 'time': {
+      const last = history.lastSeqAtOrBefore(spec.timeUs);
+      seq = last === 0 ? 0 : history.lastChangeAtOrBefore(last);
+      if (seq === 0) {
+        throw new HindsightError('POINT_BEFORE_HISTORY',
+          `${asked} is before the first write to volume "${volume}" (seq ${firstChange} at ${formatTimeUs(history.timeOf(firstChange))})`);
+      }
+      break;
+    }
+  }
+  if (seq > history.seqLast) {
+    throw new HindsightError('POINT_NOT_FOUND', `${asked} is beyond the last record of volume "${volume}" (seq ${history.seqLast} at ${formatTimeUs(history.timeOf(history.seqLast))})`);
+  }
+  if (seq < history.seqFirst) {
+    throw new HindsightError('POINT_EXPIRED', `${asked} is older than the history kept for volume "${volume}" (the oldest point is seq ${history.seqFirst} at ${formatTimeUs(history.timeOf(history.seqFirst))})`);
+  }
+  if (seq < firstChange) {
+    throw new HindsightError('POINT_BEFORE_HISTORY', `${asked} is before the first write to volume "${volume}" (seq ${firstChange} at ${formatTimeUs(history.timeOf(firstChange))})`);
+  }
+  return { seq, timeUs: history.timeOf(seq), asked };
+}
