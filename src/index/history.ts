@@ -206,6 +206,30 @@ export class History {
     return this.table.type[seq - this.seqFirst];
   }
 
+  /**
+   * The records kept in one journal segment (seqs run through segments in order), for its
+   * table of contents; null if none.
+   */
+  segmentRecords(segmentIndex: number): { seqFirst: number; entries: HistoryEntry[] } | null {
+    const t = this.table;
+    const firstAtOrAfter = (segment: number) => {
+      let low = 0;
+      let high = t.count;
+      while (low < high) {
+        const middle = (low + high) >>> 1;
+        if (t.segment[middle] < segment) low = middle + 1;
+        else high = middle;
+      }
+      return low;
+    };
+    const first = firstAtOrAfter(segmentIndex);
+    const end = firstAtOrAfter(segmentIndex + 1);
+    if (first >= end) return null;
+    const entries: HistoryEntry[] = [];
+    for (let i = first; i < end; i += 1) entries.push(this.entry(this.seqFirst + i));
+    return { seqFirst: this.seqFirst + first, entries };
+  }
+
   /** The first record that changed content, or 0 if none did. */
   firstChangeSeq(): number {
     for (let seq = this.seqFirst; seq <= this.seqLast; seq += 1) if (changesContent(this.typeOf(seq))) return seq;

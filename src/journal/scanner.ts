@@ -12,6 +12,7 @@ import {
 import { chunkTableBytes, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader } from './record.js';
 import { SEGMENT_HEADER_BYTES, decodeSegmentHeader, parseSegmentFileName } from './segment.js';
+import type { Toc } from './toc.js';
 
 export interface JournalPosition {
   segmentIndex: number;
@@ -291,51 +292,92 @@ export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from
 
 const HEADER_WINDOW_BYTES = 256 * 1024;
 
+/** Reads a segment a window at a time, for scanning headers without their payloads. */
+class HeaderWindow {
+  private readonly buffer = Buffer.allocUnsafe(HEADER_WINDOW_BYTES);
+  private start = 0;
+  private bytes = 0;
+
+  constructor(private readonly file: StorageFile, private readonly size: number) {}
+
+  /** [position, position+length) of the segment, or null past its end. */
+  slice(position: number, length: number): Buffer | null {
+    if (position + length > this.size) return null;
+    if (position < this.start || position + length > this.start + this.bytes) {
+      this.start = position;
+      this.bytes = this.file.read(this.buffer, 0, Math.min(HEADER_WINDOW_BYTES, this.size - position), position);
+      if (position + length > this.start + this.bytes) return null;
+    }
+    return this.buffer.subarray(position - this.start, position - this.start + length);
+  }
+}
+
 /**
  * Every record from the journal's start up to `until` (exclusive), in seq order, reading only
- * headers and chunk tables (CRC-checked; payloads are the scrub's and the reads' job), a
- * window at a time. For a journal recovery already made consistent: any inconsistency is
- * corruption (JOURNAL_CORRUPT). Used to rebuild the history behind the index checkpoint.
+ * headers and chunk tables (CRC-checked; payloads are the scrub's and the reads' job). For a
+ * journal recovery already made consistent behind `until`: the dead tail of an earlier cut is
+ * skipped as recovery and the scrub skip it; anything else wrong is JOURNAL_CORRUPT. Used to
+ * rebuild the history behind the index checkpoint.
  */
-export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, until: JournalPosition, onRecord: (record: ScannedRecord) => void): number {
-  const window = Buffer.allocUnsafe(HEADER_WINDOW_BYTES);
+export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, until: JournalPosition, onRecord: (record: ScannedRecord) => void,
+  tocOf: (segmentIndex: number) => Toc | null = () => null): { seqLast: number; recordsFromTocs: number; segmentsCovered: number[] } {
   let expectedSeq = 1;
+  let recordsFromTocs = 0;
+  /** Segments whose table listed every record. */
+  const segmentsCovered: number[] = [];
+  let skipBelow = -1;
   for (const segmentIndex of listSegments(options.files, options.directory).filter((index) => index <= until.segmentIndex)) {
+    if (segmentIndex < skipBelow) continue;
     const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
     try {
       const size = file.sizeBytes();
       const limit = segmentIndex === until.segmentIndex ? Math.min(until.position, size) : size;
-      let windowStart = 0;
-      let windowBytes = 0;
-      /** Makes [position, position+bytes) readable in the window; false if past the end. */
-      const have = (position: number, bytes: number): boolean => {
-        if (position >= windowStart && position + bytes <= windowStart + windowBytes) return true;
-        if (position + bytes > size) return false;
-        windowStart = position;
-        windowBytes = file.read(window, 0, Math.min(HEADER_WINDOW_BYTES, size - position), position);
-        return position + bytes <= windowStart + windowBytes;
-      };
+      const window = new HeaderWindow(file, size);
       let position = SEGMENT_HEADER_BYTES;
+      // A table of contents saves reading the segment, if it fits: it continues the seqs,
+      // ends within what is to be read, and its last record is really there.
+      const toc = tocOf(segmentIndex);
+      const lastListed = toc?.records[toc.records.length - 1];
+      if (toc && lastListed && toc.seqFirst === expectedSeq && toc.endPosition <= limit && toc.records[0].recordPosition === SEGMENT_HEADER_BYTES &&
+        checkHeader(window, lastListed.recordPosition, lastListed.header.seq, options.crcSeed).ok) {
+        for (const record of toc.records) onRecord(record);
+        expectedSeq += toc.records.length;
+        recordsFromTocs += toc.records.length;
+        position = toc.endPosition;
+        if (position === size) segmentsCovered.push(segmentIndex);
+      }
       while (position < limit) {
-        const corrupt = (reason: string) => new HindsightError('JOURNAL_CORRUPT',
-          `journal ${file.path} is corrupt at offset ${position} (${reason}); the volume is not served (run hindsight fsck)`);
-        if (!have(position, RECORD_HEADER_BYTES)) throw corrupt('record header truncated');
-        const header = window.subarray(position - windowStart, position - windowStart + RECORD_HEADER_BYTES);
-        const decoded = decodeRecordHeader(header);
-        if (!decoded.ok) throw corrupt(decoded.reason);
-        const tableBytes = chunkTableBytes(decoded.header.payloadBytes);
-        if (!have(position, RECORD_HEADER_BYTES + tableBytes)) throw corrupt('chunk table truncated');
-        const at = position - windowStart;
-        const table = tableBytes > 0 ? window.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + tableBytes) : null;
-        if (recordCrc(window.subarray(at, at + RECORD_HEADER_BYTES), table, options.crcSeed) !== storedCrc(window.subarray(at, at + RECORD_HEADER_BYTES))) throw corrupt('record checksum mismatch');
-        if (decoded.header.seq !== expectedSeq) throw corrupt(`seq ${decoded.header.seq} where ${expectedSeq} was expected`);
-        onRecord({ header: decoded.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(decoded.header.payloadBytes) });
+        const checked = checkHeader(window, position, expectedSeq, options.crcSeed);
+        if (!checked.ok) {
+          const continuation = findContinuation(options, { segmentIndex, position, reason: checked.reason, expectedSeq, startMismatch: false });
+          if (continuation === null || continuation > until.segmentIndex) {
+            throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path} is corrupt at offset ${position} (${checked.reason}); the volume is not served (run hindsight fsck)`);
+          }
+          skipBelow = continuation;
+          break;
+        }
+        onRecord({ header: checked.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(checked.header.payloadBytes) });
         expectedSeq += 1;
-        position += recordSpan(decoded.header.payloadBytes);
+        position += recordSpan(checked.header.payloadBytes);
       }
     } finally {
       file.close();
     }
   }
-  return expectedSeq - 1;
+  return { seqLast: expectedSeq - 1, recordsFromTocs, segmentsCovered };
+}
+
+/** The header at `position` with its chunk table checked against the CRC, and its seq. */
+function checkHeader(window: HeaderWindow, position: number, expectedSeq: number, crcSeed: number): RecordCheck {
+  const first = window.slice(position, RECORD_HEADER_BYTES);
+  if (!first) return { ok: false, reason: 'record header truncated' };
+  const decoded = decodeRecordHeader(first);
+  if (!decoded.ok) return decoded;
+  const tableBytes = chunkTableBytes(decoded.header.payloadBytes);
+  const whole = window.slice(position, RECORD_HEADER_BYTES + tableBytes);
+  if (!whole) return { ok: false, reason: 'chunk table truncated' };
+  const header = whole.subarray(0, RECORD_HEADER_BYTES);
+  if (recordCrc(header, tableBytes > 0 ? whole.subarray(RECORD_HEADER_BYTES) : null, crcSeed) !== storedCrc(header)) return { ok: false, reason: 'record checksum mismatch' };
+  if (decoded.header.seq !== expectedSeq) return { ok: false, reason: `seq ${decoded.header.seq} where ${expectedSeq} was expected` };
+  return decoded;
 }

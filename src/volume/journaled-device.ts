@@ -13,7 +13,7 @@ import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, History, PointIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
-import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, listSegments, scanHeaders, scanJournalAsync, scrubJournal, segmentPath } from '../journal/index.js';
+import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, encodeToc, listSegments, payloadOffset, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, tocPath } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
@@ -78,6 +78,9 @@ export interface FsckReport {
 
 export interface OpenReport extends RecoveryReport {
   checkpoint: 'loaded' | 'absent' | string;
+  /** History records behind the checkpoint read from segment tables of contents (the rest
+   * from segment headers). */
+  historyFromTocs: number;
 }
 
 export class JournaledDevice implements BlockDevice {
@@ -102,6 +105,8 @@ export class JournaledDevice implements BlockDevice {
   private idleTimer: NodeJS.Timeout | null = null;
   /** seqLast covered by the newest checkpoint written. */
   private checkpointSeq = 0;
+  /** Sealed segments whose table of contents lists every record. */
+  private readonly tocComplete = new Set<number>();
 
   private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, history: History, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
@@ -161,15 +166,20 @@ export class JournaledDevice implements BlockDevice {
     }
     const replayedFrom = checkpoint === 'loaded' && start ? start.from : null;
     const history = new History(options.sizeBytes);
+    let historyFromTocs = 0;
+    let tocComplete: number[] = [];
     if (replayedFrom) {
-      scanHeaders({ directory: journalOptions.directory, files: options.files, volumeId: options.volumeId, crcSeed: crcSeedFor(options.volumeId) }, replayedFrom,
-        (record) => history.append(historyEntry(record)));
+      const scanned = scanHeaders({ directory: journalOptions.directory, files: options.files, volumeId: options.volumeId, crcSeed: crcSeedFor(options.volumeId) }, replayedFrom,
+        (record) => history.append(historyEntry(record)), (segmentIndex) => readToc(options.files, journalOptions.directory, options.volumeId, segmentIndex));
+      historyFromTocs = scanned.recordsFromTocs;
+      tocComplete = scanned.segmentsCovered;
     }
     for (const entry of tail) history.append(entry);
     // A rollback among the replayed records: the live index is what the history says now.
     if (tail.some((entry) => entry.type === RecordType.REVERT)) index = history.indexAt(history.seqLast);
-    const device = new JournaledDevice(options, opened.journal, index, history, timeFirstUs, { ...opened.report, checkpoint }, replayedFrom);
+    const device = new JournaledDevice(options, opened.journal, index, history, timeFirstUs, { ...opened.report, checkpoint, historyFromTocs }, replayedFrom);
     device.clientBytesWritten = clientBytesWritten;
+    for (const segmentIndex of tocComplete) device.tocComplete.add(segmentIndex);
     return device;
   }
 
@@ -442,9 +452,30 @@ export class JournaledDevice implements BlockDevice {
       seqLast: stats.seqLast, timeLastUs: stats.timeLastUs, timeFirstUs: this.timeFirstUs, clientBytesWritten: this.clientBytesWritten,
     });
     await this.journal.sync();
+    await this.writeTocs(position.segmentIndex, stats.seqLast);
     await this.options.files.writeFileAtomic(path.join(this.options.directory, 'index.ckpt'), bytes);
     this.checkpointBytes = stats.bytes;
     this.checkpointSeq = stats.seqLast;
+  }
+
+  /**
+   * Tables of contents for the segments up to the checkpoint's: each sealed one once, the
+   * active one up to `seqLast` (records the sync before this made durable).
+   */
+  private async writeTocs(activeIndex: number, seqLast: number): Promise<void> {
+    const directory = path.join(this.options.directory, 'journal');
+    for (const segmentIndex of listSegments(this.options.files, directory)) {
+      if (segmentIndex > activeIndex || this.tocComplete.has(segmentIndex)) continue;
+      const records = this.history.segmentRecords(segmentIndex);
+      if (!records) continue;
+      const entries = records.entries.filter((entry) => entry.seq <= seqLast).map((entry) => ({
+        type: entry.type, flags: entry.flags, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, timeUs: entry.timeUs,
+        recordPosition: entry.payloadPosition - payloadOffset(entry.payloadBytes), payloadBytes: entry.payloadBytes,
+      }));
+      if (entries.length === 0) continue;
+      await this.options.files.writeFileAtomic(tocPath(directory, segmentIndex), encodeToc(this.options.volumeId, segmentIndex, records.seqFirst, entries));
+      if (segmentIndex < activeIndex) this.tocComplete.add(segmentIndex);
+    }
   }
 
   async close(): Promise<void> {
