@@ -54,7 +54,8 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
         ['journal', `${size(v.journalBytes)} in ${v.journalSegments} segment(s), ${v.records} record(s)`],
         ['seq', v.seqLast === null ? '-' : `${v.seqFirst}..${v.seqLast} (durable to ${v.seqDurable})`],
         ['time', v.timeLast === null ? '-' : `${v.timeFirst} .. ${v.timeLast}`], ['oldest point', v.oldestPoint],
-        ['index', `${v.indexExtents} extent(s), ${size(v.indexBytes)}`],
+        ['index', `${v.indexExtents} extent(s), ${size(v.indexBytes)}; history ${size(v.historyBytes)} in memory`],
+        ['bookmarks, mounts', `${v.bookmarks}, ${v.mounts}`],
         ['connected clients', v.connections], ['created', v.createdAt], ['id', v.id],
       ]);
       return 0;

@@ -104,6 +104,11 @@ export interface VolumeInfo {
   oldestPoint: string | null;
   indexExtents: number;
   indexBytes: number;
+  /** Memory of the history (every record since the first, for points in time). */
+  historyBytes: number;
+  /** Bookmarks and mounts of this volume. */
+  bookmarks: number;
+  mounts: number;
 }
 
 export interface VolumeManagerOptions {
@@ -211,6 +216,9 @@ export class VolumeManager {
       oldestPoint: hasRecords ? time(stats!.timeFirstUs) : null,
       indexExtents: stats?.extents ?? 0,
       indexBytes: stats?.indexBytes ?? 0,
+      historyBytes: stats?.historyBytes ?? 0,
+      bookmarks: volume.bookmarks?.list().length ?? 0,
+      mounts: [...this.mounts.values()].filter((mount) => mount.record.volume === name).length,
     };
   }
 
