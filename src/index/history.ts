@@ -12,8 +12,11 @@
  * a snapshot is taken once as many postings have been replayed since the last one as the
  * region has extents (at least SNAPSHOT_POSTINGS_MIN), so snapshots cost at most ~24 bytes
  * per posting and a lookup replays at most max(SNAPSHOT_POSTINGS_MIN, extents) postings.
- * A REVERT record (rollback) makes every region what it was at an earlier seq; a snapshot
- * is always taken right after one, so a replay never crosses a revert.
+ * While the volume is written, due snapshots are copies of the live index's regions
+ * (snapshotFromLive): the history keeps up at the cost of a copy, not a replay; lazily built
+ * ones fill in older stretches (after a restart). A REVERT record (rollback) makes every
+ * region what it was at an earlier seq; a snapshot is always taken right after one, so a
+ * replay never crosses a revert.
  *
  * Mounting a point is therefore O(1): a PointIndex only remembers the seq, and materialises
  * (and caches, bounded) the regions a client actually reads.
@@ -340,11 +343,16 @@ export class History {
     this.postingCount += 1;
   }
 
-  /** Takes the snapshots due within the first `postings` postings that are not taken yet. */
+  /**
+   * Takes the snapshots due within the first `postings` postings that are not taken yet,
+   * from the last snapshot before that point (later ones may exist: taken from the live
+   * index as writes came in).
+   */
   private buildSnapshots(regionIndex: number, history: RegionHistory, postings: number): void {
-    for (;;) {
-      const lastAt = history.snapshotAt[history.snapshotAt.length - 1];
-      const last = history.snapshots[history.snapshots.length - 1];
+    for (let k = history.snapshotBefore(postings); ;) {
+      const lastAt = history.snapshotAt[k];
+      const last = history.snapshots[k];
+      const nextAt = k + 1 < history.snapshotAt.length ? history.snapshotAt[k + 1] : Infinity;
       const gap = Math.max(SNAPSHOT_POSTINGS_MIN, last.length / EXTENT_STRIDE);
       // Due after `gap` postings, or right after a revert, whichever comes first.
       let boundary = -1;
@@ -355,14 +363,46 @@ export class History {
         }
       }
       if (boundary === -1 && lastAt + gap <= history.count) boundary = lastAt + gap;
-      if (boundary === -1 || boundary > postings) return;
+      if (boundary === -1 || boundary > postings || boundary >= nextAt) return;
       const region = Region.from(last);
       for (let i = lastAt; i < boundary; i += 1) this.apply(region, regionIndex, history.seqs[i]);
       const snapshot = region.used.slice();
-      history.snapshotAt.push(boundary);
-      history.snapshots.push(snapshot);
+      // Replaying a revert may have inserted earlier snapshots meanwhile: find the place again.
+      k = history.snapshotBefore(boundary) + 1;
+      history.snapshotAt.splice(k, 0, boundary);
+      history.snapshots.splice(k, 0, snapshot);
       this.snapshotBytes += snapshot.byteLength;
     }
+  }
+
+  /**
+   * After a record was applied to the live index too: snapshots the touched regions that are
+   * due one, copying the live extents (the same content the history's replay would give), so
+   * the history keeps up with the writes at the cost of a copy instead of a replay. `all`:
+   * snapshot every touched region now (after a rollback, or at start-up for busy regions).
+   */
+  snapshotFromLive(live: (regionIndex: number) => Region | undefined, range: { offsetBytes: number; lengthBytes: number } | 'all', postingsMin = 1): void {
+    const take = (regionIndex: number, force: boolean) => {
+      const history = this.regions[regionIndex];
+      if (!history) return;
+      const lastIndex = history.snapshotAt.length - 1;
+      const lastAt = history.snapshotAt[lastIndex];
+      const since = history.count - lastAt;
+      const gap = Math.max(SNAPSHOT_POSTINGS_MIN, history.snapshots[lastIndex].length / EXTENT_STRIDE);
+      if (since === 0 || (force ? since < postingsMin : since < gap)) return;
+      const snapshot = live(regionIndex)?.used.slice() ?? new Uint32Array(0);
+      history.snapshotAt.push(history.count);
+      history.snapshots.push(snapshot);
+      this.snapshotBytes += snapshot.byteLength;
+    };
+    if (range === 'all') {
+      for (const regionIndex of this.touched) take(regionIndex, true);
+      return;
+    }
+    if (range.lengthBytes === 0) return;
+    const first = Math.floor(range.offsetBytes / REGION_BYTES);
+    const last = Math.floor((range.offsetBytes + range.lengthBytes - 1) / REGION_BYTES);
+    for (let regionIndex = first; regionIndex <= last; regionIndex += 1) take(regionIndex, false);
   }
 
   private apply(region: Region, regionIndex: number, seq: number): void {
@@ -396,7 +436,7 @@ export class PointIndex {
   private readonly cache = new Map<number, Region | undefined>();
   private cachedBytes = 0;
 
-  constructor(private readonly history: History, readonly seq: number, private readonly cacheBytesMax = 64 * 1024 * 1024) {
+  constructor(private readonly history: History, readonly seq: number, private readonly cacheBytesMax = 16 * 1024 * 1024) {
     if (seq < history.seqFirst || seq > history.seqLast) {
       throw new HindsightError('POINT_NOT_FOUND', `seq ${seq} is not in this volume's history (${history.seqFirst}..${history.seqLast})`);
     }

@@ -17,6 +17,8 @@ import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYT
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
+/** Regions with at least this many postings since their last snapshot get one at start-up. */
+const HOT_REGION_POSTINGS = 256;
 
 export interface JournaledDeviceOptions {
   name: string;
@@ -92,6 +94,7 @@ export class JournaledDevice implements BlockDevice {
   private index: ExtentIndex;
   /** Every record since the first: answers what any range held at any seq. */
   readonly history: History;
+  private readonly liveRegion = (regionIndex: number) => this.index.region(regionIndex);
   private timeFirstUs: number;
   private clientBytesWritten = 0;
   private checkpointBytes: number;
@@ -180,6 +183,8 @@ export class JournaledDevice implements BlockDevice {
     const device = new JournaledDevice(options, opened.journal, index, history, timeFirstUs, { ...opened.report, checkpoint, historyFromTocs }, replayedFrom);
     device.clientBytesWritten = clientBytesWritten;
     for (const segmentIndex of tocComplete) device.tocComplete.add(segmentIndex);
+    // Busy regions start from a snapshot of now, not a replay from their first write.
+    history.snapshotFromLive(device.liveRegion, 'all', HOT_REGION_POSTINGS);
     return device;
   }
 
@@ -276,6 +281,7 @@ export class JournaledDevice implements BlockDevice {
     this.assertWritable(offsetBytes, data.length);
     const record = this.append(RecordType.WRITE, options.fua ? RecordFlag.FUA : 0, offsetBytes, data.length, data);
     this.index.setData(offsetBytes, data.length, record.segmentIndex, record.payloadPosition);
+    this.history.snapshotFromLive(this.liveRegion, { offsetBytes, lengthBytes: data.length });
     this.clientBytesWritten += data.length;
     await this.afterChange(record.timeUs, options.fua);
   }
@@ -284,6 +290,7 @@ export class JournaledDevice implements BlockDevice {
     this.assertWritable(offsetBytes, lengthBytes);
     const record = this.append(RecordType.TRIM, options.fua ? RecordFlag.FUA : 0, offsetBytes, lengthBytes, null);
     this.index.setZero(offsetBytes, lengthBytes, false);
+    this.history.snapshotFromLive(this.liveRegion, { offsetBytes, lengthBytes });
     await this.afterChange(record.timeUs, options.fua);
   }
 
@@ -293,6 +300,7 @@ export class JournaledDevice implements BlockDevice {
     const flags = (options.fua ? RecordFlag.FUA : 0) | (options.mayTrim ? 0 : RecordFlag.ALLOCATED);
     const record = this.append(RecordType.ZERO, flags, offsetBytes, lengthBytes, null);
     this.index.setZero(offsetBytes, lengthBytes, !options.mayTrim);
+    this.history.snapshotFromLive(this.liveRegion, { offsetBytes, lengthBytes });
     await this.afterChange(record.timeUs, options.fua);
   }
 
@@ -325,6 +333,7 @@ export class JournaledDevice implements BlockDevice {
     assert(seq >= 0 && seq <= this.journal.lastSeq, 'rollback target within history');
     const record = this.append(RecordType.REVERT, 0, seq, 0, null);
     this.index = this.history.indexAt(record.seq);
+    this.history.snapshotFromLive(this.liveRegion, 'all');
     await this.journal.sync();
     await this.checkpoint();
     return { seq: record.seq, timeUs: record.timeUs };

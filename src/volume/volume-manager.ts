@@ -124,7 +124,7 @@ export class VolumeManager {
   /** Serialises create/delete so two requests for one name cannot race. */
   private mutation: Promise<unknown> = Promise.resolve();
 
-  /** Told when a volume that was online is refused (damaged journal data found). */
+  /** Told when a volume (or a mount of it) that was online is refused (damaged journal data found). */
   onVolumeFailed: (name: string, error: HindsightError) => void = () => undefined;
 
   constructor(private readonly options: VolumeManagerOptions) {
@@ -528,6 +528,12 @@ export class VolumeManager {
     if (!volume || volume.error) return;
     volume.error = error;
     this.onVolumeFailed(name, error);
+    // Its mounts read the same journal: refused with it.
+    for (const mount of this.mounts.values()) {
+      if (mount.record.volume !== name || mount.error) continue;
+      mount.error = new HindsightError(error.code, `mount "${mount.record.name}": its volume "${name}" was refused: ${error.message}`);
+      this.onVolumeFailed(mount.record.name, mount.error);
+    }
   }
 
   private serialise<T>(work: () => Promise<T>): Promise<T> {
