@@ -5,7 +5,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { HindsightError, formatTimeUs, parsePoint } from '../core/index.js';
-import { restoreImage } from '../volume/index.js';
+import { claimRestoreTarget, restoreImage } from '../volume/index.js';
 import type { MountInfo } from '../volume/index.js';
 import type { ApiContext } from './server.js';
 
@@ -124,11 +124,19 @@ export function registerHistoryRoutes(app: FastifyInstance, context: ApiContext)
     const { at, to, force = false } = request.body as { at: string; to: string; force?: boolean };
     const point = context.volumes.resolve(name, at);
     const view = context.volumes.view(name, point.seq);
-    const job = context.jobs.start('restore', name, async (control) => {
-      const result = await restoreImage(view, to, { force, onProgress: (p) => control.progress(p.bytesDone, p.bytesTotal), cancelled: control.cancelled });
-      request.log.info({ volume: name, seq: point.seq, to, sha256: result.sha256, seconds: result.seconds }, 'restore finished');
-      return { volume: name, seq: point.seq, time: formatTimeUs(point.timeUs), ...result };
-    });
+    // The target is checked (and claimed) before the job starts: a bad one is a 4xx now.
+    const claimed = await claimRestoreTarget(to, view.sizeBytes, force);
+    let job;
+    try {
+      job = context.jobs.start('restore', name, async (control) => {
+        const result = await restoreImage(view, to, { force, claimed, onProgress: (p) => control.progress(p.bytesDone, p.bytesTotal), cancelled: control.cancelled });
+        request.log.info({ volume: name, seq: point.seq, to, sha256: result.sha256, seconds: result.seconds }, 'restore finished');
+        return { volume: name, seq: point.seq, time: formatTimeUs(point.timeUs), ...result };
+      });
+    } catch (err) {
+      claimed.release();
+      throw err;
+    }
     return reply.status(202).send({ ...job, volume: name, seq: point.seq, time: formatTimeUs(point.timeUs) });
   });
 

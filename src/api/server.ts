@@ -3,6 +3,7 @@
  * error leaves as `{code, message}` with a proper status and never a stack trace.
  */
 import Fastify, { LogController } from 'fastify';
+import { Ajv } from 'ajv';
 import type { FastifyInstance, FastifyBaseLogger } from 'fastify';
 import { HindsightError, LIMITS, isHindsightError, parseSize } from '../core/index.js';
 import type { NbdServer } from '../nbd/index.js';
@@ -33,9 +34,14 @@ export function buildApi(context: ApiContext): FastifyInstance {
     loggerInstance: context.log,
     bodyLimit: LIMITS.apiBodyBytesMax,
     logController: new LogController({ disableRequestLogging: true }),
-    // Unknown fields are an error, not silently dropped: a typo must not look like success.
-    ajv: { customOptions: { removeAdditional: false } },
   });
+
+  // Unknown fields are an error, not silently dropped: a typo must not look like success.
+  // Bodies are JSON and must have the right types (a string "true" is not a boolean, an
+  // array is not a point); query strings are text, so there types are converted.
+  const bodies = new Ajv({ coerceTypes: false, removeAdditional: false, useDefaults: true, allErrors: false });
+  const queries = new Ajv({ coerceTypes: 'array', removeAdditional: false, useDefaults: true, allErrors: false });
+  app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? bodies : queries).compile(schema));
 
   app.setErrorHandler((err, request, reply) => {
     if (isHindsightError(err)) return reply.status(httpStatus(err.code)).send(err.toJSON());

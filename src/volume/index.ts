@@ -7,5 +7,5 @@ export type { Bookmark } from './bookmarks.js';
 export type { ResolvedPoint } from './points.js';
 export { JobRegistry } from './jobs.js';
 export type { JobInfo } from './jobs.js';
-export { restoreImage } from './restore.js';
+export { claimRestoreTarget, restoreImage } from './restore.js';
 export type { RestoreResult } from './restore.js';

@@ -1,8 +1,8 @@
 /**
  * From what a user typed (`--at`) to a seq in one volume's history: RFC 3339 and relative
  * times resolve to the last change (write, zero, trim, rollback) at or before that instant;
- * `seq:N` is taken as given; `bookmark:NAME` is the bookmark's seq; `latest` the newest
- * record. Every refusal says why with its own code, and touches nothing.
+ * `seq:N` is taken as given; `bookmark:NAME` is the bookmark's seq; `latest` the last
+ * change. Every refusal says why with its own code, and touches nothing.
  */
 import { HindsightError, describePoint, formatTimeUs, parsePoint } from '../core/index.js';
 import type { PointSpec } from '../core/index.js';
@@ -25,7 +25,8 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
   let seq: number;
   switch (spec.kind) {
     case 'latest':
-      seq = history.seqLast;
+      // The last write (a flush marker after it shows the same content).
+      seq = history.lastChangeAtOrBefore(history.seqLast);
       break;
     case 'seq':
       seq = spec.seq;

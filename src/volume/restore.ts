@@ -1,11 +1,13 @@
 /**
  * `hindsight restore`: writes a point of a volume to a file or block device, sparse where the
  * target allows (a file's zero ranges are left as holes; a block device gets every byte), and
- * reports the image's SHA-256. A file is written under a temporary name and renamed into place
- * once complete and synced, so a failed restore never leaves a partial image under the name
- * asked for. Existing targets are overwritten only with `force`.
+ * reports the image's SHA-256. A file is written under a temporary name of its own and put in
+ * place once complete and synced, so a failed restore never leaves a partial image under the
+ * name asked for. Existing targets are overwritten only with `force` (without it, the image
+ * is linked into place, which fails if the target appeared meanwhile); one restore at a time
+ * per target.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HindsightError, fromSystemError } from '../core/index.js';
@@ -33,17 +35,46 @@ export interface RestoreResult {
   seconds: number;
 }
 
-export async function restoreImage(view: BlockDevice, target: string, options: { force: boolean; onProgress?: (progress: RestoreProgress) => void; cancelled?: () => boolean }): Promise<RestoreResult> {
+/** Targets of the restores running in this process. */
+const restoring = new Set<string>();
+
+/**
+ * Claims a target for one restore and checks it (absolute, a file or block device, absent
+ * unless `force`). Call before starting the job, so a bad target is refused at once; the
+ * claim ends when restoreImage finishes, or with the returned release.
+ */
+export async function claimRestoreTarget(target: string, sizeBytes: number, force: boolean): Promise<{ kind: 'file' | 'block-device'; release: () => void }> {
   if (!path.isAbsolute(target)) throw new HindsightError('INVALID_ARGUMENT', `restore target must be an absolute path (the daemon writes it), got "${target}"`);
+  const key = path.resolve(target);
+  if (restoring.has(key)) throw new HindsightError('TARGET_EXISTS', `a restore to ${target} is already running`);
+  restoring.add(key);
+  const release = () => restoring.delete(key);
+  try {
+    return { kind: await checkTarget(target, sizeBytes, force), release };
+  } catch (err) {
+    release();
+    throw err;
+  }
+}
+
+export async function restoreImage(view: BlockDevice, target: string, options: { force: boolean; onProgress?: (progress: RestoreProgress) => void; cancelled?: () => boolean; claimed?: { kind: 'file' | 'block-device'; release: () => void } }): Promise<RestoreResult> {
+  const claim = options.claimed ?? await claimRestoreTarget(target, view.sizeBytes, options.force);
+  try {
+    return await writeImage(view, target, claim.kind, options);
+  } finally {
+    claim.release();
+  }
+}
+
+async function writeImage(view: BlockDevice, target: string, kind: 'file' | 'block-device', options: { force: boolean; onProgress?: (progress: RestoreProgress) => void; cancelled?: () => boolean }): Promise<RestoreResult> {
   const started = process.hrtime.bigint();
-  const kind = await checkTarget(target, view.sizeBytes, options.force);
-  const writePath = kind === 'file' ? `${target}.hindsight-partial` : target;
+  const writePath = kind === 'file' ? `${target}.hindsight-partial-${randomUUID().slice(0, 8)}` : target;
   const hash = createHash('sha256');
   let dataBytes = 0;
   let zeroBytes = 0;
   let handle;
   try {
-    handle = await fs.open(writePath, kind === 'file' ? 'w' : 'r+');
+    handle = await fs.open(writePath, kind === 'file' ? 'wx' : 'r+');
     if (kind === 'file') await handle.truncate(view.sizeBytes);
     let buffer = Buffer.allocUnsafe(CHUNK_BYTES);
     let spare = Buffer.allocUnsafe(CHUNK_BYTES);
@@ -87,7 +118,17 @@ export async function restoreImage(view: BlockDevice, target: string, options: {
     await handle.close();
     handle = undefined;
     if (kind === 'file') {
-      await fs.rename(writePath, target);
+      if (options.force) {
+        await fs.rename(writePath, target);
+      } else {
+        try {
+          await fs.link(writePath, target);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new HindsightError('TARGET_EXISTS', `${target} appeared while restoring; pass --force to overwrite it`);
+          throw err;
+        }
+        await fs.rm(writePath);
+      }
       await nodeFileLayer.syncDirectory(path.dirname(target));
     }
   } catch (err) {

@@ -110,6 +110,7 @@ export class PitOracle {
   private push(record: PitRecord): void {
     this.records.push(record);
     applyRecord(this.live, record);
+    runsOf.delete(this.live);
   }
 
   /** The live image (at seqLast). Never modify. */
@@ -211,19 +212,66 @@ function applyRecord(image: { data: Buffer; alloc: Uint8Array }, record: PitReco
   }
 }
 
+/** Runs of equal allocation over a whole image (computed once per image). */
+const runsOf = new WeakMap<Image, { starts: number[]; allocs: number[] }>();
+
+function allocRuns(image: Image): { starts: number[]; allocs: number[] } {
+  const known = runsOf.get(image);
+  if (known) return known;
+  const alloc = image.alloc;
+  const words = alloc.byteOffset % 4 === 0 ? new Uint32Array(alloc.buffer, alloc.byteOffset, alloc.length >>> 2) : null;
+  const starts: number[] = [];
+  const allocs: number[] = [];
+  let at = 0;
+  while (at < alloc.length) {
+    const value = alloc[at];
+    const repeated = (value * 0x01010101) >>> 0;
+    starts.push(at);
+    allocs.push(value);
+    at += 1;
+    for (;;) {
+      if (words && (at & 3) === 0) {
+        while ((at >>> 2) < words.length && words[at >>> 2] === repeated) at += 4;
+      }
+      if (at < alloc.length && alloc[at] === value) at += 1;
+      else break;
+    }
+  }
+  const runs = { starts, allocs };
+  runsOf.set(image, runs);
+  return runs;
+}
+
 /** The extents block status should report for [offset, offset+length) of `image`. */
 export function expectedExtents(image: Image, offsetBytes: number, lengthBytes: number): Extent[] {
-  const extents: Extent[] = [];
+  const { starts, allocs } = allocRuns(image);
   const end = offsetBytes + lengthBytes;
-  let at = offsetBytes;
-  while (at < end) {
-    const alloc = image.alloc[at];
-    let stop = at + 1;
-    while (stop < end && image.alloc[stop] === alloc) stop += 1;
-    extents.push({ lengthBytes: stop - at, hole: alloc === Alloc.HOLE, zero: alloc !== Alloc.DATA });
-    at = stop;
+  let low = 0;
+  let high = starts.length - 1;
+  while (low < high) {
+    const middle = (low + high + 1) >>> 1;
+    if (starts[middle] <= offsetBytes) low = middle;
+    else high = middle - 1;
+  }
+  const extents: Extent[] = [];
+  for (let i = low; i < starts.length && starts[i] < end; i += 1) {
+    const from = Math.max(starts[i], offsetBytes);
+    const to = Math.min(i + 1 < starts.length ? starts[i + 1] : image.alloc.length, end);
+    extents.push({ lengthBytes: to - from, hole: allocs[i] === Alloc.HOLE, zero: allocs[i] !== Alloc.DATA });
   }
   return extents;
+}
+
+const ZEROES = Buffer.alloc(1024 * 1024);
+
+/** The first non-zero byte of `bytes`, or -1. */
+export function firstNonZero(bytes: Uint8Array): number {
+  for (let at = 0; at < bytes.length; at += ZEROES.length) {
+    const piece = bytes.subarray(at, Math.min(bytes.length, at + ZEROES.length));
+    if (Buffer.compare(piece, ZEROES.subarray(0, piece.length)) === 0) continue;
+    for (let i = 0; i < piece.length; i += 1) if (piece[i] !== 0) return at + i;
+  }
+  return -1;
 }
 
 /** The first offset where two buffers differ, or -1. */
