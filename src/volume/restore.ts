@@ -45,16 +45,11 @@ const restoring = new Set<string>();
  */
 export async function claimRestoreTarget(target: string, sizeBytes: number, force: boolean): Promise<{ kind: 'file' | 'block-device'; release: () => void }> {
   if (!path.isAbsolute(target)) throw new HindsightError('INVALID_ARGUMENT', `restore target must be an absolute path (the daemon writes it), got "${target}"`);
+  const kind = await checkTarget(target, sizeBytes, force);
   const key = path.resolve(target);
   if (restoring.has(key)) throw new HindsightError('TARGET_EXISTS', `a restore to ${target} is already running`);
   restoring.add(key);
-  const release = () => restoring.delete(key);
-  try {
-    return { kind: await checkTarget(target, sizeBytes, force), release };
-  } catch (err) {
-    release();
-    throw err;
-  }
+  return { kind, release: () => restoring.delete(key) };
 }
 
 export async function restoreImage(view: BlockDevice, target: string, options: { force: boolean; onProgress?: (progress: RestoreProgress) => void; cancelled?: () => boolean; claimed?: { kind: 'file' | 'block-device'; release: () => void } }): Promise<RestoreResult> {
