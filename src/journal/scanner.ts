@@ -242,17 +242,22 @@ function* magicPositions(file: StorageFile, start: number, size: number): Genera
   }
 }
 
-const SCRUB_YIELD_BYTES = 4 * 1024 * 1024;
+/** The scrub works in slices of at most this long on the event loop... */
+const SCRUB_SLICE_MS = 2;
+/** ...then rests as long as the slice took: at most half the loop, whatever the load. */
+const SCRUB_DUTY = 0.5;
 
 /**
  * Verifies every record from the start of the journal up to `until` (records known durable,
- * so any failure is corruption), yielding to the event loop every few MiB so serving goes
- * on. Returns the first bad record, or null; stops early (null) when `stopped()` says so.
+ * so any failure is corruption) in the background: slices of ~2 ms on the event loop, each
+ * followed by a rest as long, so clients and API calls wait at most a slice and the scrub
+ * takes at most half the loop. Returns the first bad record, or null; stops early (null)
+ * when `stopped()` says so.
  */
 export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, until: JournalPosition, stopped: () => boolean): Promise<BadRecord | null> {
   const scratch = Buffer.alloc(RECORD_HEADER_BYTES);
   let expectedSeq = 1;
-  let sinceYield = 0;
+  let sliceStart = performance.now();
   let skipBelow = -1;
   for (const segmentIndex of listSegments(options.files, options.directory).filter((index) => index <= until.segmentIndex)) {
     if (segmentIndex < skipBelow) continue;
@@ -274,13 +279,12 @@ export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from
         }
         assert(check.ok, 'a record without a problem checked out');
         expectedSeq += 1;
-        const span = recordSpan(check.header.payloadBytes);
-        position += span;
-        sinceYield += span;
-        if (sinceYield >= SCRUB_YIELD_BYTES) {
-          sinceYield = 0;
-          await new Promise<void>((resolve) => setImmediate(resolve));
+        position += recordSpan(check.header.payloadBytes);
+        const sliceMs = performance.now() - sliceStart;
+        if (sliceMs >= SCRUB_SLICE_MS) {
+          await new Promise<void>((resolve) => setTimeout(resolve, Math.ceil(sliceMs * SCRUB_DUTY / (1 - SCRUB_DUTY))));
           if (stopped()) return null;
+          sliceStart = performance.now();
         }
       }
     } finally {
