@@ -125,7 +125,7 @@ export function registerHistoryRoutes(app: FastifyInstance, context: ApiContext)
     const point = context.volumes.resolve(name, at);
     const view = context.volumes.view(name, point.seq);
     // The target is checked (and claimed) before the job starts: a bad one is a 4xx now.
-    const claimed = await claimRestoreTarget(to, view.sizeBytes, force);
+    const claimed = await claimRestoreTarget(to, view.sizeBytes, force, context.dataDir);
     let job;
     try {
       job = context.jobs.start('restore', name, async (control) => {

@@ -126,6 +126,11 @@ export function buildApi(context: ApiContext): FastifyInstance {
     if (connected > 0 && !force) {
       throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${connected} connected NBD client(s); disconnect them or use --force`);
     }
+    const jobs = context.jobs.runningFor(name);
+    if (jobs.length > 0 && !force) {
+      throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${jobs.length} running job(s) (${jobs.map((job) => job.kind).join(', ')}); wait for them or use --force to cancel them`);
+    }
+    await context.jobs.cancel(name);
     await context.volumes.delete(name, (exportName) => context.nbd.disconnectExport(exportName), force);
     request.log.info({ volume: name, force, disconnected: connected }, 'volume deleted');
     return reply.status(200).send({ name, deleted: true, disconnectedClients: connected });

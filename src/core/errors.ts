@@ -34,6 +34,7 @@ export const ERROR_CODES = [
   'MOUNT_EXISTS',
   'TARGET_EXISTS',
   'JOB_NOT_FOUND',
+  'LIMIT_REACHED',
   'INTERNAL',
 ] as const;
 

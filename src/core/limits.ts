@@ -35,6 +35,10 @@ export const LIMITS = {
   volumeSizeBytesMax: 2 ** 50,
   /** Longest volume name. */
   volumeNameLengthMax: 64,
+  /** Long jobs (restores) running at once; more are refused (LIMIT_REACHED). */
+  jobsRunningMax: 4,
+  /** Mounts (read-only points and writable clones) the daemon serves at once. */
+  mountsMax: 256,
   /** Largest JSON body the HTTP API accepts. */
   apiBodyBytesMax: 1024 * 1024,
 } as const;

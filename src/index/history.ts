@@ -3,7 +3,7 @@
  *
  * Two structures, both in typed arrays off the JS heap:
  * - the record table: every journal record in seq order (type, range, time, where its
- *   payload is) — 30 bytes a record; answers "which seq was the last write at time T";
+ *   payload is) — 34 bytes a record; answers "which seq was the last write at time T";
  * - per 4 MiB region, its postings: the seqs of the records that touched it, ascending.
  *
  * The extents of region r at seq S are rebuilt by replaying r's postings up to S. So that
@@ -73,7 +73,7 @@ class RecordTable {
   }
 
   get memoryBytes(): number {
-    return this.type.length * 30;
+    return this.type.length * 34;
   }
 
   private grow(): void {
@@ -100,6 +100,8 @@ class RegionHistory {
   /** snapshots[k] holds the extents after the first snapshotAt[k] postings. */
   readonly snapshotAt: number[] = [0];
   readonly snapshots: Uint32Array[] = [new Uint32Array(0)];
+  /** History.warm has completed the snapshots of the first `warmAt` postings. */
+  warmAt = 0;
 
   post(seq: number): void {
     if (this.count === this.seqs.length) {
@@ -154,6 +156,8 @@ export class History {
   private readonly touched: number[] = [];
   private postingCount = 0;
   private snapshotBytes = 0;
+  /** Regions before this one (in `touched`) are warm. */
+  private warmCursor = 0;
   /** The seq of the first record kept (retention will raise it). */
   readonly seqFirst = 1;
 
@@ -348,8 +352,9 @@ export class History {
    * from the last snapshot before that point (later ones may exist: taken from the live
    * index as writes came in).
    */
-  private buildSnapshots(regionIndex: number, history: RegionHistory, postings: number): void {
-    for (let k = history.snapshotBefore(postings); ;) {
+  private buildSnapshots(regionIndex: number, history: RegionHistory, postings: number, max = Infinity): number {
+    let built = 0;
+    for (let k = history.snapshotBefore(postings); built < max; built += 1) {
       const lastAt = history.snapshotAt[k];
       const last = history.snapshots[k];
       const nextAt = k + 1 < history.snapshotAt.length ? history.snapshotAt[k + 1] : Infinity;
@@ -363,7 +368,7 @@ export class History {
         }
       }
       if (boundary === -1 && lastAt + gap <= history.count) boundary = lastAt + gap;
-      if (boundary === -1 || boundary > postings || boundary >= nextAt) return;
+      if (boundary === -1 || boundary > postings || boundary >= nextAt) return built;
       const region = Region.from(last);
       for (let i = lastAt; i < boundary; i += 1) this.apply(region, regionIndex, history.seqs[i]);
       const snapshot = region.used.slice();
@@ -373,6 +378,27 @@ export class History {
       history.snapshots.splice(k, 0, snapshot);
       this.snapshotBytes += snapshot.byteLength;
     }
+    return built;
+  }
+
+  /**
+   * Builds the snapshots still missing (the stretches of history from before a restart) for
+   * about `budgetMs`, so that a first look at an old point does not have to replay a busy
+   * region from its first write. Returns true once every region is complete.
+   */
+  warm(budgetMs: number): boolean {
+    const deadline = performance.now() + budgetMs;
+    while (this.warmCursor < this.touched.length) {
+      const regionIndex = this.touched[this.warmCursor];
+      const history = this.regions[regionIndex]!;
+      const k = history.snapshotBefore(history.warmAt);
+      const nextAt = k + 1 < history.snapshotAt.length ? history.snapshotAt[k + 1] : history.count;
+      const gap = Math.max(SNAPSHOT_POSTINGS_MIN, history.snapshots[k].length / EXTENT_STRIDE);
+      if (nextAt - history.snapshotAt[k] <= gap || this.buildSnapshots(regionIndex, history, nextAt - 1, 1) === 0) history.warmAt = nextAt;
+      if (history.warmAt >= history.count) this.warmCursor += 1;
+      if (performance.now() >= deadline) return false;
+    }
+    return true;
   }
 
   /**

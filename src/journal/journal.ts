@@ -20,6 +20,7 @@ import type { RecordHeader, RecordTypeValue } from './record.js';
 import { durableClaimAfter, findContinuation, listSegments, scanJournal, segmentPath } from './scanner.js';
 import type { JournalPosition, ScannedRecord } from './scanner.js';
 import { SEGMENT_HEADER_BYTES, encodeSegmentHeader } from './segment.js';
+import { tocPath } from './toc.js';
 
 const PADDING = Buffer.alloc(8);
 const SEGMENT_FILES_OPEN_MAX = 64;
@@ -85,6 +86,7 @@ export class Journal {
   /** Files to close as soon as their last read finishes. */
   private readonly closing = new Set<StorageFile>();
   private failure: HindsightError | null = null;
+  private closed = false;
   private readonly groupCommit = new GroupCommit(() => this.syncOnce());
   private readonly headerScratch = Buffer.alloc(RECORD_HEADER_BYTES);
 
@@ -260,6 +262,7 @@ export class Journal {
    * checked against the record's chunk table, so damaged data is reported, never returned.
    */
   readPayload(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): void {
+    this.assertOpen();
     const file = piece.segment === this.activeIndex ? this.activeFile : this.readFile(piece.segment);
     const plan = planRead(piece, length);
     const { table, data, buffers } = readBuffers(plan, into, intoOffset, length);
@@ -278,6 +281,7 @@ export class Journal {
    * appends: journal bytes never change once written. The file stays open until done.
    */
   async readPayloadAsync(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): Promise<void> {
+    this.assertOpen();
     const file = piece.segment === this.activeIndex ? this.activeFile : this.readFile(piece.segment);
     const plan = planRead(piece, length);
     this.pinned.set(file, (this.pinned.get(file) ?? 0) + 1);
@@ -317,8 +321,14 @@ export class Journal {
     throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path}: payload chunk ${bad} of the record at offset ${recordPosition} fails its checksum; the data is not served (run hindsight fsck)`);
   }
 
+  /** Reads after close (a view or job outliving its volume) are refused, never reopen files. */
+  private assertOpen(): void {
+    if (this.closed) throw new HindsightError('SHUTTING_DOWN', `journal ${this.options.directory} is closed (its volume was deleted or the daemon is stopping)`);
+  }
+
   async close(): Promise<void> {
     await this.sync().catch(() => undefined);
+    this.closed = true;
     // Reads still running (a client cut off at shutdown) keep their file until they finish.
     this.closeWhenIdle(this.activeFile);
     for (const file of this.readFiles.values()) this.closeWhenIdle(file);
@@ -563,6 +573,8 @@ function removeFrom(options: JournalOptions, at: JournalPosition, before: number
       file.close();
     }
     if (!truncate) options.files.remove(segmentPath(options.directory, index));
+    // Its table of contents no longer fits (the checks on load would refuse it anyway).
+    options.files.remove(tocPath(options.directory, index));
   }
   return bytes;
 }

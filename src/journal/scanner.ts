@@ -318,20 +318,27 @@ class HeaderWindow {
 
 /**
  * Every record from the journal's start up to `until` (exclusive), in seq order, reading only
- * headers and chunk tables (CRC-checked; payloads are the scrub's and the reads' job). For a
- * journal recovery already made consistent behind `until`: the dead tail of an earlier cut is
- * skipped as recovery and the scrub skip it; anything else wrong is JOURNAL_CORRUPT. Used to
- * rebuild the history behind the index checkpoint.
+ * headers and chunk tables (CRC-checked; payloads are the scrub's and the reads' job), by the
+ * rules recovery and the scrub follow: a bad record followed by a segment that starts at
+ * exactly the seq expected there is the dead tail of an earlier cut, and is skipped. A record
+ * whose seq is where a later segment starts is where such a cut may have been made: its
+ * payload is checked too, so a torn one is seen as recovery saw it. Anything else wrong is
+ * JOURNAL_CORRUPT. Used to rebuild the history behind the index checkpoint.
  */
 export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, until: JournalPosition, onRecord: (record: ScannedRecord) => void,
   tocOf: (segmentIndex: number) => Toc | null = () => null): { seqLast: number; recordsFromTocs: number; segmentsCovered: number[] } {
   let expectedSeq = 1;
   let recordsFromTocs = 0;
-  /** Segments whose table listed every record. */
+  /** Sealed segments whose table listed every record. */
   const segmentsCovered: number[] = [];
+  const segments = listSegments(options.files, options.directory);
+  const firsts = segments.map((segmentIndex) => segmentSeqFirst(options, segmentIndex));
+  const scratch = Buffer.alloc(RECORD_HEADER_BYTES);
   let skipBelow = -1;
-  for (const segmentIndex of listSegments(options.files, options.directory).filter((index) => index <= until.segmentIndex)) {
+  for (let i = 0; i < segments.length && segments[i] <= until.segmentIndex; i += 1) {
+    const segmentIndex = segments[i];
     if (segmentIndex < skipBelow) continue;
+    const laterFirsts = new Set(firsts.slice(i + 1).filter((first): first is number => first !== null));
     const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
     try {
       const size = file.sizeBytes();
@@ -339,19 +346,18 @@ export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'ex
       const window = new HeaderWindow(file, size);
       let position = SEGMENT_HEADER_BYTES;
       // A table of contents saves reading the segment, if it fits: it continues the seqs,
-      // ends within what is to be read, and its last record is really there.
+      // stays within what is to be read, and its last record is really there as listed.
       const toc = tocOf(segmentIndex);
-      const lastListed = toc?.records[toc.records.length - 1];
-      if (toc && lastListed && toc.seqFirst === expectedSeq && toc.endPosition <= limit && toc.records[0].recordPosition === SEGMENT_HEADER_BYTES &&
-        checkHeader(window, lastListed.recordPosition, lastListed.header.seq, options.crcSeed).ok) {
+      if (toc && tocFits(toc, window, expectedSeq, limit, laterFirsts, options.crcSeed)) {
         for (const record of toc.records) onRecord(record);
         expectedSeq += toc.records.length;
         recordsFromTocs += toc.records.length;
         position = toc.endPosition;
-        if (position === size) segmentsCovered.push(segmentIndex);
+        if (position === size && segmentIndex !== until.segmentIndex) segmentsCovered.push(segmentIndex);
       }
       while (position < limit) {
-        const checked = checkHeader(window, position, expectedSeq, options.crcSeed);
+        let checked = checkHeader(window, position, expectedSeq, options.crcSeed);
+        if (checked.ok && laterFirsts.has(expectedSeq)) checked = readRecordAt(file, position, size, scratch, options.crcSeed);
         if (!checked.ok) {
           const continuation = findContinuation(options, { segmentIndex, position, reason: checked.reason, expectedSeq, startMismatch: false });
           if (continuation === null || continuation > until.segmentIndex) {
@@ -369,6 +375,34 @@ export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'ex
     }
   }
   return { seqLast: expectedSeq - 1, recordsFromTocs, segmentsCovered };
+}
+
+/** A segment's seqFirst from its header, or null if the header cannot be read or is foreign. */
+function segmentSeqFirst(options: Pick<ScanOptions, 'files' | 'directory' | 'volumeId'>, segmentIndex: number): number | null {
+  const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
+  try {
+    const header = Buffer.alloc(SEGMENT_HEADER_BYTES);
+    if (file.read(header, 0, SEGMENT_HEADER_BYTES, 0) < SEGMENT_HEADER_BYTES) return null;
+    const decoded = decodeSegmentHeader(header, file.path);
+    return decoded.volumeId.equals(options.volumeId) && decoded.segmentIndex === segmentIndex ? decoded.seqFirst : null;
+  } catch {
+    return null;
+  } finally {
+    file.close();
+  }
+}
+
+function tocFits(toc: Toc, window: HeaderWindow, expectedSeq: number, limit: number, laterFirsts: Set<number>, crcSeed: number): boolean {
+  const last = toc.records[toc.records.length - 1];
+  if (!last || toc.seqFirst !== expectedSeq || toc.endPosition > limit || toc.records[0].recordPosition !== SEGMENT_HEADER_BYTES) return false;
+  // A possible cut point inside: read the segment itself, payloads checked there.
+  for (const first of laterFirsts) if (first >= toc.seqFirst && first <= last.header.seq) return false;
+  const actual = checkHeader(window, last.recordPosition, last.header.seq, crcSeed);
+  if (!actual.ok) return false;
+  const a = actual.header;
+  const listed = last.header;
+  return a.type === listed.type && a.flags === listed.flags && a.offsetBytes === listed.offsetBytes && a.lengthBytes === listed.lengthBytes &&
+    a.timeUs === listed.timeUs && a.payloadBytes === listed.payloadBytes;
 }
 
 /** The header at `position` with its chunk table checked against the CRC, and its seq. */

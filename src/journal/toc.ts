@@ -1,8 +1,8 @@
 /**
  * Segment tables of contents (`journal/NNNNNNNN.toc`, docs/FORMAT.md): the headers of a
  * segment's records, 32 bytes each, so that start-up rebuilds the history by reading a few
- * MiB instead of every segment. Derived data: written (atomically, not synced) when the index
- * is checkpointed, for records the checkpoint's sync made durable — so never for records a
+ * MiB instead of every segment. Derived data: written atomically when the index is
+ * checkpointed (a failure only means a slower start), for records the checkpoint's sync made durable — so never for records a
  * recovery could cut — and checked on load (magic, volume, segment, CRC, seq continuity, the
  * last record really being there); a missing or bad table only means scanning that segment.
  */

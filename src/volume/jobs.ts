@@ -4,7 +4,7 @@
  * kept for a while after they finish. Bounded: the oldest finished jobs are forgotten.
  */
 import { randomUUID } from 'node:crypto';
-import { HindsightError } from '../core/index.js';
+import { HindsightError, LIMITS } from '../core/index.js';
 
 const FINISHED_JOBS_KEPT = 100;
 
@@ -31,21 +31,27 @@ export interface JobControl {
 export class JobRegistry {
   private readonly jobs = new Map<string, JobInfo>();
   private stopping = false;
-  private readonly running = new Set<Promise<unknown>>();
+  private readonly running = new Map<string, { run: Promise<unknown>; cancelled: boolean }>();
+
+  constructor(private readonly runningMax = LIMITS.jobsRunningMax) {}
 
   start(kind: string, subject: string, work: (control: JobControl) => Promise<unknown>): JobInfo {
     if (this.stopping) throw new HindsightError('SHUTTING_DOWN', 'the daemon is stopping');
+    if (this.running.size >= this.runningMax) {
+      throw new HindsightError('LIMIT_REACHED', `${this.running.size} jobs are running (at most ${this.runningMax} at once); wait for one to finish`);
+    }
     const job: JobInfo = {
       id: randomUUID(), kind, subject, state: 'running', bytesDone: 0, bytesTotal: 0,
       startedAt: new Date().toISOString(), finishedAt: null, result: null, error: null,
     };
     this.jobs.set(job.id, job);
+    const entry = { run: Promise.resolve() as Promise<unknown>, cancelled: false };
     const control: JobControl = {
       progress: (done, total) => {
         job.bytesDone = done;
         job.bytesTotal = total;
       },
-      cancelled: () => this.stopping,
+      cancelled: () => this.stopping || entry.cancelled,
     };
     const run = work(control).then((result) => {
       job.state = 'done';
@@ -55,10 +61,11 @@ export class JobRegistry {
       job.error = err instanceof HindsightError ? err.toJSON() : { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) };
     }).finally(() => {
       job.finishedAt = new Date().toISOString();
-      this.running.delete(run);
+      this.running.delete(job.id);
       this.forgetOld();
     });
-    this.running.add(run);
+    entry.run = run;
+    this.running.set(job.id, entry);
     return { ...job };
   }
 
@@ -72,10 +79,22 @@ export class JobRegistry {
     return [...this.jobs.values()].map((job) => ({ ...job }));
   }
 
+  /** Running jobs working on `subject` (a volume). */
+  runningFor(subject: string): JobInfo[] {
+    return [...this.running.keys()].map((id) => this.jobs.get(id)!).filter((job) => job.subject === subject).map((job) => ({ ...job }));
+  }
+
+  /** Asks the running jobs on `subject` to stop, and waits for them. */
+  async cancel(subject: string): Promise<void> {
+    const entries = [...this.running.entries()].filter(([id]) => this.jobs.get(id)?.subject === subject).map(([, entry]) => entry);
+    for (const entry of entries) entry.cancelled = true;
+    await Promise.allSettled(entries.map((entry) => entry.run));
+  }
+
   /** Asks running jobs to stop and waits for them. */
   async stop(): Promise<void> {
     this.stopping = true;
-    await Promise.allSettled([...this.running]);
+    await Promise.allSettled([...this.running.values()].map((entry) => entry.run));
   }
 
   private forgetOld(): void {

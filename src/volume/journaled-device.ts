@@ -17,6 +17,8 @@ import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYT
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
+/** Errors that came from a base device's read. */
+const fromBase = new WeakSet<Error>();
 /** Regions with at least this many postings since their last snapshot get one at start-up. */
 const HOT_REGION_POSTINGS = 256;
 
@@ -209,6 +211,19 @@ export class JournaledDevice implements BlockDevice {
     }
   }
 
+  /**
+   * Completes the history's snapshots in the background (slices of ~2 ms, equal rests), so
+   * the first look at an old point after a restart is as quick as later ones.
+   */
+  async warmHistory(): Promise<void> {
+    for (;;) {
+      if (this.closed || this.corruption) return;
+      const started = performance.now();
+      if (this.history.warm(2)) return;
+      await new Promise((resolve) => setTimeout(resolve, Math.ceil(performance.now() - started)));
+    }
+  }
+
   private reportCorruption(error: HindsightError): void {
     if (this.corruption) return;
     this.corruption = error;
@@ -245,7 +260,8 @@ export class JournaledDevice implements BlockDevice {
     try {
       await this.readVerified(lookup, offsetBytes, into);
     } catch (err) {
-      if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
+      // Damage beneath (a clone's source) is the source's to report, not this journal's.
+      if (isHindsightError(err, 'JOURNAL_CORRUPT') && !fromBase.has(err)) this.reportCorruption(err);
       throw err;
     }
   }
@@ -261,7 +277,10 @@ export class JournaledDevice implements BlockDevice {
       const at = piece.startBytes - offsetBytes;
       const length = piece.endBytes - piece.startBytes;
       if (piece.segment === -1 && base) {
-        pooled.push(base.read(piece.startBytes, into.subarray(at, at + length)));
+        pooled.push(base.read(piece.startBytes, into.subarray(at, at + length)).catch((err: unknown) => {
+          if (err instanceof Error) fromBase.add(err);
+          throw err;
+        }));
       } else if (piece.segment === -1 || isZero(piece.segment)) {
         into.fill(0, at, at + length);
       } else if (inPool) {
@@ -335,7 +354,9 @@ export class JournaledDevice implements BlockDevice {
     this.index = this.history.indexAt(record.seq);
     this.history.snapshotFromLive(this.liveRegion, 'all');
     await this.journal.sync();
-    await this.checkpoint();
+    // Done once durable; the checkpoint only shortens the next start (a failure is not the
+    // rollback's: the REVERT is replayed from the journal then).
+    await this.checkpoint().catch(() => undefined);
     return { seq: record.seq, timeUs: record.timeUs };
   }
 
@@ -379,6 +400,15 @@ export class JournaledDevice implements BlockDevice {
       if (extents.length >= extentsMax) break;
     }
     return mergeExtents(extents, extentsMax);
+  }
+
+  /**
+   * Makes every record up to `seq` durable (a no-op when it already is). Whatever names a seq
+   * on disk (a bookmark, a mount) calls this first: a crash could otherwise cut that seq and
+   * give it to other writes.
+   */
+  async syncThrough(seq: number): Promise<void> {
+    if (this.journal.durableSeq < seq) await this.journal.sync();
   }
 
   /** The volume as it was at `seq`, for a read-only or writable view (O(1): nothing copied). */
@@ -461,7 +491,8 @@ export class JournaledDevice implements BlockDevice {
       seqLast: stats.seqLast, timeLastUs: stats.timeLastUs, timeFirstUs: this.timeFirstUs, clientBytesWritten: this.clientBytesWritten,
     });
     await this.journal.sync();
-    await this.writeTocs(position.segmentIndex, stats.seqLast);
+    // Derived data: a table that cannot be written means a slower start, not a failed checkpoint.
+    await this.writeTocs(position.segmentIndex, stats.seqLast).catch(() => undefined);
     await this.options.files.writeFileAtomic(path.join(this.options.directory, 'index.ckpt'), bytes);
     this.checkpointBytes = stats.bytes;
     this.checkpointSeq = stats.seqLast;

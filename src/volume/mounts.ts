@@ -108,7 +108,7 @@ export async function readMountRecord(mountsDir: string, name: string): Promise<
 }
 
 /** The device serving a mount: a read-only view, or a clone journaling over one. */
-export function openMountDevice(mountsDir: string, record: MountRecord, source: JournaledDevice, syncEveryWrite: boolean): PointView | JournaledDevice {
+export function openMountDevice(mountsDir: string, record: MountRecord, source: JournaledDevice, syncEveryWrite: boolean, onCorruption: (error: HindsightError) => void): PointView | JournaledDevice {
   const view = new PointView(record.name, source, record.seq);
   if (!record.writable) return view;
   return JournaledDevice.open({
@@ -123,5 +123,6 @@ export function openMountDevice(mountsDir: string, record: MountRecord, source: 
     checkpointEveryBytes: LIMITS.indexCheckpointEveryBytes,
     nowUs: () => Date.now() * 1000,
     base: view,
+    onCorruption,
   });
 }

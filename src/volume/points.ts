@@ -31,9 +31,15 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
     case 'seq':
       seq = spec.seq;
       break;
-    case 'bookmark':
-      seq = bookmarks.get(spec.name).seq;
+    case 'bookmark': {
+      const bookmark = bookmarks.get(spec.name);
+      seq = bookmark.seq;
+      // A bookmark names a record: the same seq with another time is not its point.
+      if (seq <= history.seqLast && seq >= history.seqFirst && history.timeOf(seq) !== bookmark.timeUs) {
+        throw new HindsightError('POINT_NOT_FOUND', `bookmark "${spec.name}" names seq ${seq} at ${formatTimeUs(bookmark.timeUs)}, but seq ${seq} of volume "${volume}" is a record of ${formatTimeUs(history.timeOf(seq))}: its point is gone`);
+      }
       break;
+    }
     case 'time': {
       const last = history.lastSeqAtOrBefore(spec.timeUs);
       seq = last === 0 ? 0 : history.lastChangeAtOrBefore(last);

@@ -8,6 +8,7 @@
  * per target.
  */
 import { randomUUID } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -46,13 +47,28 @@ const restoring = new Set<string>();
  * unless `force`). Call before starting the job, so a bad target is refused at once; the
  * claim ends when restoreImage finishes, or with the returned release.
  */
-export async function claimRestoreTarget(target: string, sizeBytes: number, force: boolean): Promise<{ kind: 'file' | 'block-device'; release: () => void }> {
+export async function claimRestoreTarget(target: string, sizeBytes: number, force: boolean, dataDir?: string): Promise<{ kind: 'file' | 'block-device'; release: () => void }> {
   if (!path.isAbsolute(target)) throw new HindsightError('INVALID_ARGUMENT', `restore target must be an absolute path (the daemon writes it), got "${target}"`);
   const kind = await checkTarget(target, sizeBytes, force);
-  const key = path.resolve(target);
+  // One key per file whatever the path used to name it (symlinks, /dev/disk/by-id/...).
+  const key = await realTarget(target);
+  if (dataDir !== undefined) {
+    const data = await fs.realpath(dataDir);
+    if (key === data || key.startsWith(`${data}${path.sep}`)) {
+      throw new HindsightError('INVALID_ARGUMENT', `refusing to restore into the daemon's data directory (${data}): it would overwrite Hindsight's own files`);
+    }
+  }
   if (restoring.has(key)) throw new HindsightError('TARGET_EXISTS', `a restore to ${target} is already running`);
   restoring.add(key);
   return { kind, release: () => restoring.delete(key) };
+}
+
+async function realTarget(target: string): Promise<string> {
+  try {
+    return await fs.realpath(target);
+  } catch {
+    return path.join(await fs.realpath(path.dirname(target)), path.basename(target));
+  }
 }
 
 export async function restoreImage(view: BlockDevice, target: string, options: { force: boolean; onProgress?: (progress: RestoreProgress) => void; cancelled?: () => boolean; claimed?: { kind: 'file' | 'block-device'; release: () => void } }): Promise<RestoreResult> {
@@ -172,7 +188,9 @@ async function writeImage(view: BlockDevice, target: string, kind: 'file' | 'blo
   let zeroBytes = 0;
   let handle;
   try {
-    handle = await fs.open(writePath, kind === 'file' ? 'wx' : 'r+');
+    // A block device is opened exclusively: the kernel refuses (EBUSY) one that is mounted
+    // or otherwise claimed.
+    handle = await fs.open(writePath, kind === 'file' ? 'wx' : fsConstants.O_RDWR | fsConstants.O_EXCL);
     if (kind === 'file') await handle.truncate(view.sizeBytes);
     const file = handle;
     // A pipeline: up to PIPELINE_DEPTH reads ahead (thread pool) while earlier pieces are
@@ -282,6 +300,12 @@ async function checkTarget(target: string, sizeBytes: number, force: boolean): P
   if (!stats.isFile() && !stats.isBlockDevice()) throw new HindsightError('INVALID_ARGUMENT', `restore target ${target} is neither a regular file nor a block device`);
   if (!force) throw new HindsightError('TARGET_EXISTS', `${target} exists; pass --force to overwrite it`);
   if (stats.isBlockDevice()) {
+    try {
+      await (await fs.open(target, fsConstants.O_RDONLY | fsConstants.O_EXCL)).close();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EBUSY') throw new HindsightError('INVALID_ARGUMENT', `block device ${target} is in use (mounted, or held by another program); release it first`);
+      throw fromSystemError(err, `opening ${target}`);
+    }
     const deviceBytes = await blockDeviceSize(target);
     if (deviceBytes < sizeBytes) throw new HindsightError('INVALID_ARGUMENT', `block device ${target} holds ${deviceBytes} bytes, less than the volume's ${sizeBytes}`);
     return 'block-device';

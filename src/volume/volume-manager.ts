@@ -144,7 +144,9 @@ export class VolumeManager {
       const volume = await this.load(entry.name);
       this.volumes.set(entry.name, volume);
       // After registering: a damaged record found at once must find the volume to refuse.
-      void volume.device?.scrub().catch(() => undefined);
+      // Then the history's snapshots are completed, also in the background.
+      const device = volume.device;
+      if (device) void device.scrub().catch(() => undefined).then(() => device.warmHistory());
     }
     await fs.mkdir(this.mountsDir, { recursive: true });
     for (const entry of await fs.readdir(this.mountsDir, { withFileTypes: true })) {
@@ -360,11 +362,13 @@ export class VolumeManager {
         throw new HindsightError('MOUNT_EXISTS', `a mount named "${name}" already exists (${existing.record.volume} at seq ${existing.record.seq}); choose another --name`);
       }
       if (this.volumes.has(name)) throw new HindsightError('MOUNT_EXISTS', `a volume named "${name}" exists (volumes and mounts share the NBD export names); choose another --name`);
+      if (this.mounts.size >= LIMITS.mountsMax) throw new HindsightError('LIMIT_REACHED', `${this.mounts.size} mounts exist (at most ${LIMITS.mountsMax}); unmount some first`);
+      await volume.device.syncThrough(point.seq);
       const record = newMountRecord(name, volumeName, volume.record.id, point.seq, point.timeUs, writable);
       await createMountDirectory(this.mountsDir, record);
       let device;
       try {
-        device = openMountDevice(this.mountsDir, record, volume.device, this.options.syncEveryWrite);
+        device = openMountDevice(this.mountsDir, record, volume.device, this.options.syncEveryWrite, (error) => this.failMount(name, error));
       } catch (err) {
         await removeMountDirectory(this.mountsDir, record).catch(() => undefined);
         throw err;
@@ -405,8 +409,15 @@ export class VolumeManager {
     if (!source.device || source.error) {
       return { record, device: null, error: new HindsightError('VOLUME_CORRUPT', `mount "${name}": its volume "${record.volume}" is not online (${source.error?.message ?? 'failed'})`) };
     }
+    const history = source.device.history;
+    if (record.seq > history.seqLast || history.timeOf(record.seq) !== record.timeUs) {
+      const now = record.seq > history.seqLast ? `the journal ends at seq ${history.seqLast}` : `seq ${record.seq} is now a record of ${formatTimeUs(history.timeOf(record.seq))}`;
+      return { record, device: null, error: new HindsightError('POINT_NOT_FOUND', `mount "${name}": its point (seq ${record.seq} at ${formatTimeUs(record.timeUs)}) is not in the history of "${record.volume}" any more (${now}); unmount it`) };
+    }
     try {
-      return { record, device: openMountDevice(this.mountsDir, record, source.device, this.options.syncEveryWrite), error: null };
+      const device = openMountDevice(this.mountsDir, record, source.device, this.options.syncEveryWrite, (error) => this.failMount(name, error));
+      if (device instanceof JournaledDevice) void device.scrub().catch(() => undefined);
+      return { record, device, error: null };
     } catch (err) {
       return { record, device: null, error: err instanceof HindsightError ? err : fromSystemError(err, `opening mount ${name}`) };
     }
@@ -422,6 +433,7 @@ export class VolumeManager {
     return this.serialise(async () => {
       const volume = this.online(volumeName);
       const point = resolvePoint(volumeName, volume.device.history, volume.bookmarks, at);
+      await volume.device.syncThrough(point.seq);
       const bookmark = await volume.bookmarks.create({ name, seq: point.seq, timeUs: point.timeUs, createdAt: new Date().toISOString() });
       return { ...bookmark, time: formatTimeUs(bookmark.timeUs) };
     });
@@ -454,6 +466,10 @@ export class VolumeManager {
       volume.paused = true;
       try {
         await detach(name);
+        // Again, now that nobody writes: `latest` or `-5m` may have moved during the detach.
+        const target = resolvePoint(name, volume.device.history, volume.bookmarks, at);
+        point.seq = target.seq;
+        point.timeUs = target.timeUs;
         const seqBefore = volume.device.history.seqLast;
         const revert = await volume.device.rollback(point.seq);
         return {
@@ -470,14 +486,8 @@ export class VolumeManager {
   timeline(name: string, options: { from?: string; to?: string; stepMs?: number }): Timeline {
     const volume = this.online(name);
     const history = volume.device.history;
-    const now = Date.now();
-    const timeOf = (text: string | undefined, fallbackUs: number): number => {
-      if (text === undefined) return fallbackUs;
-      const spec = parsePoint(text, now);
-      if (spec.kind === 'time') return spec.timeUs;
-      return resolvePoint(name, history, volume.bookmarks, spec, now).timeUs;
-    };
-    const lastUs = history.seqLast > 0 ? history.timeOf(history.seqLast) : now * 1000;
+    const timeOf = (text: string | undefined, fallbackUs: number) => this.timeOfPoint(name, text, fallbackUs);
+    const lastUs = history.seqLast > 0 ? history.timeOf(history.seqLast) : Date.now() * 1000;
     const fromUs = timeOf(options.from, history.seqLast > 0 ? history.timeOf(history.seqFirst) : lastUs);
     const toUs = Math.max(fromUs, timeOf(options.to, lastUs + 1));
     const spanUs = Math.max(1, toUs - fromUs);
@@ -494,16 +504,20 @@ export class VolumeManager {
     };
   }
 
+  /** The time a range bound names: a time as given, any other point as its record's time. */
+  private timeOfPoint(name: string, text: string | undefined, fallbackUs: number): number {
+    if (text === undefined) return fallbackUs;
+    const now = Date.now();
+    const spec = parsePoint(text, now);
+    if (spec.kind === 'time') return spec.timeUs;
+    const volume = this.online(name);
+    return resolvePoint(name, volume.device.history, volume.bookmarks, spec, now).timeUs;
+  }
+
   /** Flush points (the client's crash-consistent points), newest `limit` within [from, to]. */
   flushPoints(name: string, options: { from?: string; to?: string; limit?: number }): PointInfo[] {
     const history = this.online(name).device.history;
-    const now = Date.now();
-    const timeOf = (text: string | undefined, fallbackUs: number): number => {
-      if (text === undefined) return fallbackUs;
-      const spec = parsePoint(text, now);
-      if (spec.kind !== 'time') throw new HindsightError('POINT_INVALID', `--from and --to take times (RFC 3339 or relative), not ${text}`);
-      return spec.timeUs;
-    };
+    const timeOf = (text: string | undefined, fallbackUs: number) => this.timeOfPoint(name, text, fallbackUs);
     const limit = Math.min(options.limit ?? 100, POINTS_LIST_MAX);
     return history.seqsOfType(RecordType.FLUSH, timeOf(options.from, 0), timeOf(options.to, Number.MAX_SAFE_INTEGER), limit, true)
       .map((seq) => ({ seq, time: formatTimeUs(history.timeOf(seq)) }));
@@ -534,6 +548,14 @@ export class VolumeManager {
       mount.error = new HindsightError(error.code, `mount "${mount.record.name}": its volume "${name}" was refused: ${error.message}`);
       this.onVolumeFailed(mount.record.name, mount.error);
     }
+  }
+
+  /** Refuses a writable clone whose own journal is damaged (its source is not affected). */
+  private failMount(name: string, error: HindsightError): void {
+    const mount = this.mounts.get(name);
+    if (!mount || mount.error) return;
+    mount.error = error;
+    this.onVolumeFailed(name, error);
   }
 
   private serialise<T>(work: () => Promise<T>): Promise<T> {

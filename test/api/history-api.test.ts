@@ -196,7 +196,8 @@ test('each point, mount, bookmark and job error has its own code and HTTP status
   await expectError('POST', '/volumes/hist/restore', { at: 'yesterday', to: never }, 'POINT_INVALID', 400);
   await expectError('GET', '/volumes/hist/timeline?from=yesterday', undefined, 'POINT_INVALID', 400);
   await expectError('GET', '/volumes/hist/points?to=yesterday', undefined, 'POINT_INVALID', 400);
-  await expectError('GET', '/volumes/hist/points?from=bookmark:b', undefined, 'POINT_INVALID', 400);
+  // --from/--to take any point (a bookmark or seq stands for its record's time): an unknown bookmark is its own error.
+  await expectError('GET', '/volumes/hist/points?from=bookmark:nope', undefined, 'BOOKMARK_NOT_FOUND', 404);
 
   // POINT_BEFORE_HISTORY → 422: before the first write, or a volume with none.
   const before = await expectError('POST', '/mounts', { volume: 'hist', at: t0 }, 'POINT_BEFORE_HISTORY', 422);
@@ -425,6 +426,24 @@ test('restore is a job: 202 with an id, GET /jobs/:id until done, the result has
     assert.doesNotMatch(failed.error!.message, /\n\s+at /, 'no stack trace in a job error');
   }
   fs.rmSync(target);
+});
+
+test('a volume with a running restore is not deleted without --force; with it, the restore is cancelled and its file removed', async () => {
+  await call('POST', '/volumes', { name: 'busy', size: 4 * 1024 * MiB });
+  await write('busy', null, [[9, 0, 1 * MiB]]);
+  const target = path.join(scratch, 'busy.img');
+  const started = await call('POST', '/volumes/busy/restore', { at: 'latest', to: target });
+  assert.equal(started.statusCode, 202, started.body);
+  const refused = await call('DELETE', '/volumes/busy');
+  assert.equal(refused.statusCode, 409, refused.body);
+  assert.equal(refused.json().code, 'VOLUME_BUSY');
+  assert.match(refused.json().message, /running job/);
+  const deleted = await call('DELETE', '/volumes/busy?force=true');
+  assert.equal(deleted.statusCode, 200, deleted.body);
+  const job = await waitJob(started.json().id);
+  assert.equal(job.state, 'failed');
+  assert.equal(job.error?.code, 'SHUTTING_DOWN');
+  assert.deepEqual(fs.readdirSync(scratch).filter((name) => name.startsWith('busy.img')), [], 'no image or partial file left');
 });
 
 test('two restores to one new path at once: one succeeds with the file\'s sha256, the other is refused', async () => {

@@ -72,6 +72,21 @@ test('history comes back from tables of contents, and the same without them or w
   // Three tables unusable: their segments' records (a few dozen each) were read from the segments.
   assert.ok(device.openReport.historyFromTocs <= fromTocsBefore - 30, `bad tables were not used (${device.openReport.historyFromTocs} of ${fromTocsBefore})`);
   assert.deepEqual(historyOf(device), expectedAfterFlush);
+  // Completing the snapshots in the background changes no point's content.
+  const seqs = [1, 50, 133, 250, device.history.seqLast - 1];
+  const before = await Promise.all(seqs.map(async (seq) => {
+    const image = Buffer.alloc(SIZE);
+    await device.readAt(device.pointIndex(seq), 0, image);
+    return image;
+  }));
+  let slices = 0;
+  while (!device.history.warm(0)) slices += 1;
+  assert.ok(slices > 0, 'warming took several slices');
+  for (const [i, seq] of seqs.entries()) {
+    const image = Buffer.alloc(SIZE);
+    await device.readAt(device.pointIndex(seq), 0, image);
+    assert.ok(image.equals(before[i]), `seq ${seq} reads the same after warming`);
+  }
   // Points still read right after all that: compare a few with the live content path.
   const point = device.pointIndex(device.history.seqLast);
   const live = Buffer.alloc(SIZE);
