@@ -15,12 +15,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { machineFacts } from './lib/machine.js';
-import { killAllProcesses, liveProcessCount } from './lib/proc.js';
+import { buildRecord, log, prepareBuild, runMain, withBenchRun, writeReport } from './lib/run.js';
 import { SERVER_NAMES, startServer } from './lib/servers.js';
-import { BUILD_MODES, prepareHindsight } from './lib/snapshot.js';
+import { BUILD_MODES } from './lib/snapshot.js';
 import type { BuildMode } from './lib/snapshot.js';
 import type { ServerName } from './lib/servers.js';
 import { TARGET_RATIO, formatTable, summarise } from './lib/summary.js';
@@ -28,8 +26,6 @@ import type { Sample } from './lib/summary.js';
 import { LINES, createCopySource } from './lib/workloads.js';
 import type { LineSpec, TurnContext } from './lib/workloads.js';
 
-const REPO_DIR = fileURLToPath(new URL('..', import.meta.url));
-const TMPFS_MAGIC = 0x01021994;
 const GIB = 2 ** 30;
 
 interface Config {
@@ -87,10 +83,6 @@ function parseConfig(argv: string[]): Config {
   return config;
 }
 
-function log(message: string): void {
-  process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${message}\n`);
-}
-
 /** Turn order for one repetition: rotated so no server is always first or last. */
 function turnOrder(servers: ServerName[], repetition: number): ServerName[] {
   const shift = repetition % servers.length;
@@ -138,31 +130,9 @@ function estimateMinutes(config: Config): number {
 
 async function main(): Promise<number> {
   const config = parseConfig(process.argv.slice(2));
-  if (fs.statfsSync(config.tmpBase).type === TMPFS_MAGIC) throw new Error(`${config.tmpBase} is tmpfs; pick a directory on the real disk`);
-  const facts = machineFacts(REPO_DIR);
-  const tmpRoot = fs.mkdtempSync(path.join(config.tmpBase, 'hindsight-bench-'));
-  const cleanup = () => {
-    killAllProcesses();
-    fs.rmSync(tmpRoot, { recursive: true, force: true });
-  };
-  const onSignal = (signal: NodeJS.Signals) => {
-    log(`${signal}: stopping servers, removing ${tmpRoot}`);
-    cleanup();
-    process.exit(130);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  const watchdog = setTimeout(() => {
-    log(`deadline of ${config.deadlineMinutes} min passed: stopping everything`);
-    cleanup();
-    process.exit(2);
-  }, config.deadlineMinutes * 60_000);
-  watchdog.unref();
-
-  try {
+  return withBenchRun(config, 'hindsight-bench-', async ({ tmpRoot, facts }) => {
     log(`temp dir ${tmpRoot}; ${config.runs} runs x ${config.servers.join(', ')}; about ${estimateMinutes(config).toFixed(1)} min`);
-    const hindsight = await prepareHindsight(REPO_DIR, tmpRoot, config.build);
-    log(`hindsight build: ${hindsight.mode} of ${hindsight.gitHead}${hindsight.dirtySrcFiles.length ? ` + ${hindsight.dirtySrcFiles.length} uncommitted src files` : ''} (dist sha256 ${hindsight.distSha256})`);
+    const hindsight = await prepareBuild(tmpRoot, config.build);
     const copySourceFile = path.join(tmpRoot, 'copy-source.bin');
     await createCopySource(copySourceFile, config.copyBytes);
     const samples: Sample[] = [];
@@ -181,32 +151,16 @@ async function main(): Promise<number> {
         sizeBytes: config.sizeBytes, workingSetBytes: config.workingSetBytes, copyBytes: config.copyBytes,
         servers: config.servers, targetRatio: TARGET_RATIO,
       },
-      hindsightBuild: { mode: hindsight.mode, gitHead: hindsight.gitHead, dirtySrcFiles: hindsight.dirtySrcFiles, distSha256: hindsight.distSha256 },
+      hindsightBuild: buildRecord(hindsight),
       machine: { ...facts, loadAverage1mAtEnd: (await import('node:os')).loadavg()[0] },
       lines: summary,
       allTargetLinesMet: targetLines.every((line) => line.ratios.meetsTarget === true),
       samples,
     };
     process.stderr.write(`\n${formatTable(summary, config.servers)}\n\n`);
-    const json = `${JSON.stringify(report, null, 2)}\n`;
-    if (config.out) {
-      fs.mkdirSync(path.dirname(config.out), { recursive: true });
-      fs.writeFileSync(config.out, json);
-    }
-    process.stdout.write(json);
+    writeReport(report, config.out);
     return report.allTargetLinesMet ? 0 : 1;
-  } finally {
-    clearTimeout(watchdog);
-    cleanup();
-    if (liveProcessCount() > 0) log(`warning: ${liveProcessCount()} child processes were still running and got SIGKILL`);
-  }
+  });
 }
 
-main().then(
-  (code) => { process.exitCode = code; },
-  (err) => {
-    killAllProcesses();
-    process.stderr.write(`nbd-compare: ${(err as Error).message}\n`);
-    process.exitCode = 3;
-  },
-);
+runMain('nbd-compare', main);

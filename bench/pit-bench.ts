@@ -34,24 +34,22 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { formatSummary, summariseProfile } from './cpuprofile-top.js';
-import { machineFacts } from './lib/machine.js';
 import { NbdProbe, decodeStamps } from './lib/nbd-probe.js';
 import { STAMP_MAGIC, Random, buildPitHistory, buildSeqVolume, expectedBlockSeq, expectedStamps, loadHindsightModules, seqAtTime, treeFiles, writesUpTo } from './lib/pit-history.js';
-import type { HindsightModules, PitHistory, SeqVolume } from './lib/pit-history.js';
-import { procMemory, startHindsightDaemon, startPeerOn, waitForQuiet } from './lib/pit-servers.js';
+import type { HindsightModules, PitHistory, PitHistoryShape, SeqVolume } from './lib/pit-history.js';
+import { procMemory, startHindsightDaemon, waitForQuiet } from './lib/pit-servers.js';
 import type { HindsightDaemon, ProcMemory } from './lib/pit-servers.js';
-import { killAllProcesses, liveProcessCount, runCommand } from './lib/proc.js';
-import { BUILD_MODES, prepareHindsight } from './lib/snapshot.js';
+import { runCommand } from './lib/proc.js';
+import { buildRecord, log, prepareBuild, runMain, withBenchRun, writeReport } from './lib/run.js';
+import { startPeerOn } from './lib/servers.js';
+import { BUILD_MODES } from './lib/snapshot.js';
 import type { BuildMode, HindsightSnapshot } from './lib/snapshot.js';
 import { median } from './lib/summary.js';
 import { LINES } from './lib/workloads.js';
 import type { LineSpec, TurnContext } from './lib/workloads.js';
 
-const REPO_DIR = fileURLToPath(new URL('..', import.meta.url));
-const TMPFS_MAGIC = 0x01021994;
 const GIB = 2 ** 30;
 const MIB = 2 ** 20;
 const KIB4 = 4096;
@@ -60,16 +58,10 @@ const READ_TARGET_RATIO = 0.8;
 const PARTS = ['a', 'b', 'c'] as const;
 type Part = (typeof PARTS)[number];
 
-interface Config {
+/** The history of (a) (--size-gib, --writes, --flush-every, --hot-*, --history-hours, --seed) and the rest. */
+interface Config extends PitHistoryShape {
   build: BuildMode;
   parts: Part[];
-  sizeBytes: number;
-  writes: number;
-  flushEvery: number;
-  hotZones: number;
-  hotZoneBytes: number;
-  hotFraction: number;
-  historyHours: number;
   points: number;
   scrubPoints: number;
   seqReadBytes: number;
@@ -78,7 +70,6 @@ interface Config {
   runs: number;
   seconds: number;
   rampSeconds: number;
-  seed: number;
   python: string;
   tmpBase: string;
   out: string | null;
@@ -135,10 +126,6 @@ function parseConfig(argv: string[]): Config {
   if (config.seqReadBytes % MIB !== 0 || config.seqReadBytes > config.sizeBytes) throw new Error('--seq-read-mib must be whole and fit the volume');
   if (config.hotZoneBytes % KIB4 !== 0 || config.hotZoneBytes > config.sizeBytes) throw new Error('--hot-zone-mib must fit the volume');
   return config;
-}
-
-function log(message: string): void {
-  process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${message}\n`);
 }
 
 // ---- statistics ----
@@ -793,87 +780,53 @@ function estimateMinutes(config: Config): number {
 
 async function main(): Promise<number> {
   const config = parseConfig(process.argv.slice(2));
-  if (fs.statfsSync(config.tmpBase).type === TMPFS_MAGIC) throw new Error(`${config.tmpBase} is tmpfs; pick a directory on the real disk`);
-  const facts = machineFacts(REPO_DIR);
-  const tmpRoot = fs.mkdtempSync(path.join(config.tmpBase, 'hindsight-pit-'));
-  const cleanup = () => {
-    killAllProcesses();
-    fs.rmSync(tmpRoot, { recursive: true, force: true });
-  };
-  const onSignal = (signal: NodeJS.Signals) => {
-    log(`${signal}: stopping servers, removing ${tmpRoot}`);
-    cleanup();
-    process.exit(130);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  const watchdog = setTimeout(() => {
-    log(`deadline of ${config.deadlineMinutes} min passed: stopping everything`);
-    cleanup();
-    process.exit(2);
-  }, config.deadlineMinutes * 60_000);
-  watchdog.unref();
-  const started = Date.now();
-  let probe: NbdProbe | null = null;
-  try {
-    log(`temp dir ${tmpRoot}; parts ${config.parts.join(',')}; about ${estimateMinutes(config).toFixed(0)} min`);
-    const snapshot = await prepareHindsight(REPO_DIR, tmpRoot, config.build);
-    log(`hindsight build: ${snapshot.mode} of ${snapshot.gitHead}${snapshot.dirtySrcFiles.length ? ` + ${snapshot.dirtySrcFiles.length} uncommitted src files` : ''} (dist sha256 ${snapshot.distSha256})`);
-    const modules = await loadHindsightModules(snapshot.root);
-    probe = await NbdProbe.start(config.python);
-    const qemuImg = (await runCommand('qemu-img', ['--version'], { timeoutMs: 10_000 })).stdout.split('\n')[0];
-    const loadAverages: Record<string, number[]> = { start: os.loadavg() };
-    const a = config.parts.includes('a') ? await partA(config, snapshot, modules, probe, tmpRoot) : null;
-    loadAverages.afterA = os.loadavg();
-    const bc = config.parts.some((p) => p !== 'a') ? await partBC(config, snapshot, modules, tmpRoot) : null;
-    loadAverages.end = os.loadavg();
-    const wrongData = (a?.wrongData.length ?? 0) > 0
-      || (bc !== null && Object.entries(bc.checks).some(([key, value]) => key.endsWith('Sha256') && !(value as { ok: boolean }).ok))
-      || (bc !== null && (bc.restore['hindsight-restore'] as { sha256Ok?: boolean } | undefined)?.sha256Ok === false);
-    const targets = {
-      mountP99Within100ms: a ? a.target.p99Met : null,
-      mountMedianWithin100ms: a ? a.target.medianMet : null,
-      oldPointSeqReadAtLeast08xQemuNbd: bc ? (bc.read['seq-read-1m'] as { meetsTarget: boolean | null } | undefined)?.meetsTarget ?? null : null,
-      oldPointNbdcopyAtLeast08xQemuNbd: bc ? (bc.read['nbdcopy-out'] as { meetsTarget: boolean | null } | undefined)?.meetsTarget ?? null : null,
-      restoreAtLeast08xFasterPeer: bc && (bc.restoreRatios as Record<string, number | null>)['speed hs/fasterPeer'] != null
-        ? ((bc.restoreRatios as Record<string, number>)['speed hs/fasterPeer'] >= READ_TARGET_RATIO) : null,
-    };
-    const report = {
-      benchmark: 'pit-bench',
-      config: { ...config, out: undefined },
-      hindsightBuild: { mode: snapshot.mode, gitHead: snapshot.gitHead, dirtySrcFiles: snapshot.dirtySrcFiles, distSha256: snapshot.distSha256 },
-      machine: { ...facts, qemuImg, libnbdPython: probe.version, loadAverages },
-      minutes: round1((Date.now() - started) / 60_000),
-      targets,
-      wrongData,
-      mountLatency: a,
-      readAndRestore: bc,
-    };
-    if (a) process.stderr.write(`\n(a) mount latency, ${a.volume.sizeBytes / GIB} GiB volume, ${fmt(a.volume.records)} records\n\n${tablesA(a)}\n`);
-    if (bc) process.stderr.write(`\n(b/c) ${bc.volume.sizeBytes / GIB} GiB volume, old point seq ${bc.volume.pointSeq} of ${bc.volume.seqLast}, medians of ${config.runs}\n\n${tablesBC(bc)}\n`);
-    if (wrongData) process.stderr.write('\nWARNING: some read returned data that differs from the model (see wrongData / checks in the JSON)\n');
-    process.stderr.write(`\ntargets: ${JSON.stringify(targets)}; took ${report.minutes} min\n\n`);
-    const json = `${JSON.stringify(report, null, 2)}\n`;
-    if (config.out) {
-      fs.mkdirSync(path.dirname(config.out), { recursive: true });
-      fs.writeFileSync(config.out, json);
+  return withBenchRun(config, 'hindsight-pit-', async ({ tmpRoot, facts }) => {
+    const started = Date.now();
+    let probe: NbdProbe | null = null;
+    try {
+      log(`temp dir ${tmpRoot}; parts ${config.parts.join(',')}; about ${estimateMinutes(config).toFixed(0)} min`);
+      const snapshot = await prepareBuild(tmpRoot, config.build);
+      const modules = await loadHindsightModules(snapshot.root);
+      probe = await NbdProbe.start(config.python);
+      const qemuImg = (await runCommand('qemu-img', ['--version'], { timeoutMs: 10_000 })).stdout.split('\n')[0];
+      const loadAverages: Record<string, number[]> = { start: os.loadavg() };
+      const a = config.parts.includes('a') ? await partA(config, snapshot, modules, probe, tmpRoot) : null;
+      loadAverages.afterA = os.loadavg();
+      const bc = config.parts.some((p) => p !== 'a') ? await partBC(config, snapshot, modules, tmpRoot) : null;
+      loadAverages.end = os.loadavg();
+      const wrongData = (a?.wrongData.length ?? 0) > 0
+        || (bc !== null && Object.entries(bc.checks).some(([key, value]) => key.endsWith('Sha256') && !(value as { ok: boolean }).ok))
+        || (bc !== null && (bc.restore['hindsight-restore'] as { sha256Ok?: boolean } | undefined)?.sha256Ok === false);
+      const targets = {
+        mountP99Within100ms: a ? a.target.p99Met : null,
+        mountMedianWithin100ms: a ? a.target.medianMet : null,
+        oldPointSeqReadAtLeast08xQemuNbd: bc ? (bc.read['seq-read-1m'] as { meetsTarget: boolean | null } | undefined)?.meetsTarget ?? null : null,
+        oldPointNbdcopyAtLeast08xQemuNbd: bc ? (bc.read['nbdcopy-out'] as { meetsTarget: boolean | null } | undefined)?.meetsTarget ?? null : null,
+        restoreAtLeast08xFasterPeer: bc && (bc.restoreRatios as Record<string, number | null>)['speed hs/fasterPeer'] != null
+          ? ((bc.restoreRatios as Record<string, number>)['speed hs/fasterPeer'] >= READ_TARGET_RATIO) : null,
+      };
+      const report = {
+        benchmark: 'pit-bench',
+        config: { ...config, out: undefined },
+        hindsightBuild: buildRecord(snapshot),
+        machine: { ...facts, qemuImg, libnbdPython: probe.version, loadAverages },
+        minutes: round1((Date.now() - started) / 60_000),
+        targets,
+        wrongData,
+        mountLatency: a,
+        readAndRestore: bc,
+      };
+      if (a) process.stderr.write(`\n(a) mount latency, ${a.volume.sizeBytes / GIB} GiB volume, ${fmt(a.volume.records)} records\n\n${tablesA(a)}\n`);
+      if (bc) process.stderr.write(`\n(b/c) ${bc.volume.sizeBytes / GIB} GiB volume, old point seq ${bc.volume.pointSeq} of ${bc.volume.seqLast}, medians of ${config.runs}\n\n${tablesBC(bc)}\n`);
+      if (wrongData) process.stderr.write('\nWARNING: some read returned data that differs from the model (see wrongData / checks in the JSON)\n');
+      process.stderr.write(`\ntargets: ${JSON.stringify(targets)}; took ${report.minutes} min\n\n`);
+      writeReport(report, config.out);
+      const missed = Object.values(targets).some((met) => met === false);
+      return missed || wrongData ? 1 : 0;
+    } finally {
+      await probe?.stop().catch(() => undefined);
     }
-    process.stdout.write(json);
-    const missed = Object.values(targets).some((met) => met === false);
-    return missed || wrongData ? 1 : 0;
-  } finally {
-    clearTimeout(watchdog);
-    await probe?.stop().catch(() => undefined);
-    cleanup();
-    if (liveProcessCount() > 0) log(`warning: ${liveProcessCount()} child processes were still running and got SIGKILL`);
-  }
+  });
 }
 
-main().then(
-  (code) => { process.exitCode = code; },
-  (err) => {
-    killAllProcesses();
-    process.stderr.write(`pit-bench: ${(err as Error).stack ?? (err as Error).message}\n`);
-    process.exitCode = 3;
-  },
-);
+runMain('pit-bench', main, { stack: true });

@@ -79,10 +79,40 @@ export class Random {
   }
 }
 
-export interface PitBuildOptions {
+/** Where a build writes: a volume the daemon created, empty. */
+export interface BuildTarget {
   volumeDir: string;
   volumeName: string;
   volumeIdHex: string;
+  sizeBytes: number;
+  seed: number;
+  log: (message: string) => void;
+}
+
+/** What a built volume reports besides its content. */
+export interface BuiltVolume {
+  buildMs: number;
+  deviceStats: Record<string, number>;
+}
+
+/** The start of a build: seeded randomness, a pool of random payload bytes, the block count. */
+function startBuild(target: BuildTarget, poolBytes: number): { random: Random; pool: Buffer; poolBlocks: number; blocks: number } {
+  const random = new Random(target.seed);
+  const pool = Buffer.allocUnsafe(poolBytes);
+  randomFillSync(pool);
+  return { random, pool, poolBlocks: pool.length / BLOCK, blocks: target.sizeBytes / BLOCK };
+}
+
+/** Opens the target's JournaledDevice; refuses a volume that already has records. */
+function openEmptyDevice(modules: HindsightModules, target: BuildTarget, nowUs: () => number): Device {
+  const device = modules.openDevice({ name: target.volumeName, directory: target.volumeDir, sizeBytes: target.sizeBytes, volumeIdHex: target.volumeIdHex, nowUs });
+  const seqLast = device.stats().seqLast;
+  if (seqLast !== 0) throw new Error(`volume ${target.volumeName} is not empty (seqLast ${seqLast})`);
+  return device;
+}
+
+/** The shape of a history of 4 KiB writes (pit-bench.ts takes these as options). */
+export interface PitHistoryShape {
   sizeBytes: number;
   writes: number;
   /** Mean number of writes between flushes. */
@@ -94,10 +124,11 @@ export interface PitBuildOptions {
   /** The synthetic clock spreads the history over this long, ending about a minute ago. */
   historyHours: number;
   seed: number;
-  log: (message: string) => void;
 }
 
-export interface PitHistory {
+export interface PitBuildOptions extends PitHistoryShape, BuildTarget {}
+
+export interface PitHistory extends BuiltVolume {
   writes: number;
   flushes: number;
   /** Offset, seq and time (µs) of every write, in seq order. */
@@ -109,17 +140,11 @@ export interface PitHistory {
   timeFirstUs: number;
   timeLastUs: number;
   hotZoneStarts: number[];
-  buildMs: number;
   closeMs: number;
-  deviceStats: Record<string, number>;
 }
 
 export async function buildPitHistory(modules: HindsightModules, options: PitBuildOptions): Promise<PitHistory> {
-  const random = new Random(options.seed);
-  const pool = Buffer.allocUnsafe(64 * MIB);
-  randomFillSync(pool);
-  const poolBlocks = pool.length / BLOCK;
-  const blocks = options.sizeBytes / BLOCK;
+  const { random, pool, poolBlocks, blocks } = startBuild(options, 64 * MIB);
   const zoneBlocks = options.hotZoneBytes / BLOCK;
   const zoneCount = Math.floor(options.sizeBytes / options.hotZoneBytes);
   const hotZoneStarts: number[] = [];
@@ -136,9 +161,8 @@ export async function buildPitHistory(modules: HindsightModules, options: PitBui
     clockUs += Math.max(1, Math.round(-Math.log(1 - random.next()) * meanStepUs));
     return clockUs;
   };
-  const device = modules.openDevice({ name: options.volumeName, directory: options.volumeDir, sizeBytes: options.sizeBytes, volumeIdHex: options.volumeIdHex, nowUs: () => clockUs });
-  let seq = device.stats().seqLast;
-  if (seq !== 0) throw new Error(`volume ${options.volumeName} is not empty (seqLast ${seq})`);
+  const device = openEmptyDevice(modules, options, () => clockUs);
+  let seq = 0;
   const offsets = new Float64Array(options.writes);
   const seqs = new Uint32Array(options.writes);
   const times = new Float64Array(options.writes);
@@ -193,28 +217,27 @@ export async function buildPitHistory(modules: HindsightModules, options: PitBui
   };
 }
 
-/** Number of writes with seq <= `seq` (seqs ascend). */
-export function writesUpTo(history: PitHistory, seq: number): number {
+/** How many of the first `count` values (ascending) are <= `limit` (binary search). */
+function countAtMost(values: Uint32Array | Float64Array, count: number, limit: number): number {
   let low = 0;
-  let high = history.writes;
+  let high = count;
   while (low < high) {
     const middle = (low + high) >>> 1;
-    if (history.seqs[middle] <= seq) low = middle + 1;
+    if (values[middle] <= limit) low = middle + 1;
     else high = middle;
   }
   return low;
 }
 
+/** Number of writes with seq <= `seq` (seqs ascend). */
+export function writesUpTo(history: PitHistory, seq: number): number {
+  return countAtMost(history.seqs, history.writes, seq);
+}
+
 /** The seq a time resolves to: the last write at or before it (0 if none). */
 export function seqAtTime(history: PitHistory, timeUs: number): number {
-  let low = 0;
-  let high = history.writes;
-  while (low < high) {
-    const middle = (low + high) >>> 1;
-    if (history.times[middle] <= timeUs) low = middle + 1;
-    else high = middle;
-  }
-  return low === 0 ? 0 : history.seqs[low - 1];
+  const writes = countAtMost(history.times, history.writes, timeUs);
+  return writes === 0 ? 0 : history.seqs[writes - 1];
 }
 
 /** Seq of the last write to the 4 KiB block at `offset` at point `seq` (0: never written). */
@@ -235,39 +258,26 @@ export function expectedStamps(history: PitHistory, start: number, length: numbe
   return out;
 }
 
-export interface SeqBuildOptions {
-  volumeDir: string;
-  volumeName: string;
-  volumeIdHex: string;
-  sizeBytes: number;
+export interface SeqBuildOptions extends BuildTarget {
   /** 1 MiB writes at random 1 MiB-aligned offsets in each overwrite phase. */
   phaseBigWrites: number;
   /** 4 KiB writes at random offsets in each overwrite phase. */
   phaseSmallWrites: number;
-  seed: number;
-  log: (message: string) => void;
 }
 
-export interface SeqVolume {
+export interface SeqVolume extends BuiltVolume {
   /** The old point: the flush after the fill and the first overwrite phase. */
   pointSeq: number;
   seqLast: number;
   sha256Point: string;
   sha256Latest: string;
-  buildMs: number;
-  deviceStats: Record<string, number>;
 }
 
 export async function buildSeqVolume(modules: HindsightModules, options: SeqBuildOptions): Promise<SeqVolume> {
-  const random = new Random(options.seed);
-  const pool = Buffer.allocUnsafe(256 * MIB);
-  randomFillSync(pool);
-  const poolBlocks = pool.length / BLOCK;
-  const blocks = options.sizeBytes / BLOCK;
+  const { random, pool, poolBlocks, blocks } = startBuild(options, 256 * MIB);
   /** Where in the pool each block's current content comes from. */
   const source = new Float64Array(blocks).fill(-1);
-  const device = modules.openDevice({ name: options.volumeName, directory: options.volumeDir, sizeBytes: options.sizeBytes, volumeIdHex: options.volumeIdHex, nowUs: () => Date.now() * 1000 });
-  if (device.stats().seqLast !== 0) throw new Error(`volume ${options.volumeName} is not empty`);
+  const device = openEmptyDevice(modules, options, () => Date.now() * 1000);
   const started = process.hrtime.bigint();
   const write = async (offset: number, length: number) => {
     const from = random.int(poolBlocks - length / BLOCK) * BLOCK;

@@ -1,19 +1,17 @@
 /**
  * Servers for the point-in-time benchmark (pit-bench.ts), on storage that already exists:
- * the Hindsight daemon on a given data directory (start-up timed to its ready line), and
- * qemu-nbd / nbdkit exporting a given raw file, with the same flags as lib/servers.ts.
- * Also a small keep-alive HTTP client for the daemon's API, and /proc readers for a
- * process's memory and CPU time. Every process goes through lib/proc.ts, so a failure or
- * the watchdog stops it.
+ * the Hindsight daemon on a given data directory (start-up timed to its ready line). (The
+ * peers on a given raw file: startPeerOn in lib/servers.ts.) Also a small keep-alive HTTP
+ * client for the daemon's API, and /proc readers for a process's memory and CPU time. Every
+ * process goes through lib/proc.ts, so a failure or the watchdog stops it.
  */
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { pickFreePort, runCommand, sleep, startProcess, stopProcess } from './proc.js';
+import { sleep, startProcess, stopProcess } from './proc.js';
 
 const READY_TIMEOUT_MS = 600_000;
-const EXPORT_READY_TIMEOUT_MS = 30_000;
 
 export interface ApiAnswer<T> {
   status: number;
@@ -140,44 +138,6 @@ export async function startHindsightDaemon(options: DaemonStartOptions): Promise
       return Number(process.hrtime.bigint() - stopping) / 1e6;
     },
   };
-}
-
-export interface PeerServer {
-  name: 'qemu-nbd' | 'nbdkit';
-  uri: string;
-  pid: number;
-  stop(): Promise<void>;
-}
-
-/** qemu-nbd or nbdkit exporting an existing raw file as `exportName`, flags as lib/servers.ts. */
-export async function startPeerOn(name: 'qemu-nbd' | 'nbdkit', file: string, exportName: string): Promise<PeerServer> {
-  const port = await pickFreePort();
-  const child = name === 'qemu-nbd'
-    ? startProcess('qemu-nbd', ['--persistent', '--shared=16', '-f', 'raw', '-x', exportName, '-p', String(port), '-b', '127.0.0.1', file])
-    : startProcess('nbdkit', ['-f', '-p', String(port), '-i', '127.0.0.1', '--exportname', exportName, 'file', file]);
-  const uri = `nbd://127.0.0.1:${port}/${exportName}`;
-  await waitForExport(uri, child);
-  return { name, uri, pid: child.pid ?? -1, stop: () => stopProcess(child, 'SIGTERM') };
-}
-
-/** Polls with nbdinfo until the export answers. */
-export async function waitForExport(uri: string, child?: ChildProcess): Promise<void> {
-  let stderr = '';
-  child?.stdout?.resume();
-  child?.stderr?.setEncoding('utf8').on('data', (text: string) => { stderr = (stderr + text).slice(-4000); });
-  const deadline = Date.now() + EXPORT_READY_TIMEOUT_MS;
-  for (;;) {
-    if (child && (child.exitCode !== null || child.signalCode !== null)) {
-      throw new Error(`server for ${uri} exited early (${child.exitCode ?? child.signalCode}): ${stderr.slice(-500)}`);
-    }
-    try {
-      await runCommand('nbdinfo', ['--size', uri], { timeoutMs: 5_000 });
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw new Error(`export ${uri} not ready: ${(err as Error).message}`);
-      await sleep(100);
-    }
-  }
 }
 
 export interface ProcMemory {

@@ -56,27 +56,33 @@ async function startHindsight(options: ServerStartOptions): Promise<RunningServe
   return { name: 'hindsight', uri, pid: child.pid ?? -1, stop: () => stopProcess(child, 'SIGINT') };
 }
 
-async function startQemuNbd(options: ServerStartOptions): Promise<RunningServer> {
-  const file = createRawFile(options);
-  const port = await pickFreePort();
-  const child = startProcess('qemu-nbd', [
-    '--persistent', '--shared=16', '-f', 'raw', '-x', EXPORT_NAME, '-p', String(port), '-b', '127.0.0.1', file,
-  ]);
-  const uri = `nbd://127.0.0.1:${port}/${EXPORT_NAME}`;
-  await waitForExport(uri, child);
-  return { name: 'qemu-nbd', uri, pid: child.pid ?? -1, stop: () => stopProcess(child, 'SIGTERM') };
+function startQemuNbd(options: ServerStartOptions): Promise<RunningServer> {
+  return startPeerOn('qemu-nbd', createRawFile(options), EXPORT_NAME);
 }
 
-async function startNbdkit(options: ServerStartOptions): Promise<RunningServer> {
-  const file = createRawFile(options);
+function startNbdkit(options: ServerStartOptions): Promise<RunningServer> {
+  return startPeerOn('nbdkit', createRawFile(options), EXPORT_NAME);
+}
+
+export type PeerName = 'qemu-nbd' | 'nbdkit';
+
+export interface PeerServer extends RunningServer {
+  name: PeerName;
+}
+
+/**
+ * qemu-nbd or nbdkit exporting an existing raw file as `exportName` on a free loopback port.
+ * qemu-nbd: persistent, 16 clients at once; nbdkit: file plugin, default thread count (16),
+ * as shipped.
+ */
+export async function startPeerOn(name: PeerName, file: string, exportName: string): Promise<PeerServer> {
   const port = await pickFreePort();
-  // Default thread count (16), as shipped.
-  const child = startProcess('nbdkit', [
-    '-f', '-p', String(port), '-i', '127.0.0.1', '--exportname', EXPORT_NAME, 'file', file,
-  ]);
-  const uri = `nbd://127.0.0.1:${port}/${EXPORT_NAME}`;
+  const child = name === 'qemu-nbd'
+    ? startProcess('qemu-nbd', ['--persistent', '--shared=16', '-f', 'raw', '-x', exportName, '-p', String(port), '-b', '127.0.0.1', file])
+    : startProcess('nbdkit', ['-f', '-p', String(port), '-i', '127.0.0.1', '--exportname', exportName, 'file', file]);
+  const uri = `nbd://127.0.0.1:${port}/${exportName}`;
   await waitForExport(uri, child);
-  return { name: 'nbdkit', uri, pid: child.pid ?? -1, stop: () => stopProcess(child, 'SIGTERM') };
+  return { name, uri, pid: child.pid ?? -1, stop: () => stopProcess(child, 'SIGTERM') };
 }
 
 /** A new sparse raw file of the volume size, as Hindsight's own volume starts. */
@@ -119,14 +125,17 @@ function waitForJsonLine(child: ChildProcess, timeoutMs: number): Promise<Record
   });
 }
 
-/** Polls with nbdinfo until the export answers (checks the export name too). */
-async function waitForExport(uri: string, child: ChildProcess): Promise<void> {
-  child.stdout?.resume();
+/**
+ * Polls with nbdinfo until the export answers (checks the export name too), for up to 30 s;
+ * fails at once if the server's process (when given) has exited.
+ */
+export async function waitForExport(uri: string, child?: ChildProcess): Promise<void> {
+  child?.stdout?.resume();
   let stderr = '';
-  child.stderr?.setEncoding('utf8').on('data', (text: string) => { stderr += text; });
+  child?.stderr?.setEncoding('utf8').on('data', (text: string) => { stderr = (stderr + text).slice(-4000); });
   const deadline = Date.now() + READY_TIMEOUT_MS;
   for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) {
+    if (child && (child.exitCode !== null || child.signalCode !== null)) {
       throw new Error(`server for ${uri} exited early (${child.exitCode ?? child.signalCode}): ${stderr.slice(-500)}`);
     }
     try {
