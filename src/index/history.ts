@@ -22,7 +22,7 @@
  * (and caches, bounded) the regions a client actually reads.
  */
 import { HindsightError, assert } from '../core/index.js';
-import { RecordFlag, RecordType } from '../journal/record.js';
+import { RecordFlag, RecordType, isClientWrite } from '../journal/record.js';
 import { EXTENT_STRIDE, ExtentIndex, REGION_BYTES, Region, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
 import type { ExtentVisit } from './extent-index.js';
 
@@ -290,11 +290,13 @@ export class History {
     for (let i = this.lastSeqAtOrBefore(fromUs - 1) + 1 - this.seqFirst; i < t.count && t.time[i] < toUs; i += 1) {
       if (i < 0) continue;
       const bucket = buckets[Math.min(buckets.length - 1, Math.floor((t.time[i] - fromUs) / stepUs))];
+      if (isClientWrite(t.type[i], t.flags[i])) {
+        // Client writes, whatever they cost to store (zeroes, unchanged bytes).
+        bucket.writes += 1;
+        bucket.bytesWritten += t.length[i];
+        continue;
+      }
       switch (t.type[i]) {
-        case RecordType.WRITE:
-          bucket.writes += 1;
-          bucket.bytesWritten += t.length[i];
-          break;
         case RecordType.ZERO:
         case RecordType.TRIM:
           bucket.zeroes += 1;

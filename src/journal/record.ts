@@ -22,6 +22,8 @@ export const RecordType = {
   BOOKMARK: 5,
   /** Rollback: the volume's content becomes what it was at seq `offsetBytes` (length 0). */
   REVERT: 6,
+  /** A client write of the very bytes already there: recorded (a seq, a time), nothing stored. */
+  UNCHANGED: 7,
 } as const;
 export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
 
@@ -29,7 +31,14 @@ export const RecordFlag = {
   FUA: 1 << 0,
   /** ZERO records: the client asked for allocated zeroes (NBD NO_HOLE). */
   ALLOCATED: 1 << 1,
+  /** ZERO records: a client WRITE of all-zero bytes, stored as zeroes (no payload). */
+  CLIENT_WRITE: 1 << 2,
 } as const;
+
+/** Records that stand for a client WRITE (whatever was stored for it). */
+export function isClientWrite(type: number, flags: number): boolean {
+  return type === RecordType.WRITE || type === RecordType.UNCHANGED || (type === RecordType.ZERO && (flags & RecordFlag.CLIENT_WRITE) !== 0);
+}
 
 export interface RecordHeader {
   type: RecordTypeValue;

@@ -13,7 +13,7 @@ import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, History, PointIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
-import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, encodeToc, listSegments, payloadOffset, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, tocPath } from '../journal/index.js';
+import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, encodeToc, isClientWrite, listSegments, payloadOffset, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, tocPath } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
@@ -151,7 +151,7 @@ export class JournaledDevice implements BlockDevice {
     const tail: HistoryEntry[] = [];
     const apply = (record: ScannedRecord) => {
       if (timeFirstUs === 0) timeFirstUs = record.header.timeUs;
-      if (record.header.type === RecordType.WRITE) clientBytesWritten += record.header.lengthBytes;
+      if (isClientWrite(record.header.type, record.header.flags)) clientBytesWritten += record.header.lengthBytes;
       applyRecord(index, record, options.sizeBytes);
       tail.push(historyEntry(record));
     };
@@ -296,13 +296,47 @@ export class JournaledDevice implements BlockDevice {
     if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
+  /**
+   * Only what changed is stored: a write of all-zero bytes is journaled as allocated zeroes
+   * (no payload), a write of exactly the bytes already there as an UNCHANGED record (a seq
+   * and a time, nothing else); anything else as a WRITE with its payload. The comparison is
+   * synchronous, so no other write can land between it and the record.
+   */
   async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
     this.assertWritable(offsetBytes, data.length);
-    const record = this.append(RecordType.WRITE, options.fua ? RecordFlag.FUA : 0, offsetBytes, data.length, data);
-    this.index.setData(offsetBytes, data.length, record.segmentIndex, record.payloadPosition);
-    this.history.snapshotFromLive(this.liveRegion, { offsetBytes, lengthBytes: data.length });
+    const fua = options.fua ? RecordFlag.FUA : 0;
+    let record: AppendedRecord;
+    if (isAllZero(data)) {
+      record = this.append(RecordType.ZERO, fua | RecordFlag.ALLOCATED | RecordFlag.CLIENT_WRITE, offsetBytes, data.length, null);
+      this.index.setZero(offsetBytes, data.length, true);
+      this.history.snapshotFromLive(this.liveRegion, { offsetBytes, lengthBytes: data.length });
+    } else if (this.holdsAlready(offsetBytes, data)) {
+      record = this.append(RecordType.UNCHANGED, fua, offsetBytes, data.length, null);
+    } else {
+      record = this.append(RecordType.WRITE, fua, offsetBytes, data.length, data);
+      this.index.setData(offsetBytes, data.length, record.segmentIndex, record.payloadPosition);
+      this.history.snapshotFromLive(this.liveRegion, { offsetBytes, lengthBytes: data.length });
+    }
     this.clientBytesWritten += data.length;
     await this.afterChange(record.timeUs, options.fua);
+  }
+
+  /** True when the range is all journal data (not holes or zeroes) equal to `data`. */
+  private holdsAlready(offsetBytes: number, data: Buffer): boolean {
+    let same = true;
+    this.index.lookup(offsetBytes, data.length, (piece) => {
+      if (!same) return;
+      if (piece.segment === -1 || isZero(piece.segment)) {
+        same = false;
+        return;
+      }
+      const at = piece.startBytes - offsetBytes;
+      const length = piece.endBytes - piece.startBytes;
+      const current = Buffer.allocUnsafe(length);
+      this.journal.readPayload(piece, current, 0, length);
+      same = current.equals(data.subarray(at, at + length));
+    });
+    return same;
   }
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
@@ -544,6 +578,17 @@ export class JournaledDevice implements BlockDevice {
     if (this.corruption) throw this.corruption;
     if (lengthBytes === 0) throw new HindsightError('INVALID_ARGUMENT', 'zero-length change');
   }
+}
+
+const ZERO_SLICE = Buffer.alloc(64 * 1024);
+
+function isAllZero(data: Buffer): boolean {
+  if (data.length === 0 || data[0] !== 0 || data[data.length - 1] !== 0) return data.length === 0;
+  for (let at = 0; at < data.length; at += ZERO_SLICE.length) {
+    const end = Math.min(data.length, at + ZERO_SLICE.length);
+    if (!data.subarray(at, end).equals(ZERO_SLICE.subarray(0, end - at))) return false;
+  }
+  return true;
 }
 
 /** A replayed record as the history keeps it. */

@@ -195,7 +195,8 @@ function applyRecord(image: { data: Buffer; alloc: Uint8Array }, record: PitReco
   switch (record.kind) {
     case 'write':
       record.data.copy(image.data, record.offsetBytes);
-      image.alloc.fill(Alloc.DATA, record.offsetBytes, record.offsetBytes + record.data.length);
+      // Only what changed is stored: all-zero bytes become allocated zeroes.
+      image.alloc.fill(record.data.every((byte) => byte === 0) ? Alloc.ZERO_ALLOCATED : Alloc.DATA, record.offsetBytes, record.offsetBytes + record.data.length);
       break;
     case 'zero':
       image.data.fill(0, record.offsetBytes, record.offsetBytes + record.lengthBytes);

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import type { BlockDevice, Extent } from '../../src/core/index.js';
 import { PointIndex } from '../../src/index/index.js';
-import { RecordType, nodeFileLayer } from '../../src/journal/index.js';
+import { RecordType, nodeFileLayer, isClientWrite } from '../../src/journal/index.js';
 import { JournaledDevice } from '../../src/volume/journaled-device.js';
 import type { JournaledDeviceOptions } from '../../src/volume/journaled-device.js';
 import { PointView } from '../../src/volume/point-view.js';
@@ -51,9 +51,10 @@ function tick(rng: Random, clock: Clock): void {
   else clock.us -= 1 + rng.int(50);
 }
 
-function kindOf(type: number): PitRecord['kind'] | string {
+/** The oracle's kind of a history record: a client write is a write however it was stored. */
+function kindOf(type: number, flags = 0): PitRecord['kind'] | string {
+  if (isClientWrite(type, flags)) return 'write';
   switch (type) {
-    case RecordType.WRITE: return 'write';
     case RecordType.ZERO: return 'zero';
     case RecordType.TRIM: return 'trim';
     case RecordType.FLUSH: return 'flush';
@@ -210,8 +211,8 @@ class Subject {
     for (let seq = 1; seq <= this.seqLast; seq += 1) {
       const record = this.oracle.record(seq);
       const entry = this.device.history.entry(seq);
-      if (kindOf(entry.type) !== record.kind || entry.timeUs !== record.timeUs || (record.kind === 'revert' && entry.offsetBytes !== record.target)) {
-        assert.fail(`${this.label}: history record ${seq} is ${kindOf(entry.type)}@${entry.timeUs} (offset ${entry.offsetBytes}), expected ${JSON.stringify({ ...record, data: undefined })}`);
+      if (kindOf(entry.type, entry.flags) !== record.kind || entry.timeUs !== record.timeUs || (record.kind === 'revert' && entry.offsetBytes !== record.target)) {
+        assert.fail(`${this.label}: history record ${seq} is ${kindOf(entry.type, entry.flags)}@${entry.timeUs} (offset ${entry.offsetBytes}), expected ${JSON.stringify({ ...record, data: undefined })}`);
       }
     }
   }

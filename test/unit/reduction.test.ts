@@ -1,0 +1,96 @@
+/**
+ * Only what changed is stored: a rewrite of identical bytes costs a record and no payload,
+ * a write of zeroes is stored as allocated zeroes, anything else as a WRITE. Every one keeps
+ * its seq and time (points in time stay exact, the timeline counts client writes), reads stay
+ * exact, FUA still means durable, and a reopen counts the client's bytes the same.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { RecordType, nodeFileLayer } from '../../src/journal/index.js';
+import { JournaledDevice } from '../../src/volume/journaled-device.js';
+import { makeTempDir } from '../helpers/daemon.js';
+import { Random } from '../helpers/random.js';
+
+const SIZE = 16 * 1024 * 1024;
+const MiB = 1024 * 1024;
+const VOLUME_ID = Buffer.from('feedfacefeedfacefeedfacefeedface', 'hex');
+
+function open(dir: string, clock: { us: number }): JournaledDevice {
+  return JournaledDevice.open({
+    name: 'reduce', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer,
+    readOnly: false, syncEveryWrite: false, segmentBytesMax: 64 * MiB, checkpointEveryBytes: 1 << 30,
+    nowUs: () => (clock.us += 10), idleCheckpointMs: 0,
+  });
+}
+
+test('identical rewrites and zero writes store no payload; reads, points, timeline and counts stay exact', async (t) => {
+  const dir = makeTempDir();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const clock = { us: 1_900_000_000_000_000 };
+  const rng = new Random(5);
+  let device = open(dir, clock);
+  const data = rng.bytes(1 * MiB, false);
+  await device.write(2 * MiB, data, { fua: false });
+  const afterFirst = device.stats().bytes;
+  assert.ok(afterFirst > 1 * MiB, 'the first write stores its payload');
+
+  // The same bytes again, FUA: a record, no payload, durable.
+  await device.write(2 * MiB, Buffer.from(data), { fua: true });
+  const rewrite = device.history.entry(device.history.seqLast);
+  assert.equal(rewrite.type, RecordType.UNCHANGED);
+  assert.ok(device.stats().bytes - afterFirst <= 128, `an identical rewrite costs a small record (${device.stats().bytes - afterFirst} bytes)`);
+  assert.ok(device.stats().seqDurable >= rewrite.seq, 'FUA on an unchanged write is still durable');
+
+  // Part of it again, one byte different: stored as a WRITE.
+  const changed = Buffer.from(data.subarray(0, 64 * 1024));
+  changed[4095] ^= 1;
+  await device.write(2 * MiB, changed, { fua: false });
+  assert.equal(device.history.entry(device.history.seqLast).type, RecordType.WRITE);
+
+  // Zeroes written over data and over nothing: allocated zeroes, no payload.
+  const beforeZero = device.stats().bytes;
+  await device.write(2 * MiB + 128 * 1024, Buffer.alloc(256 * 1024), { fua: false });
+  await device.write(8 * MiB, Buffer.alloc(64 * 1024), { fua: false });
+  assert.ok(device.stats().bytes - beforeZero <= 256, 'zero writes store no payload');
+  const zeroEntry = device.history.entry(device.history.seqLast);
+  assert.equal(zeroEntry.type, RecordType.ZERO);
+  const status = await device.blockStatus(8 * MiB, 64 * 1024, 16);
+  assert.deepEqual(status, [{ lengthBytes: 64 * 1024, hole: false, zero: true }], 'a written zero range is allocated and reads as zeroes');
+
+  // A range only partly written before (hole + data): stored as a WRITE even if the data matches.
+  const straddle = Buffer.concat([data.subarray(data.length - 4096), rng.bytes(4096, false)]);
+  await device.write(3 * MiB - 4096, straddle, { fua: false });
+  assert.equal(device.history.entry(device.history.seqLast).type, RecordType.WRITE);
+
+  // The image and every point agree with what was written.
+  const expected = Buffer.alloc(SIZE);
+  data.copy(expected, 2 * MiB);
+  changed.copy(expected, 2 * MiB);
+  expected.fill(0, 2 * MiB + 128 * 1024, 2 * MiB + 384 * 1024);
+  straddle.copy(expected, 3 * MiB - 4096);
+  const image = Buffer.alloc(SIZE);
+  await device.read(0, image);
+  assert.ok(image.equals(expected), 'the live image is exact');
+  const atRewrite = Buffer.alloc(SIZE);
+  await device.readAt(device.pointIndex(rewrite.seq), 0, atRewrite);
+  const expectedAtRewrite = Buffer.alloc(SIZE);
+  data.copy(expectedAtRewrite, 2 * MiB);
+  assert.ok(atRewrite.equals(expectedAtRewrite), 'the point at the unchanged write is exact');
+
+  // The timeline counts client writes however they were stored; reopening counts the same bytes.
+  const written = 1 * MiB * 2 + 64 * 1024 + 256 * 1024 + 64 * 1024 + 8192;
+  const timeline = device.history.timeline(device.history.timeOf(1), device.history.timeOf(device.history.seqLast) + 1, 1_000_000_000);
+  assert.equal(timeline[0].writes, 6);
+  assert.equal(timeline[0].bytesWritten, written);
+  assert.equal(device.stats().clientBytesWritten, written);
+  await device.close();
+  fs.rmSync(path.join(dir, 'index.ckpt'));
+  device = open(dir, clock);
+  assert.equal(device.stats().clientBytesWritten, written, 'replay counts every client write');
+  const reopened = Buffer.alloc(SIZE);
+  await device.read(0, reopened);
+  assert.ok(reopened.equals(expected));
+  await device.close();
+});
