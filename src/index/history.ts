@@ -3,7 +3,7 @@
  *
  * Two structures, both in typed arrays off the JS heap:
  * - the record table: every journal record in seq order (type, range, time, where its
- *   payload is) — 34 bytes a record; answers "which seq was the last write at time T";
+ *   payload is) — 38 bytes a record; answers "which seq was the last write at time T";
  * - per 4 MiB region, its postings: the seqs of the records that touched it, ascending.
  *
  * The extents of region r at seq S are rebuilt by replaying r's postings up to S. So that
@@ -40,6 +40,8 @@ export interface HistoryEntry {
   segment: number;
   payloadPosition: number;
   payloadBytes: number;
+  /** WRITE: where the stored payload starts within the range (the rest was unchanged). */
+  payloadSkip: number;
 }
 
 /** Records that change content (the others: flush markers, bookmarks). */
@@ -57,6 +59,7 @@ class RecordTable {
   segment = new Uint32Array(1024);
   payloadPosition = new Uint32Array(1024);
   payloadBytes = new Uint32Array(1024);
+  payloadSkip = new Uint32Array(1024);
 
   push(entry: HistoryEntry): void {
     if (this.count === this.type.length) this.grow();
@@ -69,11 +72,12 @@ class RecordTable {
     this.segment[i] = entry.segment;
     this.payloadPosition[i] = entry.payloadPosition;
     this.payloadBytes[i] = entry.payloadBytes;
+    this.payloadSkip[i] = entry.payloadSkip;
     this.count += 1;
   }
 
   get memoryBytes(): number {
-    return this.type.length * 34;
+    return this.type.length * 38;
   }
 
   private grow(): void {
@@ -91,6 +95,7 @@ class RecordTable {
     this.segment = grown(this.segment);
     this.payloadPosition = grown(this.payloadPosition);
     this.payloadBytes = grown(this.payloadBytes);
+    this.payloadSkip = grown(this.payloadSkip);
   }
 }
 
@@ -183,14 +188,17 @@ export class History {
     if (entry.type === RecordType.REVERT) {
       assert(entry.offsetBytes >= 0 && entry.offsetBytes < entry.seq, 'a revert goes back to an earlier seq');
     } else if (changesContent(entry.type)) {
-      assert(entry.offsetBytes + entry.lengthBytes <= this.sizeBytes, 'a change lies within the volume');
+      assert(entry.offsetBytes + entry.lengthBytes <= this.sizeBytes && entry.payloadSkip + entry.payloadBytes <= Math.max(entry.lengthBytes, entry.payloadBytes), 'a change lies within the volume');
     }
     this.table.push(entry);
     if (entry.type === RecordType.REVERT) {
       for (const regionIndex of this.touched) this.post(regionIndex, entry.seq);
     } else if (changesContent(entry.type) && entry.lengthBytes > 0) {
-      const first = Math.floor(entry.offsetBytes / REGION_BYTES);
-      const last = Math.floor((entry.offsetBytes + entry.lengthBytes - 1) / REGION_BYTES);
+      // A WRITE changed only its stored span.
+      const start = entry.type === RecordType.WRITE ? entry.offsetBytes + entry.payloadSkip : entry.offsetBytes;
+      const length = entry.type === RecordType.WRITE ? entry.payloadBytes : entry.lengthBytes;
+      const first = Math.floor(start / REGION_BYTES);
+      const last = Math.floor((start + length - 1) / REGION_BYTES);
       for (let regionIndex = first; regionIndex <= last; regionIndex += 1) this.post(regionIndex, entry.seq);
     }
   }
@@ -201,7 +209,7 @@ export class History {
     const i = seq - this.seqFirst;
     return {
       seq, type: t.type[i], flags: t.flags[i], offsetBytes: t.offset[i], lengthBytes: t.length[i], timeUs: t.time[i],
-      segment: t.segment[i], payloadPosition: t.payloadPosition[i], payloadBytes: t.payloadBytes[i],
+      segment: t.segment[i], payloadPosition: t.payloadPosition[i], payloadBytes: t.payloadBytes[i], payloadSkip: t.payloadSkip[i],
     };
   }
 
@@ -444,10 +452,11 @@ export class History {
       return;
     }
     const base = regionIndex * REGION_BYTES;
-    const offset = t.offset[i];
+    const write = type === RecordType.WRITE;
+    const offset = write ? t.offset[i] + t.payloadSkip[i] : t.offset[i];
     const start = Math.max(offset, base);
-    const stop = Math.min(offset + t.length[i], base + REGION_BYTES);
-    if (type === RecordType.WRITE) {
+    const stop = Math.min(offset + (write ? t.payloadBytes[i] : t.length[i]), base + REGION_BYTES);
+    if (write) {
       region.set(start - base, stop - base, [t.segment[i], t.payloadPosition[i], start - offset, t.payloadBytes[i]]);
     } else {
       const allocated = type === RecordType.ZERO && (t.flags[i] & RecordFlag.ALLOCATED) !== 0;

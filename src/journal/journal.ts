@@ -222,15 +222,15 @@ export class Journal {
   }
 
   /** Appends one record (in the page cache when this returns). */
-  append(type: RecordTypeValue, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): AppendedRecord {
+  append(type: RecordTypeValue, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null, payloadSkip = 0): AppendedRecord {
     if (this.failure) throw this.failure;
     const payloadBytes = payload?.length ?? 0;
-    assert(type === RecordType.WRITE ? payloadBytes === lengthBytes : payloadBytes === 0, 'payload matches record type');
+    assert(type === RecordType.WRITE ? payloadBytes > 0 && payloadSkip + payloadBytes <= lengthBytes : payloadBytes === 0 && payloadSkip === 0, 'payload matches record type');
     const span = recordSpan(payloadBytes);
     if (this.activeSize + span > this.options.segmentBytesMax && this.activeSize > SEGMENT_HEADER_BYTES) this.roll();
     const seq = this.seqLast + 1;
     const timeUs = Math.max(this.options.nowUs(), this.timeLastUs);
-    const header: RecordHeader = { type, flags, seq, timeUs, offsetBytes, lengthBytes, payloadBytes, seqDurable: this.seqDurable };
+    const header: RecordHeader = { type, flags, seq, timeUs, offsetBytes, lengthBytes, payloadBytes, seqDurable: this.seqDurable, payloadSkip };
     const table = payload && payloadBytes > 0 ? encodeChunkTable(payload, this.crcSeed) : null;
     encodeRecordHeader(this.headerScratch, header, table, this.crcSeed);
     const buffers: Buffer[] = [this.headerScratch];

@@ -50,6 +50,11 @@ export interface RecordHeader {
   payloadBytes: number;
   /** Highest seq known durable (synced) when this record was written. */
   seqDurable: number;
+  /**
+   * WRITE: where the payload starts within [offset, offset+length). Only the changed span of
+   * a client write is stored; the bytes around it were already there (0 for a whole write).
+   */
+  payloadSkip?: number;
 }
 
 const KNOWN_TYPES = new Set<number>(Object.values(RecordType));
@@ -85,7 +90,7 @@ export function encodeRecordHeader(out: Buffer, header: RecordHeader, table: Buf
   out.writeUInt32LE(header.payloadBytes, 36);
   writeU64(out, 40, header.seqDurable);
   out.writeUInt32LE(0, CRC_AT);
-  out.writeUInt32LE(0, 52);
+  out.writeUInt32LE(header.payloadSkip ?? 0, 52);
   out.writeUInt32LE(recordCrc(out.subarray(0, RECORD_HEADER_BYTES), table, crcSeed), CRC_AT);
 }
 
@@ -117,10 +122,13 @@ export function decodeRecordHeader(bytes: Buffer): HeaderCheck {
     lengthBytes: bytes.readUInt32LE(32),
     payloadBytes: bytes.readUInt32LE(36),
     seqDurable: readU64(bytes, 40),
+    payloadSkip: bytes.readUInt32LE(52),
   };
-  if (type === RecordType.WRITE ? header.payloadBytes !== header.lengthBytes : header.payloadBytes !== 0) {
-    return { ok: false, reason: 'payload length does not fit the record type' };
-  }
+  const skip = header.payloadSkip ?? 0;
+  const fits = type === RecordType.WRITE
+    ? header.payloadBytes > 0 && skip + header.payloadBytes <= header.lengthBytes
+    : header.payloadBytes === 0 && skip === 0;
+  if (!fits) return { ok: false, reason: 'payload length does not fit the record type' };
   if (type === RecordType.REVERT && (header.lengthBytes !== 0 || header.offsetBytes >= header.seq)) {
     return { ok: false, reason: 'revert record does not go back to an earlier seq' };
   }

@@ -298,45 +298,67 @@ export class JournaledDevice implements BlockDevice {
 
   /**
    * Only what changed is stored: a write of all-zero bytes is journaled as allocated zeroes
-   * (no payload), a write of exactly the bytes already there as an UNCHANGED record (a seq
-   * and a time, nothing else); anything else as a WRITE with its payload. The comparison is
+   * (no payload); a write over journal data stores only the span of 512-byte sectors that
+   * differ from what is there (first to last changed sector; none: an UNCHANGED record, a seq
+   * and a time, nothing else); anything else as a whole WRITE. The comparison is
    * synchronous, so no other write can land between it and the record.
    */
   async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
     this.assertWritable(offsetBytes, data.length);
     const fua = options.fua ? RecordFlag.FUA : 0;
     let record: AppendedRecord;
-    if (isAllZero(data)) {
+    const changed = isAllZero(data) ? null : this.changedSpan(offsetBytes, data);
+    if (changed === null) {
       record = this.append(RecordType.ZERO, fua | RecordFlag.ALLOCATED | RecordFlag.CLIENT_WRITE, offsetBytes, data.length, null);
       this.index.setZero(offsetBytes, data.length, true);
       this.history.snapshotFromLive(this.liveRegion, { offsetBytes, lengthBytes: data.length });
-    } else if (this.holdsAlready(offsetBytes, data)) {
+    } else if (changed.length === 0) {
       record = this.append(RecordType.UNCHANGED, fua, offsetBytes, data.length, null);
     } else {
-      record = this.append(RecordType.WRITE, fua, offsetBytes, data.length, data);
-      this.index.setData(offsetBytes, data.length, record.segmentIndex, record.payloadPosition);
-      this.history.snapshotFromLive(this.liveRegion, { offsetBytes, lengthBytes: data.length });
+      const payload = changed.start === 0 && changed.length === data.length ? data : data.subarray(changed.start, changed.start + changed.length);
+      record = this.append(RecordType.WRITE, fua, offsetBytes, data.length, payload, changed.start);
+      this.index.setData(offsetBytes + changed.start, changed.length, record.segmentIndex, record.payloadPosition);
+      this.history.snapshotFromLive(this.liveRegion, { offsetBytes: offsetBytes + changed.start, lengthBytes: changed.length });
     }
     this.clientBytesWritten += data.length;
     await this.afterChange(record.timeUs, options.fua);
   }
 
-  /** True when the range is all journal data (not holes or zeroes) equal to `data`. */
-  private holdsAlready(offsetBytes: number, data: Buffer): boolean {
-    let same = true;
+  /**
+   * The span of `data` that differs from what the range holds, in whole 512-byte sectors
+   * (first changed to last changed; length 0: nothing changed). The whole write when the
+   * range is not sector-aligned or not all journal data, or when storing only the span would
+   * leave the range's 4 KiB blocks in too many pieces (a read needs a pread per piece):
+   * fragmentation stays bounded whatever the history. Synchronous.
+   */
+  private changedSpan(offsetBytes: number, data: Buffer): { start: number; length: number } {
+    const whole = { start: 0, length: data.length };
+    if (offsetBytes % SECTOR_BYTES !== 0 || data.length % SECTOR_BYTES !== 0) return whole;
+    const current = Buffer.allocUnsafe(data.length);
+    let allData = true;
+    let pieces = 0;
     this.index.lookup(offsetBytes, data.length, (piece) => {
-      if (!same) return;
+      if (!allData) return;
+      pieces += 1;
       if (piece.segment === -1 || isZero(piece.segment)) {
-        same = false;
+        allData = false;
         return;
       }
-      const at = piece.startBytes - offsetBytes;
-      const length = piece.endBytes - piece.startBytes;
-      const current = Buffer.allocUnsafe(length);
-      this.journal.readPayload(piece, current, 0, length);
-      same = current.equals(data.subarray(at, at + length));
+      this.journal.readPayload(piece, current, piece.startBytes - offsetBytes, piece.endBytes - piece.startBytes);
     });
-    return same;
+    if (!allData) return whole;
+    let first = -1;
+    let last = -1;
+    for (let at = 0; at < data.length; at += SECTOR_BYTES) {
+      if (!data.subarray(at, at + SECTOR_BYTES).equals(current.subarray(at, at + SECTOR_BYTES))) {
+        if (first === -1) first = at;
+        last = at;
+      }
+    }
+    if (first === -1) return { start: 0, length: 0 };
+    const partial = first > 0 || last + SECTOR_BYTES < data.length;
+    if (partial && pieces + 2 > Math.ceil(data.length / 4096) * PIECES_PER_BLOCK_MAX) return whole;
+    return { start: first, length: last + SECTOR_BYTES - first };
   }
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
@@ -358,12 +380,12 @@ export class JournaledDevice implements BlockDevice {
   }
 
   /** Journals one record and enters it in the history. */
-  private append(type: RecordTypeValue, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): AppendedRecord {
-    const record = this.journal.append(type, flags, offsetBytes, lengthBytes, payload);
+  private append(type: RecordTypeValue, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null, payloadSkip = 0): AppendedRecord {
+    const record = this.journal.append(type, flags, offsetBytes, lengthBytes, payload, payloadSkip);
     const payloadBytes = payload?.length ?? 0;
     this.history.append({
       seq: record.seq, type, flags, offsetBytes, lengthBytes, timeUs: record.timeUs,
-      segment: record.segmentIndex, payloadPosition: record.payloadPosition, payloadBytes,
+      segment: record.segmentIndex, payloadPosition: record.payloadPosition, payloadBytes, payloadSkip,
     });
     return record;
   }
@@ -544,7 +566,7 @@ export class JournaledDevice implements BlockDevice {
       if (!records) continue;
       const entries = records.entries.filter((entry) => entry.seq <= seqLast).map((entry) => ({
         type: entry.type, flags: entry.flags, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, timeUs: entry.timeUs,
-        recordPosition: entry.payloadPosition - payloadOffset(entry.payloadBytes), payloadBytes: entry.payloadBytes,
+        recordPosition: entry.payloadPosition - payloadOffset(entry.payloadBytes), payloadBytes: entry.payloadBytes, payloadSkip: entry.payloadSkip,
       }));
       if (entries.length === 0) continue;
       await this.options.files.writeFileAtomic(tocPath(directory, segmentIndex), encodeToc(this.options.volumeId, segmentIndex, records.seqFirst, entries));
@@ -581,6 +603,9 @@ export class JournaledDevice implements BlockDevice {
 }
 
 const ZERO_SLICE = Buffer.alloc(64 * 1024);
+const SECTOR_BYTES = 512;
+/** A write stores only its changed span while its range stays within this many pieces per 4 KiB block. */
+const PIECES_PER_BLOCK_MAX = 5;
 
 function isAllZero(data: Buffer): boolean {
   if (data.length === 0 || data[0] !== 0 || data[data.length - 1] !== 0) return data.length === 0;
@@ -597,6 +622,7 @@ function historyEntry(record: ScannedRecord): HistoryEntry {
   return {
     seq: header.seq, type: header.type, flags: header.flags, offsetBytes: header.offsetBytes, lengthBytes: header.lengthBytes,
     timeUs: header.timeUs, segment: record.segmentIndex, payloadPosition: record.payloadPosition, payloadBytes: header.payloadBytes,
+    payloadSkip: header.payloadSkip ?? 0,
   };
 }
 
@@ -612,7 +638,8 @@ export function applyRecord(index: ExtentIndex, record: ScannedRecord, sizeBytes
   }
   switch (header.type) {
     case RecordType.WRITE:
-      index.setData(header.offsetBytes, header.lengthBytes, record.segmentIndex, record.payloadPosition);
+      // Only the stored span changed (the rest of the range held these bytes already).
+      index.setData(header.offsetBytes + (header.payloadSkip ?? 0), header.payloadBytes, record.segmentIndex, record.payloadPosition);
       break;
     case RecordType.ZERO:
       index.setZero(header.offsetBytes, header.lengthBytes, (header.flags & RecordFlag.ALLOCATED) !== 0);
