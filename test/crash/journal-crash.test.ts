@@ -2,7 +2,8 @@
  * Randomized crash tests of the journaled volume on the fault-injecting file layer.
  *
  * Each round (one seed) runs a random workload — writes aligned and not, 1 B to 256 KiB,
- * FUA or not; zeroes with and without NO_HOLE; trims; flushes (often or rarely); checkpoints;
+ * FUA or not, half the sector-aligned ones page updates (the current bytes with a sector or
+ * two changed, so only the changed span is stored); zeroes with and without NO_HOLE; trims; flushes (often or rarely); checkpoints;
  * small segments so segments roll; now and then a write that fails for disk full (ENOSPC,
  * part of the record written) — keeping the oracle of every version. Then, 2 to 4 times
  * over: the power fails at a random point (sometimes with a flush, checkpoint or FUA write
@@ -65,7 +66,12 @@ class Workload {
   private readonly failures: unknown[] = [];
   private frozen = false;
 
-  constructor(private readonly device: JournaledDevice, private readonly files: FaultFs, private readonly history: VolumeHistory, private readonly rng: Random, private readonly flushPercent: number) {}
+  /** Draws of its own for page-update writes, so the main draws (and old seeds) stay as they were. */
+  private readonly updates: Random;
+
+  constructor(private readonly device: JournaledDevice, private readonly files: FaultFs, private readonly history: VolumeHistory, private readonly rng: Random, private readonly flushPercent: number) {
+    this.updates = new Random(0x5eed + history.seqLast);
+  }
 
   async run(steps: number): Promise<void> {
     for (let step = 0; step < steps; step += 1) await this.step();
@@ -81,7 +87,17 @@ class Workload {
     if (rng.int(30) === 0) {
       await this.failForSpace(offsetBytes, lengthBytes, action);
     } else if (action < 50) {
-      const data = rng.bytes(lengthBytes, rng.int(4) === 0);
+      let data = rng.bytes(lengthBytes, rng.int(4) === 0);
+      if (offsetBytes % 512 === 0 && lengthBytes % 512 === 0 && this.updates.int(2) === 0) {
+        // A page update: what is there with a sector or two changed (only those are stored).
+        const current = Buffer.alloc(lengthBytes);
+        await device.read(offsetBytes, current);
+        for (let n = 1 + this.updates.int(2); n > 0; n -= 1) {
+          const sector = this.updates.int(lengthBytes / 512) * 512;
+          data.copy(current, sector, sector, sector + 512);
+        }
+        data = current;
+      }
       await this.issue(device.write(offsetBytes, data, { fua }), { offsetBytes, data }, fua);
     } else if (action < 62) {
       const zero = randomRange(rng, SIZE, 1024 * 1024);
