@@ -51,6 +51,7 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
         ['name', v.name], ['state', v.error ? `${v.state} (${v.error.code}: ${v.error.message})` : v.state],
         ['size', `${size(v.sizeBytes)} (${v.sizeBytes} bytes)`], ['read-only', v.readOnly],
         ['stored on disk', size(v.storedBytes)], ['client bytes written', size(v.clientBytesWritten)],
+        ['journal per byte written', v.storedPerWritten === null ? '-' : `${v.storedPerWritten} (zero writes and unchanged sectors are not stored)`],
         ['journal', `${size(v.journalBytes)} in ${v.journalSegments} segment(s), ${v.records} record(s)`],
         ['seq', v.seqLast === null ? '-' : `${v.seqFirst}..${v.seqLast} (durable to ${v.seqDurable})`],
         ['time', v.timeLast === null ? '-' : `${v.timeFirst} .. ${v.timeLast}`], ['oldest point', v.oldestPoint],

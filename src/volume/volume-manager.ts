@@ -91,6 +91,8 @@ export interface VolumeInfo {
   /** Bytes on disk: journal segments and index checkpoint. */
   storedBytes: number;
   clientBytesWritten: number;
+  /** journalBytes / clientBytesWritten (null before any write): what history costs per byte written. */
+  storedPerWritten: number | null;
   journalBytes: number;
   journalSegments: number;
   /** Records in the journal (writes, zeroes, trims, flush markers); seqs run 1..seqLast. */
@@ -207,6 +209,7 @@ export class VolumeManager {
       error: volume.error ? volume.error.toJSON() : null,
       storedBytes,
       clientBytesWritten: stats?.clientBytesWritten ?? 0,
+      storedPerWritten: stats && stats.clientBytesWritten > 0 ? Math.round((stats.bytes / stats.clientBytesWritten) * 10_000) / 10_000 : null,
       journalBytes: stats?.bytes ?? 0,
       journalSegments: stats?.segments ?? 0,
       records: stats?.records ?? 0,

@@ -36,6 +36,7 @@ test('bookmarking or mounting unflushed writes makes them durable first', async 
   await write(4096, 2);
   const before = await manager.info('v');
   assert.ok((before.seqDurable ?? 0) < (before.seqLast ?? 0), 'nothing flushed yet');
+  assert.ok(before.storedPerWritten !== null && before.storedPerWritten > 1 && before.storedPerWritten < 1.1, `journal bytes per byte written: ${before.storedPerWritten}`);
   const bookmark = await manager.bookmarkCreate('v', 'b');
   assert.ok(((await manager.info('v')).seqDurable ?? 0) >= bookmark.seq, 'the bookmarked write is durable');
   await write(8192, 3);
