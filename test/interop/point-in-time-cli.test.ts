@@ -11,17 +11,15 @@
  * resolve to exactly that step's image.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
 import { after, before, test } from 'node:test';
 import type { TestContext } from 'node:test';
 import { makeTempDir, startDaemon } from '../helpers/daemon.js';
 import type { DaemonHandle } from '../helpers/daemon.js';
 import { KiB, MiB, dataBytes, deferrals, hindsight, nbdMap, nbdshEnv, sha256File, typeAt, waitFor } from '../helpers/interop.js';
+import { NbdHolder } from '../helpers/nbd-holder.js';
 import { run } from '../helpers/run.js';
 
 const SIZE = 16 * MiB;
@@ -232,64 +230,6 @@ function mountDirs(on: DaemonHandle = daemon): string[] {
   return fs.readdirSync(path.join(on.dataDir, 'mounts')).sort();
 }
 
-/**
- * nbdsh holding one connection open, driven line by line over stdin: "read" answers
- * "read-ok" or "read-failed ERRNO". Prints "connected" once the handshake is done.
- */
-class NbdHolder {
-  private readonly lines: string[] = [];
-  private readonly waiters: Array<(line: string) => void> = [];
-  readonly exited: Promise<number | null>;
-
-  private constructor(readonly child: ChildProcessWithoutNullStreams) {
-    readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      const waiter = this.waiters.shift();
-      if (waiter) waiter(line);
-      else this.lines.push(line);
-    });
-    this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-  }
-
-  static async open(uri: string): Promise<NbdHolder> {
-    const script = [
-      'import sys',
-      'print("connected", flush=True)',
-      'for line in sys.stdin:',
-      '    try:',
-      '        h.pread(512, 0)',
-      '        print("read-ok", flush=True)',
-      '    except nbd.Error as err:',
-      '        print("read-failed", err.errno, flush=True)',
-    ].join('\n');
-    const child = spawn('nbdsh', ['-u', uri, '-c', script], { env: await nbdshEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
-    const holder = new NbdHolder(child);
-    assert.equal(await holder.nextLine(), 'connected');
-    return holder;
-  }
-
-  nextLine(): Promise<string> {
-    const ready = this.lines.shift();
-    if (ready !== undefined) return Promise.resolve(ready);
-    return Promise.race([
-      new Promise<string>((resolve) => this.waiters.push(resolve)),
-      this.exited.then((code) => { throw new Error(`nbdsh exited (${code}) while a line was expected`); }),
-    ]);
-  }
-
-  async read(): Promise<string> {
-    this.child.stdin.write('read\n');
-    return this.nextLine();
-  }
-
-  async close(): Promise<void> {
-    this.child.stdin.end();
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      const exited = this.exited;
-      setTimeout(() => this.child.kill('SIGKILL'), 5_000).unref();
-      await exited;
-    }
-  }
-}
 
 /**
  * Writes steps of patterns to a volume, each with its own qemu-io run, and takes a time
