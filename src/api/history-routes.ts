@@ -64,7 +64,7 @@ export function registerHistoryRoutes(app: FastifyInstance, context: ApiContext)
     const { name } = request.params as { name: string };
     const { force = false } = request.query as { force?: boolean };
     context.volumes.mountGet(name);
-    const connected = context.nbd.connectionCount(name);
+    const connected = force ? context.nbd.connectionCount(name) : await context.nbd.settledConnectionCount(name);
     if (connected > 0 && !force) {
       throw new HindsightError('VOLUME_BUSY', `mount "${name}" has ${connected} connected NBD client(s); disconnect them or use --force`);
     }
@@ -108,7 +108,7 @@ export function registerHistoryRoutes(app: FastifyInstance, context: ApiContext)
   }, async (request) => {
     const { name } = request.params as { name: string };
     const { at, force = false } = request.body as { at: string; force?: boolean };
-    const connected = context.nbd.connectionCount(name);
+    const connected = force ? context.nbd.connectionCount(name) : await context.nbd.settledConnectionCount(name);
     const result = await context.volumes.rollback(name, at, force, () => context.nbd.connectionCount(name), detach);
     request.log.warn({ volume: name, seq: result.seq, revertSeq: result.revertSeq, abandoned: result.abandoned, disconnected: connected }, 'volume rolled back');
     return { ...result, disconnectedClients: force ? connected : 0 };

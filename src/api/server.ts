@@ -122,7 +122,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
     const { name } = request.params as { name: string };
     const { force = false } = request.query as { force?: boolean };
     context.volumes.get(name);
-    const connected = context.nbd.connectionCount(name);
+    const connected = force ? context.nbd.connectionCount(name) : await context.nbd.settledConnectionCount(name);
     if (connected > 0 && !force) {
       throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${connected} connected NBD client(s); disconnect them or use --force`);
     }

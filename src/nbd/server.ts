@@ -62,6 +62,17 @@ export class NbdServer {
     return this.byExport.get(exportName)?.size ?? 0;
   }
 
+  /**
+   * The clients of an export once those that are leaving have left: a client that just
+   * exited (its FIN on the way) must not make a delete or rollback right after it fail.
+   * Waits up to `settleMs` for the count to reach 0.
+   */
+  async settledConnectionCount(exportName: string, settleMs = 1000): Promise<number> {
+    const deadline = Date.now() + settleMs;
+    while (this.connectionCount(exportName) > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    return this.connectionCount(exportName);
+  }
+
   /** Gracefully disconnects every client of one export (volume delete --force). */
   async disconnectExport(exportName: string, graceMs = 5000): Promise<void> {
     await shutdownAll([...(this.byExport.get(exportName) ?? [])], graceMs, 'export removed');
