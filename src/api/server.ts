@@ -103,13 +103,13 @@ export function buildApi(context: ApiContext): FastifyInstance {
   app.patch('/api/v1/volumes/:name', {
     schema: {
       params: NAME_PARAM,
-      body: { type: 'object', additionalProperties: false, required: ['readOnly'], properties: { readOnly: { type: 'boolean' } } },
+      body: { type: 'object', additionalProperties: false, minProperties: 1, properties: { readOnly: { type: 'boolean' }, reduce: { type: 'boolean' } } },
     },
   }, async (request) => {
     const { name } = request.params as { name: string };
-    const { readOnly } = request.body as { readOnly: boolean };
-    await context.volumes.setReadOnly(name, readOnly);
-    request.log.info({ volume: name, readOnly }, 'volume updated');
+    const changes = request.body as { readOnly?: boolean; reduce?: boolean };
+    await context.volumes.update(name, changes);
+    request.log.info({ volume: name, ...changes }, 'volume updated');
     return volumeView(context, name);
   });
 

@@ -49,7 +49,7 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
       if (options.json) printJson(v);
       else printFields([
         ['name', v.name], ['state', v.error ? `${v.state} (${v.error.code}: ${v.error.message})` : v.state],
-        ['size', `${size(v.sizeBytes)} (${v.sizeBytes} bytes)`], ['read-only', v.readOnly],
+        ['size', `${size(v.sizeBytes)} (${v.sizeBytes} bytes)`], ['read-only', v.readOnly], ['reduce', v.reduce],
         ['stored on disk', size(v.storedBytes)], ['client bytes written', size(v.clientBytesWritten)],
         ['journal per byte written', v.storedPerWritten === null ? '-' : `${v.storedPerWritten} (zero writes and unchanged sectors are not stored)`],
         ['journal', `${size(v.journalBytes)} in ${v.journalSegments} segment(s), ${v.records} record(s)`],
@@ -63,18 +63,23 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
     }));
 
   volume.command('set <name>')
-    .description('change a volume: --read-only refuses writes from every client, --writable allows them again')
+    .description('change a volume: --read-only refuses writes from every client, --writable allows them again; --no-reduce stores every write whole, --reduce only what changed (the default)')
     .option('--read-only', 'make the volume read-only')
     .option('--writable', 'make the volume writable')
+    .option('--reduce', 'store only what changed (zero writes as zeroes, changed sectors only)')
+    .option('--no-reduce', 'store every write whole')
     .option('--api <url>', 'daemon API URL')
     .option('--json', 'print JSON')
-    .action((name: string, options: ClientOptions & { readOnly?: boolean; writable?: boolean }) => run(async () => {
-      if (Boolean(options.readOnly) === Boolean(options.writable)) {
-        throw new HindsightError('INVALID_ARGUMENT', 'give exactly one of --read-only or --writable');
-      }
-      const v = await client(options).request<VolumeView>('PATCH', `/volumes/${encodeURIComponent(name)}`, { readOnly: Boolean(options.readOnly) });
+    .action((name: string, options: ClientOptions & { readOnly?: boolean; writable?: boolean; reduce?: boolean }) => run(async () => {
+      if (options.readOnly && options.writable) throw new HindsightError('INVALID_ARGUMENT', 'give one of --read-only or --writable, not both');
+      const changes = {
+        ...(options.readOnly || options.writable ? { readOnly: Boolean(options.readOnly) } : {}),
+        ...(options.reduce === undefined ? {} : { reduce: options.reduce }),
+      };
+      if (Object.keys(changes).length === 0) throw new HindsightError('INVALID_ARGUMENT', 'give --read-only, --writable, --reduce or --no-reduce');
+      const v = await client(options).request<VolumeView>('PATCH', `/volumes/${encodeURIComponent(name)}`, changes);
       if (options.json) printJson(v);
-      else process.stdout.write(`volume ${v.name} is now ${v.readOnly ? 'read-only' : 'writable'}\n`);
+      else process.stdout.write(`volume ${v.name} is now ${v.readOnly ? 'read-only' : 'writable'}, ${v.reduce ? 'storing only what changed' : 'storing every write whole'}\n`);
       return 0;
     }));
 

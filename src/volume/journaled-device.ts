@@ -30,6 +30,8 @@ export interface JournaledDeviceOptions {
   volumeId: Buffer;
   files: FileLayer;
   readOnly: boolean;
+  /** Store only what changed (default true): zero writes as zeroes, changed sectors only. */
+  reduce?: boolean;
   syncEveryWrite: boolean;
   segmentBytesMax: number;
   checkpointEveryBytes: number;
@@ -97,6 +99,7 @@ export class JournaledDevice implements BlockDevice {
   /** Every record since the first: answers what any range held at any seq. */
   readonly history: History;
   private readonly liveRegion = (regionIndex: number) => this.index.region(regionIndex);
+  private reduce: boolean;
   private timeFirstUs: number;
   private clientBytesWritten = 0;
   private checkpointBytes: number;
@@ -118,6 +121,7 @@ export class JournaledDevice implements BlockDevice {
     this.sizeBytes = options.sizeBytes;
     this.index = index;
     this.history = history;
+    this.reduce = options.reduce ?? true;
     this.timeFirstUs = timeFirstUs;
     this.capabilities.readOnly = options.readOnly;
     this.checkpointBytes = journal.stats().bytes;
@@ -234,6 +238,11 @@ export class JournaledDevice implements BlockDevice {
     this.capabilities.readOnly = readOnly;
   }
 
+  /** Turns "only what changed is stored" on or off for the writes from now on. */
+  setReduce(reduce: boolean): void {
+    this.reduce = reduce;
+  }
+
   stats(): JournaledDeviceStats {
     const journal = this.journal.stats();
     return {
@@ -307,7 +316,8 @@ export class JournaledDevice implements BlockDevice {
     this.assertWritable(offsetBytes, data.length);
     const fua = options.fua ? RecordFlag.FUA : 0;
     let record: AppendedRecord;
-    const changed = isAllZero(data) ? null : this.changedSpan(offsetBytes, data);
+    const whole = { start: 0, length: data.length };
+    const changed = !this.reduce ? whole : isAllZero(data) ? null : this.changedSpan(offsetBytes, data);
     if (changed === null) {
       record = this.append(RecordType.ZERO, fua | RecordFlag.ALLOCATED | RecordFlag.CLIENT_WRITE, offsetBytes, data.length, null);
       this.index.setZero(offsetBytes, data.length, true);

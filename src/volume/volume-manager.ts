@@ -37,6 +37,8 @@ interface VolumeRecord {
   sizeBytes: number;
   createdAt: string;
   readOnly?: boolean;
+  /** Store only what changed (default true); false stores every write whole. */
+  reduce?: boolean;
 }
 
 export interface Volume {
@@ -86,6 +88,8 @@ export interface VolumeInfo {
   sizeBytes: number;
   createdAt: string;
   readOnly: boolean;
+  /** Only changed sectors stored, zero writes as zeroes (see README, "Space"). */
+  reduce: boolean;
   state: 'online' | 'failed';
   error: { code: string; message: string } | null;
   /** Bytes on disk: journal segments and index checkpoint. */
@@ -205,6 +209,7 @@ export class VolumeManager {
       sizeBytes: volume.record.sizeBytes,
       createdAt: volume.record.createdAt,
       readOnly: volume.record.readOnly ?? false,
+      reduce: volume.record.reduce ?? true,
       state: volume.device && !volume.error ? 'online' : 'failed',
       error: volume.error ? volume.error.toJSON() : null,
       storedBytes,
@@ -278,9 +283,14 @@ export class VolumeManager {
 
   /** Switches a volume between read-only and writable; persisted in volume.json. */
   setReadOnly(name: string, readOnly: boolean): Promise<VolumeInfo> {
+    return this.update(name, { readOnly });
+  }
+
+  /** Changes a volume's settings (read-only, reduction); persisted in volume.json. */
+  update(name: string, changes: { readOnly?: boolean; reduce?: boolean }): Promise<VolumeInfo> {
     return this.serialise(async () => {
       const volume = this.get(name);
-      const record = { ...volume.record, readOnly };
+      const record = { ...volume.record, ...changes };
       const temporary = path.join(this.volumesDir, `.update-${record.id}`);
       try {
         await fs.mkdir(temporary, { recursive: true });
@@ -293,7 +303,8 @@ export class VolumeManager {
         await fs.rm(temporary, { recursive: true, force: true });
       }
       volume.record = record;
-      volume.device?.setReadOnly(readOnly);
+      if (changes.readOnly !== undefined) volume.device?.setReadOnly(changes.readOnly);
+      if (changes.reduce !== undefined) volume.device?.setReduce(changes.reduce);
       return this.info(name);
     });
   }
@@ -588,6 +599,7 @@ export class VolumeManager {
         volumeId: volumeIdOf(record),
         files: nodeFileLayer,
         readOnly: record.readOnly ?? false,
+        reduce: record.reduce ?? true,
         syncEveryWrite: this.options.syncEveryWrite,
         segmentBytesMax: LIMITS.journalSegmentBytesMax,
         checkpointEveryBytes: LIMITS.indexCheckpointEveryBytes,

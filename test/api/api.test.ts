@@ -35,6 +35,12 @@ test('create, list, info, set read-only, delete', async () => {
   assert.deepEqual(list.volumes.map((v: { name: string }) => v.name), ['disk0', 'vm-1.disk_a']);
   const ro = await api.inject({ method: 'PATCH', url: '/api/v1/volumes/vm-1.disk_a', payload: { readOnly: true } });
   assert.equal(ro.json().readOnly, true);
+  assert.equal(ro.json().reduce, true, 'reduction is on by default');
+  const plain = await api.inject({ method: 'PATCH', url: '/api/v1/volumes/vm-1.disk_a', payload: { reduce: false } });
+  assert.equal(plain.json().reduce, false);
+  assert.equal(plain.json().readOnly, true, 'other settings are kept');
+  const empty = await api.inject({ method: 'PATCH', url: '/api/v1/volumes/vm-1.disk_a', payload: {} });
+  assert.equal(empty.statusCode, 400);
   const deleted = await api.inject({ method: 'DELETE', url: '/api/v1/volumes/vm-1.disk_a' });
   assert.equal(deleted.statusCode, 200);
   assert.equal((await api.inject({ method: 'GET', url: '/api/v1/volumes/vm-1.disk_a' })).json().code, 'VOLUME_NOT_FOUND');

@@ -139,3 +139,30 @@ test('a page update stores only its changed sectors; pieces per block stay bound
   assert.deepEqual(report.problems, []);
   await reopened.close();
 });
+
+test('with reduction off every write is stored whole; turning it back on stores only what changed again', async (t) => {
+  const dir = makeTempDir();
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const clock = { us: 1_900_000_000_000_000 };
+  const device = JournaledDevice.open({
+    name: 'plain', directory: dir, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer, reduce: false,
+    readOnly: false, syncEveryWrite: false, segmentBytesMax: 64 * MiB, checkpointEveryBytes: 1 << 30, nowUs: () => (clock.us += 10), idleCheckpointMs: 0,
+  });
+  const data = new Random(3).bytes(64 * 1024, false);
+  await device.write(0, data, { fua: false });
+  for (const again of [Buffer.from(data), Buffer.alloc(64 * 1024)]) {
+    const before = device.stats().bytes;
+    await device.write(0, again, { fua: false });
+    const entry = device.history.entry(device.history.seqLast);
+    assert.equal(entry.type, RecordType.WRITE, 'stored as a WRITE');
+    assert.equal(entry.payloadBytes, 64 * 1024, 'whole');
+    assert.ok(device.stats().bytes - before > 64 * 1024);
+  }
+  device.setReduce(true);
+  await device.write(0, Buffer.alloc(64 * 1024), { fua: false });
+  assert.equal(device.history.entry(device.history.seqLast).type, RecordType.ZERO, 'zero bytes: stored as zeroes again');
+  await device.write(0, Buffer.from(data), { fua: false });
+  await device.write(0, Buffer.from(data), { fua: false });
+  assert.equal(device.history.entry(device.history.seqLast).type, RecordType.UNCHANGED, 'an identical rewrite: unchanged again');
+  await device.close();
+});
