@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildRecord, log, prepareBuild, runMain, withBenchRun, writeReport } from './lib/run.js';
-import { SERVER_NAMES, startServer } from './lib/servers.js';
+import { DEFAULT_SERVERS, SERVER_NAMES, startServer } from './lib/servers.js';
 import { BUILD_MODES } from './lib/snapshot.js';
 import type { BuildMode } from './lib/snapshot.js';
 import type { ServerName } from './lib/servers.js';
@@ -53,7 +53,7 @@ function parseConfig(argv: string[]): Config {
       'size-gib': { type: 'string', default: '4' },
       'working-set-gib': { type: 'string' },
       'copy-gib': { type: 'string', default: '1' },
-      servers: { type: 'string', default: SERVER_NAMES.join(',') },
+      servers: { type: 'string', default: DEFAULT_SERVERS.join(',') },
       lines: { type: 'string', default: LINES.map((l) => l.id).join(',') },
       'tmp-dir': { type: 'string', default: '/var/tmp' },
       out: { type: 'string' },

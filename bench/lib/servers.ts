@@ -8,8 +8,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pickFreePort, runCommand, sleep, startProcess, stopProcess } from './proc.js';
 
-export const SERVER_NAMES = ['hindsight', 'qemu-nbd', 'nbdkit'] as const;
+/** `hindsight-plain`: Hindsight with "only what changed is stored" off (volume set --no-reduce). */
+export const SERVER_NAMES = ['hindsight', 'qemu-nbd', 'nbdkit', 'hindsight-plain'] as const;
 export type ServerName = (typeof SERVER_NAMES)[number];
+/** What a run compares unless told otherwise. */
+export const DEFAULT_SERVERS: ServerName[] = ['hindsight', 'qemu-nbd', 'nbdkit'];
 export const EXPORT_NAME = 'bench';
 
 export interface ServerStartOptions {
@@ -33,13 +36,14 @@ const READY_TIMEOUT_MS = 30_000;
 
 export function startServer(name: ServerName, options: ServerStartOptions): Promise<RunningServer> {
   switch (name) {
-    case 'hindsight': return startHindsight(options);
+    case 'hindsight': return startHindsight(options, true);
+    case 'hindsight-plain': return startHindsight(options, false);
     case 'qemu-nbd': return startQemuNbd(options);
     case 'nbdkit': return startNbdkit(options);
   }
 }
 
-async function startHindsight(options: ServerStartOptions): Promise<RunningServer> {
+async function startHindsight(options: ServerStartOptions, reduce: boolean): Promise<RunningServer> {
   const dataDir = path.join(options.workDir, 'hindsight-data');
   const child = startProcess(process.execPath, [
     ...(options.nodeArgs ?? []),
@@ -52,8 +56,14 @@ async function startHindsight(options: ServerStartOptions): Promise<RunningServe
   if (!Number.isInteger(nbdPort) || nbdPort <= 0) throw new Error(`hindsight printed no nbdPort: ${JSON.stringify(ready)}`);
   const uri = `nbd://127.0.0.1:${nbdPort}/${EXPORT_NAME}`;
   await waitForExport(uri, child);
+  if (!reduce) {
+    const response = await fetch(`${String(ready.api)}/api/v1/volumes/${EXPORT_NAME}`, {
+      method: 'PATCH', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ reduce: false }),
+    });
+    if (!response.ok) throw new Error(`hindsight: cannot turn reduction off: ${await response.text()}`);
+  }
   // SIGINT is the graceful stop: the daemon flushes, and node writes a --cpu-prof profile.
-  return { name: 'hindsight', uri, pid: child.pid ?? -1, stop: () => stopProcess(child, 'SIGINT') };
+  return { name: reduce ? 'hindsight' : 'hindsight-plain', uri, pid: child.pid ?? -1, stop: () => stopProcess(child, 'SIGINT') };
 }
 
 function startQemuNbd(options: ServerStartOptions): Promise<RunningServer> {

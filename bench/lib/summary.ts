@@ -53,7 +53,8 @@ export function summarise(lines: LineSpec[], servers: ServerName[], samples: Sam
 
 function ratiosFor(line: LineSpec, perServer: Partial<Record<ServerName, ServerSummary>>): LineSummary['ratios'] {
   const subject = perServer[SUBJECT];
-  const peers = (Object.keys(perServer) as ServerName[]).filter((name) => name !== SUBJECT);
+  // Peers are the other programs; Hindsight's own variants (hindsight-plain) are shown, not compared.
+  const peers = (Object.keys(perServer) as ServerName[]).filter((name) => !name.startsWith('hindsight'));
   if (!subject || peers.length === 0) return {};
   const ratios: LineSummary['ratios'] = {};
   for (const peer of peers) ratios[`${SUBJECT}/${peer}`] = round(subject.median / (perServer[peer] as ServerSummary).median, 3);
@@ -72,7 +73,7 @@ function round(value: number, digits = 1): number {
 
 /** A Markdown table of the medians and ratios, for the terminal and docs/BENCHMARKS.md. */
 export function formatTable(summary: Record<string, LineSummary>, servers: ServerName[]): string {
-  const peers = servers.filter((name) => name !== SUBJECT);
+  const peers = servers.filter((name) => !name.startsWith('hindsight'));
   const header = ['line', 'unit', ...servers.map((s) => `${s} (median)`), ...peers.map((p) => `HS/${p}`), 'HS/faster peer', `>= ${TARGET_RATIO}x`];
   const rows = Object.entries(summary).map(([id, line]) => [
     id, line.unit,
