@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { HindsightError, formatTimeUs, parsePoint } from '../core/index.js';
 import { claimRestoreTarget, restoreImage } from '../volume/index.js';
 import type { MountInfo } from '../volume/index.js';
+import { attachedClients } from './clients.js';
 import type { ApiContext } from './server.js';
 
 const NAME_PARAM = {
@@ -64,10 +65,7 @@ export function registerHistoryRoutes(app: FastifyInstance, context: ApiContext)
     const { name } = request.params as { name: string };
     const { force = false } = request.query as { force?: boolean };
     context.volumes.mountGet(name);
-    const connected = force ? context.nbd.connectionCount(name) : await context.nbd.settledConnectionCount(name);
-    if (connected > 0 && !force) {
-      throw new HindsightError('VOLUME_BUSY', `mount "${name}" has ${connected} connected NBD client(s); disconnect them or use --force`);
-    }
+    const connected = await attachedClients(context.nbd, name, force, `mount "${name}"`);
     const info = await context.volumes.unmount(name, detach);
     request.log.info({ mount: name, disconnected: connected }, 'point unmounted');
     return { ...info, unmounted: true, disconnectedClients: connected };

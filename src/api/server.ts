@@ -8,6 +8,7 @@ import type { FastifyInstance, FastifyBaseLogger } from 'fastify';
 import { HindsightError, LIMITS, isHindsightError, parseSize } from '../core/index.js';
 import type { NbdServer } from '../nbd/index.js';
 import type { JobRegistry, VolumeManager } from '../volume/index.js';
+import { attachedClients } from './clients.js';
 import { registerHistoryRoutes } from './history-routes.js';
 import { httpStatus } from './http-status.js';
 
@@ -122,10 +123,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
     const { name } = request.params as { name: string };
     const { force = false } = request.query as { force?: boolean };
     context.volumes.get(name);
-    const connected = force ? context.nbd.connectionCount(name) : await context.nbd.settledConnectionCount(name);
-    if (connected > 0 && !force) {
-      throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${connected} connected NBD client(s); disconnect them or use --force`);
-    }
+    const connected = await attachedClients(context.nbd, name, force, `volume "${name}"`);
     const jobs = context.jobs.runningFor(name);
     if (jobs.length > 0 && !force) {
       throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${jobs.length} running job(s) (${jobs.map((job) => job.kind).join(', ')}); wait for them or use --force to cancel them`);

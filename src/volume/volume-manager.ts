@@ -139,30 +139,15 @@ export class VolumeManager {
   }
 
   async open(): Promise<void> {
-    await fs.mkdir(this.volumesDir, { recursive: true });
-    for (const entry of await fs.readdir(this.volumesDir, { withFileTypes: true })) {
-      if (!entry.isDirectory()) continue;
-      if (entry.name.startsWith('.')) {
-        // Left over from a create or delete that crashed half-way.
-        await fs.rm(path.join(this.volumesDir, entry.name), { recursive: true, force: true });
-        continue;
-      }
-      const volume = await this.load(entry.name);
-      this.volumes.set(entry.name, volume);
+    for (const name of await entries(this.volumesDir)) {
+      const volume = await this.load(name);
+      this.volumes.set(name, volume);
       // After registering: a damaged record found at once must find the volume to refuse.
       // Then the history's snapshots are completed, also in the background.
       const device = volume.device;
       if (device) void device.scrub().catch(() => undefined).then(() => device.warmHistory());
     }
-    await fs.mkdir(this.mountsDir, { recursive: true });
-    for (const entry of await fs.readdir(this.mountsDir, { withFileTypes: true })) {
-      if (!entry.isDirectory()) continue;
-      if (entry.name.startsWith('.')) {
-        await fs.rm(path.join(this.mountsDir, entry.name), { recursive: true, force: true });
-        continue;
-      }
-      this.mounts.set(entry.name, await this.loadMount(entry.name));
-    }
+    for (const name of await entries(this.mountsDir)) this.mounts.set(name, await this.loadMount(name));
   }
 
   names(): string[] {
@@ -616,6 +601,21 @@ export class VolumeManager {
   private volumeDir(name: string): string {
     return path.join(this.volumesDir, name);
   }
+}
+
+/**
+ * The names of the directories in `directory` (created if missing). Those starting with '.'
+ * are left over from a create or delete that crashed half-way: removed.
+ */
+async function entries(directory: string): Promise<string[]> {
+  await fs.mkdir(directory, { recursive: true });
+  const names: string[] = [];
+  for (const entry of await fs.readdir(directory, { withFileTypes: true })) {
+    if (!entry.isDirectory()) continue;
+    if (entry.name.startsWith('.')) await fs.rm(path.join(directory, entry.name), { recursive: true, force: true });
+    else names.push(entry.name);
+  }
+  return names;
 }
 
 async function writeRecord(directory: string, record: VolumeRecord): Promise<void> {

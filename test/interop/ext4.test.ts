@@ -7,13 +7,13 @@
  * daemon) and runs however the test ends, so a failure never leaves a mount behind.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { makeTempDir, startDaemon } from '../helpers/daemon.js';
-import { KiB, MiB, dataBytes, deferrals, nbdMap, waitFor } from '../helpers/interop.js';
+import { KiB, MiB, dataBytes, deferrals, nbdMap } from '../helpers/interop.js';
+import { attachExport } from '../helpers/block-stack.js';
 import { run } from '../helpers/run.js';
 
 const VOLUME_BYTES = 256 * MiB;
@@ -22,16 +22,6 @@ function whyNotRunnable(): string | null {
   if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'needs root for loop devices and mount';
   if (!fs.existsSync('/dev/fuse')) return 'needs /dev/fuse for nbdfuse';
   return null;
-}
-
-/** fusermount3 -u fails with EBUSY until the loop device has really let go of the file. */
-async function fuseUnmount(mountpoint: string): Promise<void> {
-  let last = '';
-  await waitFor(async () => {
-    const result = await run('fusermount3', ['-u', mountpoint], { allowFailure: true });
-    last = result.stderr;
-    return result.code === 0;
-  }, { what: () => `fusermount3 -u ${mountpoint} (${last.trim()})`, timeoutMs: 15_000, intervalMs: 100 });
 }
 
 interface WrittenFile {
@@ -74,26 +64,8 @@ test('ext4 over loop over nbdfuse: mkfs, write, e2fsck clean, remount and verify
   defer(() => fs.rmSync(daemon.dataDir, { recursive: true, force: true }));
   defer(async () => assert.equal(await daemon.stop(), 0, `daemon exit: ${daemon.stderr()}`));
 
-  // nbdfuse: the export as the file DIR/fuse/disk (runs in the foreground until unmounted).
-  const fuseDir = path.join(dir, 'fuse');
-  const diskFile = path.join(fuseDir, 'disk');
-  fs.mkdirSync(fuseDir);
-  const fuse = spawn('nbdfuse', [diskFile, daemon.uri('ext4')], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let fuseStderr = '';
-  fuse.stderr.on('data', (chunk: Buffer) => { fuseStderr += chunk.toString(); });
-  const fuseExited = new Promise<number | null>((resolve) => fuse.once('exit', (code) => resolve(code)));
-  defer(async () => {
-    if (fuse.exitCode !== null || fuse.signalCode !== null) return;
-    await fuseUnmount(fuseDir);
-    assert.equal(await fuseExited, 0, `nbdfuse exit: ${fuseStderr}`);
-  });
-  await waitFor(() => fuse.exitCode === null && fs.existsSync(diskFile) && fs.statSync(diskFile).size === VOLUME_BYTES, {
-    what: () => `nbdfuse to present ${diskFile} (${fuseStderr.trim()})`,
-  });
-
-  const loop = (await run('losetup', ['--direct-io=on', '--find', '--show', diskFile])).stdout.trim();
-  assert.match(loop, /^\/dev\/loop\d+$/);
-  defer(() => run('losetup', ['-d', loop]));
+  // nbdfuse presents the export as a file; a loop device on top (helpers/block-stack.ts).
+  const { loop } = await attachExport(defer, dir, daemon.uri('ext4'), VOLUME_BYTES, false);
 
   const mountpoint = path.join(dir, 'mnt');
   fs.mkdirSync(mountpoint);

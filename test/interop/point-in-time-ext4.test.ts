@@ -24,7 +24,6 @@
  * hindsight unmount, stop the daemon) and runs however the test ends.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -32,6 +31,8 @@ import { test } from 'node:test';
 import { makeTempDir, startDaemon } from '../helpers/daemon.js';
 import type { DaemonHandle } from '../helpers/daemon.js';
 import { KiB, MiB, deferrals, hindsight, sha256File, waitFor } from '../helpers/interop.js';
+import { attachExport, losetup } from '../helpers/block-stack.js';
+import type { Defer } from '../helpers/block-stack.js';
 import { run } from '../helpers/run.js';
 
 const VOLUME = 'pit';
@@ -236,58 +237,6 @@ function writeSetB(w: Writer): void {
 
 // ---- the stack: NBD export -> nbdfuse file -> loop device -> ext4 mount ----
 
-type Defer = (step: () => unknown) => void;
-
-/** fusermount3 -u fails with EBUSY until the loop device has really let go of the file. */
-async function fuseUnmount(mountpoint: string): Promise<void> {
-  let last = '';
-  await waitFor(async () => {
-    const result = await run('fusermount3', ['-u', mountpoint], { allowFailure: true });
-    last = result.stderr;
-    return result.code === 0;
-  }, { what: () => `fusermount3 -u ${mountpoint} (${last.trim()})`, timeoutMs: 15_000, intervalMs: 100 });
-}
-
-/** Runs `release` once however often it is called (explicitly mid-test and again at teardown). */
-function once(release: () => Promise<void>): () => Promise<void> {
-  let done: Promise<void> | null = null;
-  return () => (done ??= release());
-}
-
-interface Attached {
-  loop: string;
-  detach(): Promise<void>;
-}
-
-/** An NBD export as a loop device: nbdfuse presents it as a file, losetup (direct I/O) on top. */
-async function attachExport(defer: Defer, dir: string, uri: string, readOnly: boolean): Promise<Attached> {
-  const fuseDir = fs.mkdtempSync(path.join(dir, 'fuse-'));
-  const diskFile = path.join(fuseDir, 'disk');
-  const fuse = spawn('nbdfuse', [...(readOnly ? ['--readonly'] : []), diskFile, uri], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let fuseStderr = '';
-  fuse.stderr.on('data', (chunk: Buffer) => { fuseStderr += chunk.toString(); });
-  const fuseExited = new Promise<number | null>((resolve) => fuse.once('exit', (code) => resolve(code)));
-  let loop: string | null = null;
-  const detach = once(async () => {
-    if (loop !== null) await run('losetup', ['-d', loop]);
-    if (fuse.exitCode !== null || fuse.signalCode !== null) return;
-    await fuseUnmount(fuseDir);
-    assert.equal(await fuseExited, 0, `nbdfuse ${uri} exit: ${fuseStderr}`);
-  });
-  defer(detach);
-  await waitFor(() => fuse.exitCode === null && fs.existsSync(diskFile) && fs.statSync(diskFile).size === VOLUME_BYTES, {
-    what: () => `nbdfuse to present ${uri} as ${diskFile} (${fuseStderr.trim()})`,
-  });
-  loop = await losetup(diskFile, readOnly);
-  return { loop, detach };
-}
-
-async function losetup(file: string, readOnly: boolean): Promise<string> {
-  const args = [...(readOnly ? ['--read-only'] : []), '--direct-io=on', '--find', '--show', file];
-  const loop = (await run('losetup', args)).stdout.trim();
-  assert.match(loop, /^\/dev\/loop\d+$/);
-  return loop;
-}
 
 interface Mounted {
   dir: string;
@@ -362,7 +311,7 @@ test('ext4 point in time: read-only mount by time, writable clone and restore by
   };
 
   // ---- the live volume: ext4 read-write, set A, sync, point T (bookmark and time), set B ----
-  const live = await attachExport(defer, dir, daemon.uri(VOLUME), false);
+  const live = await attachExport(defer, dir, daemon.uri(VOLUME), VOLUME_BYTES, false);
   // No lazy inode-table or journal initialisation: nothing may write behind the test's back.
   await run('mkfs.ext4', ['-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0', live.loop]);
   let liveMount = await mountExt4(defer, dir, live.loop, null);
@@ -399,7 +348,7 @@ test('ext4 point in time: read-only mount by time, writable clone and restore by
     assert.ok(mount.uri.endsWith(`/${VOLUME}%40${mount.seq}`), mount.uri);
     assert.ok(mount.seq > 0 && mount.seq <= bookmark.seq, `time T resolved to seq ${mount.seq}, the bookmark is seq ${bookmark.seq}`);
     assert.ok(mount.time <= timeT, `resolved time ${mount.time} is after T ${timeT}`);
-    const point = await attachExport(defer, dir, mount.uri, true);
+    const point = await attachExport(defer, dir, mount.uri, VOLUME_BYTES, true);
     deviceHashes.push(['read-only mount by time', await sha256File(point.loop)]);
     const superblock = (await run('dumpe2fs', ['-h', point.loop])).stdout;
     assert.match(superblock, /^Filesystem features:.*\bneeds_recovery\b/m, 'a point taken while mounted is crash-consistent (journal live)');
@@ -428,7 +377,7 @@ test('ext4 point in time: read-only mount by time, writable clone and restore by
     assert.equal(mount.writable, true);
     assert.equal(mount.seq, bookmark.seq);
     assert.equal(mount.export, `${VOLUME}@${bookmark.seq}-rw`);
-    const clone = await attachExport(defer, dir, mount.uri, false);
+    const clone = await attachExport(defer, dir, mount.uri, VOLUME_BYTES, false);
     await assertFsckClean(clone.loop, 'the writable clone of point T');
     let mounted = await mountExt4(defer, dir, clone.loop, null);
     assert.deepEqual(await describeMounted(mounted.dir), setA, 'the clone starts as set A');
@@ -455,7 +404,7 @@ test('ext4 point in time: read-only mount by time, writable clone and restore by
     const mount = await mountPoint(['--at', 'bookmark:setA', '--name', 'setA-again']);
     assert.equal(mount.export, 'setA-again');
     assert.equal(mount.seq, bookmark.seq);
-    const point = await attachExport(defer, dir, mount.uri, true);
+    const point = await attachExport(defer, dir, mount.uri, VOLUME_BYTES, true);
     deviceHashes.push(['read-only mount by bookmark after the clone', await sha256File(point.loop)]);
     await assertFsckClean(point.loop, 'point T by bookmark');
     const mounted = await mountExt4(defer, dir, point.loop, 'ro,noload');
