@@ -7,3 +7,5 @@ export { GroupCommit } from './group-commit.js';
 export type { BlockDevice, BlockDeviceCapabilities, WriteOptions, ZeroOptions, Extent } from './block-device.js';
 export { parsePoint, formatTimeUs, describePoint } from './point.js';
 export type { PointSpec } from './point.js';
+export { parseRetention, retentionHorizonUs, keepAllUs, granularityAt, expiringRuns, DEFAULT_RETENTION } from './retention.js';
+export type { RetentionPolicy, RetentionTier } from './retention.js';

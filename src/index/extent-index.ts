@@ -17,6 +17,11 @@ export const REGION_SHIFT = 22;
 export const REGION_BYTES = 2 ** REGION_SHIFT;
 export const SEGMENT_ZERO = 0;
 export const SEGMENT_ZERO_ALLOCATED = 0xffffffff;
+/**
+ * Data retention reclaimed (a thinned record). Only history snapshots of expired points can
+ * hold it; reading it is refused (POINT_EXPIRED), never served.
+ */
+export const SEGMENT_DROPPED = 0xfffffffe;
 export const EXTENT_STRIDE = 6;
 const STRIDE = EXTENT_STRIDE;
 

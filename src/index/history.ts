@@ -23,7 +23,7 @@
  */
 import { HindsightError, assert } from '../core/index.js';
 import { RecordFlag, RecordType, isClientWrite } from '../journal/record.js';
-import { EXTENT_STRIDE, ExtentIndex, REGION_BYTES, Region, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
+import { EXTENT_STRIDE, ExtentIndex, REGION_BYTES, Region, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
 import type { ExtentVisit } from './extent-index.js';
 
 const SNAPSHOT_POSTINGS_MIN = 64;
@@ -163,8 +163,19 @@ export class History {
   private snapshotBytes = 0;
   /** Regions before this one (in `touched`) are warm. */
   private warmCursor = 0;
-  /** The seq of the first record kept (retention will raise it). */
+  /** The seq of the first record kept. */
   readonly seqFirst = 1;
+  /** Runs of seqs whose points retention removed (inclusive, ascending, disjoint). */
+  private expiredRuns: Array<[number, number]> = [];
+  /**
+   * Bumped whenever journal positions change (a segment compacted): regions materialised
+   * before (PointIndex caches) must be built again.
+   */
+  generation = 0;
+  /** Records whose payload retention reclaimed. */
+  thinnedRecords = 0;
+  /** The seqs rollbacks went back to: their points stay (later points are built from them). */
+  readonly revertTargets: number[] = [];
 
   constructor(readonly sizeBytes: number) {
     this.regions = new Array(Math.ceil(sizeBytes / REGION_BYTES));
@@ -191,6 +202,8 @@ export class History {
       assert(entry.offsetBytes + entry.lengthBytes <= this.sizeBytes && entry.payloadSkip + entry.payloadBytes <= Math.max(entry.lengthBytes, entry.payloadBytes), 'a change lies within the volume');
     }
     this.table.push(entry);
+    if (entry.type === RecordType.THINNED) this.thinnedRecords += 1;
+    if (entry.type === RecordType.REVERT) this.revertTargets.push(entry.offsetBytes);
     if (entry.type === RecordType.REVERT) {
       for (const regionIndex of this.touched) this.post(regionIndex, entry.seq);
     } else if (changesContent(entry.type) && entry.lengthBytes > 0) {
@@ -323,6 +336,145 @@ export class History {
     return buckets;
   }
 
+  // ---- retention ----------------------------------------------------------------------
+
+  /** Marks runs of points as expired (merged with those already expired). */
+  expire(runs: ReadonlyArray<readonly [number, number]>): void {
+    const all = [...this.expiredRuns, ...runs.map(([a, b]) => [a, b] as [number, number])].sort((x, y) => x[0] - y[0]);
+    const merged: Array<[number, number]> = [];
+    for (const [a, b] of all) {
+      assert(a <= b && a >= 1, 'an expired run is a non-empty range of seqs');
+      const last = merged[merged.length - 1];
+      if (last && a <= last[1] + 1) last[1] = Math.max(last[1], b);
+      else merged.push([a, b]);
+    }
+    this.expiredRuns = merged;
+  }
+
+  get expired(): ReadonlyArray<readonly [number, number]> {
+    return this.expiredRuns;
+  }
+
+  /** The expired run holding `seq`, or null when its point is kept. */
+  expiredRunOf(seq: number): readonly [number, number] | null {
+    let low = 0;
+    let high = this.expiredRuns.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.expiredRuns[middle][1] < seq) low = middle + 1;
+      else high = middle;
+    }
+    const run = this.expiredRuns[low];
+    return run && run[0] <= seq ? run : null;
+  }
+
+  /** The oldest seq whose point is kept (0 if none). */
+  oldestKept(): number {
+    if (this.seqLast < this.seqFirst) return 0;
+    const first = this.expiredRuns[0];
+    if (!first || first[0] > this.seqFirst) return this.seqFirst;
+    return first[1] + 1 <= this.seqLast ? first[1] + 1 : 0;
+  }
+
+  /** The record whose payload is at (segment, payloadPosition) (0 if none): seqs follow journal order. */
+  seqOfPayload(segment: number, payloadPosition: number): number {
+    const t = this.table;
+    let low = 0;
+    let high = t.count;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (t.segment[middle] < segment || (t.segment[middle] === segment && t.payloadPosition[middle] < payloadPosition)) low = middle + 1;
+      else high = middle;
+    }
+    return low < t.count && t.segment[low] === segment && t.payloadPosition[low] === payloadPosition ? this.seqFirst + low : 0;
+  }
+
+  /** Regions with history, in the order first touched. */
+  touchedRegions(): readonly number[] {
+    return this.touched;
+  }
+
+  /**
+   * Retention's question for one region: replaying its records up to `upTo`, which WRITE
+   * records are visible at some point of `kept` (ascending) or at `upTo` itself? Calls
+   * `visible` for each (maybe more than once). A record never visible there was overwritten
+   * before the next kept point: dropping its payload changes no kept point.
+   */
+  visibleWrites(regionIndex: number, kept: ArrayLike<number>, upTo: number, visible: (seq: number) => void): void {
+    const history = this.regions[regionIndex];
+    if (!history) return;
+    const region = new Region();
+    let k = 0;
+    let changed = false;
+    const mark = () => {
+      const entries = region.entries;
+      for (let i = 0; i < region.count; i += 1) {
+        const segment = entries[i * EXTENT_STRIDE + 2];
+        if (segment === SEGMENT_ZERO || segment === SEGMENT_ZERO_ALLOCATED || segment === SEGMENT_DROPPED) continue;
+        const seq = this.seqOfPayload(segment, entries[i * EXTENT_STRIDE + 3]);
+        assert(seq !== 0, 'a data extent names a record of the history');
+        visible(seq);
+      }
+      changed = false;
+    };
+    for (let i = 0; i < history.count; i += 1) {
+      const seq = history.seqs[i];
+      if (seq > upTo) break;
+      while (k < kept.length && kept[k] < seq) {
+        if (changed) mark();
+        k += 1;
+      }
+      this.apply(region, regionIndex, seq);
+      changed = true;
+    }
+    if (changed) mark();
+  }
+
+  /**
+   * A segment was compacted: `moved` gives, for each of its records in seq order, the new
+   * payload position; `thinned` the seqs whose payload went (now THINNED records). Every
+   * extent naming the segment (snapshots, and the live index through `live`) follows; one
+   * naming a thinned payload becomes SEGMENT_DROPPED (only snapshots of expired points
+   * can: a kept point never shows a thinned record).
+   */
+  relocateSegment(segment: number, seqFirst: number, moved: ArrayLike<number>, thinned: ReadonlySet<number>, live: ExtentIndex): void {
+    const t = this.table;
+    const oldPositions: number[] = [];
+    const newPositions: number[] = [];
+    for (let j = 0; j < moved.length; j += 1) {
+      const i = seqFirst + j - this.seqFirst;
+      assert(t.segment[i] === segment, 'relocated records belong to the segment');
+      if (t.type[i] === RecordType.WRITE) {
+        oldPositions.push(t.payloadPosition[i]);
+        newPositions.push(thinned.has(seqFirst + j) ? -1 : moved[j]);
+      }
+      t.payloadPosition[i] = moved[j];
+      if (thinned.has(seqFirst + j)) {
+        assert(t.type[i] === RecordType.WRITE, 'only WRITE records are thinned');
+        t.type[i] = RecordType.THINNED;
+        t.payloadBytes[i] = 0;
+        t.payloadSkip[i] = 0;
+      }
+    }
+    const relocate = (entries: Uint32Array, count: number, isLive = false) => {
+      for (let at = 0; at < count * EXTENT_STRIDE; at += EXTENT_STRIDE) {
+        if (entries[at + 2] !== segment) continue;
+        const found = binarySearch(oldPositions, entries[at + 3]);
+        assert(found !== -1, 'an extent names a record of its segment');
+        assert(!isLive || newPositions[found] !== -1, 'the live volume never shows a thinned record');
+        if (newPositions[found] === -1) entries[at + 2] = SEGMENT_DROPPED;
+        else entries[at + 3] = newPositions[found];
+      }
+    };
+    for (const regionIndex of this.touched) {
+      for (const snapshot of this.regions[regionIndex]!.snapshots) relocate(snapshot, snapshot.length / EXTENT_STRIDE);
+      const region = live.region(regionIndex);
+      if (region) relocate(region.entries, region.count, true);
+    }
+    this.thinnedRecords += thinned.size;
+    this.generation += 1;
+  }
+
   /** The extents of one region at `seq` (a fresh copy the caller owns), or undefined if empty. */
   regionAt(regionIndex: number, seq: number): Region | undefined {
     const history = this.regions[regionIndex];
@@ -451,6 +603,8 @@ export class History {
       region.count = earlier.count;
       return;
     }
+    // Thinned by retention: overwritten before the next kept point, so no kept point needs it.
+    if (type === RecordType.THINNED) return;
     const base = regionIndex * REGION_BYTES;
     const write = type === RecordType.WRITE;
     const offset = write ? t.offset[i] + t.payloadSkip[i] : t.offset[i];
@@ -472,11 +626,13 @@ export class History {
 export class PointIndex {
   private readonly cache = new Map<number, Region | undefined>();
   private cachedBytes = 0;
+  private generation: number;
 
   constructor(private readonly history: History, readonly seq: number, private readonly cacheBytesMax = 16 * 1024 * 1024) {
     if (seq < history.seqFirst || seq > history.seqLast) {
       throw new HindsightError('POINT_NOT_FOUND', `seq ${seq} is not in this volume's history (${history.seqFirst}..${history.seqLast})`);
     }
+    this.generation = history.generation;
   }
 
   lookup(offsetBytes: number, lengthBytes: number, visit: (piece: ExtentVisit) => void): void {
@@ -484,6 +640,12 @@ export class PointIndex {
   }
 
   private region(regionIndex: number): Region | undefined {
+    if (this.generation !== this.history.generation) {
+      // Journal positions moved (a segment was compacted): cached regions name old ones.
+      this.cache.clear();
+      this.cachedBytes = 0;
+      this.generation = this.history.generation;
+    }
     if (this.cache.has(regionIndex)) {
       const hit = this.cache.get(regionIndex);
       this.cache.delete(regionIndex);
@@ -501,4 +663,15 @@ export class PointIndex {
     this.cachedBytes += bytes;
     return region;
   }
+}
+
+function binarySearch(sorted: readonly number[], value: number): number {
+  let low = 0;
+  let high = sorted.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (sorted[middle] < value) low = middle + 1;
+    else high = middle;
+  }
+  return low < sorted.length && sorted[low] === value ? low : -1;
 }

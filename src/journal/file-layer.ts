@@ -34,6 +34,8 @@ export interface FileLayer {
   readFile(file: string): Buffer | null;
   /** Replaces `file` atomically and durably: temp file, sync, rename, directory sync. */
   writeFileAtomic(file: string, data: Buffer): Promise<void>;
+  /** Atomically replaces `to` by `from` (same directory); durable after syncDirectory. */
+  rename(from: string, to: string): void;
   syncDirectory(directory: string): Promise<void>;
 }
 
@@ -175,6 +177,13 @@ export const nodeFileLayer: FileLayer = {
       await nodeFileLayer.syncDirectory(path.dirname(file));
     } catch (err) {
       throw fromSystemError(err, `writing ${file}`);
+    }
+  },
+  rename(from, to) {
+    try {
+      fs.renameSync(from, to);
+    } catch (err) {
+      throw fromSystemError(err, `renaming ${from}`);
     }
   },
   async syncDirectory(directory) {

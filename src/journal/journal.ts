@@ -21,6 +21,7 @@ import { durableClaimAfter, findContinuation, listSegments, scanJournal, segment
 import type { JournalPosition, ScannedRecord } from './scanner.js';
 import { SEGMENT_HEADER_BYTES, encodeSegmentHeader } from './segment.js';
 import { tocPath } from './toc.js';
+import { removeCompactionLeftovers } from './compaction.js';
 
 const PADDING = Buffer.alloc(8);
 const SEGMENT_FILES_OPEN_MAX = 64;
@@ -111,6 +112,7 @@ export class Journal {
   static open(options: JournalOptions, start: RecoveryStart | null, onRecord: (record: ScannedRecord) => void, durableFloor = 0): { journal: Journal; report: RecoveryReport } {
     const { files, directory } = options;
     files.mkdir(directory);
+    removeCompactionLeftovers(files, directory);
     const crcSeed = crcSeedFor(options.volumeId);
     // Every seq up to here is proven durable (a checkpoint is written only after a sync):
     // damage at or below it is corruption, never a torn tail to cut.
@@ -248,6 +250,23 @@ export class Journal {
     this.seqLast = seq;
     this.timeLastUs = timeUs;
     return { seq, timeUs, segmentIndex: this.activeIndex, payloadPosition };
+  }
+
+  /**
+   * Puts a compacted copy of a sealed segment in its place (compaction.ts): the rename is
+   * atomic; the caller syncs the directory. Reads already running keep the old file (open
+   * until they finish); reads from now on get the new one.
+   */
+  installCompacted(segmentIndex: number, temporaryPath: string, bytesReclaimed: number): void {
+    assert(segmentIndex < this.activeIndex, 'only sealed segments are compacted');
+    this.options.files.rename(temporaryPath, segmentPath(this.options.directory, segmentIndex));
+    const old = this.readFiles.get(segmentIndex);
+    if (old) {
+      this.readFiles.delete(segmentIndex);
+      this.closeWhenIdle(old);
+    }
+    this.bytesBeforeActive -= bytesReclaimed;
+    this.directoryDirty = true;
   }
 
   /** Durable: every record appended before this call. Concurrent calls share syncs. */

@@ -24,6 +24,11 @@ export const RecordType = {
   REVERT: 6,
   /** A client write of the very bytes already there: recorded (a seq, a time), nothing stored. */
   UNCHANGED: 7,
+  /**
+   * A WRITE whose payload retention reclaimed: its data was overwritten before the next
+   * point the policy keeps, so no kept point shows it. Header only (seq, time, range).
+   */
+  THINNED: 8,
 } as const;
 export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
 
@@ -37,7 +42,7 @@ export const RecordFlag = {
 
 /** Records that stand for a client WRITE (whatever was stored for it). */
 export function isClientWrite(type: number, flags: number): boolean {
-  return type === RecordType.WRITE || type === RecordType.UNCHANGED || (type === RecordType.ZERO && (flags & RecordFlag.CLIENT_WRITE) !== 0);
+  return type === RecordType.WRITE || type === RecordType.UNCHANGED || type === RecordType.THINNED || (type === RecordType.ZERO && (flags & RecordFlag.CLIENT_WRITE) !== 0);
 }
 
 export interface RecordHeader {

@@ -11,10 +11,12 @@
 import path from 'node:path';
 import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
-import { ExtentIndex, History, PointIndex, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
+import { ExtentIndex, History, PointIndex, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
 import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, encodeToc, isClientWrite, listSegments, payloadOffset, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, tocPath } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
+import { compactSegment } from '../journal/compaction.js';
+import { RetentionState } from './retention-state.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
 /** Errors that came from a base device's read. */
@@ -115,6 +117,10 @@ export class JournaledDevice implements BlockDevice {
   private checkpointSeq = 0;
   /** Sealed segments whose table of contents lists every record. */
   private readonly tocComplete = new Set<number>();
+  /** Scrub, fsck and compaction read or rewrite whole segments: one at a time. */
+  private maintenance: Promise<unknown> = Promise.resolve();
+  /** Which points retention removed, and what it reclaimed (retention.json). */
+  retention!: RetentionState;
 
   private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, history: History, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
@@ -184,10 +190,13 @@ export class JournaledDevice implements BlockDevice {
       tocComplete = scanned.segmentsCovered;
     }
     for (const entry of tail) history.append(entry);
+    // Points retention removed: refused from the first request on (their data may be gone).
+    const retention = RetentionState.load(options.files, options.directory, history);
     // A rollback among the replayed records: the live index is what the history says now.
     if (tail.some((entry) => entry.type === RecordType.REVERT)) index = history.indexAt(history.seqLast);
     const device = new JournaledDevice(options, opened.journal, index, history, timeFirstUs, { ...opened.report, checkpoint, historyFromTocs }, replayedFrom);
     device.clientBytesWritten = clientBytesWritten;
+    device.retention = retention;
     for (const segmentIndex of tocComplete) device.tocComplete.add(segmentIndex);
     // Busy regions start from a snapshot of now, not a replay from their first write.
     history.snapshotFromLive(device.liveRegion, 'all', HOT_REGION_POSTINGS);
@@ -203,7 +212,11 @@ export class JournaledDevice implements BlockDevice {
    * the index checkpoint). Reads verify what they touch anyway; this finds damage in data
    * nobody reads, so the volume is refused rather than silently rotting.
    */
-  async scrub(): Promise<void> {
+  scrub(): Promise<void> {
+    return this.exclusive(() => this.scrubNow());
+  }
+
+  private async scrubNow(): Promise<void> {
     if (this.replayedFrom === null) return;
     const bad = await scrubJournal({
       directory: path.join(this.options.directory, 'journal'), files: this.options.files,
@@ -292,6 +305,9 @@ export class JournaledDevice implements BlockDevice {
         }));
       } else if (piece.segment === -1 || isZero(piece.segment)) {
         into.fill(0, at, at + length);
+      } else if (piece.segment === SEGMENT_DROPPED) {
+        // Only an expired point can show reclaimed data, and those are refused before this.
+        throw new HindsightError('POINT_EXPIRED', `volume ${this.name}: this point's data at offset ${piece.startBytes} was reclaimed by the retention policy`);
       } else if (inPool) {
         pooled.push(this.journal.readPayloadAsync(piece, into, at, length));
       } else {
@@ -479,6 +495,8 @@ export class JournaledDevice implements BlockDevice {
 
   /** The volume as it was at `seq`, for a read-only or writable view (O(1): nothing copied). */
   pointIndex(seq: number): PointIndex {
+    const run = this.history.expiredRunOf(seq);
+    if (run) throw new HindsightError('POINT_EXPIRED', `seq ${seq} of volume ${this.name} was removed by its retention policy (seqs ${run[0]}..${run[1]})`);
     return new PointIndex(this.history, seq);
   }
 
@@ -522,7 +540,11 @@ export class JournaledDevice implements BlockDevice {
    * by the rebuilt one and checkpoints it. Synchronous scan: it pauses the daemon for as long
    * as reading the journal takes.
    */
-  async fsck(rebuildIndex: boolean): Promise<FsckReport> {
+  fsck(rebuildIndex: boolean): Promise<FsckReport> {
+    return this.exclusive(() => this.fsckNow(rebuildIndex));
+  }
+
+  private async fsckNow(rebuildIndex: boolean): Promise<FsckReport> {
     // The scan yields every few MiB, so clients keep being served while it runs.
     const verified = await verifyJournal(this.options);
     const problems = [...verified.problems];
@@ -582,6 +604,104 @@ export class JournaledDevice implements BlockDevice {
       await this.options.files.writeFileAtomic(tocPath(directory, segmentIndex), encodeToc(this.options.volumeId, segmentIndex, records.seqFirst, entries));
       if (segmentIndex < activeIndex) this.tocComplete.add(segmentIndex);
     }
+  }
+
+  // ---- retention ----------------------------------------------------------------------
+
+  /**
+   * The last seq compaction may touch: records of sealed segments (never the one being
+   * appended to), all durable. 0 when there is none.
+   */
+  sealedSeqLast(): number {
+    const active = this.journal.endPosition.segmentIndex;
+    const inActive = this.history.segmentRecords(active);
+    const sealedLast = inActive ? inActive.seqFirst - 1 : this.history.seqLast;
+    return Math.min(sealedLast, this.journal.durableSeq);
+  }
+
+  get durableSeq(): number {
+    return this.journal.durableSeq;
+  }
+
+  /** The segments compaction may rewrite, with their records (seq order). */
+  sealedSegments(): Array<{ segmentIndex: number; seqFirst: number; entries: HistoryEntry[] }> {
+    const active = this.journal.endPosition.segmentIndex;
+    const segments = [];
+    for (const segmentIndex of listSegments(this.options.files, path.join(this.options.directory, 'journal'))) {
+      if (segmentIndex >= active) continue;
+      const records = this.history.segmentRecords(segmentIndex);
+      if (records) segments.push({ segmentIndex, ...records });
+    }
+    return segments;
+  }
+
+  /**
+   * Removes the points of `runs` (ascending seq runs): refused from this instant on, then
+   * recorded durably in retention.json. Only durable seqs: a crash must not give an expired
+   * seq to a new write.
+   */
+  async expirePoints(runs: Array<[number, number]>): Promise<void> {
+    if (runs.length === 0) return;
+    assert(runs[runs.length - 1][1] <= this.journal.durableSeq, 'only durable seqs expire');
+    this.history.expire(runs);
+    await this.retention.save();
+  }
+
+  /**
+   * Writes a sealed segment again without the payloads of `thinned` (WRITE records no kept
+   * point shows), then puts it in place of the old one — in an order a crash at any step
+   * survives (compaction.ts). Returns the bytes before and after, or null if the volume
+   * closed meanwhile.
+   */
+  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>): Promise<{ bytesBefore: number; bytesAfter: number } | null> {
+    return this.exclusive(async () => {
+      if (this.closed) return null;
+      if (this.corruption) throw this.corruption;
+      assert(segmentIndex < this.journal.endPosition.segmentIndex, 'only sealed segments are compacted');
+      const records = this.history.segmentRecords(segmentIndex);
+      assert(records !== null, 'a compacted segment has records');
+      for (const seq of thinned) assert(this.history.expiredRunOf(seq) !== null, 'only records of expired points are thinned');
+      const journalDirectory = path.join(this.options.directory, 'journal');
+      let result;
+      try {
+        result = await compactSegment({ files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed },
+          segmentIndex, records.entries, thinned);
+      } catch (err) {
+        if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
+        throw err;
+      }
+      if (!result) return null;
+      const compacted = result;
+      // Checkpoints name journal positions: none may run between the rename and the moves.
+      const install = this.checkpointChain.catch(() => undefined).then(async () => {
+        if (this.closed) {
+          this.options.files.remove(compacted.temporaryPath);
+          return null;
+        }
+        // The checkpoint and the table of contents name the old positions: gone, durably,
+        // before the new segment can be (the next open rebuilds them from the journal).
+        this.options.files.remove(path.join(this.options.directory, 'index.ckpt'));
+        await this.options.files.syncDirectory(this.options.directory);
+        this.options.files.remove(tocPath(journalDirectory, segmentIndex));
+        this.tocComplete.delete(segmentIndex);
+        // Same turn: nothing reads between the rename and the moved positions.
+        this.journal.installCompacted(segmentIndex, compacted.temporaryPath, compacted.bytesBefore - compacted.bytesAfter);
+        this.history.relocateSegment(segmentIndex, records.seqFirst, compacted.payloadPositions, thinned, this.index);
+        await this.options.files.syncDirectory(journalDirectory);
+        this.retention.noteCompacted(thinned.size, compacted.bytesBefore - compacted.bytesAfter);
+        await this.retention.save();
+        await this.checkpointOnce();
+        return { bytesBefore: compacted.bytesBefore, bytesAfter: compacted.bytesAfter };
+      });
+      this.checkpointChain = install.then(() => undefined, () => undefined);
+      return install;
+    });
+  }
+
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.maintenance.catch(() => undefined).then(work);
+    this.maintenance = next;
+    return next;
   }
 
   async close(): Promise<void> {

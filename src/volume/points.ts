@@ -26,7 +26,7 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
   switch (spec.kind) {
     case 'latest':
       // The last write (a flush marker after it shows the same content).
-      seq = history.lastChangeAtOrBefore(history.seqLast);
+      seq = sameContentKept(history, history.seqLast);
       break;
     case 'seq':
       seq = spec.seq;
@@ -41,8 +41,15 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
       break;
     }
     case 'time': {
-      const last = history.lastSeqAtOrBefore(spec.timeUs);
-      seq = last === 0 ? 0 : history.lastChangeAtOrBefore(last);
+      let last = history.lastSeqAtOrBefore(spec.timeUs);
+      // Thinned out: the kept point before (the volume as it was at the end of that minute,
+      // hour or day the policy keeps) — still at or before the time asked.
+      const run = last === 0 ? null : history.expiredRunOf(last);
+      if (run) {
+        if (run[0] <= history.seqFirst) throw expired(volume, asked, history, run);
+        last = run[0] - 1;
+      }
+      seq = last === 0 ? 0 : sameContentKept(history, last);
       if (seq === 0) {
         throw new HindsightError('POINT_BEFORE_HISTORY',
           `${asked} is before the first write to volume "${volume}" (seq ${firstChange} at ${formatTimeUs(history.timeOf(firstChange))})`);
@@ -56,8 +63,27 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
   if (seq < history.seqFirst) {
     throw new HindsightError('POINT_EXPIRED', `${asked} is older than the history kept for volume "${volume}" (the oldest point is seq ${history.seqFirst} at ${formatTimeUs(history.timeOf(history.seqFirst))})`);
   }
+  const run = history.expiredRunOf(seq);
+  if (run) throw expired(volume, asked, history, run);
   if (seq < firstChange) {
     throw new HindsightError('POINT_BEFORE_HISTORY', `${asked} is before the first write to volume "${volume}" (seq ${firstChange} at ${formatTimeUs(history.timeOf(firstChange))})`);
   }
   return { seq, timeUs: history.timeOf(seq), asked };
+}
+
+/**
+ * The last change at or before `seq` — or `seq` itself (the same content) when that change's
+ * own point was thinned out while `seq` is kept.
+ */
+function sameContentKept(history: History, seq: number): number {
+  const change = history.lastChangeAtOrBefore(seq);
+  return change !== 0 && history.expiredRunOf(change) !== null && history.expiredRunOf(seq) === null ? seq : change;
+}
+
+function expired(volume: string, asked: string, history: History, run: readonly [number, number]): HindsightError {
+  const around = (seq: number) => `seq ${seq} at ${formatTimeUs(history.timeOf(seq))}`;
+  const before = run[0] > history.seqFirst ? `the kept point before is ${around(run[0] - 1)}` : 'no older point is kept';
+  const after = run[1] < history.seqLast ? `the next is ${around(run[1] + 1)}` : 'no later point is kept';
+  return new HindsightError('POINT_EXPIRED',
+    `${asked} of volume "${volume}" was removed by its retention policy (seqs ${run[0]}..${run[1]}); ${before}, ${after} (bookmarks keep points)`);
 }

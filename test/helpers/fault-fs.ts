@@ -69,7 +69,7 @@ export interface DatasyncFault {
 }
 
 type FileOperation = { kind: 'write'; position: number; data: Buffer } | { kind: 'truncate'; sizeBytes: number };
-type DirectoryOperation = { kind: 'link'; name: string; inode: Inode } | { kind: 'unlink'; name: string };
+type DirectoryOperation = { kind: 'link'; name: string; inode: Inode } | { kind: 'unlink'; name: string } | { kind: 'rename'; name: string; to: string };
 
 /** A growable byte image; bytes between the old end and a write past it read as zeroes. */
 class Image {
@@ -289,6 +289,14 @@ export class FaultFs implements FileLayer {
     if (directory?.live.has(path.basename(file))) this.changeDirectory(directory, { kind: 'unlink', name: path.basename(file) });
   }
 
+  rename(from: string, to: string): void {
+    this.checkAlive('renaming', from);
+    const directory = this.state.directories.get(path.dirname(from));
+    assertState(path.dirname(from) === path.dirname(to), 'renames stay within one directory');
+    if (!directory?.live.has(path.basename(from))) throw fromSystemError(systemError('ENOENT', 'rename', from), `renaming ${from}`);
+    this.changeDirectory(directory, { kind: 'rename', name: path.basename(from), to: path.basename(to) });
+  }
+
   mkdir(directory: string): void {
     this.checkAlive('creating', directory);
     for (let at = path.normalize(directory); !this.state.directories.has(at); at = path.dirname(at)) {
@@ -480,8 +488,18 @@ class FaultFile implements StorageFile {
 }
 
 function applyDirectoryOperation(entries: Map<string, Inode>, operation: DirectoryOperation): void {
-  if (operation.kind === 'link') entries.set(operation.name, operation.inode);
-  else entries.delete(operation.name);
+  if (operation.kind === 'link') {
+    entries.set(operation.name, operation.inode);
+  } else if (operation.kind === 'rename') {
+    // Atomic, as rename(2): the old name's inode replaces the new name's, or nothing happens.
+    const inode = entries.get(operation.name);
+    if (inode) {
+      entries.set(operation.to, inode);
+      entries.delete(operation.name);
+    }
+  } else {
+    entries.delete(operation.name);
+  }
 }
 
 const ERRNO = { ENOENT: -2, EIO: -5, EBADF: -9, EEXIST: -17, ENOSPC: -28 } as const;

@@ -1,0 +1,76 @@
+/**
+ * What retention has done to one volume (docs/FORMAT.md, "retention.json"): the runs of
+ * seqs whose points it removed, and what compaction reclaimed. Written atomically, and
+ * always before any data of those points goes: the file is the one truth of which points
+ * are refused. Without it, a journal holding thinned records cannot tell exact points from
+ * points missing data, so such a volume is refused rather than served wrong.
+ */
+import path from 'node:path';
+import { HindsightError } from '../core/index.js';
+import type { History } from '../index/index.js';
+import type { FileLayer } from '../journal/index.js';
+
+const FORMAT_VERSION = 1;
+export const RETENTION_FILE = 'retention.json';
+
+interface RetentionFile {
+  formatVersion: number;
+  expired: Array<[number, number]>;
+  recordsThinned: number;
+  bytesReclaimed: number;
+}
+
+export class RetentionState {
+  recordsThinned = 0;
+  bytesReclaimed = 0;
+
+  private constructor(private readonly files: FileLayer, private readonly file: string, private readonly history: History) {}
+
+  static load(files: FileLayer, directory: string, history: History): RetentionState {
+    const file = path.join(directory, RETENTION_FILE);
+    const state = new RetentionState(files, file, history);
+    const bytes = files.readFile(file);
+    if (bytes === null) {
+      if (history.thinnedRecords > 0) throw corrupt(file, `missing, but the journal holds ${history.thinnedRecords} thinned records`);
+      return state;
+    }
+    let parsed: RetentionFile;
+    try {
+      parsed = JSON.parse(bytes.toString('utf8')) as RetentionFile;
+    } catch {
+      throw corrupt(file, 'is not valid JSON');
+    }
+    if (parsed?.formatVersion !== FORMAT_VERSION || !Array.isArray(parsed.expired)) throw corrupt(file, `has an unknown format (version ${String(parsed?.formatVersion)})`);
+    let previousEnd = 0;
+    for (const run of parsed.expired) {
+      const ok = Array.isArray(run) && run.length === 2 && Number.isSafeInteger(run[0]) && Number.isSafeInteger(run[1]) && run[0] > previousEnd && run[1] >= run[0];
+      if (!ok) throw corrupt(file, 'has expired runs that are not ascending, disjoint seq ranges');
+      // Only durable seqs expire, so the journal reaches every one of them.
+      if (run[1] > history.seqLast) throw corrupt(file, `names seq ${run[1]}, beyond the journal's last record (seq ${history.seqLast})`);
+      previousEnd = run[1];
+    }
+    history.expire(parsed.expired);
+    state.recordsThinned = Number(parsed.recordsThinned) || 0;
+    state.bytesReclaimed = Number(parsed.bytesReclaimed) || 0;
+    return state;
+  }
+
+  noteCompacted(records: number, bytes: number): void {
+    this.recordsThinned += records;
+    this.bytesReclaimed += bytes;
+  }
+
+  save(): Promise<void> {
+    const content: RetentionFile = {
+      formatVersion: FORMAT_VERSION,
+      expired: this.history.expired.map(([a, b]) => [a, b]),
+      recordsThinned: this.recordsThinned,
+      bytesReclaimed: this.bytesReclaimed,
+    };
+    return this.files.writeFileAtomic(this.file, Buffer.from(`${JSON.stringify(content)}\n`));
+  }
+}
+
+function corrupt(file: string, why: string): HindsightError {
+  return new HindsightError('VOLUME_CORRUPT', `${file} ${why}; the volume is not served (its points in history cannot be told exact)`);
+}

@@ -1,0 +1,120 @@
+/**
+ * Applying a volume's retention policy (core/retention.ts), in two steps.
+ *
+ * 1. Expire: the points the policy no longer keeps — never a bookmark, a mount, a rollback's
+ *    target, a point a job or command is using, nor the last record — are refused from this
+ *    instant and recorded in retention.json (only durable seqs).
+ * 2. Reclaim: a WRITE record whose data no kept point shows (every byte of it was overwritten
+ *    before the next kept point) loses its payload: the sealed segments with enough of
+ *    those are compacted (journal/compaction.ts), throttled, one at a time, crash-safe at
+ *    every step. The records stay as headers (THINNED), so seqs stay gap-free and the
+ *    timeline still counts every write.
+ *
+ * Which records are visible at which kept point comes from replaying each region's history
+ * (History.visibleWrites) in slices, so clients keep being served meanwhile.
+ */
+import { expiringRuns } from '../core/index.js';
+import type { RetentionPolicy } from '../core/index.js';
+import { RecordType, RECORD_HEADER_BYTES } from '../journal/index.js';
+import { recordSpan } from '../journal/record.js';
+import type { JournaledDevice } from './journaled-device.js';
+
+export interface RetentionReport {
+  /** Points (seqs) that expired in this run. */
+  pointsExpired: number;
+  segmentsCompacted: number;
+  recordsThinned: number;
+  bytesReclaimed: number;
+  /** The oldest point kept after the run (0: none). */
+  oldestKeptSeq: number;
+  durationMs: number;
+}
+
+export interface RetentionOptions {
+  /** Seqs that must stay points (bookmarks, mounts, jobs, commands in progress). */
+  pins: () => Iterable<number>;
+  nowUs: number;
+  /** Work slice before a rest of equal length (default 5 ms). */
+  sliceMs?: number;
+  /** A segment is compacted once this share of it can go (default 1/8). */
+  reclaimShareMin?: number;
+}
+
+const RECLAIM_BYTES_MIN = 64 * 1024;
+
+export async function applyRetention(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions): Promise<RetentionReport> {
+  const started = performance.now();
+  const history = device.history;
+  // Only durable seqs expire: a crash must not hand an expired seq to a new write.
+  await device.syncThrough(history.seqLast);
+  // From here to expirePoints' first step, one turn: a command that resolved a point before
+  // has pinned it, one that resolves after sees it expired.
+  const expiredBefore = countExpired(history.expired);
+  const pins = new Set<number>([...options.pins(), ...history.revertTargets]);
+  const durable = Math.min(history.seqLast, device.durableSeq);
+  const runs = durable >= history.seqFirst ? expiringRuns(policy, options.nowUs, (seq) => history.timeOf(seq), history.seqFirst, durable, pins) : [];
+  await device.expirePoints(runs);
+  const pointsExpired = countExpired(history.expired) - expiredBefore;
+  const report: RetentionReport = { pointsExpired, segmentsCompacted: 0, recordsThinned: 0, bytesReclaimed: 0, oldestKeptSeq: history.oldestKept(), durationMs: 0 };
+
+  const expired = history.expired;
+  const lastExpired = expired.length > 0 ? expired[expired.length - 1][1] : 0;
+  // Past the last expired seq every point is kept: every record there is needed.
+  const upTo = Math.min(device.sealedSeqLast(), lastExpired + 1);
+  if (upTo >= history.seqFirst && lastExpired > 0) {
+    const visible = await visibleWrites(device, upTo, options.sliceMs ?? 5);
+    for (const segment of device.sealedSegments()) {
+      if (segment.seqFirst > upTo) break;
+      const thinned = new Set<number>();
+      let reclaimable = 0;
+      let bytes = 0;
+      for (const entry of segment.entries) {
+        bytes += recordSpan(entry.payloadBytes);
+        if (entry.type !== RecordType.WRITE || entry.seq > upTo || visible[entry.seq - history.seqFirst] === 1) continue;
+        if (history.expiredRunOf(entry.seq) === null) continue;
+        thinned.add(entry.seq);
+        reclaimable += recordSpan(entry.payloadBytes) - RECORD_HEADER_BYTES;
+      }
+      if (thinned.size === 0 || reclaimable < Math.max(RECLAIM_BYTES_MIN, bytes * (options.reclaimShareMin ?? 1 / 8))) continue;
+      const result = await device.compactSegment(segment.segmentIndex, thinned);
+      if (!result) break; // the volume is closing
+      report.segmentsCompacted += 1;
+      report.recordsThinned += thinned.size;
+      report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
+    }
+  }
+  report.durationMs = Math.round(performance.now() - started);
+  return report;
+}
+
+/** Which WRITE records up to `upTo` some kept point (or `upTo`) shows: 1 at seq - seqFirst. */
+async function visibleWrites(device: JournaledDevice, upTo: number, sliceMs: number): Promise<Uint8Array> {
+  const history = device.history;
+  const kept: number[] = [];
+  let next = history.seqFirst;
+  for (const [a, b] of history.expired) {
+    if (a > upTo) break;
+    for (let seq = next; seq < a && seq <= upTo; seq += 1) kept.push(seq);
+    next = b + 1;
+  }
+  for (let seq = next; seq <= upTo; seq += 1) kept.push(seq);
+  const visible = new Uint8Array(upTo - history.seqFirst + 1);
+  let sliceStart = performance.now();
+  for (const regionIndex of [...history.touchedRegions()]) {
+    history.visibleWrites(regionIndex, kept, upTo, (seq) => {
+      visible[seq - history.seqFirst] = 1;
+    });
+    const spent = performance.now() - sliceStart;
+    if (spent >= sliceMs) {
+      await new Promise((resolve) => setTimeout(resolve, Math.ceil(spent)));
+      sliceStart = performance.now();
+    }
+  }
+  return visible;
+}
+
+function countExpired(runs: ReadonlyArray<readonly [number, number]>): number {
+  let count = 0;
+  for (const [a, b] of runs) count += b - a + 1;
+  return count;
+}
