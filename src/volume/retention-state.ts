@@ -8,6 +8,7 @@
 import path from 'node:path';
 import { HindsightError } from '../core/index.js';
 import type { History } from '../index/index.js';
+import { RecordType } from '../journal/index.js';
 import type { FileLayer } from '../journal/index.js';
 
 const FORMAT_VERSION = 1;
@@ -50,6 +51,13 @@ export class RetentionState {
       previousEnd = run[1];
     }
     history.expire(parsed.expired);
+    if (history.thinnedRecords > 0) {
+      // Data goes only after its points expired (durably): a thinned record outside the
+      // expired runs means a point that looks kept but misses data.
+      for (let seq = history.seqFirst; seq <= history.seqLast; seq += 1) {
+        if (history.typeOf(seq) === RecordType.THINNED && history.expiredRunOf(seq) === null) throw corrupt(file, `does not list seq ${seq}, whose data retention reclaimed, as expired`);
+      }
+    }
     state.recordsThinned = Number(parsed.recordsThinned) || 0;
     state.bytesReclaimed = Number(parsed.bytesReclaimed) || 0;
     return state;
