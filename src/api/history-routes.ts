@@ -122,17 +122,28 @@ export function registerHistoryRoutes(app: FastifyInstance, context: ApiContext)
     const { at, to, force = false } = request.body as { at: string; to: string; force?: boolean };
     const point = context.volumes.resolve(name, at);
     const view = context.volumes.view(name, point.seq);
-    // The target is checked (and claimed) before the job starts: a bad one is a 4xx now.
-    const claimed = await claimRestoreTarget(to, view.sizeBytes, force, context.dataDir);
+    // Retention keeps the point while the restore reads it (pinned in the turn it resolved).
+    const unpin = context.volumes.pin(name, point.seq);
     let job;
     try {
-      job = context.jobs.start('restore', name, async (control) => {
-        const result = await restoreImage(view, to, { force, claimed, onProgress: (p) => control.progress(p.bytesDone, p.bytesTotal), cancelled: control.cancelled });
-        request.log.info({ volume: name, seq: point.seq, to, sha256: result.sha256, seconds: result.seconds }, 'restore finished');
-        return { volume: name, seq: point.seq, time: formatTimeUs(point.timeUs), ...result };
-      });
+      // The target is checked (and claimed) before the job starts: a bad one is a 4xx now.
+      const claimed = await claimRestoreTarget(to, view.sizeBytes, force, context.dataDir);
+      try {
+        job = context.jobs.start('restore', name, async (control) => {
+          try {
+            const result = await restoreImage(view, to, { force, claimed, onProgress: (p) => control.progress(p.bytesDone, p.bytesTotal), cancelled: control.cancelled });
+            request.log.info({ volume: name, seq: point.seq, to, sha256: result.sha256, seconds: result.seconds }, 'restore finished');
+            return { volume: name, seq: point.seq, time: formatTimeUs(point.timeUs), ...result };
+          } finally {
+            unpin();
+          }
+        });
+      } catch (err) {
+        claimed.release();
+        throw err;
+      }
     } catch (err) {
-      claimed.release();
+      unpin();
       throw err;
     }
     return reply.status(202).send({ ...job, volume: name, seq: point.seq, time: formatTimeUs(point.timeUs) });

@@ -30,6 +30,17 @@ const NAME_PARAM = {
   required: ['name'],
 } as const;
 
+const SIZE = { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 1 }] };
+const KEEP = { type: 'string', minLength: 1, maxLength: 256 };
+/** A size, or null (or "none") for no cap. */
+const MAX_SIZE = { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 1 }, { type: 'null' }] };
+
+function maxSizeOf(value: string | number | null | undefined): number | null | undefined {
+  if (value === undefined || value === null) return value;
+  if (typeof value === 'number') return value;
+  return value === 'none' ? null : parseSize(value);
+}
+
 export function buildApi(context: ApiContext): FastifyInstance {
   const app = Fastify({
     loggerInstance: context.log,
@@ -84,14 +95,16 @@ export function buildApi(context: ApiContext): FastifyInstance {
         required: ['name', 'size'],
         properties: {
           name: { type: 'string' },
-          size: { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 1 }] },
+          size: SIZE,
+          keep: KEEP,
+          maxSize: MAX_SIZE,
         },
       },
     },
   }, async (request, reply) => {
-    const body = request.body as { name: string; size: string | number };
+    const body = request.body as { name: string; size: string | number; keep?: string; maxSize?: string | number | null };
     const sizeBytes = typeof body.size === 'number' ? body.size : parseSize(body.size);
-    await context.volumes.create(body.name, sizeBytes);
+    await context.volumes.create(body.name, sizeBytes, { keep: body.keep, maxSizeBytes: maxSizeOf(body.maxSize) });
     request.log.info({ volume: body.name, sizeBytes }, 'volume created');
     return reply.status(201).send(await volumeView(context, body.name));
   });
@@ -104,14 +117,20 @@ export function buildApi(context: ApiContext): FastifyInstance {
   app.patch('/api/v1/volumes/:name', {
     schema: {
       params: NAME_PARAM,
-      body: { type: 'object', additionalProperties: false, minProperties: 1, properties: { readOnly: { type: 'boolean' }, reduce: { type: 'boolean' } } },
+      body: { type: 'object', additionalProperties: false, minProperties: 1, properties: { readOnly: { type: 'boolean' }, reduce: { type: 'boolean' }, keep: KEEP, maxSize: MAX_SIZE } },
     },
   }, async (request) => {
     const { name } = request.params as { name: string };
-    const changes = request.body as { readOnly?: boolean; reduce?: boolean };
-    await context.volumes.update(name, changes);
-    request.log.info({ volume: name, ...changes }, 'volume updated');
+    const { maxSize, ...changes } = request.body as { readOnly?: boolean; reduce?: boolean; keep?: string; maxSize?: string | number | null };
+    await context.volumes.update(name, { ...changes, maxSizeBytes: maxSizeOf(maxSize) });
+    request.log.info({ volume: name, ...changes, maxSize }, 'volume updated');
     return volumeView(context, name);
+  });
+
+  /** Applies the volume's retention policy now (it also runs every minute by itself). */
+  app.post('/api/v1/volumes/:name/thin', { schema: { params: NAME_PARAM } }, async (request) => {
+    const { name } = request.params as { name: string };
+    return context.volumes.thin(name);
   });
 
   app.delete('/api/v1/volumes/:name', {

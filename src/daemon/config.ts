@@ -26,6 +26,8 @@ export interface DaemonConfig {
   logLevel: string;
   /** Volumes created at start when missing (the README's "first volume ready to use"). */
   initialVolumes: InitialVolume[];
+  /** How often retention policies are applied (config `retentionIntervalSeconds`, default 60; 0: only on demand). */
+  retentionIntervalMs: number;
 }
 
 /** What the command line (or a test) may set; every field optional. */
@@ -49,7 +51,7 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
-const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes']);
+const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds']);
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
 export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -68,6 +70,7 @@ export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv
     insecure: pick(overrides.insecure, booleanKey(file, 'insecure'), false),
     logLevel,
     initialVolumes: [...fileVolumes, ...(overrides.createVolume ?? []).map(parseVolumeSpec)],
+    retentionIntervalMs: retentionInterval(file.retentionIntervalSeconds) * 1000,
   };
 }
 
@@ -113,5 +116,13 @@ function booleanKey(file: Record<string, unknown>, key: string): boolean | undef
   const value = file[key];
   if (value === undefined) return undefined;
   if (typeof value !== 'boolean') throw new HindsightError('CONFIG_INVALID', `config "${key}" must be true or false`);
+  return value;
+}
+
+function retentionInterval(value: unknown): number {
+  if (value === undefined) return 60;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 86_400) {
+    throw new HindsightError('CONFIG_INVALID', 'config "retentionIntervalSeconds" must be a whole number of seconds from 0 (only on demand) to 86400');
+  }
   return value;
 }

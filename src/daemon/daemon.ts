@@ -42,7 +42,8 @@ export class Daemon {
     refuseInsecureBinds(config);
     fs.mkdirSync(config.dataDir, { recursive: true });
     const lock = DataDirLock.acquire(config.dataDir);
-    const volumes = new VolumeManager({ dataDir: config.dataDir, syncEveryWrite: config.syncEveryWrite });
+    const volumes = new VolumeManager({ dataDir: config.dataDir, syncEveryWrite: config.syncEveryWrite, retentionIntervalMs: config.retentionIntervalMs });
+    volumes.onRetentionEvent = (name, level, message, details) => log[level]({ volume: name, ...details }, message);
     let nbd: NbdServer | null = null;
     try {
       await volumes.open();
@@ -78,6 +79,7 @@ export class Daemon {
       const apiAddress = api.server.address();
       if (apiAddress && typeof apiAddress === 'object') ports.api = { host: apiAddress.address, port: apiAddress.port };
       writePortsFile(config.dataDir, ports);
+      volumes.startRetention();
       log.info({ nbd: formatAddress(ports.nbd), api: formatAddress(ports.api), dataDir: config.dataDir, volumes: volumes.names() }, 'hindsight ready');
       return new Daemon(config, ports, log, lock, volumes, nbd, api, jobs);
     } catch (err) {

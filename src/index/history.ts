@@ -22,7 +22,7 @@
  * (and caches, bounded) the regions a client actually reads.
  */
 import { HindsightError, assert } from '../core/index.js';
-import { RecordFlag, RecordType, isClientWrite } from '../journal/record.js';
+import { RecordFlag, RecordType, isClientWrite, recordSpan } from '../journal/record.js';
 import { EXTENT_STRIDE, ExtentIndex, REGION_BYTES, Region, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
 import type { ExtentVisit } from './extent-index.js';
 
@@ -387,6 +387,13 @@ export class History {
       else high = middle;
     }
     return low < t.count && t.segment[low] === segment && t.payloadPosition[low] === payloadPosition ? this.seqFirst + low : 0;
+  }
+
+  /** Journal bytes of the records stamped at or after `timeUs` (the recent growth rate). */
+  journalBytesSince(timeUs: number): number {
+    let bytes = 0;
+    for (let i = this.lastSeqAtOrBefore(timeUs - 1) + 1 - this.seqFirst; i < this.table.count; i += 1) bytes += recordSpan(this.table.payloadBytes[i]);
+    return bytes;
   }
 
   /** Regions with history, in the order first touched. */

@@ -9,3 +9,5 @@ export { JobRegistry } from './jobs.js';
 export type { JobInfo } from './jobs.js';
 export { claimRestoreTarget, restoreImage } from './restore.js';
 export type { RestoreResult } from './restore.js';
+export type { RetentionRun } from './retention-service.js';
+export type { RetentionInfo, VolumeSettings } from './volume-manager.js';

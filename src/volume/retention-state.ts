@@ -14,16 +14,31 @@ import type { FileLayer } from '../journal/index.js';
 const FORMAT_VERSION = 1;
 export const RETENTION_FILE = 'retention.json';
 
+/** Points removed ahead of the policy to meet --max-size: recorded, never silent. */
+export interface ForcedExpiry {
+  at: string;
+  journalBytes: number;
+  maxSizeBytes: number | null;
+  pointsExpired: number;
+  from: string;
+  to: string;
+  oldestPoint: string | null;
+}
+
 interface RetentionFile {
   formatVersion: number;
   expired: Array<[number, number]>;
   recordsThinned: number;
   bytesReclaimed: number;
+  lastForced?: ForcedExpiry | null;
 }
 
 export class RetentionState {
   recordsThinned = 0;
   bytesReclaimed = 0;
+  lastForced: ForcedExpiry | null = null;
+  /** The last run since start (not persisted). */
+  lastRun: { at: string; pointsExpired: number; pointsForced: number; bytesReclaimed: number; journalBytes: number; durationMs: number } | null = null;
 
   private constructor(private readonly files: FileLayer, private readonly file: string, private readonly history: History) {}
 
@@ -60,6 +75,7 @@ export class RetentionState {
     }
     state.recordsThinned = Number(parsed.recordsThinned) || 0;
     state.bytesReclaimed = Number(parsed.bytesReclaimed) || 0;
+    state.lastForced = parsed.lastForced ?? null;
     return state;
   }
 
@@ -68,12 +84,17 @@ export class RetentionState {
     this.bytesReclaimed += bytes;
   }
 
+  noteForced(event: ForcedExpiry): void {
+    this.lastForced = event;
+  }
+
   save(): Promise<void> {
     const content: RetentionFile = {
       formatVersion: FORMAT_VERSION,
       expired: this.history.expired.map(([a, b]) => [a, b]),
       recordsThinned: this.recordsThinned,
       bytesReclaimed: this.bytesReclaimed,
+      lastForced: this.lastForced,
     };
     return this.files.writeFileAtomic(this.file, Buffer.from(`${JSON.stringify(content)}\n`));
   }

@@ -13,7 +13,7 @@
  * Which records are visible at which kept point comes from replaying each region's history
  * (History.visibleWrites) in slices, so clients keep being served meanwhile.
  */
-import { expiringRuns } from '../core/index.js';
+import { expiringRuns, keepAllUs } from '../core/index.js';
 import type { RetentionPolicy } from '../core/index.js';
 import { RecordType, RECORD_HEADER_BYTES } from '../journal/index.js';
 import { recordSpan } from '../journal/record.js';
@@ -42,48 +42,84 @@ export interface RetentionOptions {
 
 const RECLAIM_BYTES_MIN = 64 * 1024;
 
+/** Both steps, one after the other (the daemon runs the first serialised with mounts and bookmarks). */
 export async function applyRetention(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions): Promise<RetentionReport> {
   const started = performance.now();
+  const pointsExpired = await expireByPolicy(device, policy, options);
+  const reclaimed = await reclaimSpace(device, options);
+  return { pointsExpired, ...reclaimed, oldestKeptSeq: device.history.oldestKept(), durationMs: Math.round(performance.now() - started) };
+}
+
+/**
+ * Step 1: expires the points `policy` no longer keeps at `nowUs`. Returns how many points
+ * expired. The caller makes sure no point is being resolved and pinned meanwhile.
+ */
+export async function expireByPolicy(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions): Promise<number> {
   const history = device.history;
   // Only durable seqs expire: a crash must not hand an expired seq to a new write.
   await device.syncThrough(history.seqLast);
-  // From here to expirePoints' first step, one turn: a command that resolved a point before
-  // has pinned it, one that resolves after sees it expired.
   const expiredBefore = countExpired(history.expired);
   const pins = new Set<number>([...options.pins(), ...history.revertTargets]);
   const durable = Math.min(history.seqLast, device.durableSeq);
   const runs = durable >= history.seqFirst ? expiringRuns(policy, options.nowUs, (seq) => history.timeOf(seq), history.seqFirst, durable, pins) : [];
   await device.expirePoints(runs);
-  const pointsExpired = countExpired(history.expired) - expiredBefore;
-  const report: RetentionReport = { pointsExpired, segmentsCompacted: 0, recordsThinned: 0, bytesReclaimed: 0, oldestKeptSeq: history.oldestKept(), durationMs: 0 };
+  return countExpired(history.expired) - expiredBefore;
+}
 
+/**
+ * A size cap the policy alone does not meet: the oldest `share` of the points kept outside
+ * the policy's `all` window expire ahead of the policy (never pinned ones, never the last).
+ * Returns the seqs that expired, oldest first ([] when nothing more can go).
+ */
+export async function expireOldest(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions & { share: number }): Promise<number[]> {
+  const history = device.history;
+  await device.syncThrough(history.seqLast);
+  const pins = new Set<number>([...options.pins(), ...history.revertTargets]);
+  const durable = Math.min(history.seqLast, device.durableSeq);
+  const allFromUs = options.nowUs - keepAllUs(policy);
+  const candidates: number[] = [];
+  for (let seq = history.seqFirst; seq < durable; seq += 1) {
+    if (history.timeOf(seq) >= allFromUs && keepAllUs(policy) > 0) break;
+    if (!pins.has(seq) && history.expiredRunOf(seq) === null) candidates.push(seq);
+  }
+  const going = candidates.slice(0, Math.max(1, Math.ceil(candidates.length * options.share)));
+  if (candidates.length === 0) return [];
+  await device.expirePoints(going.map((seq) => [seq, seq]));
+  return going;
+}
+
+/**
+ * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
+ * enough can go. Clients keep being served; one segment at a time.
+ */
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'>): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
+  const history = device.history;
+  const report = { segmentsCompacted: 0, recordsThinned: 0, bytesReclaimed: 0 };
   const expired = history.expired;
   const lastExpired = expired.length > 0 ? expired[expired.length - 1][1] : 0;
   // Past the last expired seq every point is kept: every record there is needed.
   const upTo = Math.min(device.sealedSeqLast(), lastExpired + 1);
-  if (upTo >= history.seqFirst && lastExpired > 0) {
-    const visible = await visibleWrites(device, upTo, options.sliceMs ?? 5);
-    for (const segment of device.sealedSegments()) {
-      if (segment.seqFirst > upTo) break;
-      const thinned = new Set<number>();
-      let reclaimable = 0;
-      let bytes = 0;
-      for (const entry of segment.entries) {
-        bytes += recordSpan(entry.payloadBytes);
-        if (entry.type !== RecordType.WRITE || entry.seq > upTo || visible[entry.seq - history.seqFirst] === 1) continue;
-        if (history.expiredRunOf(entry.seq) === null) continue;
-        thinned.add(entry.seq);
-        reclaimable += recordSpan(entry.payloadBytes) - RECORD_HEADER_BYTES;
-      }
-      if (thinned.size === 0 || reclaimable < Math.max(RECLAIM_BYTES_MIN, bytes * (options.reclaimShareMin ?? 1 / 8))) continue;
-      const result = await device.compactSegment(segment.segmentIndex, thinned);
-      if (!result) break; // the volume is closing
-      report.segmentsCompacted += 1;
-      report.recordsThinned += thinned.size;
-      report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
+  if (upTo < history.seqFirst || lastExpired === 0) return report;
+  const visible = await visibleWrites(device, upTo, options.sliceMs ?? 5);
+  for (const segment of device.sealedSegments()) {
+    if (segment.seqFirst > upTo) break;
+    const thinned = new Set<number>();
+    let reclaimable = 0;
+    let bytes = 0;
+    for (const entry of segment.entries) {
+      bytes += recordSpan(entry.payloadBytes);
+      if (entry.type !== RecordType.WRITE || entry.seq > upTo || visible[entry.seq - history.seqFirst] === 1) continue;
+      if (history.expiredRunOf(entry.seq) === null) continue;
+      thinned.add(entry.seq);
+      reclaimable += recordSpan(entry.payloadBytes) - RECORD_HEADER_BYTES;
     }
+    if (thinned.size === 0 || reclaimable < Math.max(RECLAIM_BYTES_MIN, bytes * (options.reclaimShareMin ?? 1 / 8))) continue;
+    const result = await device.compactSegment(segment.segmentIndex, thinned);
+    if (!result) break; // the volume is closing
+    report.segmentsCompacted += 1;
+    report.recordsThinned += thinned.size;
+    report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
   }
-  report.durationMs = Math.round(performance.now() - started);
   return report;
 }
 

@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { HindsightError, LIMITS, formatTimeUs, fromSystemError, parsePoint } from '../core/index.js';
+import { DEFAULT_RETENTION, HindsightError, LIMITS, formatSize, formatTimeUs, fromSystemError, keepAllUs, parsePoint, parseRetention, retentionHorizonUs } from '../core/index.js';
 import type { BlockDevice } from '../core/index.js';
 import type { TimelineBucket } from '../index/index.js';
 import { RecordType, nodeFileLayer } from '../journal/index.js';
@@ -22,6 +22,9 @@ import { validateMountName, validateVolumeName, validateVolumeSize } from './nam
 import { PointView } from './point-view.js';
 import { resolvePoint } from './points.js';
 import type { ResolvedPoint } from './points.js';
+import { RetentionService } from './retention-service.js';
+import type { RetentionRun } from './retention-service.js';
+import type { ForcedExpiry } from './retention-state.js';
 
 /**
  * 2: every change journaled. (1 was the plain-file storage of early development builds,
@@ -39,6 +42,34 @@ interface VolumeRecord {
   readOnly?: boolean;
   /** Store only what changed (default true); false stores every write whole. */
   reduce?: boolean;
+  /** Retention policy (default DEFAULT_RETENTION) and size cap of the journal (none by default). */
+  retention?: { keep?: string; maxSizeBytes?: number | null };
+}
+
+export interface VolumeSettings {
+  readOnly?: boolean;
+  reduce?: boolean;
+  /** A retention policy (core/retention.ts). */
+  keep?: string;
+  /** Journal size cap in bytes; null removes it. */
+  maxSizeBytes?: number | null;
+}
+
+export interface RetentionInfo {
+  keep: string;
+  maxSizeBytes: number | null;
+  /** ok, or warning (the cap forced points out ahead of the policy, or cannot be met). */
+  state: 'ok' | 'warning';
+  warnings: string[];
+  /** Points the policy (or the cap) removed so far, and what compaction reclaimed. */
+  pointsExpired: number;
+  recordsThinned: number;
+  bytesReclaimed: number;
+  /** Journal bytes written in the last hour, and what that rate means. */
+  lastHourBytes: number;
+  forecast: string;
+  lastRun: RetentionRun | null;
+  lastForced: ForcedExpiry | null;
 }
 
 export interface Volume {
@@ -106,8 +137,10 @@ export interface VolumeInfo {
   seqDurable: number | null;
   timeFirst: string | null;
   timeLast: string | null;
-  /** The oldest instant that can be restored (no retention yet: the first record). */
+  /** The oldest instant that can be restored (retention removes older ones). */
   oldestPoint: string | null;
+  oldestPointSeq: number | null;
+  retention: RetentionInfo;
   indexExtents: number;
   indexBytes: number;
   /** Memory of the history (every record since the first, for points in time). */
@@ -120,6 +153,10 @@ export interface VolumeInfo {
 export interface VolumeManagerOptions {
   dataDir: string;
   syncEveryWrite: boolean;
+  /** How often every volume's retention policy is applied (default 60 s; 0: only on demand). */
+  retentionIntervalMs?: number;
+  /** Journal segment size (default LIMITS.journalSegmentBytesMax; tests use small ones). */
+  segmentBytesMax?: number;
 }
 
 export class VolumeManager {
@@ -132,10 +169,64 @@ export class VolumeManager {
 
   /** Told when a volume (or a mount of it) that was online is refused (damaged journal data found). */
   onVolumeFailed: (name: string, error: HindsightError) => void = () => undefined;
+  /** Told what retention did (info) and when it removed points ahead of the policy (warn). */
+  onRetentionEvent: (name: string, level: 'info' | 'warn', message: string, details: Record<string, unknown>) => void = () => undefined;
+  /** Seqs in use by commands and jobs (a restore running, a mount being made): kept as points. */
+  private readonly pinned = new Map<string, Map<number, number>>();
+  private readonly retention: RetentionService;
 
   constructor(private readonly options: VolumeManagerOptions) {
     this.volumesDir = path.join(options.dataDir, 'volumes');
     this.mountsDir = path.join(options.dataDir, 'mounts');
+    this.retention = new RetentionService({
+      names: () => this.names(),
+      target: (name) => {
+        const volume = this.volumes.get(name);
+        if (!volume?.device || volume.error || !volume.bookmarks) return null;
+        return { device: volume.device, policy: policyOf(volume.record), maxSizeBytes: volume.record.retention?.maxSizeBytes ?? null };
+      },
+      pins: (name) => this.pinsOf(name),
+      serialise: (work) => this.serialise(work),
+      event: (name, level, message, details) => this.onRetentionEvent(name, level, message, details),
+    }, options.retentionIntervalMs ?? 60_000);
+  }
+
+  /** Starts applying retention policies in the background. */
+  startRetention(): void {
+    this.retention.start();
+  }
+
+  /** Applies a volume's retention policy now. */
+  thin(name: string): Promise<RetentionRun> {
+    this.online(name);
+    return this.retention.run(name);
+  }
+
+  /**
+   * Keeps `seq` of a volume as a point until the returned function is called (a restore
+   * running). Call it in the same turn as the point was resolved.
+   */
+  pin(name: string, seq: number): () => void {
+    let seqs = this.pinned.get(name);
+    if (!seqs) this.pinned.set(name, seqs = new Map());
+    seqs.set(seq, (seqs.get(seq) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (seqs.get(seq) ?? 1) - 1;
+      if (left > 0) seqs.set(seq, left);
+      else seqs.delete(seq);
+    };
+  }
+
+  private pinsOf(name: string): number[] {
+    const volume = this.volumes.get(name);
+    return [
+      ...(volume?.bookmarks?.list().map((bookmark) => bookmark.seq) ?? []),
+      ...[...this.mounts.values()].filter((mount) => mount.record.volume === name && mount.record.volumeId === volume?.record.id).map((mount) => mount.record.seq),
+      ...(this.pinned.get(name)?.keys() ?? []),
+    ];
   }
 
   async open(): Promise<void> {
@@ -188,6 +279,7 @@ export class VolumeManager {
     const storedBytes = await diskUsage(this.volumeDir(name));
     const time = (us: number | undefined) => (us ? new Date(Math.floor(us / 1000)).toISOString() : null);
     const hasRecords = (stats?.records ?? 0) > 0;
+    const oldest = volume.device && hasRecords ? volume.device.history.oldestKept() : 0;
     return {
       name,
       id: volume.record.id,
@@ -208,7 +300,9 @@ export class VolumeManager {
       seqDurable: hasRecords ? stats!.seqDurable : null,
       timeFirst: hasRecords ? time(stats!.timeFirstUs) : null,
       timeLast: hasRecords ? time(stats!.timeLastUs) : null,
-      oldestPoint: hasRecords ? time(stats!.timeFirstUs) : null,
+      oldestPoint: oldest > 0 ? time(volume.device!.history.timeOf(oldest)) : null,
+      oldestPointSeq: oldest > 0 ? oldest : null,
+      retention: this.retentionInfo(volume),
       indexExtents: stats?.extents ?? 0,
       indexBytes: stats?.indexBytes ?? 0,
       historyBytes: stats?.historyBytes ?? 0,
@@ -217,13 +311,43 @@ export class VolumeManager {
     };
   }
 
-  create(name: string, sizeBytes: number): Promise<VolumeInfo> {
+  private retentionInfo(volume: Volume): RetentionInfo {
+    const keep = volume.record.retention?.keep ?? DEFAULT_RETENTION;
+    const maxSizeBytes = volume.record.retention?.maxSizeBytes ?? null;
+    const device = volume.device;
+    const state = device?.retention;
+    const journalBytes = device?.stats().bytes ?? 0;
+    const nowUs = Date.now() * 1000;
+    const lastHourBytes = device ? device.history.journalBytesSince(nowUs - 3600e6) : 0;
+    const policy = parseRetention(keep);
+    const warnings: string[] = [];
+    if (maxSizeBytes !== null && journalBytes > maxSizeBytes) {
+      warnings.push(`the journal (${formatSize(journalBytes)}) exceeds --max-size ${formatSize(maxSizeBytes)}: bookmarks, mounts or the "all" window hold it; older points go ahead of the policy at each run`);
+    }
+    const lastForced = state?.lastForced ?? null;
+    if (lastForced && Date.parse(lastForced.at) > Date.now() - 86_400_000) {
+      warnings.push(`at ${lastForced.at}, --max-size removed ${lastForced.pointsExpired} points (${lastForced.from} .. ${lastForced.to}) ahead of the policy`);
+    }
+    return {
+      keep, maxSizeBytes, state: warnings.length > 0 ? 'warning' : 'ok', warnings,
+      pointsExpired: device ? device.history.expired.reduce((sum, [a, b]) => sum + b - a + 1, 0) : 0,
+      recordsThinned: state?.recordsThinned ?? 0,
+      bytesReclaimed: state?.bytesReclaimed ?? 0,
+      lastHourBytes,
+      forecast: forecast(policy, journalBytes, lastHourBytes, maxSizeBytes),
+      lastRun: (state?.lastRun as RetentionRun | undefined) ?? null,
+      lastForced,
+    };
+  }
+
+  create(name: string, sizeBytes: number, settings: Pick<VolumeSettings, 'keep' | 'maxSizeBytes'> = {}): Promise<VolumeInfo> {
     return this.serialise(async () => {
       validateVolumeName(name);
       validateVolumeSize(sizeBytes);
+      const retention = retentionSettings(undefined, settings);
       if (this.volumes.has(name)) throw new HindsightError('VOLUME_EXISTS', `volume "${name}" already exists`);
       if (this.mounts.has(name)) throw new HindsightError('VOLUME_EXISTS', `a mount named "${name}" exists (volumes and mounts share the NBD export names)`);
-      const record: VolumeRecord = { formatVersion: FORMAT_VERSION, id: randomUUID(), name, sizeBytes, createdAt: new Date().toISOString() };
+      const record: VolumeRecord = { formatVersion: FORMAT_VERSION, id: randomUUID(), name, sizeBytes, createdAt: new Date().toISOString(), ...(retention ? { retention } : {}) };
       const staging = path.join(this.volumesDir, `.create-${record.id}`);
       try {
         await fs.mkdir(staging);
@@ -271,11 +395,13 @@ export class VolumeManager {
     return this.update(name, { readOnly });
   }
 
-  /** Changes a volume's settings (read-only, reduction); persisted in volume.json. */
-  update(name: string, changes: { readOnly?: boolean; reduce?: boolean }): Promise<VolumeInfo> {
+  /** Changes a volume's settings (read-only, reduction, retention); persisted in volume.json. */
+  update(name: string, changes: VolumeSettings): Promise<VolumeInfo> {
     return this.serialise(async () => {
       const volume = this.get(name);
-      const record = { ...volume.record, ...changes };
+      const { keep, maxSizeBytes, ...flags } = changes;
+      const retention = retentionSettings(volume.record.retention, { keep, maxSizeBytes });
+      const record: VolumeRecord = { ...volume.record, ...flags, ...(retention ? { retention } : {}) };
       const temporary = path.join(this.volumesDir, `.update-${record.id}`);
       try {
         await fs.mkdir(temporary, { recursive: true });
@@ -524,6 +650,7 @@ export class VolumeManager {
 
   /** Closes every mount and volume; one failing to close does not keep the others open. */
   async close(): Promise<void> {
+    await this.retention.stop();
     await this.mutation.catch(() => undefined);
     const failures: unknown[] = [];
     for (const mount of this.mounts.values()) {
@@ -586,7 +713,7 @@ export class VolumeManager {
         readOnly: record.readOnly ?? false,
         reduce: record.reduce ?? true,
         syncEveryWrite: this.options.syncEveryWrite,
-        segmentBytesMax: LIMITS.journalSegmentBytesMax,
+        segmentBytesMax: this.options.segmentBytesMax ?? LIMITS.journalSegmentBytesMax,
         checkpointEveryBytes: LIMITS.indexCheckpointEveryBytes,
         nowUs: () => Date.now() * 1000,
         onCorruption: (error) => this.fail(name, error),
@@ -641,4 +768,45 @@ async function diskUsage(directory: string): Promise<number> {
 
 function volumeIdOf(record: VolumeRecord): Buffer {
   return Buffer.from(record.id.replace(/-/g, ''), 'hex');
+}
+
+function policyOf(record: VolumeRecord) {
+  return parseRetention(record.retention?.keep ?? DEFAULT_RETENTION);
+}
+
+/** The retention part of volume.json after `changes` (validated), or undefined if none. */
+function retentionSettings(current: VolumeRecord['retention'], changes: Pick<VolumeSettings, 'keep' | 'maxSizeBytes'>): VolumeRecord['retention'] {
+  if (changes.keep === undefined && changes.maxSizeBytes === undefined) return current;
+  const next = { ...current };
+  if (changes.keep !== undefined) next.keep = parseRetention(changes.keep).text;
+  if (changes.maxSizeBytes !== undefined) {
+    if (changes.maxSizeBytes !== null && !(Number.isSafeInteger(changes.maxSizeBytes) && changes.maxSizeBytes >= 1024 * 1024)) {
+      throw new HindsightError('INVALID_SIZE', `--max-size must be at least 1M (got ${changes.maxSizeBytes} bytes)`);
+    }
+    next.maxSizeBytes = changes.maxSizeBytes;
+  }
+  return next;
+}
+
+/** What the last hour's growth means for the journal (a sentence for volume info). */
+function forecast(policy: ReturnType<typeof parseRetention>, journalBytes: number, lastHourBytes: number, maxSizeBytes: number | null): string {
+  const rate = `${formatSize(lastHourBytes)}/h`;
+  const horizon = retentionHorizonUs(policy);
+  const all = keepAllUs(policy);
+  if (lastHourBytes === 0) return 'no writes in the last hour';
+  if (maxSizeBytes === null) {
+    const what = horizon === Infinity ? 'the policy keeps everything: the journal grows without bound' : `every write is kept ${formatDuration(all)}, then thinned`;
+    return `at the last hour's rate (${rate}), ${what}; no --max-size set`;
+  }
+  if (journalBytes >= maxSizeBytes) return `at --max-size already (${formatSize(journalBytes)} of ${formatSize(maxSizeBytes)}): the oldest points go ahead of the policy`;
+  const hours = (maxSizeBytes - journalBytes) / lastHourBytes;
+  return `at the last hour's rate (${rate}), the journal reaches --max-size in ${formatDuration(hours * 3600e6)}, unless thinning keeps it below; then the oldest points go ahead of the policy`;
+}
+
+function formatDuration(us: number): string {
+  if (us === Infinity) return 'forever';
+  const hours = us / 3600e6;
+  if (hours < 1) return `${Math.max(1, Math.round(hours * 60))} min`;
+  if (hours < 48) return `${Math.round(hours * 10) / 10} h`;
+  return `${Math.round(hours / 24 * 10) / 10} days`;
 }

@@ -14,9 +14,9 @@ export interface InProcessServer {
   close(): Promise<void>;
 }
 
-export async function startInProcess(volumes: Array<{ name: string; sizeBytes: number; readOnly?: boolean }>, options: { handshakeTimeoutMs?: number } = {}): Promise<InProcessServer> {
-  const dataDir = makeTempDir();
-  const manager = new VolumeManager({ dataDir, syncEveryWrite: false });
+export async function startInProcess(volumes: Array<{ name: string; sizeBytes: number; readOnly?: boolean }>, options: { handshakeTimeoutMs?: number; segmentBytesMax?: number; dataDir?: string } = {}): Promise<InProcessServer> {
+  const dataDir = options.dataDir ?? makeTempDir();
+  const manager = new VolumeManager({ dataDir, syncEveryWrite: false, retentionIntervalMs: 0, segmentBytesMax: options.segmentBytesMax });
   await manager.open();
   for (const volume of volumes) {
     await manager.create(volume.name, volume.sizeBytes);

@@ -1,0 +1,122 @@
+/**
+ * Runs every volume's retention policy in the background (every minute by default), and on
+ * demand (`hindsight volume thin NAME`). A run expires what the policy drops (serialised
+ * with mounts, bookmarks and rollbacks, so no point being taken is lost under them), then
+ * reclaims space, throttled. With a size cap (`--max-size`) the policy does not meet, the
+ * oldest points go ahead of the policy, a quarter of those outside the `all` window at a
+ * time — each time logged as a warning and recorded (retention.json), never silently; when
+ * even that cannot meet the cap (bookmarks, mounts or the `all` window hold the data), the
+ * volume shows a warning.
+ */
+import type { RetentionPolicy } from '../core/index.js';
+import type { JournaledDevice } from './journaled-device.js';
+import { expireByPolicy, expireOldest, reclaimSpace } from './retention.js';
+
+export interface RetentionTarget {
+  device: JournaledDevice;
+  policy: RetentionPolicy;
+  maxSizeBytes: number | null;
+}
+
+export interface RetentionHost {
+  names(): string[];
+  /** An online volume's device and policy, or null. */
+  target(name: string): RetentionTarget | null;
+  /** Seqs that must stay points: bookmarks, mounts, points commands and jobs are using. */
+  pins(name: string): Iterable<number>;
+  /** Runs `work` serialised with the commands that resolve and pin points. */
+  serialise<T>(work: () => Promise<T>): Promise<T>;
+  event(name: string, level: 'info' | 'warn', message: string, details: Record<string, unknown>): void;
+}
+
+export interface RetentionRun {
+  volume: string;
+  at: string;
+  pointsExpired: number;
+  /** Points expired ahead of the policy to meet --max-size (0 normally). */
+  pointsForced: number;
+  segmentsCompacted: number;
+  recordsThinned: number;
+  bytesReclaimed: number;
+  journalBytes: number;
+  durationMs: number;
+}
+
+/** Rounds of forced expiry per run (each removes a quarter of what may go). */
+const FORCED_ROUNDS_MAX = 8;
+
+export class RetentionService {
+  private timer: NodeJS.Timeout | null = null;
+  private readonly running = new Map<string, Promise<RetentionRun>>();
+  private stopped = false;
+
+  constructor(private readonly host: RetentionHost, private readonly intervalMs: number) {}
+
+  start(): void {
+    if (this.intervalMs <= 0 || this.timer) return;
+    const tick = async () => {
+      for (const name of this.host.names()) {
+        if (this.stopped) return;
+        if (!this.host.target(name)) continue;
+        await this.run(name).catch((err: unknown) => this.host.event(name, 'warn', 'retention run failed', { error: (err as Error).message }));
+      }
+      if (!this.stopped) this.timer = setTimeout(() => void tick(), this.intervalMs).unref();
+    };
+    this.timer = setTimeout(() => void tick(), this.intervalMs).unref();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await Promise.allSettled([...this.running.values()]);
+  }
+
+  /** Applies `name`'s policy now (joins a run already going). */
+  run(name: string): Promise<RetentionRun> {
+    const going = this.running.get(name);
+    if (going) return going;
+    const run = this.runNow(name).finally(() => this.running.delete(name));
+    this.running.set(name, run);
+    return run;
+  }
+
+  private async runNow(name: string): Promise<RetentionRun> {
+    const started = performance.now();
+    const target = this.host.target(name);
+    if (!target) throw new Error(`volume "${name}" is not online`);
+    const { device, policy, maxSizeBytes } = target;
+    const options = { pins: () => this.host.pins(name), nowUs: Date.now() * 1000 };
+    const pointsExpired = await this.host.serialise(() => expireByPolicy(device, policy, options));
+    const reclaimed = await reclaimSpace(device, {});
+    let pointsForced = 0;
+    for (let round = 0; maxSizeBytes !== null && device.stats().bytes > maxSizeBytes && round < FORCED_ROUNDS_MAX; round += 1) {
+      const going = await this.host.serialise(() => expireOldest(device, policy, { ...options, share: 1 / 4 }));
+      if (going.length === 0) break;
+      pointsForced += going.length;
+      const history = device.history;
+      const oldest = history.oldestKept();
+      const details = {
+        journalBytes: device.stats().bytes, maxSizeBytes, pointsExpired: going.length,
+        from: new Date(history.timeOf(going[0]) / 1000).toISOString(), to: new Date(history.timeOf(going[going.length - 1]) / 1000).toISOString(),
+        oldestPoint: oldest > 0 ? new Date(history.timeOf(oldest) / 1000).toISOString() : null,
+      };
+      device.retention.noteForced({ at: new Date().toISOString(), ...details });
+      this.host.event(name, 'warn', 'the journal exceeds --max-size: the oldest points were removed ahead of the retention policy', details);
+      const more = await reclaimSpace(device, {});
+      reclaimed.segmentsCompacted += more.segmentsCompacted;
+      reclaimed.recordsThinned += more.recordsThinned;
+      reclaimed.bytesReclaimed += more.bytesReclaimed;
+    }
+    if (pointsForced > 0) await device.retention.save();
+    const run: RetentionRun = {
+      volume: name, at: new Date().toISOString(), pointsExpired, pointsForced, ...reclaimed,
+      journalBytes: device.stats().bytes, durationMs: Math.round(performance.now() - started),
+    };
+    device.retention.lastRun = run;
+    if (maxSizeBytes !== null && run.journalBytes > maxSizeBytes) {
+      this.host.event(name, 'warn', 'the journal still exceeds --max-size: bookmarks, mounts or the policy\'s "all" window hold the rest', { journalBytes: run.journalBytes, maxSizeBytes });
+    }
+    if (run.pointsExpired + run.pointsForced + run.bytesReclaimed > 0) this.host.event(name, 'info', 'retention applied', { ...run });
+    return run;
+  }
+}
