@@ -402,7 +402,7 @@ function tocFits(toc: Toc, window: HeaderWindow, expectedSeq: number, limit: num
   const a = actual.header;
   const listed = last.header;
   return a.type === listed.type && a.flags === listed.flags && a.offsetBytes === listed.offsetBytes && a.lengthBytes === listed.lengthBytes &&
-    a.timeUs === listed.timeUs && a.payloadBytes === listed.payloadBytes;
+    a.timeUs === listed.timeUs && a.payloadBytes === listed.payloadBytes && (a.payloadSkip ?? 0) === (listed.payloadSkip ?? 0);
 }
 
 /** The header at `position` with its chunk table checked against the CRC, and its seq. */

@@ -1,6 +1,6 @@
 /**
  * Segment tables of contents (`journal/NNNNNNNN.toc`, docs/FORMAT.md): the headers of a
- * segment's records, 32 bytes each, so that start-up rebuilds the history by reading a few
+ * segment's records, 40 bytes each, so that start-up rebuilds the history by reading a few
  * MiB instead of every segment. Derived data: written atomically when the index is
  * checkpointed (a failure only means a slower start), for records the checkpoint's sync made durable — so never for records a
  * recovery could cut — and checked on load (magic, volume, segment, CRC, seq continuity, the
@@ -14,9 +14,10 @@ import type { RecordTypeValue } from './record.js';
 import type { ScannedRecord } from './scanner.js';
 
 const TOC_MAGIC = Buffer.from('HSJTOC01', 'ascii');
-const TOC_VERSION = 1;
+/** 2: entries carry the payload skip (version 1 tables, without it, are ignored). */
+const TOC_VERSION = 2;
 export const TOC_HEADER_BYTES = 64;
-export const TOC_ENTRY_BYTES = 32;
+export const TOC_ENTRY_BYTES = 40;
 const KNOWN_TYPES = new Set<number>(Object.values(RecordType));
 
 export interface TocEntry {
@@ -27,6 +28,7 @@ export interface TocEntry {
   timeUs: number;
   recordPosition: number;
   payloadBytes: number;
+  payloadSkip: number;
 }
 
 export interface Toc {
@@ -61,6 +63,7 @@ export function encodeToc(volumeId: Buffer, segmentIndex: number, seqFirst: numb
     bytes.writeBigUInt64LE(BigInt(entry.timeUs), at + 16);
     bytes.writeUInt32LE(entry.recordPosition, at + 24);
     bytes.writeUInt32LE(entry.payloadBytes, at + 28);
+    bytes.writeUInt32LE(entry.payloadSkip, at + 32);
   });
   bytes.writeUInt32LE(crc32c(bytes), 60);
   return bytes;
@@ -92,6 +95,7 @@ export function decodeToc(bytes: Buffer, volumeId: Buffer, segmentIndex: number)
       header: {
         type: type as RecordTypeValue, flags: bytes.readUInt8(at + 1), seq: seqFirst + i, timeUs: Number(bytes.readBigUInt64LE(at + 16)),
         offsetBytes: Number(bytes.readBigUInt64LE(at + 8)), lengthBytes: bytes.readUInt32LE(at + 4), payloadBytes, seqDurable: 0,
+        payloadSkip: bytes.readUInt32LE(at + 32),
       },
       segmentIndex, recordPosition, payloadPosition: recordPosition + payloadOffset(payloadBytes),
     });

@@ -39,8 +39,17 @@ test('history comes back from tables of contents, and the same without them or w
     const offset = rng.int(SIZE / 4096 - 4) * 4096;
     if (i % 7 === 0) await device.flush();
     else if (i % 11 === 0) await device.writeZeroes(offset, 8192, { fua: false, mayTrim: true, fastOnly: false });
-    else await device.write(offset, rng.bytes(4096 * (1 + rng.int(3)), false), { fua: false });
+    else if (i % 5 === 0) {
+      // A page update: one sector changed, so only it is stored (payload skip > 0).
+      const page = Buffer.alloc(8192);
+      await device.read(offset, page);
+      page.set(rng.bytes(512, false), 512 * (1 + rng.int(14)));
+      await device.write(offset, page, { fua: false });
+    } else await device.write(offset, rng.bytes(4096 * (1 + rng.int(3)), false), { fua: false });
   }
+  let skipped = 0;
+  for (let seq = 1; seq <= device.history.seqLast; seq += 1) if (device.history.entry(seq).payloadSkip > 0) skipped += 1;
+  assert.ok(skipped >= 3, `page updates stored only their changed sector (${skipped})`);
   await device.checkpoint();
   // Records after the checkpoint: replayed from the journal, not from tables.
   for (let i = 0; i < 20; i += 1) await device.write(rng.int(SIZE / 4096) * 4096, rng.bytes(4096, false), { fua: false });

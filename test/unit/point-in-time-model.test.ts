@@ -74,9 +74,12 @@ class Subject {
   recordsFromTocs = 0;
   /** Set: the clock moves only when the test moves it. */
   frozen = false;
+  /** Draws of its own for page updates, so the main draws (and known seeds) stay as they were. */
+  readonly updates: Random;
 
   constructor(readonly label: string, readonly rng: Random, readonly clock: Clock, readonly options: JournaledDeviceOptions, readonly oracle: PitOracle) {
     this.device = JournaledDevice.open(options);
+    this.updates = new Random(0x9a6e ^ options.sizeBytes ^ label.length);
   }
 
   get seqLast(): number {
@@ -142,7 +145,17 @@ class Subject {
     }
     const action = rng.int(hot !== undefined ? 24 : 20);
     if (action < 12 || action >= 20) {
-      await this.write(offsetBytes, rng.bytes(lengthBytes, rng.int(5) === 0));
+      let data = rng.bytes(lengthBytes, rng.int(5) === 0);
+      if (offsetBytes % 512 === 0 && lengthBytes % 512 === 0 && this.updates.int(3) === 0) {
+        // A page update: what is there with one sector changed (only that span is stored, its
+        // payload skip > 0: tables of contents and replays must keep it).
+        const current = Buffer.alloc(lengthBytes);
+        await this.device.read(offsetBytes, current);
+        const sector = this.updates.int(lengthBytes / 512) * 512;
+        data.copy(current, sector, sector, sector + 512);
+        data = current;
+      }
+      await this.write(offsetBytes, data);
     } else if (action < 15) {
       // Zeroes may be large: they are metadata.
       if (hot === undefined && rng.int(4) === 0) lengthBytes = Math.min(SIZE - offsetBytes, 1 + rng.int(MiB));
