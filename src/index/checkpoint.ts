@@ -9,7 +9,8 @@ import { assert } from '../core/index.js';
 import { EXTENT_STRIDE, ExtentIndex, REGION_BYTES } from './extent-index.js';
 
 const MAGIC = Buffer.from('HSIDXCP1', 'latin1');
-const VERSION = 2;
+/** 3: the compaction generation it was made in (a checkpoint from before a compaction names old positions). */
+const VERSION = 3;
 const HEADER_BYTES = 128;
 
 export interface CheckpointPosition {
@@ -25,6 +26,8 @@ export interface CheckpointInfo extends CheckpointPosition {
   timeFirstUs: number;
   /** WRITE payload bytes journaled up to this point (the client-written counter). */
   clientBytesWritten: number;
+  /** Compactions of the journal before this checkpoint (retention.json counts them). */
+  compactions: number;
 }
 
 /** Serialises the index synchronously: the caller takes it at a consistent instant. */
@@ -44,6 +47,7 @@ export function encodeCheckpoint(index: ExtentIndex, info: CheckpointInfo): Buff
   out.writeBigUInt64LE(BigInt(info.timeFirstUs), 72);
   out.writeUInt32LE(regions.length, 80);
   out.writeBigUInt64LE(BigInt(info.clientBytesWritten), 96);
+  out.writeBigUInt64LE(BigInt(info.compactions), 104);
   let at = HEADER_BYTES;
   for (const region of regions) {
     out.writeUInt32LE(region.regionIndex, at);
@@ -94,6 +98,7 @@ export function decodeCheckpoint(bytes: Buffer, index: ExtentIndex, volumeId: Bu
       timeLastUs: Number(bytes.readBigUInt64LE(64)),
       timeFirstUs: Number(bytes.readBigUInt64LE(72)),
       clientBytesWritten: Number(bytes.readBigUInt64LE(96)),
+      compactions: Number(bytes.readBigUInt64LE(104)),
     },
   };
 }
@@ -104,7 +109,8 @@ function invalidExtent(entries: Uint32Array): string | null {
   for (let at = 0; at < entries.length; at += EXTENT_STRIDE) {
     const [start, end, segment, , delta, payloadBytes] = entries.subarray(at, at + EXTENT_STRIDE);
     if (start < previousEnd || end <= start || end > REGION_BYTES) return 'extents not sorted, disjoint and inside the region';
-    if (segment !== 0 && segment !== 0xffffffff && delta + (end - start) > payloadBytes) return 'extent reaches past its record payload';
+    // (A compressed payload's delta is in its logical bytes, not its container's.)
+    if (segment !== 0 && segment !== 0xffffffff && payloadBytes < 0x80000000 && delta + (end - start) > payloadBytes) return 'extent reaches past its record payload';
     previousEnd = end;
   }
   return null;

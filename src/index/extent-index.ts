@@ -22,6 +22,7 @@ export const SEGMENT_ZERO_ALLOCATED = 0xffffffff;
  * hold it; reading it is refused (POINT_EXPIRED), never served.
  */
 export const SEGMENT_DROPPED = 0xfffffffe;
+export { PAYLOAD_COMPRESSED } from '../journal/record.js';
 export const EXTENT_STRIDE = 6;
 const STRIDE = EXTENT_STRIDE;
 
@@ -136,10 +137,13 @@ export class ExtentIndex {
     return bytes;
   }
 
-  /** Maps [offset, offset+length) to a whole record payload at (segment, payloadPosition). */
-  setData(offsetBytes: number, lengthBytes: number, segment: number, payloadPosition: number): void {
+  /**
+   * Maps [offset, offset+length) to a whole record payload at (segment, payloadPosition);
+   * `payloadField`: the payload's length (a container's plus PAYLOAD_COMPRESSED).
+   */
+  setData(offsetBytes: number, lengthBytes: number, segment: number, payloadPosition: number, payloadField = lengthBytes): void {
     assert(segment !== SEGMENT_ZERO && segment !== SEGMENT_ZERO_ALLOCATED, 'data extents name a real segment');
-    this.set(offsetBytes, lengthBytes, segment, payloadPosition, lengthBytes);
+    this.set(offsetBytes, lengthBytes, segment, payloadPosition, payloadField);
   }
 
   setZero(offsetBytes: number, lengthBytes: number, allocated: boolean): void {

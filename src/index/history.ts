@@ -23,7 +23,7 @@
  */
 import { HindsightError, assert } from '../core/index.js';
 import { RecordFlag, RecordType, isClientWrite, recordSpan } from '../journal/record.js';
-import { EXTENT_STRIDE, ExtentIndex, REGION_BYTES, Region, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
+import { EXTENT_STRIDE, ExtentIndex, PAYLOAD_COMPRESSED, REGION_BYTES, Region, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
 import type { ExtentVisit } from './extent-index.js';
 
 const SNAPSHOT_POSTINGS_MIN = 64;
@@ -42,6 +42,8 @@ export interface HistoryEntry {
   payloadBytes: number;
   /** WRITE: where the stored payload starts within the range (the rest was unchanged). */
   payloadSkip: number;
+  /** WRITE: the bytes the payload stands for (payloadBytes unless it is compressed). */
+  logicalBytes?: number;
 }
 
 /** Records that change content (the others: flush markers, bookmarks). */
@@ -60,6 +62,7 @@ class RecordTable {
   payloadPosition = new Uint32Array(1024);
   payloadBytes = new Uint32Array(1024);
   payloadSkip = new Uint32Array(1024);
+  logical = new Uint32Array(1024);
 
   push(entry: HistoryEntry): void {
     if (this.count === this.type.length) this.grow();
@@ -73,11 +76,12 @@ class RecordTable {
     this.payloadPosition[i] = entry.payloadPosition;
     this.payloadBytes[i] = entry.payloadBytes;
     this.payloadSkip[i] = entry.payloadSkip;
+    this.logical[i] = entry.logicalBytes ?? entry.payloadBytes;
     this.count += 1;
   }
 
   get memoryBytes(): number {
-    return this.type.length * 38;
+    return this.type.length * 42;
   }
 
   private grow(): void {
@@ -96,6 +100,7 @@ class RecordTable {
     this.payloadPosition = grown(this.payloadPosition);
     this.payloadBytes = grown(this.payloadBytes);
     this.payloadSkip = grown(this.payloadSkip);
+    this.logical = grown(this.logical);
   }
 }
 
@@ -199,7 +204,8 @@ export class History {
     if (entry.type === RecordType.REVERT) {
       assert(entry.offsetBytes >= 0 && entry.offsetBytes < entry.seq, 'a revert goes back to an earlier seq');
     } else if (changesContent(entry.type)) {
-      assert(entry.offsetBytes + entry.lengthBytes <= this.sizeBytes && entry.payloadSkip + entry.payloadBytes <= Math.max(entry.lengthBytes, entry.payloadBytes), 'a change lies within the volume');
+      const stored = entry.logicalBytes ?? entry.payloadBytes;
+      assert(entry.offsetBytes + entry.lengthBytes <= this.sizeBytes && entry.payloadSkip + stored <= Math.max(entry.lengthBytes, stored), 'a change lies within the volume');
     }
     this.table.push(entry);
     if (entry.type === RecordType.THINNED) this.thinnedRecords += 1;
@@ -209,7 +215,7 @@ export class History {
     } else if (changesContent(entry.type) && entry.lengthBytes > 0) {
       // A WRITE changed only its stored span.
       const start = entry.type === RecordType.WRITE ? entry.offsetBytes + entry.payloadSkip : entry.offsetBytes;
-      const length = entry.type === RecordType.WRITE ? entry.payloadBytes : entry.lengthBytes;
+      const length = entry.type === RecordType.WRITE ? entry.logicalBytes ?? entry.payloadBytes : entry.lengthBytes;
       const first = Math.floor(start / REGION_BYTES);
       const last = Math.floor((start + length - 1) / REGION_BYTES);
       for (let regionIndex = first; regionIndex <= last; regionIndex += 1) this.post(regionIndex, entry.seq);
@@ -222,7 +228,7 @@ export class History {
     const i = seq - this.seqFirst;
     return {
       seq, type: t.type[i], flags: t.flags[i], offsetBytes: t.offset[i], lengthBytes: t.length[i], timeUs: t.time[i],
-      segment: t.segment[i], payloadPosition: t.payloadPosition[i], payloadBytes: t.payloadBytes[i], payloadSkip: t.payloadSkip[i],
+      segment: t.segment[i], payloadPosition: t.payloadPosition[i], payloadBytes: t.payloadBytes[i], payloadSkip: t.payloadSkip[i], logicalBytes: t.logical[i],
     };
   }
 
@@ -438,29 +444,38 @@ export class History {
   }
 
   /**
-   * A segment was compacted: `moved` gives, for each of its records in seq order, the new
-   * payload position; `thinned` the seqs whose payload went (now THINNED records). Every
-   * extent naming the segment (snapshots, and the live index through `live`) follows; one
-   * naming a thinned payload becomes SEGMENT_DROPPED (only snapshots of expired points
-   * can: a kept point never shows a thinned record).
+   * A segment was compacted: `moved` gives, for each of its records in seq order, where its
+   * payload now is (and, for a payload compaction compressed, its container's length);
+   * `thinned` the seqs whose payload went (now THINNED records). Every extent naming the
+   * segment (snapshots, and the live index through `live`) follows; one naming a thinned
+   * payload becomes SEGMENT_DROPPED (only snapshots of expired points can: a kept point
+   * never shows a thinned record).
    */
-  relocateSegment(segment: number, seqFirst: number, moved: ArrayLike<number>, thinned: ReadonlySet<number>, live: ExtentIndex): void {
+  relocateSegment(segment: number, seqFirst: number, moved: ReadonlyArray<{ payloadPosition: number; payloadBytes: number; compressed: boolean }>, thinned: ReadonlySet<number>, live: ExtentIndex): void {
     const t = this.table;
     const oldPositions: number[] = [];
     const newPositions: number[] = [];
+    const newFields: number[] = [];
     for (let j = 0; j < moved.length; j += 1) {
       const i = seqFirst + j - this.seqFirst;
+      const now = moved[j];
       assert(t.segment[i] === segment, 'relocated records belong to the segment');
       if (t.type[i] === RecordType.WRITE) {
         oldPositions.push(t.payloadPosition[i]);
-        newPositions.push(thinned.has(seqFirst + j) ? -1 : moved[j]);
+        newPositions.push(thinned.has(seqFirst + j) ? -1 : now.payloadPosition);
+        newFields.push(now.payloadBytes + (now.compressed ? PAYLOAD_COMPRESSED : 0));
       }
-      t.payloadPosition[i] = moved[j];
+      t.payloadPosition[i] = now.payloadPosition;
       if (thinned.has(seqFirst + j)) {
         assert(t.type[i] === RecordType.WRITE, 'only WRITE records are thinned');
         t.type[i] = RecordType.THINNED;
         t.payloadBytes[i] = 0;
         t.payloadSkip[i] = 0;
+        t.logical[i] = 0;
+      } else if (t.type[i] === RecordType.WRITE) {
+        assert(now.compressed || now.payloadBytes === t.payloadBytes[i], 'a payload moves whole unless compressed');
+        t.payloadBytes[i] = now.payloadBytes;
+        if (now.compressed) t.flags[i] |= RecordFlag.COMPRESSED;
       }
     }
     const relocate = (entries: Uint32Array, count: number, isLive = false) => {
@@ -469,8 +484,12 @@ export class History {
         const found = binarySearch(oldPositions, entries[at + 3]);
         assert(found !== -1, 'an extent names a record of its segment');
         assert(!isLive || newPositions[found] !== -1, 'the live volume never shows a thinned record');
-        if (newPositions[found] === -1) entries[at + 2] = SEGMENT_DROPPED;
-        else entries[at + 3] = newPositions[found];
+        if (newPositions[found] === -1) {
+          entries[at + 2] = SEGMENT_DROPPED;
+        } else {
+          entries[at + 3] = newPositions[found];
+          entries[at + 5] = newFields[found];
+        }
       }
     };
     for (const regionIndex of this.touched) {
@@ -616,9 +635,10 @@ export class History {
     const write = type === RecordType.WRITE;
     const offset = write ? t.offset[i] + t.payloadSkip[i] : t.offset[i];
     const start = Math.max(offset, base);
-    const stop = Math.min(offset + (write ? t.payloadBytes[i] : t.length[i]), base + REGION_BYTES);
+    const stop = Math.min(offset + (write ? t.logical[i] : t.length[i]), base + REGION_BYTES);
     if (write) {
-      region.set(start - base, stop - base, [t.segment[i], t.payloadPosition[i], start - offset, t.payloadBytes[i]]);
+      const compressed = (t.flags[i] & RecordFlag.COMPRESSED) !== 0;
+      region.set(start - base, stop - base, [t.segment[i], t.payloadPosition[i], start - offset, t.payloadBytes[i] + (compressed ? PAYLOAD_COMPRESSED : 0)]);
     } else {
       const allocated = type === RecordType.ZERO && (t.flags[i] & RecordFlag.ALLOCATED) !== 0;
       region.set(start - base, stop - base, [allocated ? SEGMENT_ZERO_ALLOCATED : SEGMENT_ZERO, 0, 0, 0]);

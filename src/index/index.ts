@@ -1,4 +1,4 @@
-export { ExtentIndex, EXTENT_STRIDE, REGION_BYTES, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, isZero } from './extent-index.js';
+export { ExtentIndex, EXTENT_STRIDE, PAYLOAD_COMPRESSED, REGION_BYTES, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, isZero } from './extent-index.js';
 export type { ExtentVisit } from './extent-index.js';
 export { encodeCheckpoint, decodeCheckpoint } from './checkpoint.js';
 export type { CheckpointInfo, CheckpointLoad, CheckpointPosition } from './checkpoint.js';

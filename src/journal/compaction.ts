@@ -15,7 +15,9 @@
 import { HindsightError, assert } from '../core/index.js';
 import { firstBadChunk } from './chunk-crc.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
-import { RECORD_HEADER_BYTES, RecordType, decodeRecordHeader, encodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc } from './record.js';
+import { RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordType, decodeRecordHeader, encodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc } from './record.js';
+import { encodeChunkTable } from './chunk-crc.js';
+import { encodeContainer } from './container.js';
 import { segmentPath } from './scanner.js';
 import { SEGMENT_HEADER_BYTES } from './segment.js';
 
@@ -31,8 +33,10 @@ export interface CompactionRecord {
 
 export interface CompactionResult {
   temporaryPath: string;
-  /** The new payload position of each record, in the order given. */
-  payloadPositions: number[];
+  /** Where each record's payload now is, in the order given (and its container, if compressed now). */
+  moved: Array<{ payloadPosition: number; payloadBytes: number; compressed: boolean }>;
+  /** WRITE payloads compressed by this compaction. */
+  recordsCompressed: number;
   bytesBefore: number;
   bytesAfter: number;
 }
@@ -45,9 +49,14 @@ export interface CompactionOptions {
   sliceBytes?: number;
   /** Stop early (volume closing): the temporary file is removed and null returned. */
   cancelled?: () => boolean;
+  /** Compress WRITE payloads that are not yet (container.ts), where it saves 1/8 or more. */
+  compress?: boolean;
+  /** Work on the event loop between rests (compression is CPU): default 4 ms. */
+  sliceMs?: number;
 }
 
 const SLICE_BYTES = 8 * 1024 * 1024;
+const PADDING = Buffer.alloc(RECORD_ALIGN_BYTES);
 
 /**
  * Writes `segmentIndex` again as NNNNNNNN.seg.compact, with the records in `thinned`
@@ -70,7 +79,8 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     let written = 0;
     let at = SEGMENT_HEADER_BYTES;
     let sliceStarted = performance.now();
-    const payloadPositions: number[] = [];
+    const moved: CompactionResult['moved'] = [];
+    let recordsCompressed = 0;
     for (const record of records) {
       const recordPosition = record.payloadPosition - payloadOffset(record.payloadBytes);
       assert(recordPosition === at, 'the records given follow each other through the segment');
@@ -79,22 +89,41 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
       if ((await source.readAsync(bytes, 0, span, recordPosition)) !== span) throw damaged(sourcePath, recordPosition, 'record cut short');
       verifyRecord(bytes, record, crcSeed, sourcePath, recordPosition);
       const newRecordPosition = written + pendingBytes;
+      const check = decodeRecordHeader(bytes);
+      assert(check.ok, 'a verified record has a sound header');
+      const header = check.header;
+      const compressed = (header.flags & RecordFlag.COMPRESSED) !== 0;
       if (thinned.has(record.seq)) {
         assert(record.type === RecordType.WRITE, 'only WRITE records are thinned');
-        const check = decodeRecordHeader(bytes);
-        assert(check.ok, 'a verified record has a sound header');
         const thin = Buffer.alloc(RECORD_HEADER_BYTES);
-        encodeRecordHeader(thin, { ...check.header, type: RecordType.THINNED, payloadBytes: 0, payloadSkip: 0 }, null, crcSeed);
+        encodeRecordHeader(thin, { ...header, type: RecordType.THINNED, flags: header.flags & ~RecordFlag.COMPRESSED, payloadBytes: 0, payloadSkip: 0 }, null, crcSeed);
         pending.push(thin);
         pendingBytes += thin.length;
-        payloadPositions.push(newRecordPosition + payloadOffset(0));
+        moved.push({ payloadPosition: newRecordPosition + payloadOffset(0), payloadBytes: 0, compressed: false });
+      } else if (options.compress && header.type === RecordType.WRITE && !compressed && header.payloadBytes >= 1024) {
+        const payload = bytes.subarray(payloadOffset(header.payloadBytes), payloadOffset(header.payloadBytes) + header.payloadBytes);
+        const container = encodeContainer(payload);
+        if (container) {
+          const table = encodeChunkTable(container, crcSeed);
+          const head = Buffer.alloc(RECORD_HEADER_BYTES);
+          encodeRecordHeader(head, { ...header, flags: header.flags | RecordFlag.COMPRESSED, payloadBytes: container.length }, table, crcSeed);
+          const padding = recordSpan(container.length) - payloadOffset(container.length) - container.length;
+          pending.push(head, table, container, PADDING.subarray(0, padding));
+          pendingBytes += recordSpan(container.length);
+          moved.push({ payloadPosition: newRecordPosition + payloadOffset(container.length), payloadBytes: container.length, compressed: true });
+          recordsCompressed += 1;
+        } else {
+          pending.push(bytes);
+          pendingBytes += span;
+          moved.push({ payloadPosition: newRecordPosition + payloadOffset(record.payloadBytes), payloadBytes: record.payloadBytes, compressed: false });
+        }
       } else {
         pending.push(bytes);
         pendingBytes += span;
-        payloadPositions.push(newRecordPosition + payloadOffset(record.payloadBytes));
+        moved.push({ payloadPosition: newRecordPosition + payloadOffset(record.payloadBytes), payloadBytes: record.payloadBytes, compressed });
       }
       at += span;
-      if (pendingBytes >= (options.sliceBytes ?? SLICE_BYTES)) {
+      if (pendingBytes >= (options.sliceBytes ?? SLICE_BYTES) || performance.now() - sliceStarted >= (options.sliceMs ?? 4)) {
         target.writev(pending.splice(0), written);
         written += pendingBytes;
         pendingBytes = 0;
@@ -108,7 +137,7 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     if (pendingBytes > 0) target.writev(pending, written);
     written += pendingBytes;
     await target.datasync();
-    return { temporaryPath, payloadPositions, bytesBefore, bytesAfter: written };
+    return { temporaryPath, moved, recordsCompressed, bytesBefore, bytesAfter: written };
   } catch (err) {
     abandon();
     throw err;

@@ -14,7 +14,7 @@
  */
 import { GroupCommit, HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
-import { RECORD_HEADER_BYTES, RecordType, crcSeedFor, encodeRecordHeader, payloadOffset, recordSpan } from './record.js';
+import { PAYLOAD_COMPRESSED, RECORD_HEADER_BYTES, RecordType, crcSeedFor, encodeRecordHeader, payloadOffset, recordSpan } from './record.js';
 import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, encodeChunkTable, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader, RecordTypeValue } from './record.js';
 import { durableClaimAfter, findContinuation, listSegments, scanJournal, segmentPath } from './scanner.js';
@@ -22,8 +22,14 @@ import type { JournalPosition, ScannedRecord } from './scanner.js';
 import { SEGMENT_HEADER_BYTES, encodeSegmentHeader } from './segment.js';
 import { tocPath } from './toc.js';
 import { removeCompactionLeftovers } from './compaction.js';
+import { FRAME_BYTES, decodeContainerIndex, decodeFrame } from './container.js';
+import type { ContainerIndex } from './container.js';
 
 const PADDING = Buffer.alloc(8);
+/** A container's header and index for the largest payload (32 MiB: 512 frames). */
+const CONTAINER_INDEX_BYTES_MAX = 16 + 4 * 512;
+const CONTAINER_INDEXES_MAX = 4096;
+const FRAME_CACHE_BYTES_MAX = 16 * 1024 * 1024;
 const SEGMENT_FILES_OPEN_MAX = 64;
 
 export interface JournalOptions {
@@ -89,6 +95,10 @@ export class Journal {
   private failure: HindsightError | null = null;
   private closed = false;
   private readonly groupCommit = new GroupCommit(() => this.syncOnce());
+  /** Compressed payloads: parsed container indexes and decompressed frames, recently used. */
+  private readonly containerIndexes = new Map<string, ContainerIndex>();
+  private readonly frames = new Map<string, Buffer>();
+  private framesBytes = 0;
   private readonly headerScratch = Buffer.alloc(RECORD_HEADER_BYTES);
 
   private constructor(private readonly options: JournalOptions, state: { activeIndex: number; activeFile: StorageFile; activeSize: number; seqLast: number; seqDurable: number; unsyncedAtOpen: number[]; timeLastUs: number; bytesBeforeActive: number; segmentCount: number }) {
@@ -267,6 +277,21 @@ export class Journal {
     }
     this.bytesBeforeActive -= bytesReclaimed;
     this.directoryDirty = true;
+    // Keys name positions in the old file.
+    this.containerIndexes.clear();
+    this.frames.clear();
+    this.framesBytes = 0;
+  }
+
+  /**
+   * Starts a new segment now (if the active one holds records), so the records so far can be
+   * compacted (compressed, thinned); durable once the next sync returns.
+   */
+  seal(): boolean {
+    if (this.failure) throw this.failure;
+    if (this.activeSize <= SEGMENT_HEADER_BYTES) return false;
+    this.roll();
+    return true;
   }
 
   /** Durable: every record appended before this call. Concurrent calls share syncs. */
@@ -282,6 +307,10 @@ export class Journal {
    */
   readPayload(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): void {
     this.assertOpen();
+    if (piece.payloadBytes >= PAYLOAD_COMPRESSED) {
+      this.readCompressed(piece, into, intoOffset, length);
+      return;
+    }
     const file = piece.segment === this.activeIndex ? this.activeFile : this.readFile(piece.segment);
     const plan = planRead(piece, length);
     const { table, data, buffers } = readBuffers(plan, into, intoOffset, length);
@@ -301,6 +330,10 @@ export class Journal {
    */
   async readPayloadAsync(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): Promise<void> {
     this.assertOpen();
+    if (piece.payloadBytes >= PAYLOAD_COMPRESSED) {
+      await this.readCompressedAsync(piece, into, intoOffset, length);
+      return;
+    }
     const file = piece.segment === this.activeIndex ? this.activeFile : this.readFile(piece.segment);
     const plan = planRead(piece, length);
     this.pinned.set(file, (this.pinned.get(file) ?? 0) + 1);
@@ -331,6 +364,92 @@ export class Journal {
         this.pinned.set(file, left);
       }
     }
+  }
+
+  /**
+   * A compressed payload (container.ts): the container's index, then each 64 KiB frame the
+   * range touches — container bytes verified by their chunk CRCs like any payload — then
+   * decompressed (recently used frames are cached: sequential small reads decompress a frame
+   * once).
+   */
+  private readCompressed(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): void {
+    const physical = { ...piece, payloadBytes: piece.payloadBytes - PAYLOAD_COMPRESSED, delta: 0 };
+    const key = `${piece.segment}:${piece.payloadPosition}`;
+    let index = this.containerIndexes.get(key);
+    if (!index) {
+      const head = Buffer.allocUnsafe(Math.min(physical.payloadBytes, CONTAINER_INDEX_BYTES_MAX));
+      this.readPayload(physical, head, 0, head.length);
+      index = decodeContainerIndex(head, physical.payloadBytes, this.where(piece));
+      this.rememberIndex(key, index);
+    }
+    this.copyFrames(piece, index, into, intoOffset, length, (frame) => {
+      const stored = Buffer.allocUnsafe(index.lengths[frame]);
+      this.readPayload({ ...physical, delta: index.starts[frame] }, stored, 0, stored.length);
+      return stored;
+    });
+  }
+
+  private async readCompressedAsync(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): Promise<void> {
+    const physical = { ...piece, payloadBytes: piece.payloadBytes - PAYLOAD_COMPRESSED, delta: 0 };
+    const key = `${piece.segment}:${piece.payloadPosition}`;
+    let index = this.containerIndexes.get(key);
+    if (!index) {
+      const head = Buffer.allocUnsafe(Math.min(physical.payloadBytes, CONTAINER_INDEX_BYTES_MAX));
+      await this.readPayloadAsync(physical, head, 0, head.length);
+      index = decodeContainerIndex(head, physical.payloadBytes, this.where(piece));
+      this.rememberIndex(key, index);
+    }
+    const found = index;
+    const first = Math.floor(piece.delta / FRAME_BYTES);
+    const last = Math.floor((piece.delta + length - 1) / FRAME_BYTES);
+    const stored = new Map<number, Buffer>();
+    await Promise.all(Array.from({ length: last - first + 1 }, async (_, i) => {
+      const frame = first + i;
+      if (this.frames.has(`${key}:${frame}`)) return;
+      const bytes = Buffer.allocUnsafe(found.lengths[frame]);
+      await this.readPayloadAsync({ ...physical, delta: found.starts[frame] }, bytes, 0, bytes.length);
+      stored.set(frame, bytes);
+    }));
+    this.copyFrames(piece, found, into, intoOffset, length, (frame) => stored.get(frame)!);
+  }
+
+  private copyFrames(piece: PayloadPiece, index: ContainerIndex, into: Buffer, intoOffset: number, length: number, storedFrame: (frame: number) => Buffer): void {
+    assert(piece.delta + length <= index.logicalBytes && length > 0, 'read within the logical payload');
+    const key = `${piece.segment}:${piece.payloadPosition}`;
+    let at = piece.delta;
+    let out = intoOffset;
+    const end = piece.delta + length;
+    while (at < end) {
+      const frame = Math.floor(at / FRAME_BYTES);
+      const frameKey = `${key}:${frame}`;
+      let logical = this.frames.get(frameKey);
+      if (logical) {
+        this.frames.delete(frameKey);
+      } else {
+        logical = decodeFrame(index, frame, storedFrame(frame), this.where(piece));
+        this.framesBytes += logical.length;
+      }
+      this.frames.set(frameKey, logical);
+      const from = at - frame * FRAME_BYTES;
+      const count = Math.min(logical.length - from, end - at);
+      logical.copy(into, out, from, from + count);
+      at += count;
+      out += count;
+    }
+    while (this.framesBytes > FRAME_CACHE_BYTES_MAX) {
+      const [oldest, evicted] = this.frames.entries().next().value as [string, Buffer];
+      this.frames.delete(oldest);
+      this.framesBytes -= evicted.length;
+    }
+  }
+
+  private rememberIndex(key: string, index: ContainerIndex): void {
+    this.containerIndexes.set(key, index);
+    if (this.containerIndexes.size > CONTAINER_INDEXES_MAX) this.containerIndexes.delete(this.containerIndexes.keys().next().value as string);
+  }
+
+  private where(piece: PayloadPiece): string {
+    return `journal ${segmentPath(this.options.directory, piece.segment)} record payload at ${piece.payloadPosition}`;
   }
 
   private verify(file: StorageFile, piece: PayloadPiece, plan: ReadPlan, data: Buffer, table: Buffer): void {

@@ -9,6 +9,14 @@ import { crc32c } from '@node-rs/crc32';
 import { assert } from '../core/index.js';
 import { chunkTableBytes } from './chunk-crc.js';
 
+/**
+ * Added to an index extent's payload length when the record's payload is a compressed
+ * container (container.ts): the length is then the container's (for verifying its chunks),
+ * the extent's delta stays a position in the logical bytes. Payloads are at most 32 MiB, so
+ * the bit is free.
+ */
+export const PAYLOAD_COMPRESSED = 0x80000000;
+
 export const RECORD_MAGIC = 0x4a524853; // "SHRJ" little-endian on disk
 export const RECORD_HEADER_BYTES = 56;
 export const RECORD_ALIGN_BYTES = 8;
@@ -38,6 +46,8 @@ export const RecordFlag = {
   ALLOCATED: 1 << 1,
   /** ZERO records: a client WRITE of all-zero bytes, stored as zeroes (no payload). */
   CLIENT_WRITE: 1 << 2,
+  /** WRITE records: the payload is a compressed container (container.ts), written by compaction. */
+  COMPRESSED: 1 << 3,
 } as const;
 
 /** Records that stand for a client WRITE (whatever was stored for it). */

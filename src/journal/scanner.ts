@@ -7,12 +7,13 @@ import path from 'node:path';
 import { HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
 import {
-  RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, decodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc,
+  RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc,
 } from './record.js';
 import { chunkTableBytes, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader } from './record.js';
 import { SEGMENT_HEADER_BYTES, decodeSegmentHeader, parseSegmentFileName } from './segment.js';
 import type { Toc } from './toc.js';
+import { containerLogicalBytes } from './container.js';
 
 export interface JournalPosition {
   segmentIndex: number;
@@ -26,6 +27,8 @@ export interface ScannedRecord {
   recordPosition: number;
   /** Where its payload starts. */
   payloadPosition: number;
+  /** A compressed WRITE: the bytes its container stands for. */
+  logicalBytes?: number;
 }
 
 export interface BadRecord extends JournalPosition {
@@ -164,7 +167,7 @@ function* scanSegment(file: StorageFile, segmentIndex: number, start: number, fi
       const atStart = segmentIndex === options.from.segmentIndex && position === options.from.position;
       return bad(position, `seq ${check.header.seq} where ${expectedSeq} was expected`, expectedSeq, atStart);
     }
-    options.onRecord({ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(check.header.payloadBytes) });
+    options.onRecord({ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(check.header.payloadBytes), logicalBytes: check.logicalBytes });
     expectedSeq += 1;
     const span = recordSpan(check.header.payloadBytes);
     position += span;
@@ -177,7 +180,17 @@ function* scanSegment(file: StorageFile, segmentIndex: number, start: number, fi
   return { position, expectedSeq, bad: null };
 }
 
-type RecordCheck = { ok: true; header: RecordHeader } | { ok: false; reason: string };
+type RecordCheck = { ok: true; header: RecordHeader; logicalBytes?: number } | { ok: false; reason: string };
+
+/** A compressed WRITE's logical length from its container's first bytes, checked against its range. */
+function logicalOf(header: RecordHeader, head: Buffer | null): RecordCheck {
+  if (header.type !== RecordType.WRITE || (header.flags & RecordFlag.COMPRESSED) === 0) return { ok: true, header };
+  const logical = head ? containerLogicalBytes(head) : null;
+  if (logical === null || logical < 1 || (header.payloadSkip ?? 0) + logical > header.lengthBytes) {
+    return { ok: false, reason: 'compressed payload without a sound container header' };
+  }
+  return { ok: true, header, logicalBytes: logical };
+}
 
 /** Reads and fully checks the record at `position` (header, payload bounds, CRC). */
 export function readRecordAt(file: StorageFile, position: number, size: number, scratch: Buffer, crcSeed: number): RecordCheck {
@@ -197,7 +210,7 @@ export function readRecordAt(file: StorageFile, position: number, size: number, 
   if (recordCrc(scratch, table, crcSeed) !== storedCrc(scratch)) return { ok: false, reason: 'record checksum mismatch' };
   const bad = firstBadChunk(body.subarray(table.length), 0, payloadBytes, table, crcSeed);
   if (bad !== -1) return { ok: false, reason: `payload chunk ${bad} checksum mismatch` };
-  return decoded;
+  return logicalOf(decoded.header, body.subarray(table.length, table.length + 8));
 }
 
 /**
@@ -366,7 +379,7 @@ export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'ex
           skipBelow = continuation;
           break;
         }
-        onRecord({ header: checked.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(checked.header.payloadBytes) });
+        onRecord({ header: checked.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(checked.header.payloadBytes), logicalBytes: checked.logicalBytes });
         expectedSeq += 1;
         position += recordSpan(checked.header.payloadBytes);
       }
@@ -417,5 +430,8 @@ function checkHeader(window: HeaderWindow, position: number, expectedSeq: number
   const header = whole.subarray(0, RECORD_HEADER_BYTES);
   if (recordCrc(header, tableBytes > 0 ? whole.subarray(RECORD_HEADER_BYTES) : null, crcSeed) !== storedCrc(header)) return { ok: false, reason: 'record checksum mismatch' };
   if (decoded.header.seq !== expectedSeq) return { ok: false, reason: `seq ${decoded.header.seq} where ${expectedSeq} was expected` };
-  return decoded;
+  // A compressed payload's logical length is in its container's first bytes (verified by
+  // the reads and the scrub, like the rest of the payload).
+  const compressed = decoded.header.type === RecordType.WRITE && (decoded.header.flags & RecordFlag.COMPRESSED) !== 0;
+  return logicalOf(decoded.header, compressed ? window.slice(position + RECORD_HEADER_BYTES + tableBytes, 8) : null);
 }

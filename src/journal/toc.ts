@@ -9,7 +9,7 @@
 import { crc32c } from '@node-rs/crc32';
 import path from 'node:path';
 import type { FileLayer } from './file-layer.js';
-import { RecordType, payloadOffset, recordSpan } from './record.js';
+import { RecordFlag, RecordType, payloadOffset, recordSpan } from './record.js';
 import type { RecordTypeValue } from './record.js';
 import type { ScannedRecord } from './scanner.js';
 
@@ -29,6 +29,8 @@ export interface TocEntry {
   recordPosition: number;
   payloadBytes: number;
   payloadSkip: number;
+  /** A compressed WRITE: the bytes its container stands for (0 otherwise). */
+  logicalBytes: number;
 }
 
 export interface Toc {
@@ -64,6 +66,7 @@ export function encodeToc(volumeId: Buffer, segmentIndex: number, seqFirst: numb
     bytes.writeUInt32LE(entry.recordPosition, at + 24);
     bytes.writeUInt32LE(entry.payloadBytes, at + 28);
     bytes.writeUInt32LE(entry.payloadSkip, at + 32);
+    bytes.writeUInt32LE(entry.logicalBytes, at + 36);
   });
   bytes.writeUInt32LE(crc32c(bytes), 60);
   return bytes;
@@ -91,13 +94,17 @@ export function decodeToc(bytes: Buffer, volumeId: Buffer, segmentIndex: number)
     const recordPosition = bytes.readUInt32LE(at + 24);
     if (!KNOWN_TYPES.has(type) || (expectedPosition !== -1 && recordPosition !== expectedPosition)) return null;
     expectedPosition = recordPosition + recordSpan(payloadBytes);
+    const flags = bytes.readUInt8(at + 1);
+    const logical = bytes.readUInt32LE(at + 36);
+    const compressed = type === RecordType.WRITE && (flags & RecordFlag.COMPRESSED) !== 0;
+    if (compressed !== (logical > 0)) return null;
     records.push({
       header: {
-        type: type as RecordTypeValue, flags: bytes.readUInt8(at + 1), seq: seqFirst + i, timeUs: Number(bytes.readBigUInt64LE(at + 16)),
+        type: type as RecordTypeValue, flags, seq: seqFirst + i, timeUs: Number(bytes.readBigUInt64LE(at + 16)),
         offsetBytes: Number(bytes.readBigUInt64LE(at + 8)), lengthBytes: bytes.readUInt32LE(at + 4), payloadBytes, seqDurable: 0,
         payloadSkip: bytes.readUInt32LE(at + 32),
       },
-      segmentIndex, recordPosition, payloadPosition: recordPosition + payloadOffset(payloadBytes),
+      segmentIndex, recordPosition, payloadPosition: recordPosition + payloadOffset(payloadBytes), logicalBytes: compressed ? logical : undefined,
     });
   }
   if (count > 0 && expectedPosition !== endPosition) return null;

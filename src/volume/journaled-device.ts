@@ -11,12 +11,12 @@
 import path from 'node:path';
 import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
-import { ExtentIndex, History, PointIndex, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
+import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
 import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, encodeToc, isClientWrite, listSegments, payloadOffset, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, tocPath } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
 import { compactSegment } from '../journal/compaction.js';
-import { RetentionState } from './retention-state.js';
+import { RetentionState, compactionGeneration } from './retention-state.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
 /** Errors that came from a base device's read. */
@@ -144,7 +144,11 @@ export class JournaledDevice implements BlockDevice {
     let timeFirstUs = 0;
     let clientBytesWritten = 0;
     if (bytes) {
-      const loaded = decodeCheckpoint(bytes, index, options.volumeId);
+      const decoded = decodeCheckpoint(bytes, index, options.volumeId);
+      const generation = compactionGeneration(options.files, options.directory);
+      // Made before a compaction, it names journal positions that moved: not usable.
+      const loaded = decoded.ok && decoded.info.compactions !== generation
+        ? { ok: false as const, reason: `made before compaction ${generation} (generation ${decoded.info.compactions})` } : decoded;
       if (loaded.ok) {
         checkpoint = 'loaded';
         start = { from: { segmentIndex: loaded.info.segmentIndex, position: loaded.info.position }, seqLast: loaded.info.seqLast, timeLastUs: loaded.info.timeLastUs };
@@ -251,9 +255,17 @@ export class JournaledDevice implements BlockDevice {
     this.capabilities.readOnly = readOnly;
   }
 
-  /** Turns "only what changed is stored" on or off for the writes from now on. */
+  /**
+   * Turns "only what changed is stored" on or off for the writes from now on (and
+   * compression of sealed segments, for compactions from now on).
+   */
   setReduce(reduce: boolean): void {
     this.reduce = reduce;
+  }
+
+  /** Sealed segments get their payloads compressed (with reduction on). */
+  get compresses(): boolean {
+    return this.reduce;
   }
 
   stats(): JournaledDeviceStats {
@@ -577,6 +589,7 @@ export class JournaledDevice implements BlockDevice {
     const bytes = encodeCheckpoint(this.index, {
       volumeId: this.options.volumeId, sizeBytes: this.sizeBytes, ...position,
       seqLast: stats.seqLast, timeLastUs: stats.timeLastUs, timeFirstUs: this.timeFirstUs, clientBytesWritten: this.clientBytesWritten,
+      compactions: this.retention.compactions,
     });
     await this.journal.sync();
     // Derived data: a table that cannot be written means a slower start, not a failed checkpoint.
@@ -599,6 +612,7 @@ export class JournaledDevice implements BlockDevice {
       const entries = records.entries.filter((entry) => entry.seq <= seqLast).map((entry) => ({
         type: entry.type, flags: entry.flags, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, timeUs: entry.timeUs,
         recordPosition: entry.payloadPosition - payloadOffset(entry.payloadBytes), payloadBytes: entry.payloadBytes, payloadSkip: entry.payloadSkip,
+        logicalBytes: (entry.flags & RecordFlag.COMPRESSED) !== 0 ? entry.logicalBytes ?? 0 : 0,
       }));
       if (entries.length === 0) continue;
       await this.options.files.writeFileAtomic(tocPath(directory, segmentIndex), encodeToc(this.options.volumeId, segmentIndex, records.seqFirst, entries));
@@ -617,6 +631,22 @@ export class JournaledDevice implements BlockDevice {
     const inActive = this.history.segmentRecords(active);
     const sealedLast = inActive ? inActive.seqFirst - 1 : this.history.seqLast;
     return Math.min(sealedLast, this.journal.durableSeq);
+  }
+
+  /**
+   * Seals the segment being appended to (a new one starts), so everything so far can be
+   * compacted; returns once that is durable. The active segment's bytes and first record's
+   * time tell retention when a quiet volume's segment is worth sealing.
+   */
+  async seal(): Promise<void> {
+    if (this.corruption) throw this.corruption;
+    if (this.journal.seal()) await this.journal.sync();
+  }
+
+  activeSegment(): { bytes: number; timeFirstUs: number | null } {
+    const position = this.journal.endPosition;
+    const records = this.history.segmentRecords(position.segmentIndex);
+    return { bytes: position.position, timeFirstUs: records ? records.entries[0].timeUs : null };
   }
 
   get durableSeq(): number {
@@ -653,7 +683,7 @@ export class JournaledDevice implements BlockDevice {
    * survives (compaction.ts). Returns the bytes before and after, or null if the volume
    * closed meanwhile.
    */
-  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>): Promise<{ bytesBefore: number; bytesAfter: number } | null> {
+  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>): Promise<{ bytesBefore: number; bytesAfter: number; recordsCompressed: number } | null> {
     return this.exclusive(async () => {
       if (this.closed) return null;
       if (this.corruption) throw this.corruption;
@@ -664,7 +694,7 @@ export class JournaledDevice implements BlockDevice {
       const journalDirectory = path.join(this.options.directory, 'journal');
       let result;
       try {
-        result = await compactSegment({ files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed },
+        result = await compactSegment({ files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed, compress: this.reduce },
           segmentIndex, records.entries, thinned);
       } catch (err) {
         if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
@@ -678,20 +708,23 @@ export class JournaledDevice implements BlockDevice {
           this.options.files.remove(compacted.temporaryPath);
           return null;
         }
-        // The checkpoint and the table of contents name the old positions: gone, durably,
-        // before the new segment can be (the next open rebuilds them from the journal).
+        // The checkpoint and the table of contents name the old positions: a new generation
+        // makes any checkpoint made before unusable, and the current one goes, durably,
+        // before the new segment can be there (the next open rebuilds from the journal).
+        this.retention.compactions += 1;
+        await this.retention.save();
         this.options.files.remove(path.join(this.options.directory, 'index.ckpt'));
         await this.options.files.syncDirectory(this.options.directory);
         this.options.files.remove(tocPath(journalDirectory, segmentIndex));
         this.tocComplete.delete(segmentIndex);
         // Same turn: nothing reads between the rename and the moved positions.
         this.journal.installCompacted(segmentIndex, compacted.temporaryPath, compacted.bytesBefore - compacted.bytesAfter);
-        this.history.relocateSegment(segmentIndex, records.seqFirst, compacted.payloadPositions, thinned, this.index);
+        this.history.relocateSegment(segmentIndex, records.seqFirst, compacted.moved, thinned, this.index);
         await this.options.files.syncDirectory(journalDirectory);
-        this.retention.noteCompacted(thinned.size, compacted.bytesBefore - compacted.bytesAfter);
+        this.retention.noteCompacted(segmentIndex, thinned.size, compacted.recordsCompressed, compacted.bytesBefore - compacted.bytesAfter, this.reduce);
         await this.retention.save();
         await this.checkpointOnce();
-        return { bytesBefore: compacted.bytesBefore, bytesAfter: compacted.bytesAfter };
+        return { bytesBefore: compacted.bytesBefore, bytesAfter: compacted.bytesAfter, recordsCompressed: compacted.recordsCompressed };
       });
       this.checkpointChain = install.then(() => undefined, () => undefined);
       return install;
@@ -752,7 +785,7 @@ function historyEntry(record: ScannedRecord): HistoryEntry {
   return {
     seq: header.seq, type: header.type, flags: header.flags, offsetBytes: header.offsetBytes, lengthBytes: header.lengthBytes,
     timeUs: header.timeUs, segment: record.segmentIndex, payloadPosition: record.payloadPosition, payloadBytes: header.payloadBytes,
-    payloadSkip: header.payloadSkip ?? 0,
+    payloadSkip: header.payloadSkip ?? 0, logicalBytes: record.logicalBytes,
   };
 }
 
@@ -769,7 +802,11 @@ export function applyRecord(index: ExtentIndex, record: ScannedRecord, sizeBytes
   switch (header.type) {
     case RecordType.WRITE:
       // Only the stored span changed (the rest of the range held these bytes already).
-      index.setData(header.offsetBytes + (header.payloadSkip ?? 0), header.payloadBytes, record.segmentIndex, record.payloadPosition);
+      if (record.logicalBytes !== undefined) {
+        index.setData(header.offsetBytes + (header.payloadSkip ?? 0), record.logicalBytes, record.segmentIndex, record.payloadPosition, header.payloadBytes + PAYLOAD_COMPRESSED);
+      } else {
+        index.setData(header.offsetBytes + (header.payloadSkip ?? 0), header.payloadBytes, record.segmentIndex, record.payloadPosition);
+      }
       break;
     case RecordType.ZERO:
       index.setZero(header.offsetBytes, header.lengthBytes, (header.flags & RecordFlag.ALLOCATED) !== 0);

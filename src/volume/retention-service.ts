@@ -37,6 +37,7 @@ export interface RetentionRun {
   pointsForced: number;
   segmentsCompacted: number;
   recordsThinned: number;
+  recordsCompressed: number;
   bytesReclaimed: number;
   journalBytes: number;
   durationMs: number;
@@ -87,7 +88,7 @@ export class RetentionService {
     const { device, policy, maxSizeBytes } = target;
     const options = { pins: () => this.host.pins(name), nowUs: Date.now() * 1000 };
     const pointsExpired = await this.host.serialise(() => expireByPolicy(device, policy, options));
-    const reclaimed = await reclaimSpace(device, {});
+    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs });
     let pointsForced = 0;
     for (let round = 0; maxSizeBytes !== null && device.stats().bytes > maxSizeBytes && round < FORCED_ROUNDS_MAX; round += 1) {
       const going = await this.host.serialise(() => expireOldest(device, policy, { ...options, share: 1 / 4 }));
@@ -105,6 +106,7 @@ export class RetentionService {
       const more = await reclaimSpace(device, {});
       reclaimed.segmentsCompacted += more.segmentsCompacted;
       reclaimed.recordsThinned += more.recordsThinned;
+      reclaimed.recordsCompressed += more.recordsCompressed;
       reclaimed.bytesReclaimed += more.bytesReclaimed;
     }
     if (pointsForced > 0) await device.retention.save();

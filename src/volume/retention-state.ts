@@ -31,12 +31,20 @@ interface RetentionFile {
   recordsThinned: number;
   bytesReclaimed: number;
   lastForced?: ForcedExpiry | null;
+  /** Sealed segments whose payloads compaction has compressed. */
+  compressedSegments?: number[];
+  /** Compactions begun: an index checkpoint made in an earlier generation names old positions. */
+  compactions?: number;
+  recordsCompressed?: number;
 }
 
 export class RetentionState {
   recordsThinned = 0;
   bytesReclaimed = 0;
+  recordsCompressed = 0;
+  compactions = 0;
   lastForced: ForcedExpiry | null = null;
+  readonly compressedSegments = new Set<number>();
   /** The last run since start (not persisted). */
   lastRun: { at: string; pointsExpired: number; pointsForced: number; bytesReclaimed: number; journalBytes: number; durationMs: number } | null = null;
 
@@ -76,12 +84,17 @@ export class RetentionState {
     state.recordsThinned = Number(parsed.recordsThinned) || 0;
     state.bytesReclaimed = Number(parsed.bytesReclaimed) || 0;
     state.lastForced = parsed.lastForced ?? null;
+    state.recordsCompressed = Number(parsed.recordsCompressed) || 0;
+    state.compactions = Number(parsed.compactions) || 0;
+    for (const segment of parsed.compressedSegments ?? []) if (Number.isSafeInteger(segment)) state.compressedSegments.add(segment);
     return state;
   }
 
-  noteCompacted(records: number, bytes: number): void {
-    this.recordsThinned += records;
+  noteCompacted(segmentIndex: number, thinned: number, compressed: number, bytes: number, compressing: boolean): void {
+    this.recordsThinned += thinned;
+    this.recordsCompressed += compressed;
     this.bytesReclaimed += bytes;
+    if (compressing) this.compressedSegments.add(segmentIndex);
   }
 
   noteForced(event: ForcedExpiry): void {
@@ -95,6 +108,9 @@ export class RetentionState {
       recordsThinned: this.recordsThinned,
       bytesReclaimed: this.bytesReclaimed,
       lastForced: this.lastForced,
+      compressedSegments: [...this.compressedSegments].sort((a, b) => a - b),
+      recordsCompressed: this.recordsCompressed,
+      compactions: this.compactions,
     };
     return this.files.writeFileAtomic(this.file, Buffer.from(`${JSON.stringify(content)}\n`));
   }
@@ -102,4 +118,17 @@ export class RetentionState {
 
 function corrupt(file: string, why: string): HindsightError {
   return new HindsightError('VOLUME_CORRUPT', `${file} ${why}; the volume is not served (its points in history cannot be told exact)`);
+}
+
+/**
+ * The compaction generation from retention.json, read before the history exists (the index
+ * checkpoint is checked against it): 0 when absent or unreadable (the full load says why).
+ */
+export function compactionGeneration(files: FileLayer, directory: string): number {
+  try {
+    const bytes = files.readFile(path.join(directory, RETENTION_FILE));
+    return bytes ? Number((JSON.parse(bytes.toString('utf8')) as RetentionFile).compactions) || 0 : 0;
+  } catch {
+    return 0;
+  }
 }

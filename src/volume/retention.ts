@@ -24,6 +24,8 @@ export interface RetentionReport {
   pointsExpired: number;
   segmentsCompacted: number;
   recordsThinned: number;
+  /** WRITE payloads compressed (compaction compresses a sealed segment once, with reduction on). */
+  recordsCompressed: number;
   bytesReclaimed: number;
   /** The oldest point kept after the run (0: none). */
   oldestKeptSeq: number;
@@ -41,6 +43,10 @@ export interface RetentionOptions {
 }
 
 const RECLAIM_BYTES_MIN = 64 * 1024;
+/** The active segment is sealed for compaction once its first record is this old... */
+const SEAL_AFTER_US = 15 * 60e6;
+/** ...and it holds this much. */
+const SEAL_BYTES_MIN = 64 * 1024 * 1024;
 
 /** Both steps, one after the other (the daemon runs the first serialised with mounts and bookmarks). */
 export async function applyRetention(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions): Promise<RetentionReport> {
@@ -92,32 +98,41 @@ export async function expireOldest(device: JournaledDevice, policy: RetentionPol
  * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
  * enough can go. Clients keep being served; one segment at a time.
  */
-export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'>): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
   const history = device.history;
-  const report = { segmentsCompacted: 0, recordsThinned: 0, bytesReclaimed: 0 };
+  // A quiet volume may take days to fill its 1 GiB segment: past SEAL_AFTER, what it holds
+  // is sealed so it can be compressed and thinned too.
+  const active = device.activeSegment();
+  if (options.nowUs !== undefined && active.timeFirstUs !== null && active.bytes >= SEAL_BYTES_MIN && options.nowUs - active.timeFirstUs >= SEAL_AFTER_US) await device.seal();
+  const report = { segmentsCompacted: 0, recordsThinned: 0, recordsCompressed: 0, bytesReclaimed: 0 };
   const expired = history.expired;
   const lastExpired = expired.length > 0 ? expired[expired.length - 1][1] : 0;
   // Past the last expired seq every point is kept: every record there is needed.
   const upTo = Math.min(device.sealedSeqLast(), lastExpired + 1);
-  if (upTo < history.seqFirst || lastExpired === 0) return report;
-  const visible = await visibleWrites(device, upTo, options.sliceMs ?? 5);
+  const visible = upTo >= history.seqFirst && lastExpired > 0 ? await visibleWrites(device, upTo, options.sliceMs ?? 5) : null;
   for (const segment of device.sealedSegments()) {
-    if (segment.seqFirst > upTo) break;
+    // A sealed segment is compacted once to compress it, and again whenever enough of it
+    // can go.
+    const compress = device.compresses && !device.retention.compressedSegments.has(segment.segmentIndex);
+    if (!compress && (visible === null || segment.seqFirst > upTo)) continue;
     const thinned = new Set<number>();
     let reclaimable = 0;
     let bytes = 0;
     for (const entry of segment.entries) {
       bytes += recordSpan(entry.payloadBytes);
-      if (entry.type !== RecordType.WRITE || entry.seq > upTo || visible[entry.seq - history.seqFirst] === 1) continue;
+      if (visible === null || entry.type !== RecordType.WRITE || entry.seq > upTo || visible[entry.seq - history.seqFirst] === 1) continue;
       if (history.expiredRunOf(entry.seq) === null) continue;
       thinned.add(entry.seq);
       reclaimable += recordSpan(entry.payloadBytes) - RECORD_HEADER_BYTES;
     }
-    if (thinned.size === 0 || reclaimable < Math.max(RECLAIM_BYTES_MIN, bytes * (options.reclaimShareMin ?? 1 / 8))) continue;
+    const worth = thinned.size > 0 && reclaimable >= Math.max(RECLAIM_BYTES_MIN, bytes * (options.reclaimShareMin ?? 1 / 8));
+    if (!worth && !compress) continue;
+    // Compacted anyway (to compress): whatever can go, goes.
     const result = await device.compactSegment(segment.segmentIndex, thinned);
     if (!result) break; // the volume is closing
     report.segmentsCompacted += 1;
     report.recordsThinned += thinned.size;
+    report.recordsCompressed += result.recordsCompressed;
     report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
   }
   return report;

@@ -9,8 +9,8 @@
  *   targets and the last record kept) and each one is refused (POINT_EXPIRED);
  * - every kept point reads byte for byte as the oracle says, with exact block status;
  * - a time resolves to the last kept point at or before it;
- * - the live volume is exact, the journal shrank (payloads really reclaimed), and fsck
- *   finds nothing wrong.
+ * - the live volume is exact, the journal shrank (payloads really reclaimed, sealed
+ *   segments' compressible payloads compressed), and fsck finds nothing wrong.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -67,7 +67,7 @@ async function checkPoint(device: JournaledDevice, oracle: PitOracle, seq: numbe
   assert.deepEqual(extents, expectedExtents(expected, 0, SIZE), `${label}: block status of kept point seq ${seq}`);
 }
 
-async function run(seed: number): Promise<{ thinned: number; reclaimed: number; expired: number; kept: number }> {
+async function run(seed: number): Promise<{ thinned: number; compressed: number; reclaimed: number; expired: number; kept: number }> {
   const dir = makeTempDir(`retention-${seed}`);
   const rng = new Random(seed);
   const clock = { us: T0 };
@@ -76,6 +76,7 @@ async function run(seed: number): Promise<{ thinned: number; reclaimed: number; 
   const pins = new Set<number>();
   const label = `seed ${seed}`;
   let thinned = 0;
+  let compressed = 0;
   let reclaimed = 0;
   try {
     for (let round = 0; round < 14; round += 1) {
@@ -124,6 +125,7 @@ async function run(seed: number): Promise<{ thinned: number; reclaimed: number; 
       const report = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 2, reclaimShareMin: 1 / 16 });
       if (process.env.RETENTION_DEBUG) console.log(label, round, JSON.stringify(report), device.sealedSeqLast(), device.history.expired.length);
       thinned += report.recordsThinned;
+      compressed += report.recordsCompressed;
       reclaimed += report.bytesReclaimed;
       assert.equal(before - device.stats().bytes, report.bytesReclaimed, `${label}: the journal shrank by what the run reclaimed`);
       await checkRound(device, oracle, pins, clock.us, rng, `${label} round ${round}`);
@@ -138,7 +140,7 @@ async function run(seed: number): Promise<{ thinned: number; reclaimed: number; 
     const fsck = await device.fsck(false);
     assert.deepEqual(fsck.problems, [], `${label}: fsck after retention`);
     const expired = device.history.expired.reduce((sum, [a, b]) => sum + b - a + 1, 0);
-    return { thinned, reclaimed, expired, kept: oracle.seqLast - expired };
+    return { thinned, compressed, reclaimed, expired, kept: oracle.seqLast - expired };
   } finally {
     await device.close().catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
@@ -200,12 +202,12 @@ function lastKeptAtOrBefore(history: JournaledDevice['history'], seq: number): n
 }
 
 test('retention keeps exactly the points of its policy, byte for byte, and reclaims the rest', { timeout: 240_000 }, async () => {
-  const totals = { thinned: 0, reclaimed: 0, expired: 0, kept: 0 };
+  const totals = { thinned: 0, compressed: 0, reclaimed: 0, expired: 0, kept: 0 };
   for (const seed of [11, 12, 13]) {
     const result = await run(seed);
     for (const key of Object.keys(totals) as Array<keyof typeof totals>) totals[key] += result[key];
   }
   // The test must have exercised what it claims: points expired, payloads reclaimed.
-  assert.ok(totals.expired > 1000 && totals.thinned > 200 && totals.reclaimed > 4 * MiB, `retention did real work: ${JSON.stringify(totals)}`);
+  assert.ok(totals.expired > 1000 && totals.thinned > 200 && totals.compressed > 100 && totals.reclaimed > 4 * MiB, `retention did real work: ${JSON.stringify(totals)}`);
   console.log(`# retention model: ${JSON.stringify(totals)}`);
 });
