@@ -179,8 +179,9 @@ export class History {
   generation = 0;
   /** Records whose payload retention reclaimed. */
   thinnedRecords = 0;
-  /** The seqs rollbacks went back to: their points stay (later points are built from them). */
+  /** The seqs rollbacks went back to, and the seqs of their REVERT records (same order). */
   readonly revertTargets: number[] = [];
+  readonly revertSeqs: number[] = [];
 
   constructor(readonly sizeBytes: number) {
     this.regions = new Array(Math.ceil(sizeBytes / REGION_BYTES));
@@ -209,7 +210,10 @@ export class History {
     }
     this.table.push(entry);
     if (entry.type === RecordType.THINNED) this.thinnedRecords += 1;
-    if (entry.type === RecordType.REVERT) this.revertTargets.push(entry.offsetBytes);
+    if (entry.type === RecordType.REVERT) {
+      this.revertTargets.push(entry.offsetBytes);
+      this.revertSeqs.push(entry.seq);
+    }
     if (entry.type === RecordType.REVERT) {
       for (const regionIndex of this.touched) this.post(regionIndex, entry.seq);
     } else if (changesContent(entry.type) && entry.lengthBytes > 0) {
@@ -291,13 +295,15 @@ export class History {
   /**
    * Seqs of records of `type` with time in [fromUs, toUs], oldest first, at most `limit` (the
    * newest ones with `newest`). A record right after another of the same type is skipped:
-   * two flushes in a row mark one point.
+   * two flushes in a row mark one point. Expired points are left out.
    */
   seqsOfType(type: number, fromUs: number, toUs: number, limit: number, newest = false): number[] {
     const first = Math.max(this.seqFirst, this.lastSeqAtOrBefore(fromUs - 1) + 1);
     const last = this.lastSeqAtOrBefore(toUs);
     const found: number[] = [];
-    const wanted = (seq: number) => this.typeOf(seq) === type && (seq === this.seqFirst || this.typeOf(seq - 1) !== type);
+    // Points retention removed are not offered (nor do they hide a kept one right after).
+    const kept = (seq: number) => this.expiredRunOf(seq) === null;
+    const wanted = (seq: number) => this.typeOf(seq) === type && kept(seq) && (seq === this.seqFirst || this.typeOf(seq - 1) !== type || !kept(seq - 1));
     if (newest) {
       for (let seq = last; seq >= first && found.length < limit; seq -= 1) if (wanted(seq)) found.push(seq);
       return found.reverse();
@@ -417,8 +423,19 @@ export class History {
     const history = this.regions[regionIndex];
     if (!history) return;
     const region = new Region();
-    let k = 0;
+    let previous = 0;
     let changed = false;
+    /** Is a point of `kept` in [from, to)? (binary search: regions x kept points stays cheap) */
+    const keptWithin = (from: number, to: number) => {
+      let low = 0;
+      let high = kept.length;
+      while (low < high) {
+        const middle = (low + high) >>> 1;
+        if (kept[middle] < from) low = middle + 1;
+        else high = middle;
+      }
+      return low < kept.length && kept[low] < to;
+    };
     const mark = () => {
       const entries = region.entries;
       for (let i = 0; i < region.count; i += 1) {
@@ -433,12 +450,11 @@ export class History {
     for (let i = 0; i < history.count; i += 1) {
       const seq = history.seqs[i];
       if (seq > upTo) break;
-      while (k < kept.length && kept[k] < seq) {
-        if (changed) mark();
-        k += 1;
-      }
+      // The state so far is the one at every kept point in [previous, seq).
+      if (changed && keptWithin(previous, seq)) mark();
       this.apply(region, regionIndex, seq);
       changed = true;
+      previous = seq;
     }
     if (changed) mark();
   }

@@ -683,7 +683,7 @@ export class JournaledDevice implements BlockDevice {
    * survives (compaction.ts). Returns the bytes before and after, or null if the volume
    * closed meanwhile.
    */
-  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>): Promise<{ bytesBefore: number; bytesAfter: number; recordsCompressed: number } | null> {
+  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>, cancelled: () => boolean = () => false): Promise<{ bytesBefore: number; bytesAfter: number; recordsCompressed: number } | null> {
     return this.exclusive(async () => {
       if (this.closed) return null;
       if (this.corruption) throw this.corruption;
@@ -694,7 +694,7 @@ export class JournaledDevice implements BlockDevice {
       const journalDirectory = path.join(this.options.directory, 'journal');
       let result;
       try {
-        result = await compactSegment({ files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed, compress: this.reduce },
+        result = await compactSegment({ files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed || cancelled(), compress: this.reduce },
           segmentIndex, records.entries, thinned);
       } catch (err) {
         if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);

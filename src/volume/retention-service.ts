@@ -43,8 +43,8 @@ export interface RetentionRun {
   durationMs: number;
 }
 
-/** Rounds of forced expiry per run (each removes a quarter of what may go). */
-const FORCED_ROUNDS_MAX = 8;
+/** Rounds of forced expiry per run (each removes a quarter of what may go, while it frees space). */
+const FORCED_ROUNDS_MAX = 4;
 
 export class RetentionService {
   private timer: NodeJS.Timeout | null = null;
@@ -58,8 +58,11 @@ export class RetentionService {
     const tick = async () => {
       for (const name of this.host.names()) {
         if (this.stopped) return;
-        if (!this.host.target(name)) continue;
-        await this.run(name).catch((err: unknown) => this.host.event(name, 'warn', 'retention run failed', { error: (err as Error).message }));
+        try {
+          if (this.host.target(name)) await this.run(name);
+        } catch (err) {
+          this.host.event(name, 'warn', 'retention run failed', { error: (err as Error).message });
+        }
       }
       if (!this.stopped) this.timer = setTimeout(() => void tick(), this.intervalMs).unref();
     };
@@ -87,11 +90,13 @@ export class RetentionService {
     if (!target) throw new Error(`volume "${name}" is not online`);
     const { device, policy, maxSizeBytes } = target;
     const options = { pins: () => this.host.pins(name), nowUs: Date.now() * 1000 };
+    const cancelled = () => this.stopped;
     const pointsExpired = await this.host.serialise(() => expireByPolicy(device, policy, options));
-    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs });
+    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled });
     let pointsForced = 0;
-    for (let round = 0; maxSizeBytes !== null && device.stats().bytes > maxSizeBytes && round < FORCED_ROUNDS_MAX; round += 1) {
-      const going = await this.host.serialise(() => expireOldest(device, policy, { ...options, share: 1 / 4 }));
+    for (let round = 0; maxSizeBytes !== null && device.stats().bytes > maxSizeBytes && round < FORCED_ROUNDS_MAX && !this.stopped; round += 1) {
+      // Only points whose data lies in sealed segments: going, they can free space.
+      const going = await this.host.serialise(() => expireOldest(device, policy, { ...options, share: 1 / 4, upTo: device.sealedSeqLast() }));
       if (going.length === 0) break;
       pointsForced += going.length;
       const history = device.history;
@@ -103,11 +108,14 @@ export class RetentionService {
       };
       device.retention.noteForced({ at: new Date().toISOString(), ...details });
       this.host.event(name, 'warn', 'the journal exceeds --max-size: the oldest points were removed ahead of the retention policy', details);
-      const more = await reclaimSpace(device, {});
+      const more = await reclaimSpace(device, { cancelled });
       reclaimed.segmentsCompacted += more.segmentsCompacted;
       reclaimed.recordsThinned += more.recordsThinned;
       reclaimed.recordsCompressed += more.recordsCompressed;
       reclaimed.bytesReclaimed += more.bytesReclaimed;
+      // Nothing freed: the rest is live data or not yet sealed. Removing more points would
+      // destroy history for nothing; the warning says the cap is not met.
+      if (more.bytesReclaimed === 0) break;
     }
     if (pointsForced > 0) await device.retention.save();
     const run: RetentionRun = {

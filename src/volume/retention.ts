@@ -65,7 +65,9 @@ export async function expireByPolicy(device: JournaledDevice, policy: RetentionP
   // Only durable seqs expire: a crash must not hand an expired seq to a new write.
   await device.syncThrough(history.seqLast);
   const expiredBefore = countExpired(history.expired);
-  const pins = new Set<number>([...options.pins(), ...history.revertTargets]);
+  // (Rollback targets need no pin: the data a REVERT brings back is visible at the kept
+  // points after it, and kept for them.)
+  const pins = new Set<number>(options.pins());
   const durable = Math.min(history.seqLast, device.durableSeq);
   const runs = durable >= history.seqFirst ? expiringRuns(policy, options.nowUs, (seq) => history.timeOf(seq), history.seqFirst, durable, pins) : [];
   await device.expirePoints(runs);
@@ -74,31 +76,55 @@ export async function expireByPolicy(device: JournaledDevice, policy: RetentionP
 
 /**
  * A size cap the policy alone does not meet: the oldest `share` of the points kept outside
- * the policy's `all` window expire ahead of the policy (never pinned ones, never the last).
- * Returns the seqs that expired, oldest first ([] when nothing more can go).
+ * the policy's `all` window (and at or before `upTo`, where their data is in sealed segments)
+ * expire ahead of the policy — never pinned ones, never the last — but only if that frees
+ * space: when what they show is live data (or shown by other kept points), nothing goes.
+ * Returns the seqs that expired, oldest first ([] when nothing more can go usefully).
  */
-export async function expireOldest(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions & { share: number }): Promise<number[]> {
+export async function expireOldest(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions & { share: number; upTo?: number }): Promise<number[]> {
   const history = device.history;
   await device.syncThrough(history.seqLast);
-  const pins = new Set<number>([...options.pins(), ...history.revertTargets]);
-  const durable = Math.min(history.seqLast, device.durableSeq);
+  const pins = new Set<number>(options.pins());
+  const durable = Math.min(history.seqLast, device.durableSeq, options.upTo ?? Infinity);
   const allFromUs = options.nowUs - keepAllUs(policy);
   const candidates: number[] = [];
   for (let seq = history.seqFirst; seq < durable; seq += 1) {
     if (history.timeOf(seq) >= allFromUs && keepAllUs(policy) > 0) break;
     if (!pins.has(seq) && history.expiredRunOf(seq) === null) candidates.push(seq);
   }
-  const going = candidates.slice(0, Math.max(1, Math.ceil(candidates.length * options.share)));
   if (candidates.length === 0) return [];
+  const going = candidates.slice(0, Math.max(1, Math.ceil(candidates.length * options.share)));
+  if ((await reclaimableIf(device, new Set(going), options.sliceMs ?? 5)) === 0) return [];
   await device.expirePoints(going.map((seq) => [seq, seq]));
   return going;
+}
+
+/** Payload bytes compaction could drop if the points `going` expired too (nothing changes). */
+async function reclaimableIf(device: JournaledDevice, going: ReadonlySet<number>, sliceMs: number): Promise<number> {
+  const history = device.history;
+  const expired = history.expired;
+  let lastExpired = expired.length > 0 ? expired[expired.length - 1][1] : 0;
+  for (const seq of going) lastExpired = Math.max(lastExpired, seq);
+  const upTo = Math.min(device.sealedSeqLast(), lastExpired + 1);
+  if (upTo < history.seqFirst) return 0;
+  const visible = await visibleWrites(device, upTo, sliceMs, () => false, going);
+  if (!visible) return 0;
+  let bytes = 0;
+  for (const segment of device.sealedSegments()) {
+    for (const entry of segment.entries) {
+      if (entry.type !== RecordType.WRITE || entry.seq > upTo || visible[entry.seq - history.seqFirst] === 1) continue;
+      if (history.expiredRunOf(entry.seq) === null && !going.has(entry.seq)) continue;
+      bytes += recordSpan(entry.payloadBytes) - RECORD_HEADER_BYTES;
+    }
+  }
+  return bytes;
 }
 
 /**
  * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
  * enough can go. Clients keep being served; one segment at a time.
  */
-export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
   const history = device.history;
   // A quiet volume may take days to fill its 1 GiB segment: past SEAL_AFTER, what it holds
   // is sealed so it can be compressed and thinned too.
@@ -109,8 +135,10 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
   const lastExpired = expired.length > 0 ? expired[expired.length - 1][1] : 0;
   // Past the last expired seq every point is kept: every record there is needed.
   const upTo = Math.min(device.sealedSeqLast(), lastExpired + 1);
-  const visible = upTo >= history.seqFirst && lastExpired > 0 ? await visibleWrites(device, upTo, options.sliceMs ?? 5) : null;
+  const cancelled = options.cancelled ?? (() => false);
+  const visible = upTo >= history.seqFirst && lastExpired > 0 ? await visibleWrites(device, upTo, options.sliceMs ?? 5, cancelled) : null;
   for (const segment of device.sealedSegments()) {
+    if (cancelled()) break;
     // A sealed segment is compacted once to compress it, and again whenever enough of it
     // can go.
     const compress = device.compresses && !device.retention.compressedSegments.has(segment.segmentIndex);
@@ -128,7 +156,7 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     const worth = thinned.size > 0 && reclaimable >= Math.max(RECLAIM_BYTES_MIN, bytes * (options.reclaimShareMin ?? 1 / 8));
     if (!worth && !compress) continue;
     // Compacted anyway (to compress): whatever can go, goes.
-    const result = await device.compactSegment(segment.segmentIndex, thinned);
+    const result = await device.compactSegment(segment.segmentIndex, thinned, cancelled);
     if (!result) break; // the volume is closing
     report.segmentsCompacted += 1;
     report.recordsThinned += thinned.size;
@@ -139,19 +167,30 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
 }
 
 /** Which WRITE records up to `upTo` some kept point (or `upTo`) shows: 1 at seq - seqFirst. */
-async function visibleWrites(device: JournaledDevice, upTo: number, sliceMs: number): Promise<Uint8Array> {
+async function visibleWrites(device: JournaledDevice, upTo: number, sliceMs: number, cancelled: () => boolean, alsoExpired: ReadonlySet<number> = new Set()): Promise<Uint8Array | null> {
   const history = device.history;
   const kept: number[] = [];
   let next = history.seqFirst;
+  const keep = (seq: number) => {
+    if (!alsoExpired.has(seq)) kept.push(seq);
+  };
   for (const [a, b] of history.expired) {
     if (a > upTo) break;
-    for (let seq = next; seq < a && seq <= upTo; seq += 1) kept.push(seq);
+    for (let seq = next; seq < a && seq <= upTo; seq += 1) keep(seq);
     next = b + 1;
   }
-  for (let seq = next; seq <= upTo; seq += 1) kept.push(seq);
+  for (let seq = next; seq <= upTo; seq += 1) keep(seq);
+  // A rollback past `upTo` brings back what its target showed: kept for the points after it
+  // (one at or before `upTo` is replayed, and what it brings back marked where it shows).
+  history.revertSeqs.forEach((revertSeq, i) => {
+    const target = history.revertTargets[i];
+    if (revertSeq > upTo && target >= history.seqFirst && target <= upTo) kept.push(target);
+  });
+  kept.sort((a, b) => a - b);
   const visible = new Uint8Array(upTo - history.seqFirst + 1);
   let sliceStart = performance.now();
   for (const regionIndex of [...history.touchedRegions()]) {
+    if (cancelled()) return null;
     history.visibleWrites(regionIndex, kept, upTo, (seq) => {
       visible[seq - history.seqFirst] = 1;
     });

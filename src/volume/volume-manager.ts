@@ -183,7 +183,11 @@ export class VolumeManager {
       target: (name) => {
         const volume = this.volumes.get(name);
         if (!volume?.device || volume.error || !volume.bookmarks) return null;
-        return { device: volume.device, policy: policyOf(volume.record), maxSizeBytes: volume.record.retention?.maxSizeBytes ?? null };
+        // A stored policy that no longer parses (edited by hand, a newer version's) turns
+        // retention off for that volume; volume info says so.
+        const policy = policyOrError(volume.record);
+        if (policy instanceof HindsightError) return null;
+        return { device: volume.device, policy, maxSizeBytes: volume.record.retention?.maxSizeBytes ?? null };
       },
       pins: (name) => this.pinsOf(name),
       serialise: (work) => this.serialise(work),
@@ -197,8 +201,9 @@ export class VolumeManager {
   }
 
   /** Applies a volume's retention policy now. */
-  thin(name: string): Promise<RetentionRun> {
-    this.online(name);
+  async thin(name: string): Promise<RetentionRun> {
+    const policy = policyOrError(this.online(name).record);
+    if (policy instanceof HindsightError) throw policy;
     return this.retention.run(name);
   }
 
@@ -319,8 +324,9 @@ export class VolumeManager {
     const journalBytes = device?.stats().bytes ?? 0;
     const nowUs = Date.now() * 1000;
     const lastHourBytes = device ? device.history.journalBytesSince(nowUs - 3600e6) : 0;
-    const policy = parseRetention(keep);
+    const policy = policyOrError(volume.record);
     const warnings: string[] = [];
+    if (policy instanceof HindsightError) warnings.push(`${policy.message}: retention is off until \`hindsight volume set ${volume.record.name} --keep POLICY\` sets a valid one`);
     if (maxSizeBytes !== null && journalBytes > maxSizeBytes) {
       warnings.push(`the journal (${formatSize(journalBytes)}) exceeds --max-size ${formatSize(maxSizeBytes)}: bookmarks, mounts or the "all" window hold it; older points go ahead of the policy at each run`);
     }
@@ -334,7 +340,7 @@ export class VolumeManager {
       recordsThinned: state?.recordsThinned ?? 0,
       bytesReclaimed: state?.bytesReclaimed ?? 0,
       lastHourBytes,
-      forecast: forecast(policy, journalBytes, lastHourBytes, maxSizeBytes),
+      forecast: policy instanceof HindsightError ? 'retention is off: the stored policy is invalid' : forecast(policy, journalBytes, lastHourBytes, maxSizeBytes),
       lastRun: (state?.lastRun as RetentionRun | undefined) ?? null,
       lastForced,
     };
@@ -770,8 +776,12 @@ function volumeIdOf(record: VolumeRecord): Buffer {
   return Buffer.from(record.id.replace(/-/g, ''), 'hex');
 }
 
-function policyOf(record: VolumeRecord) {
-  return parseRetention(record.retention?.keep ?? DEFAULT_RETENTION);
+function policyOrError(record: VolumeRecord): ReturnType<typeof parseRetention> | HindsightError {
+  try {
+    return parseRetention(record.retention?.keep ?? DEFAULT_RETENTION);
+  } catch (err) {
+    return err instanceof HindsightError ? err : new HindsightError('RETENTION_INVALID', String(err));
+  }
 }
 
 /** The retention part of volume.json after `changes` (validated), or undefined if none. */

@@ -7,11 +7,13 @@
  * warning state, and all of it still true after the volumes are opened again.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import { pino } from 'pino';
 import { buildApi } from '../../src/api/index.js';
 import { JobRegistry, VolumeManager } from '../../src/volume/index.js';
 import type { VolumeInfo } from '../../src/volume/index.js';
+import { makeTempDir } from '../helpers/daemon.js';
 import { startInProcess } from '../helpers/in-process.js';
 import type { InProcessServer } from '../helpers/in-process.js';
 import { Random } from '../helpers/random.js';
@@ -144,6 +146,15 @@ test('thinning expires what the policy drops, keeps bookmarks and mounts exact, 
   assert.ok(Date.parse(resolved.body.time as string) <= Date.parse(middle), 'at or before the time asked');
 });
 
+test('flush points listed are kept points only', async () => {
+  const points = await call('GET', '/volumes/db/points?limit=10000');
+  assert.equal(points.status, 200, JSON.stringify(points.body));
+  const history = server.volumes.get('db').device!.history;
+  const listed = (points.body.flushPoints as Array<{ seq: number }> | undefined) ?? (points.body.points as Array<{ seq: number }>);
+  assert.ok(Array.isArray(listed), JSON.stringify(points.body).slice(0, 200));
+  for (const point of listed) assert.equal(history.expiredRunOf(point.seq), null, `listed flush point seq ${point.seq} is kept`);
+});
+
 test('--max-size removes the oldest points ahead of the policy, with a warning, never silently', async () => {
   const before = await info('db');
   assert.ok(before.journalBytes > MiB, `journal ${before.journalBytes} bytes`);
@@ -162,6 +173,51 @@ test('--max-size removes the oldest points ahead of the policy, with a warning, 
   assert.equal(server.volumes.get('db').device!.history.expiredRunOf(bookmark.seq), null, 'bookmarks are kept even over the cap');
   const removed = await call('PATCH', '/volumes/db', { maxSize: null });
   assert.equal((removed.body as unknown as VolumeInfo).retention.maxSizeBytes, null, 'the cap can be removed');
+});
+
+test('--max-size removes nothing when that would free nothing (all data live)', async () => {
+  const created = await call('POST', '/volumes', { name: 'live', size: SIZE, keep: 'all:1s,1s:1h', maxSize: '1M' });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const device = server.volumes.device('live')!;
+  const rng = new Random(9);
+  // 3 MiB of writes that never overwrite each other: every byte is live.
+  for (let i = 0; i < 48; i += 1) {
+    await device.write(i * 64 * 1024, rng.bytes(64 * 1024), { fua: false });
+    if (i % 8 === 7) await pause(150);
+  }
+  await device.flush();
+  await pause(1100);
+  const run = await call('POST', '/volumes/live/thin');
+  assert.equal(run.status, 200, JSON.stringify(run.body));
+  assert.equal(run.body.pointsForced, 0, `no point removed ahead of the policy for nothing: ${JSON.stringify(run.body)}`);
+  const after = await info('live');
+  assert.equal(after.retention.state, 'warning', 'over the cap: a warning');
+  assert.ok(after.retention.warnings.some((warning) => /exceeds --max-size/.test(warning)), JSON.stringify(after.retention.warnings));
+});
+
+test('a stored policy that does not parse turns retention off for that volume, with a warning; nothing crashes', async (t) => {
+  const dataDir = makeTempDir('hindsight-odd-policy-');
+  t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  const first = new VolumeManager({ dataDir, syncEveryWrite: false, retentionIntervalMs: 0 });
+  await first.open();
+  await first.create('odd', 8 * MiB);
+  await first.close();
+  const file = `${dataDir}/volumes/odd/volume.json`;
+  const record = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  fs.writeFileSync(file, JSON.stringify({ ...record, retention: { keep: 'every:tuesday' } }));
+  const manager = new VolumeManager({ dataDir, syncEveryWrite: false, retentionIntervalMs: 20 });
+  await manager.open();
+  try {
+    manager.startRetention();
+    await pause(150); // several background runs: an unhandled rejection would end the test run
+    const odd = await manager.info('odd');
+    assert.equal(odd.state, 'online', 'the volume is served');
+    assert.equal(odd.retention.state, 'warning');
+    assert.ok(odd.retention.warnings.some((warning) => /retention is off/.test(warning)), JSON.stringify(odd.retention.warnings));
+    await assert.rejects(manager.thin('odd'), { code: 'RETENTION_INVALID' });
+  } finally {
+    await manager.close();
+  }
 });
 
 test('expired points stay expired after the volumes are opened again', async () => {
