@@ -27,6 +27,8 @@ import { EXTENT_STRIDE, ExtentIndex, PAYLOAD_COMPRESSED, REGION_BYTES, Region, S
 import type { ExtentVisit } from './extent-index.js';
 
 const SNAPSHOT_POSTINGS_MIN = 64;
+/** History.visibleWrites yields after this many postings. */
+const VISIBLE_STEP_POSTINGS = 1024;
 
 /** One journal record as the history keeps it. */
 export interface HistoryEntry {
@@ -416,10 +418,11 @@ export class History {
   /**
    * Retention's question for one region: replaying its records up to `upTo`, which WRITE
    * records are visible at some point of `kept` (ascending) or at `upTo` itself? Calls
-   * `visible` for each (maybe more than once). A record never visible there was overwritten
+   * `visible` for each (maybe more than once); yields every so many postings (the region is
+   * the caller's to leave alone meanwhile: only appends may happen). A record never visible there was overwritten
    * before the next kept point: dropping its payload changes no kept point.
    */
-  visibleWrites(regionIndex: number, kept: ArrayLike<number>, upTo: number, visible: (seq: number) => void): void {
+  *visibleWrites(regionIndex: number, kept: ArrayLike<number>, upTo: number, visible: (seq: number) => void): Generator<void, void> {
     const history = this.regions[regionIndex];
     if (!history) return;
     const region = new Region();
@@ -455,6 +458,8 @@ export class History {
       this.apply(region, regionIndex, seq);
       changed = true;
       previous = seq;
+      // A busy region has a long history: the caller may rest between steps.
+      if (i % VISIBLE_STEP_POSTINGS === VISIBLE_STEP_POSTINGS - 1) yield;
     }
     if (changed) mark();
   }

@@ -45,6 +45,8 @@ export interface RetentionRun {
 
 /** Rounds of forced expiry per run (each removes a quarter of what may go, while it frees space). */
 const FORCED_ROUNDS_MAX = 4;
+/** The background runs' reclaim analysis (a replay of the history) at most this often. */
+const ANALYSE_EVERY_MS = 10 * 60_000;
 
 export class RetentionService {
   private timer: NodeJS.Timeout | null = null;
@@ -59,7 +61,7 @@ export class RetentionService {
       for (const name of this.host.names()) {
         if (this.stopped) return;
         try {
-          if (this.host.target(name)) await this.run(name);
+          if (this.host.target(name)) await this.run(name, false);
         } catch (err) {
           this.host.event(name, 'warn', 'retention run failed', { error: (err as Error).message });
         }
@@ -76,15 +78,15 @@ export class RetentionService {
   }
 
   /** Applies `name`'s policy now (joins a run already going). */
-  run(name: string): Promise<RetentionRun> {
+  run(name: string, onDemand = true): Promise<RetentionRun> {
     const going = this.running.get(name);
     if (going) return going;
-    const run = this.runNow(name).finally(() => this.running.delete(name));
+    const run = this.runNow(name, onDemand).finally(() => this.running.delete(name));
     this.running.set(name, run);
     return run;
   }
 
-  private async runNow(name: string): Promise<RetentionRun> {
+  private async runNow(name: string, onDemand: boolean): Promise<RetentionRun> {
     const started = performance.now();
     const target = this.host.target(name);
     if (!target) throw new Error(`volume "${name}" is not online`);
@@ -92,7 +94,9 @@ export class RetentionService {
     const options = { pins: () => this.host.pins(name), nowUs: Date.now() * 1000 };
     const cancelled = () => this.stopped;
     const pointsExpired = await this.host.serialise(() => expireByPolicy(device, policy, options));
-    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled });
+    // In the background the reclaim analysis (a replay of the history) runs at most every
+    // ANALYSE_EVERY_MS; on demand, now.
+    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled, analyseEveryMs: onDemand ? undefined : ANALYSE_EVERY_MS });
     let pointsForced = 0;
     for (let round = 0; maxSizeBytes !== null && device.stats().bytes > maxSizeBytes && round < FORCED_ROUNDS_MAX && !this.stopped; round += 1) {
       // Only points whose data lies in sealed segments: going, they can free space.

@@ -45,6 +45,8 @@ export class RetentionState {
   compactions = 0;
   lastForced: ForcedExpiry | null = null;
   readonly compressedSegments = new Set<number>();
+  /** What the last reclaim analysis saw (not persisted): it is not repeated for nothing. */
+  lastAnalysis: { expired: number; sealed: number; atMs: number } | null = null;
   /** The last run since start (not persisted). */
   lastRun: { at: string; pointsExpired: number; pointsForced: number; bytesReclaimed: number; journalBytes: number; durationMs: number } | null = null;
 

@@ -124,7 +124,7 @@ async function reclaimableIf(device: JournaledDevice, going: ReadonlySet<number>
  * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
  * enough can go. Clients keep being served; one segment at a time.
  */
-export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
   const history = device.history;
   // A quiet volume may take days to fill its 1 GiB segment: past SEAL_AFTER, what it holds
   // is sealed so it can be compressed and thinned too.
@@ -136,7 +136,16 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
   // Past the last expired seq every point is kept: every record there is needed.
   const upTo = Math.min(device.sealedSeqLast(), lastExpired + 1);
   const cancelled = options.cancelled ?? (() => false);
-  const visible = upTo >= history.seqFirst && lastExpired > 0 ? await visibleWrites(device, upTo, options.sliceMs ?? 5, cancelled) : null;
+  // The analysis replays the history: only when something it depends on changed (more
+  // points expired, more segments sealed), and (in the background) not more often than
+  // `analyseEveryMs`.
+  const state = { expired: countExpired(expired), sealed: upTo };
+  const last = device.retention.lastAnalysis;
+  const unchanged = last !== null && last.expired === state.expired && last.sealed === state.sealed;
+  const tooSoon = last !== null && options.analyseEveryMs !== undefined && Date.now() - last.atMs < options.analyseEveryMs;
+  const analyse = upTo >= history.seqFirst && lastExpired > 0 && !unchanged && !tooSoon;
+  const visible = analyse ? await visibleWrites(device, upTo, options.sliceMs ?? 5, cancelled) : null;
+  if (visible) device.retention.lastAnalysis = { ...state, atMs: Date.now() };
   for (const segment of device.sealedSegments()) {
     if (cancelled()) break;
     // A sealed segment is compacted once to compress it, and again whenever enough of it
@@ -189,16 +198,19 @@ async function visibleWrites(device: JournaledDevice, upTo: number, sliceMs: num
   kept.sort((a, b) => a - b);
   const visible = new Uint8Array(upTo - history.seqFirst + 1);
   let sliceStart = performance.now();
+  const mark = (seq: number) => {
+    visible[seq - history.seqFirst] = 1;
+  };
   for (const regionIndex of [...history.touchedRegions()]) {
-    if (cancelled()) return null;
-    history.visibleWrites(regionIndex, kept, upTo, (seq) => {
-      visible[seq - history.seqFirst] = 1;
-    });
-    const spent = performance.now() - sliceStart;
-    if (spent >= sliceMs) {
-      await new Promise((resolve) => setTimeout(resolve, Math.ceil(spent)));
-      sliceStart = performance.now();
+    for (const _ of history.visibleWrites(regionIndex, kept, upTo, mark)) {
+      const spent = performance.now() - sliceStart;
+      if (spent >= sliceMs) {
+        if (cancelled()) return null;
+        await new Promise((resolve) => setTimeout(resolve, Math.ceil(spent)));
+        sliceStart = performance.now();
+      }
     }
+    if (cancelled()) return null;
   }
   return visible;
 }

@@ -204,12 +204,16 @@ function lastKeptAtOrBefore(history: JournaledDevice['history'], seq: number): n
   return at;
 }
 
-test('retention keeps exactly the points of its policy, byte for byte, and reclaims the rest', { timeout: 240_000 }, async () => {
+// HINDSIGHT_RETENTION_SEEDS=FIRST:COUNT runs other seeds (a soak).
+const [SEED_FIRST, SEED_COUNT] = (process.env.HINDSIGHT_RETENTION_SEEDS ?? '11:3').split(':').map(Number);
+
+test('retention keeps exactly the points of its policy, byte for byte, and reclaims the rest', { timeout: 90_000 * SEED_COUNT }, async () => {
   const totals = { thinned: 0, compressed: 0, reclaimed: 0, expired: 0, kept: 0 };
-  // HINDSIGHT_RETENTION_SEEDS=FIRST:COUNT runs other seeds (a soak).
-  const [first, count] = (process.env.HINDSIGHT_RETENTION_SEEDS ?? '11:3').split(':').map(Number);
-  for (let seed = first; seed < first + count; seed += 1) {
-    const result = await run(seed);
+  for (let seed = SEED_FIRST; seed < SEED_FIRST + SEED_COUNT; seed += 1) {
+    const result = await run(seed).catch((err: unknown) => {
+      console.log(`# replay: HINDSIGHT_RETENTION_SEEDS=${seed}:1`);
+      throw err;
+    });
     for (const key of Object.keys(totals) as Array<keyof typeof totals>) totals[key] += result[key];
   }
   // The test must have exercised what it claims: points expired, payloads reclaimed.
