@@ -11,6 +11,7 @@ import type { JobRegistry, VolumeManager } from '../volume/index.js';
 import { attachedClients } from './clients.js';
 import { registerHistoryRoutes } from './history-routes.js';
 import { httpStatus } from './http-status.js';
+import { TokenStore } from './tokens.js';
 
 export interface ApiContext {
   volumes: VolumeManager;
@@ -21,6 +22,8 @@ export interface ApiContext {
   dataDir: string;
   ports: () => Record<string, { host: string; port: number }>;
   log: FastifyBaseLogger;
+  /** API tokens; `required`: every request but the health check needs one (off: loopback, trusted). */
+  auth?: { required: boolean; tokens: TokenStore };
 }
 
 const NAME_PARAM = {
@@ -68,7 +71,41 @@ export function buildApi(context: ApiContext): FastifyInstance {
     reply.status(404).send({ code: 'ROUTE_NOT_FOUND', message: `no route ${request.method} ${request.url}` });
   });
 
+  const auth = context.auth ?? { required: false, tokens: new TokenStore(context.dataDir) };
+  app.addHook('onRequest', async (request) => {
+    if (!auth.required || request.url === '/api/v1/health') return;
+    const header = request.headers.authorization;
+    // The token is never logged; only whose it was.
+    const presented = typeof header === 'string' && header.startsWith('Bearer ') ? header.slice(7).trim() : null;
+    if (!presented) throw new HindsightError('UNAUTHORIZED', 'this API needs a token: pass --token or set HINDSIGHT_TOKEN (hindsight token create NAME --data DIR makes one)');
+    const token = auth.tokens.verify(presented);
+    if (!token) {
+      request.log.warn({ ip: request.ip, url: request.url }, 'API request with an unknown or revoked token refused');
+      throw new HindsightError('UNAUTHORIZED', 'the token is not valid (unknown or revoked)');
+    }
+  });
+
   app.get('/api/v1/health', async () => ({ status: 'ok', version: context.version }));
+
+  app.get('/api/v1/tokens', async () => ({ tokens: auth.tokens.list() }));
+
+  app.post('/api/v1/tokens', {
+    schema: { body: { type: 'object', additionalProperties: false, required: ['name'], properties: { name: { type: 'string', maxLength: 64 } } } },
+  }, async (request, reply) => {
+    const { name } = request.body as { name: string };
+    const created = auth.tokens.create(name);
+    request.log.info({ token: created.id, name }, 'API token created');
+    return reply.status(201).send(created);
+  });
+
+  app.delete('/api/v1/tokens/:id', {
+    schema: { params: { type: 'object', required: ['id'], properties: { id: { type: 'string', maxLength: 64 } } } },
+  }, async (request) => {
+    const { id } = request.params as { id: string };
+    const revoked = auth.tokens.revoke(id);
+    request.log.info({ token: revoked.id, name: revoked.name }, 'API token revoked');
+    return { ...revoked, revoked: true };
+  });
 
   app.get('/api/v1/status', async () => ({
     version: context.version,

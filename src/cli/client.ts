@@ -8,15 +8,24 @@ export function apiUrl(flag: string | undefined, env: NodeJS.ProcessEnv = proces
   return (flag ?? env.HINDSIGHT_API ?? DEFAULT_API_URL).replace(/\/+$/, '');
 }
 
+/** The API token to present: --token (main.ts puts it here) or HINDSIGHT_TOKEN. */
+export function apiToken(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const token = env.HINDSIGHT_TOKEN?.trim();
+  return token ? token : undefined;
+}
+
 export class ApiClient {
-  constructor(private readonly baseUrl: string) {}
+  constructor(private readonly baseUrl: string, private readonly token = apiToken()) {}
 
   async request<T>(method: string, route: string, body?: unknown): Promise<T> {
     let response: Response;
     try {
       response = await fetch(`${this.baseUrl}/api/v1${route}`, {
         method,
-        headers: body === undefined ? {} : { 'content-type': 'application/json' },
+        headers: {
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+          ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+        },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(60_000),
       });

@@ -10,6 +10,7 @@ import { printFields, printJson } from './output.js';
 import { serve } from './serve.js';
 import { registerHistoryCommands } from './history.js';
 import { registerVolumeCommands } from './volume.js';
+import { registerTokenCommands } from './tokens.js';
 
 export async function main(argv: string[]): Promise<number> {
   let exitCode = 0;
@@ -23,6 +24,12 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 
+  program.option('--token <token>', 'API token (default $HINDSIGHT_TOKEN); needed when the API listens beyond loopback');
+  program.hook('preAction', (command) => {
+    const token = command.opts().token as string | undefined;
+    if (token) process.env.HINDSIGHT_TOKEN = token;
+  });
+
   program.command('serve')
     .description('run the daemon: volumes over NBD, HTTP API')
     .option('--data <dir>', `data directory (default $HINDSIGHT_DATA or ${DEFAULTS.data})`)
@@ -32,12 +39,14 @@ export async function main(argv: string[]): Promise<number> {
     .option('--config <file>', 'YAML or JSON config file')
     .option('--sync-every-write', 'fdatasync after every write (slow, paranoid)')
     .option('--create-volume <name:size>', 'create this volume at start if missing (repeatable)', (value: string, previous: string[] = []) => [...previous, value])
-    .option('--insecure', 'allow listening beyond loopback without TLS or authentication')
+    .option('--insecure', 'allow NBD to listen beyond loopback without TLS (the API is always token-protected there)')
+    .option('--require-token', 'require API tokens on loopback too')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
     .option('--json', 'print the bound addresses as JSON')
     .action((options: Record<string, unknown>) => run(() => serve(options, Boolean(options.json))));
 
   registerVolumeCommands(program, run);
+  registerTokenCommands(program, run);
   registerHistoryCommands(program, run);
 
   program.command('fsck [name]')

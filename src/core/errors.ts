@@ -36,6 +36,8 @@ export const ERROR_CODES = [
   'TARGET_EXISTS',
   'JOB_NOT_FOUND',
   'LIMIT_REACHED',
+  'UNAUTHORIZED',
+  'TOKEN_NOT_FOUND',
   'INTERNAL',
 ] as const;
 

@@ -23,6 +23,8 @@ export interface DaemonConfig {
   replication: ListenAddress;
   syncEveryWrite: boolean;
   insecure: boolean;
+  /** API tokens required even on loopback (they always are beyond it). */
+  requireToken: boolean;
   logLevel: string;
   /** Volumes created at start when missing (the README's "first volume ready to use"). */
   initialVolumes: InitialVolume[];
@@ -39,6 +41,7 @@ export interface ConfigOverrides {
   replication?: string;
   syncEveryWrite?: boolean;
   insecure?: boolean;
+  requireToken?: boolean;
   logLevel?: string;
   createVolume?: string[];
 }
@@ -51,7 +54,7 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
-const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds']);
+const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken']);
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
 export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -68,6 +71,7 @@ export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv
     replication: parseListenAddress(pick(overrides.replication, stringKey(file, 'replication'), DEFAULTS.replication), 'replication'),
     syncEveryWrite: pick(overrides.syncEveryWrite, booleanKey(file, 'syncEveryWrite'), false),
     insecure: pick(overrides.insecure, booleanKey(file, 'insecure'), false),
+    requireToken: pick(overrides.requireToken, booleanKey(file, 'requireToken'), false),
     logLevel,
     initialVolumes: [...fileVolumes, ...(overrides.createVolume ?? []).map(parseVolumeSpec)],
     retentionIntervalMs: retentionInterval(file.retentionIntervalSeconds) * 1000,

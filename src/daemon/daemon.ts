@@ -8,7 +8,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { HindsightError, checkLimits } from '../core/index.js';
-import { buildApi } from '../api/index.js';
+import { TokenStore, buildApi } from '../api/index.js';
 import { NbdServer } from '../nbd/index.js';
 import type { ExportCatalog, NbdExport } from '../nbd/index.js';
 import { JobRegistry, VolumeManager } from '../volume/index.js';
@@ -67,9 +67,11 @@ export class Daemon {
       const ports: BoundPorts = { nbd: nbdBound, api: { ...config.api } };
       const startedAt = new Date();
       const jobs = new JobRegistry();
+      // Beyond loopback the API always wants a token; on loopback when asked to.
+      const auth = { required: config.requireToken || !isLoopback(config.api.host), tokens: new TokenStore(config.dataDir) };
       const api = buildApi({
         volumes, nbd, jobs, version: VERSION, startedAt, dataDir: config.dataDir, log: log.child({ component: 'api' }),
-        ports: () => ({ nbd: ports.nbd, api: ports.api }),
+        ports: () => ({ nbd: ports.nbd, api: ports.api }), auth,
       });
       try {
         await api.listen({ host: config.api.host, port: config.api.port });
@@ -123,10 +125,13 @@ export function catalogOf(volumes: VolumeManager): ExportCatalog {
   };
 }
 
-/** Until TLS and auth land, nothing listens beyond loopback unless the user insists. */
+/**
+ * Nothing listens beyond loopback without protection unless the user insists: the API
+ * requires tokens there (always); NBD has no TLS yet, so it stays on loopback.
+ */
 function refuseInsecureBinds(config: DaemonConfig): void {
   if (config.insecure) return;
-  for (const [what, address] of [['NBD', config.nbd], ['API', config.api]] as const) {
+  for (const [what, address] of [['NBD', config.nbd]] as const) {
     if (!isLoopback(address.host)) {
       throw new HindsightError(
         'INSECURE_BIND',

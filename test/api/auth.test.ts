@@ -1,0 +1,91 @@
+/**
+ * API tokens: a daemon whose API listens beyond loopback refuses every request without a
+ * valid token (401 UNAUTHORIZED, {code, message}, the health check excepted); tokens made
+ * with `hindsight token create --data DIR` next to the running daemon work at once, are
+ * stored only as hashes (0600), listed without secrets, and stop working when revoked. NBD
+ * beyond loopback is still refused without --insecure (no TLS yet). On loopback, no token
+ * is needed unless --require-token.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { makeTempDir, startDaemon } from '../helpers/daemon.js';
+import { hindsight } from '../helpers/interop.js';
+
+async function get(url: string, token?: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const response = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+  return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+}
+
+test('beyond loopback, the API wants a token; tokens are hashed, listed without secrets, revocable', async (t) => {
+  const dataDir = makeTempDir('hindsight-auth-');
+  t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  const daemon = await startDaemon({ dataDir, volumes: ['v:8M'], extraArgs: ['--api', '0.0.0.0:0'] });
+  t.after(async () => {
+    await daemon.stop();
+  });
+  const api = daemon.apiUrl.replace('0.0.0.0', '127.0.0.1');
+  assert.equal((await get(`${api}/api/v1/health`)).status, 200, 'the health check needs no token');
+  const missing = await get(`${api}/api/v1/volumes`);
+  assert.equal(missing.status, 401);
+  assert.deepEqual(Object.keys(missing.body).sort(), ['code', 'message']);
+  assert.equal(missing.body.code, 'UNAUTHORIZED');
+  const cliMissing = await hindsight(['volume', 'list', '--api', api]);
+  assert.notEqual(cliMissing.code, 0);
+  assert.match(cliMissing.stderr, /UNAUTHORIZED/);
+
+  // The first token: made on the host, in the data directory, while the daemon runs.
+  const created = await hindsight(['token', 'create', 'backup-server', '--data', dataDir, '--json']);
+  assert.equal(created.code, 0, created.stderr);
+  const { token, id } = JSON.parse(created.stdout) as { token: string; id: string };
+  assert.match(token, /^hst_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$/);
+  const file = path.join(dataDir, 'tokens.json');
+  const stored = fs.readFileSync(file, 'utf8');
+  assert.ok(!stored.includes(token.split('_')[2]), 'the secret is not stored');
+  assert.equal(fs.statSync(file).mode & 0o777, 0o600, 'tokens.json is readable by its owner only');
+
+  assert.equal((await get(`${api}/api/v1/volumes`, token)).status, 200, 'a valid token is accepted');
+  const wrong = token.slice(0, -4) + (token.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+  assert.equal((await get(`${api}/api/v1/volumes`, wrong)).status, 401, 'a wrong secret is refused');
+  assert.equal((await get(`${api}/api/v1/volumes`, 'hst_000000000000_' + 'A'.repeat(43))).status, 401, 'an unknown id is refused');
+  const listed = await hindsight(['volume', 'list', '--api', api, '--json'], { env: { ...process.env, HINDSIGHT_TOKEN: token } });
+  assert.equal(listed.code, 0, listed.stderr);
+  const withFlag = await hindsight(['--token', token, 'volume', 'info', 'v', '--api', api, '--json']);
+  assert.equal(withFlag.code, 0, withFlag.stderr);
+
+  // A second token through the API; list shows names and ids, never secrets.
+  const second = await fetch(`${api}/api/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'monitoring' }) });
+  assert.equal(second.status, 201);
+  const list = await get(`${api}/api/v1/tokens`, token);
+  assert.deepEqual((list.body.tokens as Array<{ name: string }>).map((entry) => entry.name).sort(), ['backup-server', 'monitoring']);
+  assert.ok(!JSON.stringify(list.body).includes('hst_'), 'no secret in the listing');
+  const bad = await hindsight(['token', 'create', '../x', '--data', dataDir]);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /INVALID_NAME/);
+
+  // Revoked: refused from the next request on.
+  const revoked = await hindsight(['token', 'revoke', id, '--data', dataDir]);
+  assert.equal(revoked.code, 0, revoked.stderr);
+  assert.equal((await get(`${api}/api/v1/volumes`, token)).status, 401, 'a revoked token is refused');
+  assert.ok(!daemon.stderr().includes(token.split('_')[2]), 'the secret never reaches the log');
+});
+
+test('NBD beyond loopback is still refused without --insecure; on loopback the API needs no token unless --require-token', async (t) => {
+  const dataDir = makeTempDir('hindsight-auth-');
+  t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  const refused = await hindsight(['serve', '--data', dataDir, '--nbd', '0.0.0.0:0', '--api', '127.0.0.1:0', '--log-level', 'warn']);
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /INSECURE_BIND/);
+  const daemon = await startDaemon({ dataDir, extraArgs: ['--require-token'] });
+  t.after(async () => {
+    await daemon.stop();
+  });
+  assert.equal((await get(`${daemon.apiUrl}/api/v1/volumes`)).status, 401, '--require-token applies on loopback');
+  const open = await startDaemon({ dataDir: makeTempDir('hindsight-auth-open-') });
+  t.after(async () => {
+    await open.stop();
+    fs.rmSync(open.dataDir, { recursive: true, force: true });
+  });
+  assert.equal((await get(`${open.apiUrl}/api/v1/volumes`)).status, 200, 'loopback without --require-token is open (local trust)');
+});
