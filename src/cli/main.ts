@@ -39,8 +39,12 @@ export async function main(argv: string[]): Promise<number> {
     .option('--config <file>', 'YAML or JSON config file')
     .option('--sync-every-write', 'fdatasync after every write (slow, paranoid)')
     .option('--create-volume <name:size>', 'create this volume at start if missing (repeatable)', (value: string, previous: string[] = []) => [...previous, value])
-    .option('--insecure', 'allow NBD to listen beyond loopback without TLS (the API is always token-protected there)')
+    .option('--insecure', 'allow NBD to listen beyond loopback without --tls require (the API is always token-protected there)')
     .option('--require-token', 'require API tokens on loopback too')
+    .option('--tls <mode>', 'NBD TLS: off (default), on (offered), require (plaintext refused)')
+    .option('--tls-certificates <dir>', 'X.509 credentials: ca-cert.pem, server-cert.pem, server-key.pem (the QEMU layout)')
+    .option('--tls-psk-file <file>', 'TLS-PSK keys, identity:hexkey lines (as psktool makes)')
+    .option('--tls-verify-peer', 'require client certificates signed by the CA')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
     .option('--json', 'print the bound addresses as JSON')
     .action((options: Record<string, unknown>) => run(() => serve(options, Boolean(options.json))));

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
+import type { TlsConfig } from './tls.js';
 import { HindsightError, parseSize } from '../core/index.js';
 import { validateVolumeName, validateVolumeSize } from '../volume/index.js';
 import { parseListenAddress } from './address.js';
@@ -25,6 +26,8 @@ export interface DaemonConfig {
   insecure: boolean;
   /** API tokens required even on loopback (they always are beyond it). */
   requireToken: boolean;
+  /** NBD TLS (STARTTLS): off, on (offered) or require; credentials. */
+  tls: TlsConfig;
   logLevel: string;
   /** Volumes created at start when missing (the README's "first volume ready to use"). */
   initialVolumes: InitialVolume[];
@@ -42,6 +45,10 @@ export interface ConfigOverrides {
   syncEveryWrite?: boolean;
   insecure?: boolean;
   requireToken?: boolean;
+  tls?: string;
+  tlsCertificates?: string;
+  tlsPskFile?: string;
+  tlsVerifyPeer?: boolean;
   logLevel?: string;
   createVolume?: string[];
 }
@@ -54,7 +61,7 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
-const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken']);
+const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer']);
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
 export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -72,6 +79,7 @@ export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv
     syncEveryWrite: pick(overrides.syncEveryWrite, booleanKey(file, 'syncEveryWrite'), false),
     insecure: pick(overrides.insecure, booleanKey(file, 'insecure'), false),
     requireToken: pick(overrides.requireToken, booleanKey(file, 'requireToken'), false),
+    tls: tlsConfig(overrides, file),
     logLevel,
     initialVolumes: [...fileVolumes, ...(overrides.createVolume ?? []).map(parseVolumeSpec)],
     retentionIntervalMs: retentionInterval(file.retentionIntervalSeconds) * 1000,
@@ -129,4 +137,17 @@ function retentionInterval(value: unknown): number {
     throw new HindsightError('CONFIG_INVALID', 'config "retentionIntervalSeconds" must be a whole number of seconds from 0 (only on demand) to 86400');
   }
   return value;
+}
+
+function tlsConfig(overrides: ConfigOverrides, file: Record<string, unknown>): TlsConfig {
+  const mode = overrides.tls ?? stringKey(file, 'tls') ?? 'off';
+  if (mode !== 'off' && mode !== 'on' && mode !== 'require') throw new HindsightError('CONFIG_INVALID', `--tls takes off, on or require (got "${mode}")`);
+  const x509Dir = overrides.tlsCertificates ?? stringKey(file, 'tlsCertificates');
+  const pskFile = overrides.tlsPskFile ?? stringKey(file, 'tlsPskFile');
+  return {
+    mode,
+    x509Dir: x509Dir === undefined ? undefined : path.resolve(x509Dir),
+    pskFile: pskFile === undefined ? undefined : path.resolve(pskFile),
+    verifyPeer: overrides.tlsVerifyPeer ?? booleanKey(file, 'tlsVerifyPeer') ?? false,
+  };
 }

@@ -16,6 +16,7 @@ import { formatAddress, isLoopback } from './address.js';
 import type { ListenAddress } from './address.js';
 import type { DaemonConfig } from './config.js';
 import { DataDirLock } from './lock.js';
+import { loadNbdTls } from './tls.js';
 import { VERSION } from './version.js';
 
 export interface BoundPorts {
@@ -57,7 +58,7 @@ export class Daemon {
         const info = await volumes.info(name);
         if (info.error) log.error({ volume: name, error: info.error }, 'volume failed to open and is not served');
       }
-      nbd = new NbdServer({ ...config.nbd, catalog: catalogOf(volumes), log: log.child({ component: 'nbd' }) });
+      nbd = new NbdServer({ ...config.nbd, catalog: catalogOf(volumes), log: log.child({ component: 'nbd' }), tls: loadNbdTls(config.tls) });
       const nbdBound = await nbd.listen();
       const server = nbd;
       volumes.onVolumeFailed = (name, error) => {
@@ -127,10 +128,10 @@ export function catalogOf(volumes: VolumeManager): ExportCatalog {
 
 /**
  * Nothing listens beyond loopback without protection unless the user insists: the API
- * requires tokens there (always); NBD has no TLS yet, so it stays on loopback.
+ * requires tokens there (always); NBD only with `--tls require`.
  */
 function refuseInsecureBinds(config: DaemonConfig): void {
-  if (config.insecure) return;
+  if (config.insecure || config.tls.mode === 'require') return;
   for (const [what, address] of [['NBD', config.nbd]] as const) {
     if (!isLoopback(address.host)) {
       throw new HindsightError(

@@ -34,6 +34,8 @@ export interface Agreement {
 
 export type NegotiationStep =
   | { kind: 'continue'; replies: Buffer[] }
+  /** STARTTLS accepted: send the replies, then the TLS handshake starts on the socket. */
+  | { kind: 'starttls'; replies: Buffer[] }
   | { kind: 'transmission'; replies: Buffer[]; agreement: Agreement }
   | { kind: 'close'; replies: Buffer[]; reason: string };
 
@@ -61,8 +63,20 @@ export class Negotiation {
   private structuredReplies = false;
   private metaContextExport: string | null = null;
   private optionCount = 0;
+  /** TLS was negotiated (STARTTLS done): the session's socket is a TLS socket now. */
+  private tlsActive = false;
 
-  constructor(private readonly catalog: ExportCatalog) {}
+  /**
+   * `tls`: 'off' (STARTTLS unsupported), 'on' (offered) or 'require' (every option but
+   * STARTTLS and ABORT is refused with ERR_TLS_REQD until TLS is on; NBD_OPT_EXPORT_NAME,
+   * which cannot be refused, closes the connection).
+   */
+  constructor(private readonly catalog: ExportCatalog, private readonly tls: 'off' | 'on' | 'require' = 'off') {}
+
+  /** The session completed the TLS handshake. */
+  tlsStarted(): void {
+    this.tlsActive = true;
+  }
 
   /** Returns an error reason when the client's flags oblige us to hang up. */
   acceptClientFlags(flags: number): string | null {
@@ -84,6 +98,10 @@ export class Negotiation {
     }
     // A SET_META_CONTEXT replaces the previous selection even when it fails.
     if (option === Opt.SET_META_CONTEXT) this.metaContextExport = null;
+    if (this.tls === 'require' && !this.tlsActive && option !== Opt.STARTTLS) {
+      if (option === Opt.EXPORT_NAME) return { kind: 'close', replies: [], reason: 'plaintext NBD_OPT_EXPORT_NAME while TLS is required' };
+      return this.reply(encodeOptionError(option, Rep.ERR_TLS_REQD, 'this server requires TLS: use NBD_OPT_STARTTLS first'));
+    }
     if (data === null) {
       if (option === Opt.EXPORT_NAME) return { kind: 'close', replies: [], reason: 'export name too long' };
       return this.reply(encodeOptionError(option, Rep.ERR_TOO_BIG, `option data of ${message.lengthBytes} bytes is too large`));
@@ -102,7 +120,10 @@ export class Negotiation {
       case Opt.SET_META_CONTEXT:
         return this.metaContext(option, data);
       case Opt.STARTTLS:
-        return this.reply(encodeOptionError(option, Rep.ERR_UNSUP, 'TLS is not enabled on this server'));
+        if (this.tls === 'off') return this.reply(encodeOptionError(option, Rep.ERR_UNSUP, 'TLS is not enabled on this server'));
+        if (this.tlsActive) return this.reply(encodeOptionError(option, Rep.ERR_INVALID, 'TLS is already on'));
+        if (data.length !== 0) return this.reply(encodeOptionError(option, Rep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data'));
+        return { kind: 'starttls', replies: [encodeOptionReply(option, Rep.ACK)] };
       default:
         return this.reply(encodeOptionError(option, Rep.ERR_UNSUP, `option ${option} is not supported`));
     }

@@ -6,7 +6,7 @@ import net from 'node:net';
 import { LIMITS, fromSystemError } from '../core/index.js';
 import type { ExportCatalog } from './negotiation.js';
 import { NbdSession } from './session.js';
-import type { SessionLogger } from './session.js';
+import type { SessionLogger, SessionTls } from './session.js';
 
 export interface NbdServerOptions {
   host: string;
@@ -15,6 +15,8 @@ export interface NbdServerOptions {
   log: SessionLogger;
   /** Defaults to LIMITS.nbdHandshakeTimeoutMs. */
   handshakeTimeoutMs?: number;
+  /** NBD_OPT_STARTTLS (null: not offered). */
+  tls?: SessionTls | null;
 }
 
 export interface ConnectionInfo {
@@ -101,7 +103,7 @@ export class NbdServer {
         set?.delete(gone);
         if (set && set.size === 0) this.byExport.delete(name);
       },
-    }, this.options.log, this.options.handshakeTimeoutMs ?? LIMITS.nbdHandshakeTimeoutMs);
+    }, this.options.log, this.options.handshakeTimeoutMs ?? LIMITS.nbdHandshakeTimeoutMs, this.options.tls ?? null);
     this.sessions.add(session);
   }
 }

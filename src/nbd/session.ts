@@ -12,6 +12,7 @@
  * Server shutdown answers decoded-but-unstarted requests with ESHUTDOWN.
  */
 import type { Socket } from 'node:net';
+import tls from 'node:tls';
 import { LIMITS } from '../core/index.js';
 import { Cmd, Errno, Opt, Rep } from './constants.js';
 import { BufferPool } from './buffer-pool.js';
@@ -25,6 +26,12 @@ import { encodeErrorReply, executeRequest, validateRequest } from './transmissio
 export interface SessionLogger {
   info(obj: object, msg: string): void;
   warn(obj: object, msg: string): void;
+}
+
+/** TLS for NBD_OPT_STARTTLS: 'on' offers it, 'require' refuses everything else first. */
+export interface SessionTls {
+  mode: 'on' | 'require';
+  options: tls.TlsOptions;
 }
 
 export interface SessionEvents {
@@ -63,26 +70,36 @@ export class NbdSession {
 
   constructor(
     id: number,
-    private readonly socket: Socket,
+    private socket: Socket,
     catalog: ExportCatalog,
     private readonly events: SessionEvents,
     private readonly log: SessionLogger,
     handshakeTimeoutMs: number,
+    private readonly tlsConfig: SessionTls | null = null,
   ) {
     this.id = id;
-    this.negotiation = new Negotiation(catalog);
+    this.negotiation = new Negotiation(catalog, tlsConfig?.mode ?? 'off');
     socket.setNoDelay(true);
     this.closedPromise = new Promise((resolve) => socket.once('close', () => {
       this.onClosed();
       resolve();
     }));
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onEnd());
-    socket.on('drain', () => this.pump());
+    this.listen(socket);
     socket.on('error', (err) => this.log.info({ session: id, err: err.message }, 'nbd connection error'));
     this.handshakeTimer = setTimeout(() => this.abort('handshake timed out'), handshakeTimeoutMs);
     this.handshakeTimer.unref();
     socket.write(encodeGreeting());
+  }
+
+  private listen(socket: Socket): void {
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onEnd());
+    socket.on('drain', () => this.pump());
+  }
+
+  /** TLS is on for this connection (NBD_OPT_STARTTLS done). */
+  get secure(): boolean {
+    return this.socket instanceof tls.TLSSocket;
   }
 
   get exportName(): string | null {
@@ -120,6 +137,10 @@ export class NbdSession {
 
   private onData(chunk: Buffer): void {
     if (this.draining && !this.refusing) return;
+    if (this.startingTls && !this.secure) {
+      this.abort('client sent data after NBD_OPT_STARTTLS before the TLS handshake');
+      return;
+    }
     this.decoder.push(chunk);
     this.pump();
   }
@@ -143,14 +164,44 @@ export class NbdSession {
 
   /** Decodes and starts as many buffered messages as the limits allow, replies batched. */
   private pump(): void {
-    if (this.closed) return;
+    if (this.closed || this.startingTls) return;
     this.socket.cork();
     try {
       this.drainMessages();
     } finally {
       this.socket.uncork();
     }
-    this.updateReading();
+    // STARTTLS acknowledged (the ACK went out with the uncork): the handshake starts now.
+    if (this.startingTls) this.startTls();
+    else this.updateReading();
+  }
+
+  /** NBD_OPT_STARTTLS was acknowledged: the socket is wrapped; option haggling goes on over TLS. */
+  private startingTls = false;
+
+  private startTls(): void {
+    if (this.decoder.bufferedByteCount > 0) {
+      this.abort('client sent data after NBD_OPT_STARTTLS before the TLS handshake');
+      return;
+    }
+    const raw = this.socket;
+    raw.removeAllListeners('data');
+    raw.removeAllListeners('end');
+    raw.removeAllListeners('drain');
+    const secure = new tls.TLSSocket(raw, { ...this.tlsConfig!.options, isServer: true });
+    secure.once('secure', () => {
+      this.startingTls = false;
+      this.negotiation.tlsStarted();
+      this.log.info({ session: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher()?.name }, 'nbd TLS started');
+      this.pump();
+    });
+    secure.on('error', (err) => {
+      this.log.warn({ session: this.id, remote: this.remoteAddress, err: err.message }, 'nbd TLS handshake or connection failed');
+      secure.destroy();
+      raw.destroy();
+    });
+    this.socket = secure;
+    this.listen(secure);
   }
 
   /** Too much in flight or queued for this client: take nothing more until it settles. */
@@ -160,7 +211,7 @@ export class NbdSession {
   }
 
   private drainMessages(): void {
-    while (!this.closed && (this.refusing || (!this.draining && !this.mustWait()))) {
+    while (!this.closed && !this.startingTls && (this.refusing || (!this.draining && !this.mustWait()))) {
       const message = this.decoder.next();
       if (message === null) return;
       switch (message.kind) {
@@ -189,6 +240,10 @@ export class NbdSession {
   private onOption(message: Parameters<Negotiation['handle']>[0]): void {
     const step = this.negotiation.handle(message);
     for (const reply of step.replies) this.socket.write(reply);
+    if (step.kind === 'starttls') {
+      this.startingTls = true;
+      return;
+    }
     if (step.kind === 'close') {
       this.log.info({ session: this.id, reason: step.reason }, 'nbd handshake ended');
       this.draining = true;

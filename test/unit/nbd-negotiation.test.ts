@@ -165,3 +165,33 @@ test('too many meta context queries is ERR_TOO_BIG', () => {
   const queries = Array.from({ length: 100 }, (_, i) => `base:q${i}`);
   assert.equal(parse(negotiation.handle(opt(9, metaContextData('disk0', queries))).replies)[0].type, 0x80000009);
 });
+
+test('STARTTLS: unsupported without TLS; under require every other option is ERR_TLS_REQD and EXPORT_NAME hangs up; ACK once, then ERR_INVALID', () => {
+  const STARTTLS = 5;
+  const ERR_UNSUP = 0x80000001;
+  const ERR_INVALID = 0x80000003;
+  const ERR_TLS_REQD = 0x80000005;
+  assert.equal(parse(started().handle(opt(STARTTLS)).replies)[0].type, ERR_UNSUP, 'no TLS configured: unsupported');
+
+  const forced = new Negotiation(catalog(), 'require');
+  assert.equal(forced.acceptClientFlags(3), null);
+  for (const [option, data] of [[3, Buffer.alloc(0)], [7, goData('disk0')], [6, goData('disk0')], [8, Buffer.alloc(0)]] as const) {
+    const step = forced.handle(opt(option, data));
+    assert.equal(step.kind, 'continue');
+    assert.deepEqual(parse(step.replies).map((r) => r.type), [ERR_TLS_REQD], `option ${option} before TLS`);
+  }
+  assert.equal(forced.handle(opt(STARTTLS, Buffer.from([1]))).kind, 'continue', 'STARTTLS with data is refused, not started');
+  const start = forced.handle(opt(STARTTLS));
+  assert.equal(start.kind, 'starttls');
+  assert.deepEqual(parse(start.replies).map((r) => r.type), [1], 'ACK');
+  forced.tlsStarted();
+  assert.deepEqual(parse(forced.handle(opt(STARTTLS)).replies).map((r) => r.type), [ERR_INVALID], 'a second STARTTLS');
+  assert.equal(forced.handle(opt(7, goData('disk0'))).kind, 'transmission', 'after TLS, GO works');
+
+  const plainExportName = new Negotiation(catalog(), 'require');
+  assert.equal(plainExportName.acceptClientFlags(3), null);
+  assert.equal(plainExportName.handle(opt(1, Buffer.from('disk0'))).kind, 'close', 'EXPORT_NAME cannot be refused: the session ends');
+  const abort = new Negotiation(catalog(), 'require');
+  assert.equal(abort.acceptClientFlags(3), null);
+  assert.equal(abort.handle(opt(2)).kind, 'close', 'ABORT is allowed before TLS');
+});
