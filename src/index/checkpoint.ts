@@ -57,6 +57,7 @@ export function encodeCheckpoint(index: ExtentIndex, info: CheckpointInfo): Buff
   }
   assert(at === out.length, 'checkpoint body fills the buffer');
   out.writeUInt32LE(crc32c(out.subarray(HEADER_BYTES)), 84);
+  out.writeUInt32LE(crc32c(out.subarray(96, HEADER_BYTES)), 92);
   out.writeUInt32LE(crc32c(out.subarray(0, 88)), 88);
   return out;
 }
@@ -67,6 +68,7 @@ export type CheckpointLoad = { ok: true; info: CheckpointInfo } | { ok: false; r
 export function decodeCheckpoint(bytes: Buffer, index: ExtentIndex, volumeId: Buffer): CheckpointLoad {
   if (bytes.length < HEADER_BYTES || !bytes.subarray(0, 8).equals(MAGIC)) return { ok: false, reason: 'bad magic' };
   if (crc32c(bytes.subarray(0, 88)) !== bytes.readUInt32LE(88)) return { ok: false, reason: 'header checksum mismatch' };
+  if (bytes.length >= HEADER_BYTES && crc32c(bytes.subarray(96, HEADER_BYTES)) !== bytes.readUInt32LE(92)) return { ok: false, reason: 'header checksum mismatch (bytes 96..127)' };
   if (bytes.readUInt32LE(8) !== VERSION || bytes.readUInt32LE(12) !== REGION_BYTES) return { ok: false, reason: 'unsupported version or region size' };
   if (!bytes.subarray(16, 32).equals(volumeId)) return { ok: false, reason: 'checkpoint belongs to another volume' };
   if (Number(bytes.readBigUInt64LE(32)) !== index.sizeBytes) return { ok: false, reason: 'checkpoint is for another volume size' };

@@ -490,6 +490,7 @@ export class History {
       if (thinned.has(seqFirst + j)) {
         assert(t.type[i] === RecordType.WRITE, 'only WRITE records are thinned');
         t.type[i] = RecordType.THINNED;
+        t.flags[i] &= ~RecordFlag.COMPRESSED; // as compaction writes the record
         t.payloadBytes[i] = 0;
         t.payloadSkip[i] = 0;
         t.logical[i] = 0;

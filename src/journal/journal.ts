@@ -99,6 +99,8 @@ export class Journal {
   private readonly containerIndexes = new Map<string, ContainerIndex>();
   private readonly frames = new Map<string, Buffer>();
   private framesBytes = 0;
+  /** Bumped when a compaction moves positions: cache keys of earlier epochs mean nothing. */
+  private epoch = 0;
   private readonly headerScratch = Buffer.alloc(RECORD_HEADER_BYTES);
 
   private constructor(private readonly options: JournalOptions, state: { activeIndex: number; activeFile: StorageFile; activeSize: number; seqLast: number; seqDurable: number; unsyncedAtOpen: number[]; timeLastUs: number; bytesBeforeActive: number; segmentCount: number }) {
@@ -278,6 +280,7 @@ export class Journal {
     this.bytesBeforeActive -= bytesReclaimed;
     this.directoryDirty = true;
     // Keys name positions in the old file.
+    this.epoch += 1;
     this.containerIndexes.clear();
     this.frames.clear();
     this.framesBytes = 0;
@@ -335,34 +338,47 @@ export class Journal {
       return;
     }
     const file = piece.segment === this.activeIndex ? this.activeFile : this.readFile(piece.segment);
-    const plan = planRead(piece, length);
-    this.pinned.set(file, (this.pinned.get(file) ?? 0) + 1);
+    this.pin(file);
     try {
-      const { table, data, buffers } = readBuffers(plan, into, intoOffset, length);
-      if (buffers) {
-        checkLength(file, plan.tablePosition, plan.spanBytes, await file.readvAsync(buffers, plan.tablePosition));
-      } else {
-        // Both reads must finish before anything throws: `data` may be the caller's buffer,
-        // which goes back to a pool as soon as this rejects.
-        const [tableRead, dataRead] = await Promise.allSettled([
-          file.readAsync(table, 0, plan.tableBytes, plan.tablePosition),
-          file.readAsync(data, 0, plan.dataBytes, plan.dataPosition),
-        ]);
-        if (tableRead.status === 'rejected') throw tableRead.reason;
-        if (dataRead.status === 'rejected') throw dataRead.reason;
-        checkLength(file, plan.tablePosition, plan.tableBytes, tableRead.value);
-        checkLength(file, plan.dataPosition, plan.dataBytes, dataRead.value);
-      }
-      this.verify(file, piece, plan, data, table);
-      if (!plan.direct) data.copy(into, intoOffset, plan.skip, plan.skip + length);
+      await this.readFromAsync(file, piece, into, intoOffset, length);
     } finally {
-      const left = (this.pinned.get(file) ?? 1) - 1;
-      if (left === 0) {
-        this.pinned.delete(file);
-        if (this.closing.delete(file)) file.close();
-      } else {
-        this.pinned.set(file, left);
-      }
+      this.unpin(file);
+    }
+  }
+
+  /** A verified read of a (physical) payload range from `file`, which the caller keeps open. */
+  private async readFromAsync(file: StorageFile, piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): Promise<void> {
+    const plan = planRead(piece, length);
+    const { table, data, buffers } = readBuffers(plan, into, intoOffset, length);
+    if (buffers) {
+      checkLength(file, plan.tablePosition, plan.spanBytes, await file.readvAsync(buffers, plan.tablePosition));
+    } else {
+      // Both reads must finish before anything throws: `data` may be the caller's buffer,
+      // which goes back to a pool as soon as this rejects.
+      const [tableRead, dataRead] = await Promise.allSettled([
+        file.readAsync(table, 0, plan.tableBytes, plan.tablePosition),
+        file.readAsync(data, 0, plan.dataBytes, plan.dataPosition),
+      ]);
+      if (tableRead.status === 'rejected') throw tableRead.reason;
+      if (dataRead.status === 'rejected') throw dataRead.reason;
+      checkLength(file, plan.tablePosition, plan.tableBytes, tableRead.value);
+      checkLength(file, plan.dataPosition, plan.dataBytes, dataRead.value);
+    }
+    this.verify(file, piece, plan, data, table);
+    if (!plan.direct) data.copy(into, intoOffset, plan.skip, plan.skip + length);
+  }
+
+  private pin(file: StorageFile): void {
+    this.pinned.set(file, (this.pinned.get(file) ?? 0) + 1);
+  }
+
+  private unpin(file: StorageFile): void {
+    const left = (this.pinned.get(file) ?? 1) - 1;
+    if (left === 0) {
+      this.pinned.delete(file);
+      if (this.closing.delete(file)) file.close();
+    } else {
+      this.pinned.set(file, left);
     }
   }
 
@@ -370,7 +386,7 @@ export class Journal {
    * A compressed payload (container.ts): the container's index, then each 64 KiB frame the
    * range touches — container bytes verified by their chunk CRCs like any payload — then
    * decompressed (recently used frames are cached: sequential small reads decompress a frame
-   * once).
+   * once). Synchronous: nothing can move the payload meanwhile.
    */
   private readCompressed(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): void {
     const physical = { ...piece, payloadBytes: piece.payloadBytes - PAYLOAD_COMPRESSED, delta: 0 };
@@ -382,39 +398,65 @@ export class Journal {
       index = decodeContainerIndex(head, physical.payloadBytes, this.where(piece));
       this.rememberIndex(key, index);
     }
-    this.copyFrames(piece, index, into, intoOffset, length, (frame) => {
-      const stored = Buffer.allocUnsafe(index.lengths[frame]);
-      this.readPayload({ ...physical, delta: index.starts[frame] }, stored, 0, stored.length);
+    const found = index;
+    this.copyFrames(piece, found, into, intoOffset, length, new Map(), (frame) => {
+      const stored = Buffer.allocUnsafe(found.lengths[frame]);
+      this.readPayload({ ...physical, delta: found.starts[frame] }, stored, 0, stored.length);
       return stored;
-    });
+    }, this.epoch);
   }
 
+  /**
+   * The same with the reads in the thread pool. Every read goes to the one file resolved
+   * (and kept open) at the start, and cached frames are taken at the start: a compaction
+   * installing a new segment meanwhile (new positions, caches cleared) changes nothing for
+   * this read, and nothing it learnt goes into the caches once the epoch has moved on.
+   */
   private async readCompressedAsync(piece: PayloadPiece, into: Buffer, intoOffset: number, length: number): Promise<void> {
+    const epoch = this.epoch;
+    const file = piece.segment === this.activeIndex ? this.activeFile : this.readFile(piece.segment);
     const physical = { ...piece, payloadBytes: piece.payloadBytes - PAYLOAD_COMPRESSED, delta: 0 };
     const key = `${piece.segment}:${piece.payloadPosition}`;
     let index = this.containerIndexes.get(key);
-    if (!index) {
-      const head = Buffer.allocUnsafe(Math.min(physical.payloadBytes, CONTAINER_INDEX_BYTES_MAX));
-      await this.readPayloadAsync(physical, head, 0, head.length);
-      index = decodeContainerIndex(head, physical.payloadBytes, this.where(piece));
-      this.rememberIndex(key, index);
-    }
-    const found = index;
     const first = Math.floor(piece.delta / FRAME_BYTES);
     const last = Math.floor((piece.delta + length - 1) / FRAME_BYTES);
-    const stored = new Map<number, Buffer>();
-    await Promise.all(Array.from({ length: last - first + 1 }, async (_, i) => {
-      const frame = first + i;
-      if (this.frames.has(`${key}:${frame}`)) return;
-      const bytes = Buffer.allocUnsafe(found.lengths[frame]);
-      await this.readPayloadAsync({ ...physical, delta: found.starts[frame] }, bytes, 0, bytes.length);
-      stored.set(frame, bytes);
-    }));
-    this.copyFrames(piece, found, into, intoOffset, length, (frame) => stored.get(frame)!);
+    const cached = new Map<number, Buffer>();
+    for (let frame = first; frame <= last; frame += 1) {
+      const hit = this.frames.get(`${key}:${frame}`);
+      if (hit) cached.set(frame, hit);
+    }
+    this.pin(file);
+    try {
+      if (!index) {
+        const head = Buffer.allocUnsafe(Math.min(physical.payloadBytes, CONTAINER_INDEX_BYTES_MAX));
+        await this.readFromAsync(file, physical, head, 0, head.length);
+        index = decodeContainerIndex(head, physical.payloadBytes, this.where(piece));
+        if (this.epoch === epoch) this.rememberIndex(key, index);
+      }
+      const found = index;
+      const stored = new Map<number, Buffer>();
+      await Promise.all(Array.from({ length: last - first + 1 }, async (_, i) => {
+        const frame = first + i;
+        if (cached.has(frame)) return;
+        const bytes = Buffer.allocUnsafe(found.lengths[frame]);
+        await this.readFromAsync(file, { ...physical, delta: found.starts[frame] }, bytes, 0, bytes.length);
+        stored.set(frame, bytes);
+      }));
+      this.copyFrames(piece, found, into, intoOffset, length, cached, (frame) => stored.get(frame)!, epoch);
+    } finally {
+      this.unpin(file);
+    }
   }
 
-  private copyFrames(piece: PayloadPiece, index: ContainerIndex, into: Buffer, intoOffset: number, length: number, storedFrame: (frame: number) => Buffer): void {
-    assert(piece.delta + length <= index.logicalBytes && length > 0, 'read within the logical payload');
+  /**
+   * Copies the logical bytes of the frames the range touches: from `cached` (decompressed
+   * frames taken earlier), else decompressed from `storedFrame`. New frames are cached only
+   * while the epoch is still `epoch` (positions have not moved).
+   */
+  private copyFrames(piece: PayloadPiece, index: ContainerIndex, into: Buffer, intoOffset: number, length: number, cached: Map<number, Buffer>, storedFrame: (frame: number) => Buffer, epoch: number): void {
+    if (!(piece.delta + length <= index.logicalBytes && length > 0)) {
+      throw new HindsightError('JOURNAL_CORRUPT', `${this.where(piece)}: a read of ${length} bytes at ${piece.delta} goes past the ${index.logicalBytes} bytes the container holds`);
+    }
     const key = `${piece.segment}:${piece.payloadPosition}`;
     let at = piece.delta;
     let out = intoOffset;
@@ -422,14 +464,18 @@ export class Journal {
     while (at < end) {
       const frame = Math.floor(at / FRAME_BYTES);
       const frameKey = `${key}:${frame}`;
-      let logical = this.frames.get(frameKey);
-      if (logical) {
-        this.frames.delete(frameKey);
-      } else {
+      let logical = cached.get(frame) ?? (epoch === this.epoch ? this.frames.get(frameKey) : undefined);
+      if (!logical) {
         logical = decodeFrame(index, frame, storedFrame(frame), this.where(piece));
-        this.framesBytes += logical.length;
+        if (epoch === this.epoch) {
+          // Another read may have decoded the same frame meanwhile: counted once.
+          this.framesBytes += logical.length - (this.frames.get(frameKey)?.length ?? 0);
+          this.frames.delete(frameKey);
+          this.frames.set(frameKey, logical);
+        }
+      } else if (epoch === this.epoch && this.frames.delete(frameKey)) {
+        this.frames.set(frameKey, logical); // most recently used
       }
-      this.frames.set(frameKey, logical);
       const from = at - frame * FRAME_BYTES;
       const count = Math.min(logical.length - from, end - at);
       logical.copy(into, out, from, from + count);

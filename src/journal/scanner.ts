@@ -9,7 +9,7 @@ import type { FileLayer, StorageFile } from './file-layer.js';
 import {
   RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc,
 } from './record.js';
-import { chunkTableBytes, firstBadChunk } from './chunk-crc.js';
+import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader } from './record.js';
 import { SEGMENT_HEADER_BYTES, decodeSegmentHeader, parseSegmentFileName } from './segment.js';
 import type { Toc } from './toc.js';
@@ -430,8 +430,16 @@ function checkHeader(window: HeaderWindow, position: number, expectedSeq: number
   const header = whole.subarray(0, RECORD_HEADER_BYTES);
   if (recordCrc(header, tableBytes > 0 ? whole.subarray(RECORD_HEADER_BYTES) : null, crcSeed) !== storedCrc(header)) return { ok: false, reason: 'record checksum mismatch' };
   if (decoded.header.seq !== expectedSeq) return { ok: false, reason: `seq ${decoded.header.seq} where ${expectedSeq} was expected` };
-  // A compressed payload's logical length is in its container's first bytes (verified by
-  // the reads and the scrub, like the rest of the payload).
+  // A compressed payload's logical length is in its container's first bytes: their chunk
+  // is checked against the table first, so a damaged length never shapes the history.
   const compressed = decoded.header.type === RecordType.WRITE && (decoded.header.flags & RecordFlag.COMPRESSED) !== 0;
-  return logicalOf(decoded.header, compressed ? window.slice(position + RECORD_HEADER_BYTES + tableBytes, 8) : null);
+  if (!compressed) return decoded;
+  // (Copied first: the next slice may refill the window under `whole`.)
+  const chunkCrc = Buffer.from(whole.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + 4));
+  const firstChunk = window.slice(position + RECORD_HEADER_BYTES + tableBytes, Math.min(PAYLOAD_CHUNK_BYTES, decoded.header.payloadBytes));
+  if (!firstChunk) return { ok: false, reason: 'compressed payload truncated' };
+  if (firstBadChunk(firstChunk, 0, decoded.header.payloadBytes, chunkCrc, crcSeed) !== -1) {
+    return { ok: false, reason: 'payload chunk 0 checksum mismatch' };
+  }
+  return logicalOf(decoded.header, firstChunk.subarray(0, 8));
 }

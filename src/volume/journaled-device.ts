@@ -712,7 +712,12 @@ export class JournaledDevice implements BlockDevice {
         // makes any checkpoint made before unusable, and the current one goes, durably,
         // before the new segment can be there (the next open rebuilds from the journal).
         this.retention.compactions += 1;
-        await this.retention.save();
+        try {
+          await this.retention.save();
+        } catch (err) {
+          this.retention.compactions -= 1; // not durable: checkpoints keep the old generation
+          throw err;
+        }
         this.options.files.remove(path.join(this.options.directory, 'index.ckpt'));
         await this.options.files.syncDirectory(this.options.directory);
         this.options.files.remove(tocPath(journalDirectory, segmentIndex));
