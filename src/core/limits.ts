@@ -23,6 +23,10 @@ export const LIMITS = {
   nbdMetaContextQueriesMax: 64,
   /** A client must finish the handshake within this time. */
   nbdHandshakeTimeoutMs: 10_000,
+  /** After we end a connection, the peer has this long to close its side before it is cut. */
+  nbdCloseLingerMs: 5_000,
+  /** A client that reads none of its replies for this long is cut off (it may be gone). */
+  nbdWriteStallMs: 60_000,
   /** Concurrent NBD connections the server accepts. */
   nbdConnectionsMax: 512,
   /** Block-status descriptors returned for one request. */

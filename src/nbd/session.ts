@@ -148,7 +148,7 @@ export class NbdSession {
   /** Client half-closed: answer what was already asked, then end our side. */
   private onEnd(): void {
     if (this.agreement === null) {
-      this.socket.end();
+      this.endOurSide();
       return;
     }
     void this.finish();
@@ -159,12 +159,24 @@ export class NbdSession {
     this.draining = true;
     this.updateReading();
     await this.waitIdle();
-    if (!this.closed) this.socket.end();
+    if (!this.closed) this.endOurSide();
+  }
+
+  /**
+   * Ends our side, then keeps reading (and dropping) what comes so the peer's close is seen
+   * — a paused socket never notices its peer has gone — and cuts the connection if the peer
+   * does not close within nbdCloseLingerMs.
+   */
+  private endOurSide(): void {
+    this.socket.end();
+    this.readingPaused = false;
+    this.socket.resume();
+    setTimeout(() => this.abort('peer did not close after the end of the session'), LIMITS.nbdCloseLingerMs).unref();
   }
 
   /** Decodes and starts as many buffered messages as the limits allow, replies batched. */
   private pump(): void {
-    if (this.closed || this.startingTls) return;
+    if (this.closed || this.startingTls || this.socket.writableEnded) return;
     this.socket.cork();
     try {
       this.drainMessages();
@@ -247,7 +259,7 @@ export class NbdSession {
     if (step.kind === 'close') {
       this.log.info({ session: this.id, reason: step.reason }, 'nbd handshake ended');
       this.draining = true;
-      this.socket.end();
+      this.endOurSide();
       return;
     }
     if (step.kind === 'transmission') this.startTransmission(step.agreement);
@@ -256,7 +268,7 @@ export class NbdSession {
   private refuseOption(option: number): void {
     if (option === Opt.ABORT) this.socket.write(encodeOptionReply(option, Rep.ACK));
     else this.socket.write(encodeOptionError(option, Rep.ERR_SHUTDOWN, 'server is shutting down'));
-    this.socket.end();
+    this.endOurSide();
   }
 
   private startTransmission(agreement: Agreement): void {
@@ -319,7 +331,7 @@ export class NbdSession {
   }
 
   private updateReading(): void {
-    if (this.closed) return;
+    if (this.closed || this.socket.writableEnded) return;
     const shouldPause = (this.draining && !this.refusing) || this.mustWait();
     if (shouldPause && !this.readingPaused) {
       this.readingPaused = true;
@@ -328,11 +340,33 @@ export class NbdSession {
       this.readingPaused = false;
       this.socket.resume();
     }
+    this.watchStall();
+  }
+
+  /**
+   * While replies wait for a client that reads none of them, nothing else tells us if it is
+   * gone (reading is paused): past nbdWriteStallMs without the queue draining, it is cut off.
+   */
+  private stallTimer: NodeJS.Timeout | null = null;
+
+  private watchStall(): void {
+    const stalled = this.readingPaused && this.socket.writableLength > 0;
+    if (stalled && this.stallTimer === null) {
+      this.stallTimer = setTimeout(() => {
+        this.stallTimer = null;
+        if (this.readingPaused && this.socket.writableLength > 0) this.abort(`client read none of its replies for ${LIMITS.nbdWriteStallMs} ms`);
+      }, LIMITS.nbdWriteStallMs);
+      this.stallTimer.unref();
+    } else if (!stalled && this.stallTimer !== null) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+    }
   }
 
   private onClosed(): void {
     this.closed = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    if (this.stallTimer) clearTimeout(this.stallTimer);
     this.events.onClose(this);
     // Device calls still running resolve later; their replies are dropped.
     this.wakeIdle();

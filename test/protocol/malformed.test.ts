@@ -298,3 +298,23 @@ test('hundreds of abusive connections leak no sessions or descriptors', async ()
   await waitForNoSessions();
   assert.ok(openFds() <= fdsBefore + 2, `descriptors: ${fdsBefore} before, ${openFds()} after`);
 });
+
+test('a client that sends DISC and vanishes, or stops mid-handshake after an ABORT, leaves no session behind', async () => {
+  const before = server.nbd.connections().length;
+  const gone = await RawClient.open(server.port, 'disk0');
+  gone.send(request({ type: 0, cookie: 1n, offset: 0, length: 1024 * 1024 }));
+  gone.send(request({ type: 2, cookie: 2n }));
+  // Bytes after DISC (the server stops reading at DISC: it must still see this peer go).
+  gone.send(request({ type: 0, cookie: 3n, offset: 0, length: 4096 }));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  gone.socket.destroy();
+  const aborted = await RawClient.connect(server.port);
+  await aborted.readGreeting();
+  aborted.send(clientFlags());
+  aborted.send(option(2));
+  aborted.socket.destroy();
+  const deadline = Date.now() + 8000;
+  while (server.nbd.connections().length > before && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(server.nbd.connections().length, before, 'the sessions are gone (the server sees its peers close even after it ended its side)');
+  await assertServerHealthy(0x77);
+});
