@@ -45,6 +45,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--tls-certificates <dir>', 'X.509 credentials: ca-cert.pem, server-cert.pem, server-key.pem (the QEMU layout)')
     .option('--tls-psk-file <file>', 'TLS-PSK keys, identity:hexkey lines (as psktool makes)')
     .option('--tls-verify-peer', 'require client certificates signed by the CA')
+    .option('--nbd-allow <rule>', 'IDENTITY=EXPORT[,EXPORT] (EXPORT may end in *, identity * is anyone): only these clients may open these exports (repeatable)', (value: string, previous: string[] = []) => [...previous, value])
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
     .option('--json', 'print the bound addresses as JSON')
     .action((options: Record<string, unknown>) => run(() => serve(options, Boolean(options.json))));

@@ -28,6 +28,8 @@ export interface DaemonConfig {
   requireToken: boolean;
   /** NBD TLS (STARTTLS): off, on (offered) or require; credentials. */
   tls: TlsConfig;
+  /** Export access rules, IDENTITY=PATTERN[,PATTERN] (none: anyone may open anything). */
+  nbdAllow: string[];
   logLevel: string;
   /** Volumes created at start when missing (the README's "first volume ready to use"). */
   initialVolumes: InitialVolume[];
@@ -49,6 +51,7 @@ export interface ConfigOverrides {
   tlsCertificates?: string;
   tlsPskFile?: string;
   tlsVerifyPeer?: boolean;
+  nbdAllow?: string[];
   logLevel?: string;
   createVolume?: string[];
 }
@@ -61,7 +64,7 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
-const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer']);
+const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer', 'nbdAllow']);
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
 export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -80,6 +83,7 @@ export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv
     insecure: pick(overrides.insecure, booleanKey(file, 'insecure'), false),
     requireToken: pick(overrides.requireToken, booleanKey(file, 'requireToken'), false),
     tls: tlsConfig(overrides, file),
+    nbdAllow: [...accessFromFile(file.nbdAllow), ...(overrides.nbdAllow ?? [])],
     logLevel,
     initialVolumes: [...fileVolumes, ...(overrides.createVolume ?? []).map(parseVolumeSpec)],
     retentionIntervalMs: retentionInterval(file.retentionIntervalSeconds) * 1000,
@@ -150,4 +154,14 @@ function tlsConfig(overrides: ConfigOverrides, file: Record<string, unknown>): T
     pskFile: pskFile === undefined ? undefined : path.resolve(pskFile),
     verifyPeer: overrides.tlsVerifyPeer ?? booleanKey(file, 'tlsVerifyPeer') ?? false,
   };
+}
+
+/** Config `nbdAllow: {IDENTITY: [EXPORT, ...]}` as IDENTITY=EXPORT,... rules. */
+function accessFromFile(value: unknown): string[] {
+  if (value === undefined) return [];
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new HindsightError('CONFIG_INVALID', 'config "nbdAllow" maps identities to lists of exports');
+  return Object.entries(value as Record<string, unknown>).map(([identity, exports]) => {
+    if (!Array.isArray(exports) || !exports.every((entry) => typeof entry === 'string')) throw new HindsightError('CONFIG_INVALID', `config "nbdAllow.${identity}" must be a list of export names`);
+    return `${identity}=${exports.join(',')}`;
+  });
 }

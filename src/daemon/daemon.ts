@@ -16,7 +16,7 @@ import { formatAddress, isLoopback } from './address.js';
 import type { ListenAddress } from './address.js';
 import type { DaemonConfig } from './config.js';
 import { DataDirLock } from './lock.js';
-import { loadNbdTls } from './tls.js';
+import { loadNbdTls, parseAccess } from './tls.js';
 import { VERSION } from './version.js';
 
 export interface BoundPorts {
@@ -58,7 +58,7 @@ export class Daemon {
         const info = await volumes.info(name);
         if (info.error) log.error({ volume: name, error: info.error }, 'volume failed to open and is not served');
       }
-      nbd = new NbdServer({ ...config.nbd, catalog: catalogOf(volumes), log: log.child({ component: 'nbd' }), tls: loadNbdTls(config.tls) });
+      nbd = new NbdServer({ ...config.nbd, catalog: catalogOf(volumes), log: log.child({ component: 'nbd' }), tls: loadNbdTls(config.tls), access: parseAccess(config.nbdAllow) });
       const nbdBound = await nbd.listen();
       const server = nbd;
       volumes.onVolumeFailed = (name, error) => {

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type tls from 'node:tls';
 import { HindsightError } from '../core/index.js';
-import type { SessionTls } from '../nbd/index.js';
+import type { ExportAccess, SessionTls } from '../nbd/index.js';
 
 export interface TlsConfig {
   mode: 'off' | 'on' | 'require';
@@ -45,11 +45,52 @@ export function loadNbdTls(config: TlsConfig): SessionTls | null {
   }
   if (config.pskFile) {
     const keys = readPskFile(config.pskFile);
-    options.pskCallback = (_socket: tls.TLSSocket, identity: string) => keys.get(identity) ?? null;
+    options.pskCallback = (socket: tls.TLSSocket, identity: string) => {
+      const key = keys.get(identity) ?? null;
+      if (key) (socket as PskSocket).pskIdentity = identity;
+      return key;
+    };
     // PSK suites are off by default; TLS 1.3 suites take PSKs as they are.
     options.ciphers = config.x509Dir ? 'DEFAULT:PSK' : 'PSK';
   }
-  return { mode: config.mode, options };
+  return { mode: config.mode, options, identify };
+}
+
+type PskSocket = tls.TLSSocket & { pskIdentity?: string };
+
+/** The identity TLS proved: the PSK identity, or the verified client certificate's CN. */
+function identify(socket: tls.TLSSocket): string | null {
+  const psk = (socket as PskSocket).pskIdentity;
+  if (psk) return psk;
+  if (!socket.authorized) return null;
+  const subject = socket.getPeerCertificate()?.subject as { CN?: string | string[] } | undefined;
+  const cn = Array.isArray(subject?.CN) ? subject?.CN[0] : subject?.CN;
+  return cn ?? null;
+}
+
+/**
+ * Export access rules: `IDENTITY=PATTERN[,PATTERN...]`, a pattern an export name or a prefix
+ * ending in `*` (`db1*` also covers the mounts `db1@SEQ`); identity `*` is anyone, including
+ * clients without TLS identity. Without rules, anyone may open anything; with rules, only
+ * what a rule allows.
+ */
+export function parseAccess(rules: string[]): ExportAccess | null {
+  if (rules.length === 0) return null;
+  const byIdentity = new Map<string, string[]>();
+  for (const rule of rules) {
+    const at = rule.indexOf('=');
+    const identity = rule.slice(0, at).trim();
+    const patterns = rule.slice(at + 1).split(',').map((pattern) => pattern.trim()).filter((pattern) => pattern !== '');
+    if (at <= 0 || identity === '' || patterns.length === 0) throw new HindsightError('CONFIG_INVALID', `--nbd-allow "${rule}": use IDENTITY=EXPORT[,EXPORT...] (an export may end in *; identity * is anyone)`);
+    byIdentity.set(identity, [...(byIdentity.get(identity) ?? []), ...patterns]);
+  }
+  const matches = (pattern: string, name: string) => (pattern.endsWith('*') ? name.startsWith(pattern.slice(0, -1)) : pattern === name);
+  return {
+    allows(identity, exportName) {
+      const patterns = [...(byIdentity.get('*') ?? []), ...(identity === null ? [] : byIdentity.get(identity) ?? [])];
+      return patterns.some((pattern) => matches(pattern, exportName));
+    },
+  };
 }
 
 function readPskFile(file: string): Map<string, Buffer> {

@@ -1,4 +1,4 @@
 export { NbdServer } from './server.js';
 export type { NbdServerOptions, ConnectionInfo } from './server.js';
-export type { ExportCatalog, NbdExport } from './negotiation.js';
+export type { ExportAccess, ExportCatalog, NbdExport } from './negotiation.js';
 export type { SessionLogger, SessionTls } from './session.js';

@@ -24,6 +24,14 @@ export interface ExportCatalog {
   find(name: string): NbdExport | undefined;
 }
 
+/**
+ * Which client identity may open which export. The identity is what TLS proved (a client
+ * certificate's CN, a PSK identity), or null without it.
+ */
+export interface ExportAccess {
+  allows(identity: string | null, exportName: string): boolean;
+}
+
 export interface Agreement {
   export: NbdExport;
   structuredReplies: boolean;
@@ -33,7 +41,8 @@ export interface Agreement {
 }
 
 export type NegotiationStep =
-  | { kind: 'continue'; replies: Buffer[] }
+  /** `refused`: a policy refusal worth a warning in the log (an access attempt denied). */
+  | { kind: 'continue'; replies: Buffer[]; refused?: string }
   /** STARTTLS accepted: send the replies, then the TLS handshake starts on the socket. */
   | { kind: 'starttls'; replies: Buffer[] }
   | { kind: 'transmission'; replies: Buffer[]; agreement: Agreement }
@@ -71,11 +80,25 @@ export class Negotiation {
    * STARTTLS and ABORT is refused with ERR_TLS_REQD until TLS is on; NBD_OPT_EXPORT_NAME,
    * which cannot be refused, closes the connection).
    */
-  constructor(private readonly catalog: ExportCatalog, private readonly tls: 'off' | 'on' | 'require' = 'off') {}
+  private identity: string | null = null;
 
-  /** The session completed the TLS handshake. */
-  tlsStarted(): void {
+  constructor(private readonly catalog: ExportCatalog, private readonly tls: 'off' | 'on' | 'require' = 'off', private readonly access: ExportAccess | null = null) {}
+
+  /** The session completed the TLS handshake; `identity` is who the client proved to be. */
+  tlsStarted(identity: string | null = null): void {
     this.tlsActive = true;
+    this.identity = identity;
+  }
+
+  /** An export this client may open, 'denied' if it exists but is not for this client, or undefined. */
+  private find(name: string): NbdExport | 'denied' | undefined {
+    const found = this.catalog.find(name);
+    if (found && this.access && !this.access.allows(this.identity, found.name)) return 'denied';
+    return found;
+  }
+
+  private denied(name: string): string {
+    return `${this.identity === null ? 'an unauthenticated client' : `client "${this.identity}"`} may not open export "${shortName(name)}"`;
   }
 
   /** Returns an error reason when the client's flags oblige us to hang up. */
@@ -135,7 +158,8 @@ export class Negotiation {
 
   private exportName(data: Buffer): NegotiationStep {
     const name = decodeString(data);
-    const found = name === null ? undefined : this.catalog.find(name);
+    const found = name === null ? undefined : this.find(name);
+    if (found === 'denied') return { kind: 'close', replies: [], reason: this.denied(name!) };
     if (!found) return { kind: 'close', replies: [], reason: `unknown export "${shortName(name ?? '(invalid)')}"` };
     const agreement = this.agree(found);
     const reply = encodeExportNameReply(found.device.sizeBytes, agreement.transmissionFlags, this.noZeroes);
@@ -144,7 +168,8 @@ export class Negotiation {
 
   private list(data: Buffer): NegotiationStep {
     if (data.length !== 0) return this.reply(encodeOptionError(Opt.LIST, Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data'));
-    const replies = this.catalog.list().map((entry) => encodeOptionReply(Opt.LIST, Rep.SERVER, encodeServerEntry(entry.name, entry.description)));
+    const visible = this.catalog.list().filter((entry) => !this.access || this.access.allows(this.identity, entry.name));
+    const replies = visible.map((entry) => encodeOptionReply(Opt.LIST, Rep.SERVER, encodeServerEntry(entry.name, entry.description)));
     replies.push(encodeOptionReply(Opt.LIST, Rep.ACK));
     return { kind: 'continue', replies };
   }
@@ -152,7 +177,8 @@ export class Negotiation {
   private infoOrGo(option: number, data: Buffer): NegotiationStep {
     const request = parseInfoRequest(data);
     if (typeof request === 'string') return this.reply(encodeOptionError(option, Rep.ERR_INVALID, request));
-    const found = this.catalog.find(request.name);
+    const found = this.find(request.name);
+    if (found === 'denied') return { kind: 'continue', replies: [encodeOptionError(option, Rep.ERR_POLICY, this.denied(request.name))], refused: this.denied(request.name) };
     if (!found) return this.reply(encodeOptionError(option, Rep.ERR_UNKNOWN, `no export named "${shortName(request.name)}"`));
     const agreement = this.agree(found);
     const replies = [encodeOptionReply(option, Rep.INFO, encodeInfoExport(found.device.sizeBytes, agreement.transmissionFlags))];
@@ -191,7 +217,9 @@ export class Negotiation {
       return this.reply(encodeOptionError(option, Rep.ERR_TOO_BIG, `too many meta context queries (at most ${LIMITS.nbdMetaContextQueriesMax})`));
     }
     if (typeof request === 'string') return this.reply(encodeOptionError(option, Rep.ERR_INVALID, request));
-    if (!this.catalog.find(request.exportName)) {
+    const target = this.find(request.exportName);
+    if (target === 'denied') return this.reply(encodeOptionError(option, Rep.ERR_POLICY, this.denied(request.exportName)));
+    if (!target) {
       return this.reply(encodeOptionError(option, Rep.ERR_UNKNOWN, `no export named "${shortName(request.exportName)}"`));
     }
     const matches = isSet ? request.queries.includes(BASE_ALLOCATION) : listMatches(request.queries);

@@ -4,7 +4,7 @@
  */
 import net from 'node:net';
 import { LIMITS, fromSystemError } from '../core/index.js';
-import type { ExportCatalog } from './negotiation.js';
+import type { ExportAccess, ExportCatalog } from './negotiation.js';
 import { NbdSession } from './session.js';
 import type { SessionLogger, SessionTls } from './session.js';
 
@@ -17,6 +17,8 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** NBD_OPT_STARTTLS (null: not offered). */
   tls?: SessionTls | null;
+  /** Which client identity may open which export (null: anyone, any export). */
+  access?: ExportAccess | null;
 }
 
 export interface ConnectionInfo {
@@ -93,7 +95,7 @@ export class NbdServer {
         let set = this.byExport.get(exportName);
         if (!set) this.byExport.set(exportName, (set = new Set()));
         set.add(attached);
-        this.options.log.info({ session: attached.id, export: exportName, remote: attached.remoteAddress }, 'nbd client attached');
+        this.options.log.info({ session: attached.id, export: exportName, remote: attached.remoteAddress, tls: attached.secure, identity: attached.identity }, 'nbd client attached');
       },
       onClose: (gone) => {
         this.sessions.delete(gone);
@@ -103,7 +105,7 @@ export class NbdServer {
         set?.delete(gone);
         if (set && set.size === 0) this.byExport.delete(name);
       },
-    }, this.options.log, this.options.handshakeTimeoutMs ?? LIMITS.nbdHandshakeTimeoutMs, this.options.tls ?? null);
+    }, this.options.log, this.options.handshakeTimeoutMs ?? LIMITS.nbdHandshakeTimeoutMs, this.options.tls ?? null, this.options.access ?? null);
     this.sessions.add(session);
   }
 }

@@ -20,7 +20,7 @@ import { ClientDecoder } from './decoder.js';
 import type { RequestMessage } from './decoder.js';
 import { encodeGreeting, encodeOptionError, encodeOptionReply } from './encoder.js';
 import { Negotiation } from './negotiation.js';
-import type { Agreement, ExportCatalog } from './negotiation.js';
+import type { Agreement, ExportAccess, ExportCatalog } from './negotiation.js';
 import { encodeErrorReply, executeRequest, validateRequest } from './transmission.js';
 
 export interface SessionLogger {
@@ -32,6 +32,8 @@ export interface SessionLogger {
 export interface SessionTls {
   mode: 'on' | 'require';
   options: tls.TlsOptions;
+  /** Who the client proved to be once TLS is up (certificate CN, PSK identity), or null. */
+  identify?: (socket: tls.TLSSocket) => string | null;
 }
 
 export interface SessionEvents {
@@ -76,9 +78,10 @@ export class NbdSession {
     private readonly log: SessionLogger,
     handshakeTimeoutMs: number,
     private readonly tlsConfig: SessionTls | null = null,
+    access: ExportAccess | null = null,
   ) {
     this.id = id;
-    this.negotiation = new Negotiation(catalog, tlsConfig?.mode ?? 'off');
+    this.negotiation = new Negotiation(catalog, tlsConfig?.mode ?? 'off', access);
     socket.setNoDelay(true);
     this.closedPromise = new Promise((resolve) => socket.once('close', () => {
       this.onClosed();
@@ -96,6 +99,9 @@ export class NbdSession {
     socket.on('end', () => this.onEnd());
     socket.on('drain', () => this.pump());
   }
+
+  /** Who the client proved to be over TLS, or null. */
+  identity: string | null = null;
 
   /** TLS is on for this connection (NBD_OPT_STARTTLS done). */
   get secure(): boolean {
@@ -203,8 +209,9 @@ export class NbdSession {
     const secure = new tls.TLSSocket(raw, { ...this.tlsConfig!.options, isServer: true });
     secure.once('secure', () => {
       this.startingTls = false;
-      this.negotiation.tlsStarted();
-      this.log.info({ session: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher()?.name }, 'nbd TLS started');
+      this.identity = this.tlsConfig!.identify?.(secure) ?? null;
+      this.negotiation.tlsStarted(this.identity);
+      this.log.info({ session: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher()?.name, identity: this.identity }, 'nbd TLS started');
       this.pump();
     });
     secure.on('error', (err) => {
@@ -252,6 +259,7 @@ export class NbdSession {
   private onOption(message: Parameters<Negotiation['handle']>[0]): void {
     const step = this.negotiation.handle(message);
     for (const reply of step.replies) this.socket.write(reply);
+    if (step.kind === 'continue' && step.refused) this.log.warn({ session: this.id, remote: this.remoteAddress, identity: this.identity, reason: step.refused }, 'nbd export access refused');
     if (step.kind === 'starttls') {
       this.startingTls = true;
       return;

@@ -131,3 +131,26 @@ test('--tls-verify-peer wants a client certificate from the CA; --tls on also se
   assert.equal(secure.code, 0, secure.stderr);
   assert.equal((JSON.parse(secure.stdout) as { TLS: boolean }).TLS, true);
 });
+
+test('--nbd-allow: each TLS identity opens only its exports, and lists only those', async (t) => {
+  const dir = makeTempDir('hindsight-acl-');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const keys = path.join(dir, 'keys.psk');
+  const alice = (await run('openssl', ['rand', '-hex', '32'])).stdout.trim();
+  const bob = (await run('openssl', ['rand', '-hex', '32'])).stdout.trim();
+  fs.writeFileSync(keys, `alice:${alice}\nbob:${bob}\n`);
+  fs.writeFileSync(path.join(dir, 'alice.psk'), `alice:${alice}\n`);
+  fs.writeFileSync(path.join(dir, 'bob.psk'), `bob:${bob}\n`);
+  const daemon = await daemonWith(t, ['--create-volume', 'w:8M', '--tls', 'require', '--tls-psk-file', keys, '--nbd-allow', 'alice=v', '--nbd-allow', 'bob=w*']);
+  const as = (who: string, name: string) => `nbds://${who}@127.0.0.1:${daemon.nbdPort}/${name}?tls-psk-file=${path.join(dir, `${who}.psk`)}`;
+  assert.equal((await nbdinfo(as('alice', 'v'))).code, 0, 'alice opens v');
+  const refused = await nbdinfo(as('alice', 'w'));
+  assert.notEqual(refused.code, 0, 'alice may not open w');
+  assert.equal((await nbdinfo(as('bob', 'w'))).code, 0, 'bob opens w');
+  assert.notEqual((await nbdinfo(as('bob', 'v'))).code, 0, 'bob may not open v');
+  const listed = await run('nbdinfo', ['--list', '--json', as('alice', '')], { allowFailure: true });
+  assert.equal(listed.code, 0, listed.stderr);
+  const names = (JSON.parse(listed.stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((entry) => entry['export-name']);
+  assert.deepEqual(names, ['v'], 'alice sees only her export');
+  assert.match(daemon.stderr(), /client \\"alice\\" may not open export \\"w\\"/, 'the refusal is logged with the identity');
+});

@@ -195,3 +195,24 @@ test('STARTTLS: unsupported without TLS; under require every other option is ERR
   assert.equal(abort.acceptClientFlags(3), null);
   assert.equal(abort.handle(opt(2)).kind, 'close', 'ABORT is allowed before TLS');
 });
+
+test('export access: a denied export is ERR_POLICY for INFO/GO and meta contexts, left out of LIST, and EXPORT_NAME hangs up', () => {
+  const ERR_POLICY = 0x80000002;
+  const access = { allows: (identity: string | null, name: string) => identity === 'alice' && name === 'disk0' };
+  const negotiation = new Negotiation(catalog(), 'on', access);
+  assert.equal(negotiation.acceptClientFlags(3), null);
+  const anonymous = negotiation.handle(opt(7, goData('disk0')));
+  assert.deepEqual(parse(anonymous.replies).map((r) => r.type), [ERR_POLICY], 'no identity: refused');
+  assert.equal(anonymous.kind === 'continue' && anonymous.refused !== undefined, true, 'the refusal is flagged for the log');
+  negotiation.tlsStarted('alice');
+  const listed = parse(negotiation.handle(opt(3)).replies);
+  assert.deepEqual(listed.map((r) => r.type), [2, 1], 'LIST shows only disk0');
+  assert.deepEqual(parse(negotiation.handle(opt(6, goData('ro'))).replies).map((r) => r.type), [ERR_POLICY]);
+  assert.equal(negotiation.handle(opt(8)).kind, 'continue');
+  assert.deepEqual(parse(negotiation.handle(opt(10, metaContextData('ro', ['base:allocation']))).replies).map((r) => r.type), [ERR_POLICY]);
+  assert.equal(negotiation.handle(opt(7, goData('disk0'))).kind, 'transmission', 'alice opens disk0');
+  const other = new Negotiation(catalog(), 'on', access);
+  assert.equal(other.acceptClientFlags(3), null);
+  other.tlsStarted('alice');
+  assert.equal(other.handle(opt(1, Buffer.from('ro'))).kind, 'close');
+});
