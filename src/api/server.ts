@@ -24,6 +24,8 @@ export interface ApiContext {
   log: FastifyBaseLogger;
   /** API tokens; `required`: every request but the health check needs one (off: loopback, trusted). */
   auth?: { required: boolean; tokens: TokenStore };
+  /** HTTPS: the server certificate and key (PEM); plain HTTP without. */
+  https?: { cert: Buffer; key: Buffer } | null;
 }
 
 const NAME_PARAM = {
@@ -49,7 +51,8 @@ export function buildApi(context: ApiContext): FastifyInstance {
     loggerInstance: context.log,
     bodyLimit: LIMITS.apiBodyBytesMax,
     logController: new LogController({ disableRequestLogging: true }),
-  });
+    ...(context.https ? { https: { ...context.https, minVersion: 'TLSv1.2' as const } } : {}),
+  }) as unknown as FastifyInstance;
 
   // Unknown fields are an error, not silently dropped: a typo must not look like success.
   // Bodies are JSON and must have the right types (a string "true" is not a boolean, an

@@ -41,6 +41,8 @@ export async function main(argv: string[]): Promise<number> {
     .option('--create-volume <name:size>', 'create this volume at start if missing (repeatable)', (value: string, previous: string[] = []) => [...previous, value])
     .option('--insecure', 'allow NBD to listen beyond loopback without --tls require (the API is always token-protected there)')
     .option('--require-token', 'require API tokens on loopback too')
+    .option('--api-tls-cert <file>', 'serve the API over HTTPS with this certificate (PEM); clients trust it via NODE_EXTRA_CA_CERTS')
+    .option('--api-tls-key <file>', 'the key of --api-tls-cert (PEM)')
     .option('--tls <mode>', 'NBD TLS: off (default), on (offered), require (plaintext refused)')
     .option('--tls-certificates <dir>', 'X.509 credentials: ca-cert.pem, server-cert.pem, server-key.pem (the QEMU layout)')
     .option('--tls-psk-file <file>', 'TLS-PSK keys, identity:hexkey lines (as psktool makes)')

@@ -7,7 +7,7 @@ export async function serve(overrides: ConfigOverrides, json: boolean): Promise<
   const daemon = await Daemon.start(config);
   const summary = {
     nbd: formatAddress(daemon.ports.nbd),
-    api: `http://${formatAddress(daemon.ports.api)}`,
+    api: `${config.apiTls ? 'https' : 'http'}://${formatAddress(daemon.ports.api)}`,
     nbdPort: daemon.ports.nbd.port,
     apiPort: daemon.ports.api.port,
     dataDir: config.dataDir,

@@ -11,6 +11,8 @@ export const LIMITS = {
   nbdPreferredBlockBytes: 4096,
   /** Requests being executed at once on one NBD connection; reading pauses beyond this. */
   nbdInflightPerConnectionMax: 64,
+  /** Requests running across every connection: past it, sessions stop taking new ones. */
+  nbdInflightTotalMax: 1024,
   /** Bytes of replies queued on one socket before we stop reading that client's requests. */
   nbdReplyQueueBytesMax: 64 * 1024 * 1024,
   /** Longest string (export name, context query) the NBD spec allows. */

@@ -30,6 +30,8 @@ export interface DaemonConfig {
   tls: TlsConfig;
   /** Export access rules, IDENTITY=PATTERN[,PATTERN] (none: anyone may open anything). */
   nbdAllow: string[];
+  /** HTTPS for the API: certificate and key files (PEM). */
+  apiTls: { cert: string; key: string } | null;
   logLevel: string;
   /** Volumes created at start when missing (the README's "first volume ready to use"). */
   initialVolumes: InitialVolume[];
@@ -52,6 +54,8 @@ export interface ConfigOverrides {
   tlsPskFile?: string;
   tlsVerifyPeer?: boolean;
   nbdAllow?: string[];
+  apiTlsCert?: string;
+  apiTlsKey?: string;
   logLevel?: string;
   createVolume?: string[];
 }
@@ -64,7 +68,7 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
-const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer', 'nbdAllow']);
+const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer', 'nbdAllow', 'apiTlsCert', 'apiTlsKey']);
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
 export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -84,6 +88,7 @@ export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv
     requireToken: pick(overrides.requireToken, booleanKey(file, 'requireToken'), false),
     tls: tlsConfig(overrides, file),
     nbdAllow: [...accessFromFile(file.nbdAllow), ...(overrides.nbdAllow ?? [])],
+    apiTls: apiTls(overrides.apiTlsCert ?? stringKey(file, 'apiTlsCert'), overrides.apiTlsKey ?? stringKey(file, 'apiTlsKey')),
     logLevel,
     initialVolumes: [...fileVolumes, ...(overrides.createVolume ?? []).map(parseVolumeSpec)],
     retentionIntervalMs: retentionInterval(file.retentionIntervalSeconds) * 1000,
@@ -164,4 +169,10 @@ function accessFromFile(value: unknown): string[] {
     if (!Array.isArray(exports) || !exports.every((entry) => typeof entry === 'string')) throw new HindsightError('CONFIG_INVALID', `config "nbdAllow.${identity}" must be a list of export names`);
     return `${identity}=${exports.join(',')}`;
   });
+}
+
+function apiTls(cert: string | undefined, key: string | undefined): DaemonConfig['apiTls'] {
+  if (cert === undefined && key === undefined) return null;
+  if (cert === undefined || key === undefined) throw new HindsightError('CONFIG_INVALID', 'HTTPS for the API needs both --api-tls-cert and --api-tls-key');
+  return { cert: path.resolve(cert), key: path.resolve(key) };
 }

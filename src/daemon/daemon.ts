@@ -72,7 +72,7 @@ export class Daemon {
       const auth = { required: config.requireToken || !isLoopback(config.api.host), tokens: new TokenStore(config.dataDir) };
       const api = buildApi({
         volumes, nbd, jobs, version: VERSION, startedAt, dataDir: config.dataDir, log: log.child({ component: 'api' }),
-        ports: () => ({ nbd: ports.nbd, api: ports.api }), auth,
+        ports: () => ({ nbd: ports.nbd, api: ports.api }), auth, https: readApiTls(config),
       });
       try {
         await api.listen({ host: config.api.host, port: config.api.port });
@@ -147,4 +147,13 @@ function writePortsFile(dataDir: string, ports: BoundPorts): void {
   const temporary = `${file}.tmp`;
   fs.writeFileSync(temporary, `${JSON.stringify({ pid: process.pid, ...ports }, null, 2)}\n`);
   fs.renameSync(temporary, file);
+}
+
+function readApiTls(config: DaemonConfig): { cert: Buffer; key: Buffer } | null {
+  if (!config.apiTls) return null;
+  try {
+    return { cert: fs.readFileSync(config.apiTls.cert), key: fs.readFileSync(config.apiTls.key) };
+  } catch (err) {
+    throw new HindsightError('CONFIG_INVALID', `API TLS: ${(err as Error).message}`);
+  }
 }

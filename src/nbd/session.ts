@@ -223,10 +223,29 @@ export class NbdSession {
     this.listen(secure);
   }
 
-  /** Too much in flight or queued for this client: take nothing more until it settles. */
+  /**
+   * Too much in flight or queued for this client — or for all clients together: take
+   * nothing more until it settles.
+   */
   private mustWait(): boolean {
-    return this.inflight >= LIMITS.nbdInflightPerConnectionMax
-      || this.socket.writableLength + this.reservedBytes > LIMITS.nbdReplyQueueBytesMax;
+    if (this.inflight >= LIMITS.nbdInflightPerConnectionMax || this.socket.writableLength + this.reservedBytes > LIMITS.nbdReplyQueueBytesMax) return true;
+    if (NbdSession.inflightTotal >= LIMITS.nbdInflightTotalMax) {
+      NbdSession.waitingForCapacity.add(this);
+      return true;
+    }
+    return false;
+  }
+
+  /** Requests running on every session, and the sessions waiting for that to go down. */
+  private static inflightTotal = 0;
+  private static readonly waitingForCapacity = new Set<NbdSession>();
+
+  /** A request finished somewhere: sessions held back by the total limit may go on. */
+  private static capacityFreed(): void {
+    if (NbdSession.inflightTotal >= LIMITS.nbdInflightTotalMax || NbdSession.waitingForCapacity.size === 0) return;
+    const waiting = [...NbdSession.waitingForCapacity];
+    NbdSession.waitingForCapacity.clear();
+    for (const session of waiting) session.pump();
   }
 
   private drainMessages(): void {
@@ -300,6 +319,7 @@ export class NbdSession {
     }
     const reserved = REPLY_OVERHEAD_BYTES + (request.type === Cmd.READ || request.type === Cmd.WRITE ? request.lengthBytes : 0);
     this.inflight += 1;
+    NbdSession.inflightTotal += 1;
     this.reservedBytes += reserved;
     void executeRequest(request, agreement, pool).then((reply) => {
       // The device call has settled: the payload is no longer referenced.
@@ -311,6 +331,7 @@ export class NbdSession {
   private onReply(reply: Buffer, reserved: number): void {
     const wasWaiting = this.mustWait();
     this.inflight -= 1;
+    NbdSession.inflightTotal -= 1;
     this.reservedBytes -= reserved;
     if (!this.closed) {
       if (!this.replyBatchOpen) {
@@ -324,6 +345,7 @@ export class NbdSession {
       this.socket.write(reply, () => pool.release(reply));
     }
     if (wasWaiting && !this.mustWait()) this.pump();
+    NbdSession.capacityFreed();
     if (this.inflight === 0) this.wakeIdle();
   }
 
@@ -373,6 +395,7 @@ export class NbdSession {
 
   private onClosed(): void {
     this.closed = true;
+    NbdSession.waitingForCapacity.delete(this);
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.events.onClose(this);

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { makeTempDir, startDaemon } from '../helpers/daemon.js';
 import { hindsight } from '../helpers/interop.js';
+import { run } from '../helpers/run.js';
 
 async function get(url: string, token?: string): Promise<{ status: number; body: Record<string, unknown> }> {
   const response = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });
@@ -88,4 +89,30 @@ test('NBD beyond loopback is still refused without --insecure; on loopback the A
     fs.rmSync(open.dataDir, { recursive: true, force: true });
   });
   assert.equal((await get(`${open.apiUrl}/api/v1/volumes`)).status, 200, 'loopback without --require-token is open (local trust)');
+});
+
+test('the API over HTTPS: clients that trust the CA get through (with a token beyond loopback), others do not', async (t) => {
+  const dir = makeTempDir('hindsight-https-');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const sh = (command: string) => run('sh', ['-c', `cd '${dir}' && ${command}`]);
+  await sh(`openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca-cert.pem -days 2 -subj '/CN=api test CA'`);
+  await sh(`openssl req -newkey rsa:2048 -nodes -keyout api-key.pem -out api.csr -subj '/CN=localhost'`);
+  fs.writeFileSync(path.join(dir, 'san.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  await sh('openssl x509 -req -in api.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial -out api-cert.pem -days 2 -extfile san.cnf');
+  const daemon = await startDaemon({ dataDir: path.join(dir, 'data'), volumes: ['v:8M'], extraArgs: ['--api', '0.0.0.0:0', '--api-tls-cert', path.join(dir, 'api-cert.pem'), '--api-tls-key', path.join(dir, 'api-key.pem')] });
+  t.after(async () => {
+    await daemon.stop();
+  });
+  assert.match(daemon.apiUrl, /^https:\/\//);
+  const api = daemon.apiUrl.replace('0.0.0.0', '127.0.0.1');
+  const created = await hindsight(['token', 'create', 'ops', '--data', path.join(dir, 'data'), '--json']);
+  const { token } = JSON.parse(created.stdout) as { token: string };
+  const trusted = { ...process.env, NODE_EXTRA_CA_CERTS: path.join(dir, 'ca-cert.pem'), HINDSIGHT_TOKEN: token };
+  const listed = await hindsight(['volume', 'list', '--api', api, '--json'], { env: trusted });
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.match(listed.stdout, /"name": "v"/);
+  const untrusted = await hindsight(['volume', 'list', '--api', api], { env: { ...process.env, HINDSIGHT_TOKEN: token } });
+  assert.notEqual(untrusted.code, 0, 'a client that does not trust the certificate does not connect');
+  const noToken = await hindsight(['volume', 'list', '--api', api], { env: { ...process.env, NODE_EXTRA_CA_CERTS: path.join(dir, 'ca-cert.pem') } });
+  assert.match(noToken.stderr, /UNAUTHORIZED/);
 });

@@ -10,6 +10,7 @@ import { clientFlags, goData, metaContextData, option, request } from '../helper
 import { startInProcess } from '../helpers/in-process.js';
 import type { InProcessServer } from '../helpers/in-process.js';
 import { RawClient } from '../helpers/raw-client.js';
+import { LIMITS } from '../../src/core/index.js';
 
 const SIZE = 8 * 1024 * 1024;
 const ERR_UNSUP = 0x80000001;
@@ -317,4 +318,29 @@ test('a client that sends DISC and vanishes, or stops mid-handshake after an ABO
   while (server.nbd.connections().length > before && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
   assert.equal(server.nbd.connections().length, before, 'the sessions are gone (the server sees its peers close even after it ended its side)');
   await assertServerHealthy(0x77);
+});
+
+test('past the total in-flight limit sessions wait, and every request is still answered', async () => {
+  const limits = LIMITS as { nbdInflightTotalMax: number };
+  const saved = limits.nbdInflightTotalMax;
+  limits.nbdInflightTotalMax = 3;
+  try {
+    const clients = await Promise.all(Array.from({ length: 6 }, () => RawClient.open(server.port, 'disk0')));
+    for (const [c, client] of clients.entries()) {
+      for (let i = 0; i < 20; i += 1) client.send(request({ type: 0, cookie: BigInt(c * 100 + i + 1), offset: i * 65536, length: 65536 }));
+    }
+    for (const client of clients) {
+      const cookies = new Set<bigint>();
+      for (let i = 0; i < 20; i += 1) {
+        const reply = await client.readReply(65536);
+        assert.ok(reply.kind === 'simple-read', 'answered');
+        cookies.add(reply.cookie);
+      }
+      assert.equal(cookies.size, 20, 'every request answered once');
+      client.socket.destroy();
+    }
+  } finally {
+    limits.nbdInflightTotalMax = saved;
+  }
+  await assertServerHealthy(0x42);
 });
