@@ -45,6 +45,8 @@ export interface RetentionRun {
 
 /** Rounds of forced expiry per run (each removes a quarter of what may go, while it frees space). */
 const FORCED_ROUNDS_MAX = 4;
+/** A wall clock further ahead than this of the monotonic one pauses expiry. */
+const CLOCK_JUMP_MS_MAX = 10 * 60_000;
 /** The background runs' reclaim analysis (a replay of the history) at most this often. */
 const ANALYSE_EVERY_MS = 10 * 60_000;
 
@@ -52,6 +54,8 @@ export class RetentionService {
   private timer: NodeJS.Timeout | null = null;
   private readonly running = new Map<string, Promise<RetentionRun>>();
   private stopped = false;
+  /** Wall and monotonic clocks at start: a forward jump of the wall clock is seen. */
+  private clockBase = { wallMs: Date.now(), monoMs: performance.now() };
 
   constructor(private readonly host: RetentionHost, private readonly intervalMs: number) {}
 
@@ -93,6 +97,17 @@ export class RetentionService {
     const { device, policy, maxSizeBytes } = target;
     const options = { pins: () => this.host.pins(name), nowUs: Date.now() * 1000 };
     const cancelled = () => this.stopped;
+    // The wall clock must not have jumped ahead of the monotonic one since the daemon
+    // started: a clock set a year forward would otherwise expire real history for good.
+    // A run asked for by hand (`volume thin`) takes the clock as it is now.
+    const jumpMs = Date.now() - this.clockBase.wallMs - (performance.now() - this.clockBase.monoMs);
+    if (onDemand) {
+      this.clockBase.wallMs = Date.now();
+      this.clockBase.monoMs = performance.now();
+    } else if (jumpMs > CLOCK_JUMP_MS_MAX) {
+      this.host.event(name, 'warn', 'the wall clock is ahead of the time elapsed since the daemon started (set forward, or the machine slept): retention expires nothing until `hindsight volume thin NAME` confirms the clock', { jumpSeconds: Math.round(jumpMs / 1000) });
+      throw new Error(`the wall clock jumped ${Math.round(jumpMs / 1000)} s ahead: retention skipped until volume thin confirms the clock`);
+    }
     const pointsExpired = await this.host.serialise(() => expireByPolicy(device, policy, options));
     // In the background the reclaim analysis (a replay of the history) runs at most every
     // ANALYSE_EVERY_MS; on demand, now.

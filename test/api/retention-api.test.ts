@@ -248,3 +248,22 @@ async function reopenForClose(): Promise<VolumeManager> {
   await manager.open();
   return manager;
 }
+
+test('a wall clock set far forward pauses background expiry until volume thin confirms it', async (t) => {
+  const dataDir = makeTempDir('hindsight-clock-');
+  t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  const manager = new VolumeManager({ dataDir, syncEveryWrite: false, retentionIntervalMs: 0 });
+  await manager.open();
+  t.after(() => manager.close());
+  await manager.create('c', 8 * MiB, { keep: 'all:1h,1m:1d' });
+  const device = manager.device('c')!;
+  for (let i = 0; i < 20; i += 1) await device.write(i * 4096, Buffer.alloc(4096, i + 1), { fua: false });
+  await device.flush();
+  const realNow = Date.now.bind(Date);
+  t.mock.method(Date, 'now', () => realNow() + 365 * 86_400_000);
+  const background = (manager as unknown as { retention: { run(name: string, onDemand: boolean): Promise<unknown> } }).retention;
+  await assert.rejects(background.run('c', false), /wall clock jumped/);
+  assert.equal(manager.get('c').device!.history.expired.length, 0, 'nothing expired on a clock a year ahead');
+  const confirmed = await manager.thin('c');
+  assert.ok((confirmed as { pointsExpired: number }).pointsExpired > 0, 'volume thin takes the clock as it is');
+});
