@@ -75,11 +75,12 @@ export function buildApi(context: ApiContext): FastifyInstance {
   });
 
   const auth = context.auth ?? { required: false, tokens: new TokenStore(context.dataDir) };
+  auth.tokens.onDamage = (message) => context.log.error(message);
   app.addHook('onRequest', async (request) => {
     if (!auth.required || request.url === '/api/v1/health') return;
     const header = request.headers.authorization;
     // The token is never logged; only whose it was.
-    const presented = typeof header === 'string' && header.startsWith('Bearer ') ? header.slice(7).trim() : null;
+    const presented = typeof header === 'string' && /^bearer /i.test(header) ? header.slice(7).trim() : null;
     if (!presented) throw new HindsightError('UNAUTHORIZED', 'this API needs a token: pass --token or set HINDSIGHT_TOKEN (hindsight token create NAME --data DIR makes one)');
     const token = auth.tokens.verify(presented);
     if (!token) {

@@ -34,6 +34,10 @@ interface TokenFile {
 export class TokenStore {
   private tokens: StoredToken[] = [];
   private loadedMtimeMs = -1;
+  private damaged = false;
+
+  /** Told (once per change of the file) why a damaged tokens.json is refused. */
+  onDamage: (message: string) => void = () => undefined;
 
   constructor(private readonly dataDir: string) {}
 
@@ -51,16 +55,22 @@ export class TokenStore {
       this.loadedMtimeMs = -1;
       return this.tokens;
     }
+    if (mtimeMs === this.loadedMtimeMs && this.damaged) throw new HindsightError('UNAUTHORIZED', 'the daemon cannot check tokens right now (see its log)');
     if (mtimeMs !== this.loadedMtimeMs) {
+      this.damaged = false;
       let parsed: TokenFile;
       try {
         parsed = JSON.parse(fs.readFileSync(this.file, 'utf8')) as TokenFile;
+        if (parsed?.formatVersion !== FORMAT_VERSION || !Array.isArray(parsed.tokens)) throw new Error('unknown format');
       } catch (err) {
-        // Refuse everyone rather than guess: a damaged file must not open the API.
-        throw new HindsightError('CONFIG_INVALID', `${this.file} cannot be read (${(err as Error).message}); no token is accepted until it is fixed`);
+        // Refuse everyone rather than guess: a damaged file must not open the API. The reason
+        // goes to the daemon's log, not to a client that has not proved anything yet.
+        this.onDamage(`${this.file} cannot be used (${(err as Error).message}); no token is accepted until it is fixed`);
+        this.damaged = true;
+        this.loadedMtimeMs = mtimeMs;
+        throw new HindsightError('UNAUTHORIZED', 'the daemon cannot check tokens right now (see its log)');
       }
-      if (parsed?.formatVersion !== FORMAT_VERSION || !Array.isArray(parsed.tokens)) throw new HindsightError('CONFIG_INVALID', `${this.file} has an unknown format`);
-      this.tokens = parsed.tokens.filter((token) => typeof token.id === 'string' && typeof token.sha256 === 'string');
+      this.tokens = parsed.tokens.filter((token): token is StoredToken => typeof token === 'object' && token !== null && typeof token.id === 'string' && typeof token.sha256 === 'string' && typeof token.name === 'string');
       this.loadedMtimeMs = mtimeMs;
     }
     return this.tokens;

@@ -16,7 +16,7 @@ import { formatAddress, isLoopback } from './address.js';
 import type { ListenAddress } from './address.js';
 import type { DaemonConfig } from './config.js';
 import { DataDirLock } from './lock.js';
-import { loadNbdTls, parseAccess } from './tls.js';
+import { authenticatesClients, loadNbdTls, parseAccess } from './tls.js';
 import { VERSION } from './version.js';
 
 export interface BoundPorts {
@@ -82,6 +82,9 @@ export class Daemon {
       const apiAddress = api.server.address();
       if (apiAddress && typeof apiAddress === 'object') ports.api = { host: apiAddress.address, port: apiAddress.port };
       writePortsFile(config.dataDir, ports);
+      if (!isLoopback(config.api.host) && !config.apiTls) {
+        log.warn({ api: formatAddress(ports.api) }, 'the API listens beyond loopback over plain HTTP: tokens travel in clear; use --api-tls-cert/--api-tls-key');
+      }
       volumes.startRetention();
       log.info({ nbd: formatAddress(ports.nbd), api: formatAddress(ports.api), dataDir: config.dataDir, volumes: volumes.names() }, 'hindsight ready');
       return new Daemon(config, ports, log, lock, volumes, nbd, api, jobs);
@@ -128,17 +131,16 @@ export function catalogOf(volumes: VolumeManager): ExportCatalog {
 
 /**
  * Nothing listens beyond loopback without protection unless the user insists: the API
- * requires tokens there (always); NBD only with `--tls require`.
+ * requires tokens there (always); NBD only with `--tls require` and clients that prove who
+ * they are (a PSK, or certificates with --tls-verify-peer).
  */
 function refuseInsecureBinds(config: DaemonConfig): void {
-  if (config.insecure || config.tls.mode === 'require') return;
-  for (const [what, address] of [['NBD', config.nbd]] as const) {
-    if (!isLoopback(address.host)) {
-      throw new HindsightError(
-        'INSECURE_BIND',
-        `refusing to expose the ${what} on ${formatAddress(address)} without TLS or authentication; bind to loopback or pass --insecure`,
-      );
-    }
+  if (config.insecure || authenticatesClients(config.tls)) return;
+  if (!isLoopback(config.nbd.host)) {
+    throw new HindsightError(
+      'INSECURE_BIND',
+      `refusing to expose NBD on ${formatAddress(config.nbd)} without TLS that authenticates clients (--tls require with --tls-psk-file, or --tls-certificates with --tls-verify-peer); bind to loopback or pass --insecure`,
+    );
   }
 }
 

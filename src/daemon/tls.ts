@@ -9,7 +9,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type tls from 'node:tls';
+import tls from 'node:tls';
 import { HindsightError } from '../core/index.js';
 import type { ExportAccess, SessionTls } from '../nbd/index.js';
 
@@ -27,7 +27,11 @@ export function loadNbdTls(config: TlsConfig): SessionTls | null {
   if (!config.x509Dir && !config.pskFile) {
     throw new HindsightError('CONFIG_INVALID', `--tls ${config.mode} needs credentials: --tls-certificates DIR (ca-cert.pem, server-cert.pem, server-key.pem) or --tls-psk-file FILE`);
   }
-  const options: tls.TlsOptions = { minVersion: 'TLSv1.2' };
+  // Both at once would let a client finish a certificate handshake while naming a PSK
+  // identity it never proved: one or the other.
+  if (config.x509Dir && config.pskFile) throw new HindsightError('CONFIG_INVALID', 'use --tls-certificates or --tls-psk-file, not both');
+  const contextOptions: tls.SecureContextOptions = { minVersion: 'TLSv1.2' };
+  const serverOptions: tls.TlsOptions = {};
   if (config.x509Dir) {
     const read = (name: string) => {
       const file = path.join(config.x509Dir!, name);
@@ -37,32 +41,49 @@ export function loadNbdTls(config: TlsConfig): SessionTls | null {
         throw new HindsightError('CONFIG_INVALID', `TLS: cannot read ${file} (${(err as Error).message})`);
       }
     };
-    options.cert = read('server-cert.pem');
-    options.key = read('server-key.pem');
-    options.ca = read('ca-cert.pem');
-    options.requestCert = config.verifyPeer ?? false;
-    options.rejectUnauthorized = config.verifyPeer ?? false;
+    contextOptions.cert = read('server-cert.pem');
+    contextOptions.key = read('server-key.pem');
+    contextOptions.ca = read('ca-cert.pem');
+    serverOptions.requestCert = config.verifyPeer ?? false;
+    serverOptions.rejectUnauthorized = config.verifyPeer ?? false;
   }
   if (config.pskFile) {
     const keys = readPskFile(config.pskFile);
-    options.pskCallback = (socket: tls.TLSSocket, identity: string) => {
+    serverOptions.pskCallback = (socket: tls.TLSSocket, identity: string) => {
       const key = keys.get(identity) ?? null;
+      // Without certificates a handshake can only finish with this key: the identity holds.
       if (key) (socket as PskSocket).pskIdentity = identity;
       return key;
     };
-    // PSK suites are off by default; TLS 1.3 suites take PSKs as they are.
-    options.ciphers = config.x509Dir ? 'DEFAULT:PSK' : 'PSK';
+    contextOptions.ciphers = 'PSK';
   }
-  return { mode: config.mode, options, identify };
+  // Tried once now: a key that does not fit its certificate fails here, at start, not on a
+  // client's STARTTLS.
+  try {
+    tls.createSecureContext(contextOptions);
+  } catch (err) {
+    throw new HindsightError('CONFIG_INVALID', `TLS credentials: ${(err as Error).message}`);
+  }
+  const verifyPeer = Boolean(config.x509Dir && config.verifyPeer);
+  return {
+    mode: config.mode,
+    server: () => tls.createServer({ ...contextOptions, ...serverOptions }),
+    identify: (socket) => identify(socket, verifyPeer),
+  };
+}
+
+/** Whether clients must prove who they are (a PSK, or a certificate from the CA). */
+export function authenticatesClients(config: TlsConfig): boolean {
+  return config.mode === 'require' && (Boolean(config.pskFile) || Boolean(config.x509Dir && config.verifyPeer));
 }
 
 type PskSocket = tls.TLSSocket & { pskIdentity?: string };
 
 /** The identity TLS proved: the PSK identity, or the verified client certificate's CN. */
-function identify(socket: tls.TLSSocket): string | null {
+function identify(socket: tls.TLSSocket, verifyPeer: boolean): string | null {
   const psk = (socket as PskSocket).pskIdentity;
   if (psk) return psk;
-  if (!socket.authorized) return null;
+  if (!verifyPeer || !socket.authorized) return null;
   const subject = socket.getPeerCertificate()?.subject as { CN?: string | string[] } | undefined;
   const cn = Array.isArray(subject?.CN) ? subject?.CN[0] : subject?.CN;
   return cn ?? null;

@@ -31,8 +31,12 @@ export interface SessionLogger {
 /** TLS for NBD_OPT_STARTTLS: 'on' offers it, 'require' refuses everything else first. */
 export interface SessionTls {
   mode: 'on' | 'require';
-  options: tls.TlsOptions;
-  /** Who the client proved to be once TLS is up (certificate CN, PSK identity), or null. */
+  /**
+   * A TLS server (never listening) to hand a connection to after STARTTLS: Node's server
+   * path does the checks (client certificates, PSK) and sets `authorized`.
+   */
+  server: () => tls.Server;
+  /** Who the client proved to be once TLS is up (verified certificate CN, PSK identity), or null. */
   identify?: (socket: tls.TLSSocket) => string | null;
 }
 
@@ -142,6 +146,8 @@ export class NbdSession {
   }
 
   private onData(chunk: Buffer): void {
+    // Our side is ended: what still comes is read (to see the peer close) and dropped.
+    if (this.socket.writableEnded) return;
     if (this.draining && !this.refusing) return;
     if (this.startingTls && !this.secure) {
       this.abort('client sent data after NBD_OPT_STARTTLS before the TLS handshake');
@@ -174,11 +180,22 @@ export class NbdSession {
    * does not close within nbdCloseLingerMs.
    */
   private endOurSide(): void {
+    if (this.ending) return;
+    this.ending = true;
+    // The peer gets nbdCloseLingerMs once every reply has gone out ('finish'): replies still
+    // queued for a slow reader are not cut short (the write-stall check covers a dead one).
+    this.socket.once('finish', () => {
+      this.lingerTimer = setTimeout(() => this.abort('peer did not close after the end of the session'), LIMITS.nbdCloseLingerMs);
+      this.lingerTimer.unref();
+    });
     this.socket.end();
     this.readingPaused = false;
     this.socket.resume();
-    setTimeout(() => this.abort('peer did not close after the end of the session'), LIMITS.nbdCloseLingerMs).unref();
+    this.watchStall();
   }
+
+  private ending = false;
+  private lingerTimer: NodeJS.Timeout | null = null;
 
   /** Decodes and starts as many buffered messages as the limits allow, replies batched. */
   private pump(): void {
@@ -206,21 +223,29 @@ export class NbdSession {
     raw.removeAllListeners('data');
     raw.removeAllListeners('end');
     raw.removeAllListeners('drain');
-    const secure = new tls.TLSSocket(raw, { ...this.tlsConfig!.options, isServer: true });
-    secure.once('secure', () => {
+    let server: tls.Server;
+    try {
+      server = this.tlsConfig!.server();
+    } catch (err) {
+      this.log.warn({ session: this.id, err: (err as Error).message }, 'nbd TLS could not start');
+      raw.destroy();
+      return;
+    }
+    server.once('secureConnection', (secure: tls.TLSSocket) => {
+      this.socket = secure;
+      this.listen(secure);
+      secure.on('error', (err) => this.log.info({ session: this.id, err: err.message }, 'nbd TLS connection error'));
       this.startingTls = false;
       this.identity = this.tlsConfig!.identify?.(secure) ?? null;
       this.negotiation.tlsStarted(this.identity);
       this.log.info({ session: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher()?.name, identity: this.identity }, 'nbd TLS started');
       this.pump();
     });
-    secure.on('error', (err) => {
-      this.log.warn({ session: this.id, remote: this.remoteAddress, err: err.message }, 'nbd TLS handshake or connection failed');
-      secure.destroy();
+    server.once('tlsClientError', (err: Error) => {
+      this.log.warn({ session: this.id, remote: this.remoteAddress, err: err.message }, 'nbd TLS handshake failed');
       raw.destroy();
     });
-    this.socket = secure;
-    this.listen(secure);
+    server.emit('connection', raw);
   }
 
   /**
@@ -229,7 +254,8 @@ export class NbdSession {
    */
   private mustWait(): boolean {
     if (this.inflight >= LIMITS.nbdInflightPerConnectionMax || this.socket.writableLength + this.reservedBytes > LIMITS.nbdReplyQueueBytesMax) return true;
-    if (NbdSession.inflightTotal >= LIMITS.nbdInflightTotalMax) {
+    // (Options never wait for other clients' I/O: a handshake must not time out behind it.)
+    if (this.agreement !== null && NbdSession.inflightTotal >= LIMITS.nbdInflightTotalMax) {
       NbdSession.waitingForCapacity.add(this);
       return true;
     }
@@ -344,8 +370,10 @@ export class NbdSession {
       }
       this.socket.write(reply, () => pool.release(reply));
     }
-    if (wasWaiting && !this.mustWait()) this.pump();
+    // Sessions waiting for the total limit go first, so a busy one cannot keep the slot.
     NbdSession.capacityFreed();
+    if (wasWaiting && !this.mustWait()) this.pump();
+    this.watchStall();
     if (this.inflight === 0) this.wakeIdle();
   }
 
@@ -374,23 +402,25 @@ export class NbdSession {
   }
 
   /**
-   * While replies wait for a client that reads none of them, nothing else tells us if it is
-   * gone (reading is paused): past nbdWriteStallMs without the queue draining, it is cut off.
+   * A client that takes none of its queued replies for nbdWriteStallMs may be gone (a paused
+   * socket, or one we ended, tells us nothing): it is cut off. Any progress re-arms the check.
    */
   private stallTimer: NodeJS.Timeout | null = null;
+  private stallMark = 0;
 
   private watchStall(): void {
-    const stalled = this.readingPaused && this.socket.writableLength > 0;
-    if (stalled && this.stallTimer === null) {
-      this.stallTimer = setTimeout(() => {
-        this.stallTimer = null;
-        if (this.readingPaused && this.socket.writableLength > 0) this.abort(`client read none of its replies for ${LIMITS.nbdWriteStallMs} ms`);
-      }, LIMITS.nbdWriteStallMs);
-      this.stallTimer.unref();
-    } else if (!stalled && this.stallTimer !== null) {
-      clearTimeout(this.stallTimer);
+    if (this.closed || this.stallTimer !== null || this.socket.writableLength === 0) return;
+    this.stallMark = this.socket.bytesWritten;
+    this.stallTimer = setTimeout(() => {
       this.stallTimer = null;
-    }
+      if (this.closed || this.socket.writableLength === 0) return;
+      if (this.socket.bytesWritten === this.stallMark) {
+        this.abort(`client took none of its replies for ${LIMITS.nbdWriteStallMs} ms`);
+        return;
+      }
+      this.watchStall();
+    }, LIMITS.nbdWriteStallMs);
+    this.stallTimer.unref();
   }
 
   private onClosed(): void {
@@ -398,6 +428,7 @@ export class NbdSession {
     NbdSession.waitingForCapacity.delete(this);
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     if (this.stallTimer) clearTimeout(this.stallTimer);
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.events.onClose(this);
     // Device calls still running resolve later; their replies are dropped.
     this.wakeIdle();

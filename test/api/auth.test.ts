@@ -70,6 +70,16 @@ test('beyond loopback, the API wants a token; tokens are hashed, listed without 
   assert.equal(revoked.code, 0, revoked.stderr);
   assert.equal((await get(`${api}/api/v1/volumes`, token)).status, 401, 'a revoked token is refused');
   assert.ok(!daemon.stderr().includes(token.split('_')[2]), 'the secret never reaches the log');
+
+  // A damaged tokens.json: every request refused (401, never 500), no path shown to clients.
+  const second2 = JSON.parse(fs.readFileSync(file, 'utf8')) as { tokens: unknown[] };
+  fs.writeFileSync(file, JSON.stringify({ formatVersion: 1, tokens: [null, ...second2.tokens] }));
+  assert.equal((await get(`${api}/api/v1/volumes`, token)).status, 401, 'an odd entry is skipped, not a crash');
+  fs.writeFileSync(file, '{"formatVersion": 1, "tok');
+  const damaged = await get(`${api}/api/v1/volumes`, token);
+  assert.equal(damaged.status, 401);
+  assert.equal(damaged.body.code, 'UNAUTHORIZED');
+  assert.ok(!String(damaged.body.message).includes(dataDir), 'no path in the answer');
 });
 
 test('NBD beyond loopback is still refused without --insecure; on loopback the API needs no token unless --require-token', async (t) => {

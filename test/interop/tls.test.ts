@@ -56,13 +56,17 @@ async function daemonWith(t: TestContext, args: string[]): Promise<DaemonHandle>
 
 const nbdinfo = (uri: string) => run('nbdinfo', ['--json', uri], { allowFailure: true, timeoutMs: 20_000 });
 
-test('X.509: nbdinfo, nbdcopy, qemu-io and qemu-img over TLS; plaintext refused under --tls require; NBD may listen beyond loopback', async (t) => {
+test('X.509: nbdinfo, nbdcopy, qemu-io and qemu-img over TLS; plaintext refused under --tls require; not beyond loopback without client authentication', async (t) => {
   const dir = makeTempDir('hindsight-tls-');
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const certs = path.join(dir, 'server');
   await makeCertificates(certs);
   const client = clientDir(certs, path.join(dir, 'client'), false);
-  const daemon = await daemonWith(t, ['--tls', 'require', '--tls-certificates', certs, '--nbd', '0.0.0.0:0']);
+  // Beyond loopback only when clients must prove who they are: not without --tls-verify-peer.
+  const refused = await run('node', [path.join(process.cwd(), 'bin', 'hindsight.js'), 'serve', '--data', path.join(dir, 'refused'), '--nbd', '0.0.0.0:0', '--api', '127.0.0.1:0', '--tls', 'require', '--tls-certificates', certs], { allowFailure: true, timeoutMs: 20_000 });
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /INSECURE_BIND/);
+  const daemon = await daemonWith(t, ['--tls', 'require', '--tls-certificates', certs]);
   const port = daemon.nbdPort;
   const tlsUri = `nbds://127.0.0.1:${port}/v?tls-certificates=${client}`;
 
@@ -114,16 +118,38 @@ test('TLS-PSK: nbdinfo and qemu-img with the key; a wrong key is refused', async
   assert.notEqual(plain.code, 0, 'plaintext is refused');
 });
 
-test('--tls-verify-peer wants a client certificate from the CA; --tls on also serves plaintext', async (t) => {
+test('--tls-verify-peer wants a client certificate from the CA (and lets NBD listen beyond loopback); --tls on also serves plaintext', async (t) => {
   const dir = makeTempDir('hindsight-tls-peer-');
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const certs = path.join(dir, 'server');
   await makeCertificates(certs);
-  const strict = await daemonWith(t, ['--tls', 'require', '--tls-certificates', certs, '--tls-verify-peer']);
+  const strict = await daemonWith(t, ['--tls', 'require', '--tls-certificates', certs, '--tls-verify-peer', '--nbd', '0.0.0.0:0']);
   const withCert = await nbdinfo(`nbds://127.0.0.1:${strict.nbdPort}/v?tls-certificates=${clientDir(certs, path.join(dir, 'with'), true)}`);
   assert.equal(withCert.code, 0, withCert.stderr);
   const without = await nbdinfo(`nbds://127.0.0.1:${strict.nbdPort}/v?tls-certificates=${clientDir(certs, path.join(dir, 'without'), false)}`);
   assert.notEqual(without.code, 0, 'no client certificate: refused');
+
+  // The certificate's CN is the identity --nbd-allow matches (CN=backup-client here).
+  const acl = await daemonWith(t, ['--create-volume', 'w:8M', '--tls', 'require', '--tls-certificates', certs, '--tls-verify-peer', '--nbd-allow', 'backup-client=v']);
+  assert.equal((await nbdinfo(`nbds://127.0.0.1:${acl.nbdPort}/v?tls-certificates=${path.join(dir, 'with')}`)).code, 0, 'CN backup-client opens v');
+  assert.notEqual((await nbdinfo(`nbds://127.0.0.1:${acl.nbdPort}/w?tls-certificates=${path.join(dir, 'with')}`)).code, 0, 'and not w');
+
+  // Bad credentials fail at start, never on a client's STARTTLS; certificates and PSK together are refused.
+  const other = path.join(dir, 'other');
+  await makeCertificates(other, 'another CA');
+  const mixed = path.join(dir, 'mixed');
+  fs.mkdirSync(mixed);
+  for (const name of ['ca-cert.pem', 'server-cert.pem']) fs.copyFileSync(path.join(certs, name), path.join(mixed, name));
+  fs.copyFileSync(path.join(other, 'server-key.pem'), path.join(mixed, 'server-key.pem'));
+  const serve = (args: string[]) => run('node', [path.join(process.cwd(), 'bin', 'hindsight.js'), 'serve', '--data', path.join(dir, `d${args.length}`), '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', ...args], { allowFailure: true, timeoutMs: 20_000 });
+  const badKey = await serve(['--tls', 'require', '--tls-certificates', mixed]);
+  assert.notEqual(badKey.code, 0);
+  assert.match(badKey.stderr, /CONFIG_INVALID/);
+  fs.writeFileSync(path.join(dir, 'k.psk'), `a:${'11'.repeat(32)}
+`);
+  const both = await serve(['--tls', 'require', '--tls-certificates', certs, '--tls-psk-file', path.join(dir, 'k.psk')]);
+  assert.notEqual(both.code, 0);
+  assert.match(both.stderr, /not both/);
 
   const optional = await daemonWith(t, ['--tls', 'on', '--tls-certificates', certs]);
   assert.equal((await nbdinfo(`nbd://127.0.0.1:${optional.nbdPort}/v`)).code, 0, '--tls on: plaintext still served');

@@ -344,3 +344,58 @@ test('past the total in-flight limit sessions wait, and every request is still a
   }
   await assertServerHealthy(0x42);
 });
+
+test('replies queued for a slow reader outlive the end of the session; a client that takes none is cut off', async () => {
+  const limits = LIMITS as { nbdWriteStallMs: number; nbdCloseLingerMs: number };
+  const saved = { stall: limits.nbdWriteStallMs, linger: limits.nbdCloseLingerMs };
+  limits.nbdWriteStallMs = 1500;
+  limits.nbdCloseLingerMs = 300;
+  try {
+    // A slow but steady reader: 24 x 1 MiB of replies then DISC; it reads them over ~2.5 s.
+    const slow = await RawClient.open(server.port, 'disk0');
+    for (let i = 0; i < 24; i += 1) slow.send(request({ type: 0, cookie: BigInt(i + 1), offset: (i % 8) * 1024 * 1024, length: 1024 * 1024 }));
+    slow.send(request({ type: 2, cookie: 99n }));
+    for (let i = 0; i < 24; i += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const reply = await slow.readReply(1024 * 1024);
+      assert.ok(reply.kind === 'simple-read', `reply ${i + 1} of 24 arrives`);
+    }
+    slow.socket.destroy();
+    // A client that takes none of its replies: the server cuts it off after the stall time
+    // (its own paused socket would not notice).
+    const before = server.nbd.connections().length;
+    const stuck = await RawClient.open(server.port, 'disk0');
+    stuck.socket.pause();
+    for (let i = 0; i < 100; i += 1) stuck.send(request({ type: 0, cookie: BigInt(i + 1), offset: (i % 8) * 1024 * 1024, length: 1024 * 1024 }));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(server.nbd.connections().length, before + 1);
+    const deadline = Date.now() + 8000;
+    while (server.nbd.connections().length > before && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(server.nbd.connections().length, before, 'the client that reads nothing is cut off');
+    stuck.socket.destroy();
+  } finally {
+    limits.nbdWriteStallMs = saved.stall;
+    limits.nbdCloseLingerMs = saved.linger;
+  }
+  await assertServerHealthy(0x31);
+});
+
+test('the total in-flight limit never holds a handshake back', async () => {
+  const limits = LIMITS as { nbdInflightTotalMax: number };
+  const saved = limits.nbdInflightTotalMax;
+  limits.nbdInflightTotalMax = 1;
+  try {
+    const busy = await RawClient.open(server.port, 'disk0');
+    for (let i = 0; i < 200; i += 1) busy.send(request({ type: 0, cookie: BigInt(i + 1), offset: (i % 8) * 1024 * 1024, length: 256 * 1024 }));
+    const started = Date.now();
+    const fresh = await RawClient.open(server.port, 'disk0');
+    assert.ok(Date.now() - started < 250, `a GO is answered at once (${Date.now() - started} ms)`);
+    fresh.send(request({ type: 0, cookie: 1n, offset: 0, length: 4096 }));
+    assert.equal((await fresh.readReply(4096)).kind, 'simple-read', 'and its request is served among the busy one\'s');
+    fresh.socket.destroy();
+    for (let i = 0; i < 200; i += 1) await busy.readReply(256 * 1024);
+    busy.socket.destroy();
+  } finally {
+    limits.nbdInflightTotalMax = saved;
+  }
+});
