@@ -83,6 +83,11 @@ export class TokenStore {
   /** A new token: the secret is returned once and never stored. */
   create(name: string): TokenInfo & { token: string } {
     if (!NAME.test(name)) throw new HindsightError('INVALID_NAME', `a token name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    return this.locked(() => this.createNow(name));
+  }
+
+  private createNow(name: string): TokenInfo & { token: string } {
+    this.loadedMtimeMs = -1; // re-read under the lock: another process may have changed it
     const tokens = this.current();
     if (tokens.some((token) => token.name === name)) throw new HindsightError('INVALID_NAME', `a token named "${name}" exists; revoke it first or pick another name`);
     if (tokens.length >= TOKENS_MAX) throw new HindsightError('LIMIT_REACHED', `${tokens.length} tokens exist (at most ${TOKENS_MAX})`);
@@ -94,6 +99,11 @@ export class TokenStore {
   }
 
   revoke(idOrName: string): TokenInfo {
+    return this.locked(() => this.revokeNow(idOrName));
+  }
+
+  private revokeNow(idOrName: string): TokenInfo {
+    this.loadedMtimeMs = -1;
     const tokens = this.current();
     const found = tokens.find((token) => token.id === idOrName || token.name === idOrName);
     if (!found) throw new HindsightError('TOKEN_NOT_FOUND', `no token with id or name "${idOrName}"`);
@@ -110,6 +120,34 @@ export class TokenStore {
     const expected = Buffer.from(found.sha256, 'hex');
     const actual = Buffer.from(sha256(match[2]), 'hex');
     return expected.length === actual.length && timingSafeEqual(expected, actual) ? { id: found.id, name: found.name, createdAt: found.createdAt } : null;
+  }
+
+  /**
+   * Changes happen under `tokens.json.lock` (created exclusively), so the daemon's API and a
+   * `token … --data DIR` beside it cannot undo each other's change. A lock older than 10 s
+   * is taken for a crash's leftover.
+   */
+  private locked<T>(work: () => T): T {
+    fs.mkdirSync(this.dataDir, { recursive: true });
+    const lock = `${this.file}.lock`;
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      try {
+        fs.closeSync(fs.openSync(lock, 'wx', 0o600));
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        const age = Date.now() - (fs.statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+        if (age > 10_000) fs.rmSync(lock, { force: true });
+        else if (Date.now() > deadline) throw new HindsightError('LIMIT_REACHED', `${lock} is held by another change; try again`);
+        else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+      }
+    }
+    try {
+      return work();
+    } finally {
+      fs.rmSync(lock, { force: true });
+    }
   }
 
   private write(tokens: StoredToken[]): void {

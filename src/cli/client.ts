@@ -1,4 +1,5 @@
 /** The CLI's HTTP client for the daemon's API. Every failure becomes a HindsightError. */
+import fs from 'node:fs';
 import { HindsightError } from '../core/index.js';
 import type { ErrorCode } from '../core/index.js';
 
@@ -8,9 +9,19 @@ export function apiUrl(flag: string | undefined, env: NodeJS.ProcessEnv = proces
   return (flag ?? env.HINDSIGHT_API ?? DEFAULT_API_URL).replace(/\/+$/, '');
 }
 
-/** The API token to present: --token (main.ts puts it here) or HINDSIGHT_TOKEN. */
+/**
+ * The API token to present: --token (main.ts puts it here), HINDSIGHT_TOKEN, or the file
+ * HINDSIGHT_TOKEN_FILE names (keeps it out of `ps` and shell history).
+ */
 export function apiToken(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const token = env.HINDSIGHT_TOKEN?.trim();
+  let token = env.HINDSIGHT_TOKEN?.trim();
+  if (!token && env.HINDSIGHT_TOKEN_FILE) {
+    try {
+      token = fs.readFileSync(env.HINDSIGHT_TOKEN_FILE, 'utf8').trim();
+    } catch (err) {
+      throw new HindsightError('INVALID_ARGUMENT', `cannot read HINDSIGHT_TOKEN_FILE ${env.HINDSIGHT_TOKEN_FILE}: ${(err as Error).message}`);
+    }
+  }
   return token ? token : undefined;
 }
 

@@ -24,7 +24,7 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 
-  program.option('--token <token>', 'API token (default $HINDSIGHT_TOKEN); needed when the API listens beyond loopback');
+  program.option('--token <token>', 'API token (default $HINDSIGHT_TOKEN, or the file $HINDSIGHT_TOKEN_FILE names, which keeps it out of ps); needed when the API listens beyond loopback');
   program.hook('preAction', (command) => {
     const token = command.opts().token as string | undefined;
     if (token) process.env.HINDSIGHT_TOKEN = token;

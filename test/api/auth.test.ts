@@ -54,12 +54,21 @@ test('beyond loopback, the API wants a token; tokens are hashed, listed without 
   assert.equal(listed.code, 0, listed.stderr);
   const withFlag = await hindsight(['--token', token, 'volume', 'info', 'v', '--api', api, '--json']);
   assert.equal(withFlag.code, 0, withFlag.stderr);
+  fs.writeFileSync(path.join(dataDir, '..', `${path.basename(dataDir)}.token`), `${token}\n`);
+  const fromFile = await hindsight(['volume', 'info', 'v', '--api', api], { env: { ...process.env, HINDSIGHT_TOKEN_FILE: path.join(dataDir, '..', `${path.basename(dataDir)}.token`) } });
+  assert.equal(fromFile.code, 0, fromFile.stderr);
+  fs.rmSync(path.join(dataDir, '..', `${path.basename(dataDir)}.token`));
+  // Concurrent changes from the API and from --data beside it: none undoes another.
+  const burst = await Promise.all(Array.from({ length: 6 }, (_, i) => hindsight(['token', 'create', `burst-${i}`, '--data', dataDir])));
+  assert.ok(burst.every((result) => result.code === 0), burst.map((result) => result.stderr).join(''));
+  const afterBurst = await get(`${api}/api/v1/tokens`, token);
+  assert.equal((afterBurst.body.tokens as unknown[]).filter((entry) => String((entry as { name: string }).name).startsWith('burst-')).length, 6, 'every concurrent create is kept');
 
   // A second token through the API; list shows names and ids, never secrets.
   const second = await fetch(`${api}/api/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'monitoring' }) });
   assert.equal(second.status, 201);
   const list = await get(`${api}/api/v1/tokens`, token);
-  assert.deepEqual((list.body.tokens as Array<{ name: string }>).map((entry) => entry.name).sort(), ['backup-server', 'monitoring']);
+  assert.deepEqual((list.body.tokens as Array<{ name: string }>).map((entry) => entry.name).filter((name) => !name.startsWith('burst-')).sort(), ['backup-server', 'monitoring']);
   assert.ok(!JSON.stringify(list.body).includes('hst_'), 'no secret in the listing');
   const bad = await hindsight(['token', 'create', '../x', '--data', dataDir]);
   assert.notEqual(bad.code, 0);
