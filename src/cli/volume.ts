@@ -91,7 +91,7 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
       if (options.json) printJson(v);
       else {
         const cap = v.retention.maxSizeBytes === null ? 'no size cap' : `at most ${size(v.retention.maxSizeBytes)}`;
-        process.stdout.write(`volume ${v.name} is now ${v.readOnly ? 'read-only' : 'writable'}, ${v.reduce ? 'storing only what changed' : 'storing every write whole'}, keeping ${v.retention.keep} (${cap})\n`);
+        process.stdout.write(`volume ${v.name}: ${v.readOnly ? 'read-only' : 'writable'}, ${v.reduce ? 'storing only what changed' : 'storing every write whole'}, keeping ${v.retention.keep} (${cap})\n`);
       }
       return 0;
     }));

@@ -50,6 +50,8 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
         last = run[0] - 1;
       }
       seq = last === 0 ? 0 : sameContentKept(history, last);
+      // The kept point before a thinned stretch shows no write yet: say it was thinned.
+      if (seq === 0 && run) throw expired(volume, asked, history, run);
       if (seq === 0) {
         throw new HindsightError('POINT_BEFORE_HISTORY',
           `${asked} is before the first write to volume "${volume}" (seq ${firstChange} at ${formatTimeUs(history.timeOf(firstChange))})`);
