@@ -282,3 +282,23 @@ test('a second daemon on the same data directory fails with DATA_DIR_LOCKED and 
   assert.equal(status.code, 0, 'the first daemon still answers');
   assert.equal((await run('nbdinfo', ['--can', 'connect', daemon.uri('existing')], { allowFailure: true })).code, 0);
 });
+
+test('volume create/set --keep --max-size, volume thin, and volume info show retention; a bad policy is one line with its code', async () => {
+  const created = await cli(['volume', 'create', 'kept', '--size', '16M', '--keep', 'all:1h,1m:1d', '--max-size', '1G', '--json']);
+  assert.equal(created.code, 0, created.stderr);
+  const info = JSON.parse((await cli(['volume', 'info', 'kept', '--json'])).stdout) as { retention: { keep: string; maxSizeBytes: number; state: string; forecast: string } };
+  assert.deepEqual([info.retention.keep, info.retention.maxSizeBytes, info.retention.state], ['all:1h,1m:1d', 1024 ** 3, 'ok']);
+  const set = await cli(['volume', 'set', 'kept', '--keep', 'all:forever', '--max-size', 'none']);
+  assert.equal(set.code, 0, set.stderr);
+  assert.match(set.stdout, /keeping all:forever \(no size cap\)/);
+  const thin = await cli(['volume', 'thin', 'kept']);
+  assert.equal(thin.code, 0, thin.stderr);
+  assert.match(thin.stdout, /0 point\(s\) expired/);
+  const human = await cli(['volume', 'info', 'kept']);
+  assert.match(human.stdout, /retention\s+--keep all:forever, --max-size none: ok/);
+  const bad = await cli(['volume', 'set', 'kept', '--keep', '1h:1m']);
+  assert.notEqual(bad.code, 0);
+  assert.equal(bad.stderr.trim().split('\n').length, 1, 'one line');
+  assert.match(bad.stderr, /RETENTION_INVALID/);
+  assert.equal((await cli(['volume', 'delete', 'kept'])).code, 0);
+});
