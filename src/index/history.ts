@@ -410,6 +410,12 @@ export class History {
     return bytes;
   }
 
+  /** Whether region `regionIndex` has postings in (from, to]. */
+  touchedBetween(regionIndex: number, from: number, to: number): boolean {
+    const history = this.regions[regionIndex];
+    return history !== undefined && history.postingsUpTo(to) > history.postingsUpTo(from);
+  }
+
   /** Regions with history, in the order first touched. */
   touchedRegions(): readonly number[] {
     return this.touched;
@@ -422,11 +428,13 @@ export class History {
    * the caller's to leave alone meanwhile: only appends may happen). A record never visible there was overwritten
    * before the next kept point: dropping its payload changes no kept point.
    */
-  *visibleWrites(regionIndex: number, kept: ArrayLike<number>, upTo: number, visible: (seq: number) => void): Generator<void, void> {
+  *visibleWrites(regionIndex: number, kept: ArrayLike<number>, upTo: number, visible: (seq: number) => void, fromSeq = 0): Generator<void, void> {
     const history = this.regions[regionIndex];
     if (!history) return;
-    const region = new Region();
-    let previous = 0;
+    // From `fromSeq` (a kept point: its state is exact, built from the snapshots) or the start.
+    const region = fromSeq > 0 ? this.regionAt(regionIndex, fromSeq) ?? new Region() : new Region();
+    const firstPosting = fromSeq > 0 ? history.postingsUpTo(fromSeq) : 0;
+    let previous = fromSeq;
     let changed = false;
     /** Is a point of `kept` in [from, to)? (binary search: regions x kept points stays cheap) */
     const keptWithin = (from: number, to: number) => {
@@ -450,7 +458,7 @@ export class History {
       }
       changed = false;
     };
-    for (let i = 0; i < history.count; i += 1) {
+    for (let i = firstPosting; i < history.count; i += 1) {
       const seq = history.seqs[i];
       if (seq > upTo) break;
       // The state so far is the one at every kept point in [previous, seq).

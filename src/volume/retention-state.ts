@@ -47,6 +47,13 @@ export class RetentionState {
   readonly compressedSegments = new Set<number>();
   /** What the last reclaim analysis saw (not persisted): it is not repeated for nothing. */
   lastAnalysis: { expired: number; sealed: number; atMs: number } | null = null;
+  /**
+   * The reclaim analysis' verdicts (memory only; the first run after start analyses all):
+   * per seq - seqFirst up to `upTo`, 1 = some kept point shows the record, 2 = none does.
+   * Later runs analyse only the stretches around points expired since, and newly sealed
+   * records (retention.ts).
+   */
+  verdicts: { seen: Uint8Array; upTo: number; expired: Array<[number, number]> } | null = null;
   /** The last run since start (not persisted). */
   lastRun: { at: string; pointsExpired: number; pointsForced: number; bytesReclaimed: number; journalBytes: number; durationMs: number } | null = null;
 

@@ -144,8 +144,10 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
   const unchanged = last !== null && last.expired === state.expired && last.sealed === state.sealed;
   const tooSoon = last !== null && options.analyseEveryMs !== undefined && Date.now() - last.atMs < options.analyseEveryMs;
   const analyse = upTo >= history.seqFirst && lastExpired > 0 && !unchanged && !tooSoon;
-  const visible = analyse ? await visibleWrites(device, upTo, options.sliceMs ?? 5, cancelled) : null;
-  if (visible) device.retention.lastAnalysis = { ...state, atMs: Date.now() };
+  const verdicts = analyse ? await analyseVisibility(device, upTo, options.sliceMs ?? 5, cancelled) : null;
+  if (verdicts) device.retention.lastAnalysis = { ...state, atMs: Date.now() };
+  // A record no kept point shows (2) may go; unknown (0) or shown (1) stays.
+  const visible = verdicts ? { at: (seq: number) => verdicts[seq - history.seqFirst] !== 2 } : null;
   for (const segment of device.sealedSegments()) {
     if (cancelled()) break;
     // A sealed segment is compacted once to compress it, and again whenever enough of it
@@ -157,7 +159,7 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     let bytes = 0;
     for (const entry of segment.entries) {
       bytes += recordSpan(entry.payloadBytes);
-      if (visible === null || entry.type !== RecordType.WRITE || entry.seq > upTo || visible[entry.seq - history.seqFirst] === 1) continue;
+      if (visible === null || entry.type !== RecordType.WRITE || entry.seq > upTo || visible.at(entry.seq)) continue;
       if (history.expiredRunOf(entry.seq) === null) continue;
       thinned.add(entry.seq);
       reclaimable += recordSpan(entry.payloadBytes) - RECORD_HEADER_BYTES;
@@ -173,6 +175,126 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
   }
   return report;
+}
+
+/**
+ * Which WRITE records up to `upTo` some kept point shows: verdicts per seq - seqFirst (1
+ * shown, 2 not). The first time, the whole history is replayed; then only the stretches a
+ * change can affect: around each run of points expired since (from the kept point before it
+ * to the kept point after it — a record before that stretch is shown at its start, one
+ * after it is untouched) and the records sealed since. A rollback in a stretch is replayed
+ * with it; one past `upTo` keeps what its target shows.
+ */
+async function analyseVisibility(device: JournaledDevice, upTo: number, sliceMs: number, cancelled: () => boolean): Promise<Uint8Array | null> {
+  const history = device.history;
+  const state = device.retention;
+  const previous = state.verdicts;
+  if (previous === null || process.env.HINDSIGHT_RETENTION_FULL_ANALYSIS === '1') {
+    const visible = await visibleWrites(device, upTo, sliceMs, cancelled);
+    if (!visible) return null;
+    const seen = new Uint8Array(upTo - history.seqFirst + 1);
+    for (let i = 0; i < seen.length; i += 1) seen[i] = visible[i] === 1 ? 1 : 2;
+    state.verdicts = { seen, upTo, expired: history.expired.map(([a, b]) => [a, b]) };
+    return seen;
+  }
+  const seen = new Uint8Array(upTo - history.seqFirst + 1);
+  seen.set(previous.seen.subarray(0, Math.min(previous.seen.length, seen.length)));
+  // What changed: points expired since, and records sealed since.
+  const changes: Array<[number, number]> = newlyExpired(previous.expired, history.expired, upTo);
+  if (upTo > previous.upTo) changes.push([previous.upTo, upTo]);
+  const keptBefore = (seq: number) => {
+    let at = seq;
+    for (let run = history.expiredRunOf(at); run !== null && at >= history.seqFirst; run = history.expiredRunOf(at)) at = run[0] - 1;
+    return Math.max(0, at);
+  };
+  const keptAfter = (seq: number) => {
+    let at = seq;
+    for (let run = history.expiredRunOf(at); run !== null && at <= upTo; run = history.expiredRunOf(at)) at = run[1] + 1;
+    return Math.min(upTo, at);
+  };
+  const bands = mergeBands(changes.map(([x, y]) => [keptBefore(x - 1), keptAfter(y + 1)] as [number, number]));
+  const mark = (seq: number) => {
+    seen[seq - history.seqFirst] = 1;
+  };
+  let sliceStart = performance.now();
+  for (const [from, to] of bands) {
+    // Not shown (2) unless a kept point in the stretch, or its end, shows it.
+    for (let seq = Math.max(from + 1, history.seqFirst); seq <= to; seq += 1) seen[seq - history.seqFirst] = 2;
+    const kept: number[] = [];
+    for (let seq = from + 1; seq <= to; seq += 1) if (history.expiredRunOf(seq) === null) kept.push(seq);
+    // A rollback after the stretch brings back what its target in the stretch shows: kept
+    // for it (a full replay would see exactly what comes back; this keeps at least that).
+    history.revertSeqs.forEach((revertSeq, i) => {
+      const target = history.revertTargets[i];
+      if (revertSeq > to && target > from && target <= to) kept.push(target);
+    });
+    kept.sort((a, b) => a - b);
+    for (const regionIndex of [...history.touchedRegions()]) {
+      if (!history.touchedBetween(regionIndex, from, to)) continue;
+      for (const _ of history.visibleWrites(regionIndex, kept, to, mark, from)) {
+        const spent = performance.now() - sliceStart;
+        if (spent >= sliceMs) {
+          if (cancelled()) return null;
+          await new Promise((resolve) => setTimeout(resolve, Math.ceil(spent)));
+          sliceStart = performance.now();
+        }
+      }
+      if (cancelled()) return null;
+    }
+  }
+  state.verdicts = { seen, upTo, expired: history.expired.map(([a, b]) => [a, b]) };
+  if (process.env.HINDSIGHT_RETENTION_VERIFY_ANALYSIS === '1') {
+    try {
+      await verifyAgainstFull(device, seen, upTo, sliceMs);
+    } catch (err) {
+      // What a failure needs to be understood: the stretches this run analysed.
+      throw new Error(`${(err as Error).message} (previous upTo ${previous.upTo}, upTo ${upTo}, stretches ${JSON.stringify(bands)})`);
+    }
+  }
+  return seen;
+}
+
+/** Tests: a record the stretch-by-stretch verdicts drop must be one a full replay drops. */
+async function verifyAgainstFull(device: JournaledDevice, seen: Uint8Array, upTo: number, sliceMs: number): Promise<void> {
+  const history = device.history;
+  const full = await visibleWrites(device, upTo, sliceMs, () => false);
+  if (!full) return;
+  for (let seq = history.seqFirst; seq <= upTo; seq += 1) {
+    if (history.typeOf(seq) !== RecordType.WRITE || history.expiredRunOf(seq) === null) continue;
+    // Keeping more than a full replay would is allowed (a rollback's target), less is not.
+    if (seen[seq - history.seqFirst] === 2 && full[seq - history.seqFirst] === 1) throw new Error(`retention analysis: seq ${seq} is droppable by stretches, shown by a full replay`);
+  }
+}
+
+/** The seqs expired in `now` and not in `before`, as runs, up to `upTo`. */
+function newlyExpired(before: ReadonlyArray<readonly [number, number]>, now: ReadonlyArray<readonly [number, number]>, upTo: number): Array<[number, number]> {
+  const added: Array<[number, number]> = [];
+  let j = 0;
+  for (const [a, b] of now) {
+    let at = a;
+    while (at <= b && at <= upTo) {
+      while (j < before.length && before[j][1] < at) j += 1;
+      const covering = j < before.length && before[j][0] <= at ? before[j] : null;
+      if (covering) {
+        at = covering[1] + 1;
+        continue;
+      }
+      const end = Math.min(b, upTo, j < before.length ? before[j][0] - 1 : Infinity);
+      added.push([at, end]);
+      at = end + 1;
+    }
+  }
+  return added;
+}
+
+function mergeBands(bands: Array<[number, number]>): Array<[number, number]> {
+  const merged: Array<[number, number]> = [];
+  for (const [a, b] of bands.sort((x, y) => x[0] - y[0])) {
+    const last = merged[merged.length - 1];
+    if (last && a <= last[1]) last[1] = Math.max(last[1], b);
+    else merged.push([a, b]);
+  }
+  return merged;
 }
 
 /** Which WRITE records up to `upTo` some kept point (or `upTo`) shows: 1 at seq - seqFirst. */
