@@ -216,7 +216,6 @@ async function analyseVisibility(device: JournaledDevice, upTo: number, sliceMs:
   const mark = (seq: number) => {
     seen[seq - history.seqFirst] = 1;
   };
-  let sliceStart = performance.now();
   for (const [from, to] of bands) {
     // Not shown (2) unless a kept point in the stretch, or its end, shows it.
     for (let seq = Math.max(from + 1, history.seqFirst); seq <= to; seq += 1) seen[seq - history.seqFirst] = 2;
@@ -229,18 +228,8 @@ async function analyseVisibility(device: JournaledDevice, upTo: number, sliceMs:
       if (revertSeq > to && target > from && target <= to) kept.push(target);
     });
     kept.sort((a, b) => a - b);
-    for (const regionIndex of [...history.touchedRegions()]) {
-      if (!history.touchedBetween(regionIndex, from, to)) continue;
-      for (const _ of history.visibleWrites(regionIndex, kept, to, mark, from)) {
-        const spent = performance.now() - sliceStart;
-        if (spent >= sliceMs) {
-          if (cancelled()) return null;
-          await new Promise((resolve) => setTimeout(resolve, Math.ceil(spent)));
-          sliceStart = performance.now();
-        }
-      }
-      if (cancelled()) return null;
-    }
+    const regions = history.touchedRegions().filter((regionIndex) => history.touchedBetween(regionIndex, from, to));
+    if (!(await replayRegions(device, regions, kept, to, mark, from, sliceMs, cancelled))) return null;
   }
   state.verdicts = { seen, upTo, expired: history.expired.map(([a, b]) => [a, b]) };
   if (process.env.HINDSIGHT_RETENTION_VERIFY_ANALYSIS === '1') {
@@ -319,22 +308,30 @@ async function visibleWrites(device: JournaledDevice, upTo: number, sliceMs: num
   });
   kept.sort((a, b) => a - b);
   const visible = new Uint8Array(upTo - history.seqFirst + 1);
-  let sliceStart = performance.now();
   const mark = (seq: number) => {
     visible[seq - history.seqFirst] = 1;
   };
-  for (const regionIndex of [...history.touchedRegions()]) {
-    for (const _ of history.visibleWrites(regionIndex, kept, upTo, mark)) {
+  return (await replayRegions(device, [...history.touchedRegions()], kept, upTo, mark, 0, sliceMs, cancelled)) ? visible : null;
+}
+
+/**
+ * History.visibleWrites over `regions`, in slices of `sliceMs` with equal rests; false if
+ * cancelled on the way.
+ */
+async function replayRegions(device: JournaledDevice, regions: readonly number[], kept: number[], upTo: number, mark: (seq: number) => void, from: number, sliceMs: number, cancelled: () => boolean): Promise<boolean> {
+  let sliceStart = performance.now();
+  for (const regionIndex of regions) {
+    for (const _ of device.history.visibleWrites(regionIndex, kept, upTo, mark, from)) {
       const spent = performance.now() - sliceStart;
       if (spent >= sliceMs) {
-        if (cancelled()) return null;
+        if (cancelled()) return false;
         await new Promise((resolve) => setTimeout(resolve, Math.ceil(spent)));
         sliceStart = performance.now();
       }
     }
-    if (cancelled()) return null;
+    if (cancelled()) return false;
   }
-  return visible;
+  return true;
 }
 
 function countExpired(runs: ReadonlyArray<readonly [number, number]>): number {
