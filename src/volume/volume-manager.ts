@@ -330,6 +330,11 @@ export class VolumeManager {
     if (maxSizeBytes !== null && journalBytes > maxSizeBytes) {
       warnings.push(`the journal (${formatSize(journalBytes)}) exceeds --max-size ${formatSize(maxSizeBytes)}: bookmarks, mounts or the "all" window hold it; older points go ahead of the policy at each run`);
     }
+    // The history's memory grows with every write kept (issue 5 will bound it): say so early.
+    const historyBytes = device?.stats().historyBytes ?? 0;
+    if (historyBytes > HISTORY_BYTES_WARN) {
+      warnings.push(`the history of this volume holds ${formatSize(historyBytes)} of memory and grows with every write (about 70 bytes each); shorter retention tiers do not shrink it yet — plan memory, or delete and re-create old volumes`);
+    }
     const lastForced = state?.lastForced ?? null;
     if (lastForced && Date.parse(lastForced.at) > Date.now() - 86_400_000) {
       warnings.push(`at ${lastForced.at}, --max-size removed ${lastForced.pointsExpired} points (${lastForced.from} .. ${lastForced.to}) ahead of the policy`);
@@ -775,6 +780,9 @@ async function diskUsage(directory: string): Promise<number> {
 function volumeIdOf(record: VolumeRecord): Buffer {
   return Buffer.from(record.id.replace(/-/g, ''), 'hex');
 }
+
+/** A volume whose history holds more memory than this gets a warning in volume info. */
+const HISTORY_BYTES_WARN = 2 * 1024 ** 3;
 
 function policyOrError(record: VolumeRecord): ReturnType<typeof parseRetention> | HindsightError {
   try {
