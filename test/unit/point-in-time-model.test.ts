@@ -68,7 +68,7 @@ function kindOf(type: number, flags = 0): PitRecord['kind'] | string {
 class Subject {
   device: JournaledDevice;
   /** An index.ckpt kept aside (and the seqLast when it was kept): reopening with it replays a longer tail. */
-  staleCheckpoint: { bytes: Buffer; seq: number; compactedSince: boolean } | null = null;
+  staleCheckpoint: { bytes: Buffer; seq: number } | null = null;
   /** Payloads compressed by compactions along the way. */
   compactions = 0;
   readonly flushSeqs: number[] = [];
@@ -201,7 +201,7 @@ class Subject {
   /** Keeps the current index.ckpt aside: reopening with it later replays a tail with rollbacks. */
   keepCheckpoint(): void {
     const file = path.join(this.options.directory, 'index.ckpt');
-    if (fs.existsSync(file)) this.staleCheckpoint = { bytes: fs.readFileSync(file), seq: this.seqLast, compactedSince: false };
+    if (fs.existsSync(file)) this.staleCheckpoint = { bytes: fs.readFileSync(file), seq: this.seqLast };
   }
 
   /**
@@ -211,11 +211,11 @@ class Subject {
   async compact(): Promise<void> {
     const report = await reclaimSpace(this.device, { sliceMs: 1 });
     this.compactions += report.recordsCompressed;
-    if (report.segmentsCompacted > 0 && this.staleCheckpoint) this.staleCheckpoint.compactedSince = true;
   }
 
   async reopen(mode: 'checkpoint' | 'none' | 'stale', base?: () => BlockDevice): Promise<void> {
     if (mode === 'stale' && !this.staleCheckpoint) mode = 'checkpoint';
+    const generationBefore = this.device.retention.compactions;
     await this.device.close();
     const file = path.join(this.options.directory, 'index.ckpt');
     if (mode === 'none') fs.rmSync(file, { force: true });
@@ -223,7 +223,8 @@ class Subject {
     this.device = JournaledDevice.open(base ? { ...this.options, base: base() } : this.options);
     this.reopens[mode] += 1;
     this.recordsFromTocs += this.device.openReport.historyFromTocs;
-    if (mode === 'stale' && this.staleCheckpoint!.compactedSince) {
+    // (The checkpoint's compaction generation is at byte 104; the volume's is in retention.json.)
+    if (mode === 'stale' && Number(this.staleCheckpoint!.bytes.readBigUInt64LE(104)) !== generationBefore) {
       // Made before a compaction: it names positions that moved, so it must not be used.
       assert.match(this.device.openReport.checkpoint, /^ignored \(made before compaction/, `${this.label}: a checkpoint from before a compaction is ignored`);
     } else {
