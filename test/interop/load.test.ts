@@ -192,6 +192,9 @@ test(`32 connections over 8 volumes for ${SECONDS} s, a slow client and quitters
   t.diagnostic(line);
   console.log(`# load: ${line}`);
   assert.ok(stats.ops > 100, 'the clients got work done');
-  assert.ok(afterwards.fds <= before.fds + 2, `descriptors are back (${before.fds} before, ${afterwards.fds} after)`);
+  // Sealed journal segments stay open for reads (an LRU per volume): those may remain.
+  let sealed = 0;
+  for (let v = 0; v < VOLUMES; v += 1) sealed += Math.max(0, fs.readdirSync(path.join(dataDir, 'volumes', `load${v}`, 'journal')).filter((name) => name.endsWith('.seg')).length - 1);
+  assert.ok(afterwards.fds <= before.fds + 2 + sealed, `descriptors are back (${before.fds} before, ${afterwards.fds} after, ${sealed} sealed segments may stay open)`);
   assert.ok(samples.length >= 3 && late <= warm + 128, `memory other than history does not grow after warm-up (${warm} MiB, then up to ${late} MiB)`);
 });
