@@ -21,10 +21,10 @@ async function get(url: string, token?: string): Promise<{ status: number; body:
 
 test('beyond loopback, the API wants a token; tokens are hashed, listed without secrets, revocable', async (t) => {
   const dataDir = makeTempDir('hindsight-auth-');
-  t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
   const daemon = await startDaemon({ dataDir, volumes: ['v:8M'], extraArgs: ['--api', '0.0.0.0:0'] });
   t.after(async () => {
     await daemon.stop();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
   const api = daemon.apiUrl.replace('0.0.0.0', '127.0.0.1');
   assert.equal((await get(`${api}/api/v1/health`)).status, 200, 'the health check needs no token');
@@ -93,13 +93,13 @@ test('beyond loopback, the API wants a token; tokens are hashed, listed without 
 
 test('NBD beyond loopback is still refused without --insecure; on loopback the API needs no token unless --require-token', async (t) => {
   const dataDir = makeTempDir('hindsight-auth-');
-  t.after(() => fs.rmSync(dataDir, { recursive: true, force: true }));
   const refused = await hindsight(['serve', '--data', dataDir, '--nbd', '0.0.0.0:0', '--api', '127.0.0.1:0', '--log-level', 'warn']);
   assert.notEqual(refused.code, 0);
   assert.match(refused.stderr, /INSECURE_BIND/);
   const daemon = await startDaemon({ dataDir, extraArgs: ['--require-token'] });
   t.after(async () => {
     await daemon.stop();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
   assert.equal((await get(`${daemon.apiUrl}/api/v1/volumes`)).status, 401, '--require-token applies on loopback');
   const open = await startDaemon({ dataDir: makeTempDir('hindsight-auth-open-') });
