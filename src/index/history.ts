@@ -3,7 +3,7 @@
  *
  * Two structures, both in typed arrays off the JS heap:
  * - the record table: every journal record in seq order (type, range, time, where its
- *   payload is) — 38 bytes a record; answers "which seq was the last write at time T";
+ *   payload is) — 42 bytes a record; answers "which seq was the last write at time T";
  * - per 4 MiB region, its postings: the seqs of the records that touched it, ascending.
  *
  * The extents of region r at seq S are rebuilt by replaying r's postings up to S. So that

@@ -62,13 +62,8 @@ export async function applyRetention(device: JournaledDevice, policy: RetentionP
  */
 export async function expireByPolicy(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions): Promise<number> {
   const history = device.history;
-  // Only durable seqs expire: a crash must not hand an expired seq to a new write.
-  await device.syncThrough(history.seqLast);
+  const { pins, durable } = await expiryGround(device, options);
   const expiredBefore = countExpired(history.expired);
-  // (Rollback targets need no pin: the data a REVERT brings back is visible at the kept
-  // points after it, and kept for them.)
-  const pins = new Set<number>(options.pins());
-  const durable = Math.min(history.seqLast, device.durableSeq);
   const runs = durable >= history.seqFirst ? expiringRuns(policy, options.nowUs, (seq) => history.timeOf(seq), history.seqFirst, durable, pins) : [];
   await device.expirePoints(runs);
   return countExpired(history.expired) - expiredBefore;
@@ -83,9 +78,9 @@ export async function expireByPolicy(device: JournaledDevice, policy: RetentionP
  */
 export async function expireOldest(device: JournaledDevice, policy: RetentionPolicy, options: RetentionOptions & { share: number; upTo?: number }): Promise<number[]> {
   const history = device.history;
-  await device.syncThrough(history.seqLast);
-  const pins = new Set<number>(options.pins());
-  const durable = Math.min(history.seqLast, device.durableSeq, options.upTo ?? Infinity);
+  const ground = await expiryGround(device, options);
+  const pins = ground.pins;
+  const durable = Math.min(ground.durable, options.upTo ?? Infinity);
   const allFromUs = options.nowUs - keepAllUs(policy);
   const candidates: number[] = [];
   for (let seq = history.seqFirst; seq < durable; seq += 1) {
@@ -97,6 +92,16 @@ export async function expireOldest(device: JournaledDevice, policy: RetentionPol
   if ((await reclaimableIf(device, new Set(going), options.sliceMs ?? 5)) === 0) return [];
   await device.expirePoints(going.map((seq) => [seq, seq]));
   return going;
+}
+
+/**
+ * What every expiry stands on: the journal synced (only durable seqs expire: a crash must not
+ * hand an expired seq to a new write), the last durable seq, and the pinned seqs. (Rollback
+ * targets need no pin: what a REVERT brings back is kept for the points after it.)
+ */
+async function expiryGround(device: JournaledDevice, options: Pick<RetentionOptions, 'pins'>): Promise<{ pins: Set<number>; durable: number }> {
+  await device.syncThrough(device.history.seqLast);
+  return { pins: new Set<number>(options.pins()), durable: Math.min(device.history.seqLast, device.durableSeq) };
 }
 
 /** Payload bytes compaction could drop if the points `going` expired too (nothing changes). */
