@@ -90,7 +90,7 @@ export async function startHindsightDaemon(options: DaemonStartOptions): Promise
   const child = startProcess(process.execPath, [
     ...(options.nodeArgs ?? []),
     path.join(options.root, 'bin', 'hindsight.js'), 'serve',
-    '--data', options.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--log-level', options.logLevel ?? 'warn', '--json',
+    '--data', options.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--log-level', options.logLevel ?? 'warn', '--json',
   ], { cwd: options.root });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (text: string) => {

@@ -8,8 +8,10 @@ import type { FastifyInstance, FastifyBaseLogger } from 'fastify';
 import { HindsightError, LIMITS, isHindsightError, parseSize } from '../core/index.js';
 import type { NbdServer } from '../nbd/index.js';
 import type { JobRegistry, VolumeManager } from '../volume/index.js';
+import type { ReplicationService } from '../replication/index.js';
 import { attachedClients } from './clients.js';
 import { registerHistoryRoutes } from './history-routes.js';
+import { registerReplicationRoutes } from './replication-routes.js';
 import { httpStatus } from './http-status.js';
 import { TokenStore } from './tokens.js';
 
@@ -26,6 +28,8 @@ export interface ApiContext {
   auth?: { required: boolean; tokens: TokenStore };
   /** HTTPS: the server certificate and key (PEM); plain HTTP without. */
   https?: { cert: Buffer; key: Buffer } | null;
+  /** Replication links and the listener (absent in some tests). */
+  replication?: ReplicationService;
 }
 
 const NAME_PARAM = {
@@ -214,6 +218,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
   app.get('/api/v1/connections', async () => ({ connections: context.nbd.connections() }));
 
   registerHistoryRoutes(app, context);
+  registerReplicationRoutes(app, context);
   return app;
 }
 

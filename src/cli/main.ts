@@ -11,6 +11,7 @@ import { serve } from './serve.js';
 import { registerHistoryCommands } from './history.js';
 import { registerVolumeCommands } from './volume.js';
 import { registerTokenCommands } from './tokens.js';
+import { registerReplicationCommands } from './replication.js';
 
 export async function main(argv: string[]): Promise<number> {
   let exitCode = 0;
@@ -35,7 +36,8 @@ export async function main(argv: string[]): Promise<number> {
     .option('--data <dir>', `data directory (default $HINDSIGHT_DATA or ${DEFAULTS.data})`)
     .option('--nbd <host:port>', `NBD listen address (default ${DEFAULTS.nbd})`)
     .option('--api <host:port>', `HTTP API listen address (default ${DEFAULTS.api})`)
-    .option('--replication <host:port>', `replication listen address (default ${DEFAULTS.replication}; reserved)`)
+    .option('--replication <host:port>', `replication listen address (default ${DEFAULTS.replication}; TLS-PSK only)`)
+    .option('--replication-psk-file <file>', 'replication keys, identity:hexkey lines; the first is this site\'s (default DATA/replication.psk, made at first start)')
     .option('--config <file>', 'YAML or JSON config file')
     .option('--sync-every-write', 'fdatasync after every write (slow, paranoid)')
     .option('--create-volume <name:size>', 'create this volume at start if missing (repeatable)', (value: string, previous: string[] = []) => [...previous, value])
@@ -55,6 +57,7 @@ export async function main(argv: string[]): Promise<number> {
   registerVolumeCommands(program, run);
   registerTokenCommands(program, run);
   registerHistoryCommands(program, run);
+  registerReplicationCommands(program, run);
 
   program.command('fsck [name]')
     .description('check every journal record (checksums, seq order) and the index of one volume or all; exit 2 when a problem is found')

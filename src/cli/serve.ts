@@ -10,10 +10,12 @@ export async function serve(overrides: ConfigOverrides, json: boolean): Promise<
     api: `${config.apiTls ? 'https' : 'http'}://${formatAddress(daemon.ports.api)}`,
     nbdPort: daemon.ports.nbd.port,
     apiPort: daemon.ports.api.port,
+    replication: formatAddress(daemon.ports.replication),
+    replicationPort: daemon.ports.replication.port,
     dataDir: config.dataDir,
     pid: process.pid,
   };
-  process.stdout.write(json ? `${JSON.stringify(summary)}\n` : `hindsight serving NBD on ${summary.nbd}, API on ${summary.api}, data in ${summary.dataDir}\n`);
+  process.stdout.write(json ? `${JSON.stringify(summary)}\n` : `hindsight serving NBD on ${summary.nbd}, API on ${summary.api}, replication on ${summary.replication}, data in ${summary.dataDir}\n`);
   await new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
       daemon.log.info({ signal }, 'signal received');

@@ -22,6 +22,8 @@ export interface DaemonConfig {
   nbd: ListenAddress;
   api: ListenAddress;
   replication: ListenAddress;
+  /** Replication keys (identity:hexkey lines; the first is this site's); default DATA/replication.psk, made at first start. */
+  replicationPskFile?: string;
   syncEveryWrite: boolean;
   insecure: boolean;
   /** API tokens required even on loopback (they always are beyond it). */
@@ -46,6 +48,7 @@ export interface ConfigOverrides {
   nbd?: string;
   api?: string;
   replication?: string;
+  replicationPskFile?: string;
   syncEveryWrite?: boolean;
   insecure?: boolean;
   requireToken?: boolean;
@@ -68,7 +71,7 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
-const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer', 'nbdAllow', 'apiTlsCert', 'apiTlsKey']);
+const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'replicationPskFile', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer', 'nbdAllow', 'apiTlsCert', 'apiTlsKey']);
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
 export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -83,6 +86,7 @@ export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv
     nbd: parseListenAddress(pick(overrides.nbd, stringKey(file, 'nbd'), DEFAULTS.nbd), 'nbd'),
     api: parseListenAddress(pick(overrides.api, stringKey(file, 'api'), DEFAULTS.api), 'api'),
     replication: parseListenAddress(pick(overrides.replication, stringKey(file, 'replication'), DEFAULTS.replication), 'replication'),
+    replicationPskFile: optionalPath(overrides.replicationPskFile ?? stringKey(file, 'replicationPskFile')),
     syncEveryWrite: pick(overrides.syncEveryWrite, booleanKey(file, 'syncEveryWrite'), false),
     insecure: pick(overrides.insecure, booleanKey(file, 'insecure'), false),
     requireToken: pick(overrides.requireToken, booleanKey(file, 'requireToken'), false),
@@ -169,6 +173,10 @@ function accessFromFile(value: unknown): string[] {
     if (!Array.isArray(exports) || !exports.every((entry) => typeof entry === 'string')) throw new HindsightError('CONFIG_INVALID', `config "nbdAllow.${identity}" must be a list of export names`);
     return `${identity}=${exports.join(',')}`;
   });
+}
+
+function optionalPath(value: string | undefined): string | undefined {
+  return value === undefined ? undefined : path.resolve(value);
 }
 
 function apiTls(cert: string | undefined, key: string | undefined): DaemonConfig['apiTls'] {

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { HindsightError, checkLimits } from '../core/index.js';
 import { TokenStore, buildApi } from '../api/index.js';
 import { NbdServer } from '../nbd/index.js';
+import { ReplicationService } from '../replication/index.js';
 import type { ExportCatalog, NbdExport } from '../nbd/index.js';
 import { JobRegistry, VolumeManager } from '../volume/index.js';
 import { formatAddress, isLoopback } from './address.js';
@@ -22,6 +23,7 @@ import { VERSION } from './version.js';
 export interface BoundPorts {
   nbd: ListenAddress;
   api: ListenAddress;
+  replication: ListenAddress;
 }
 
 export class Daemon {
@@ -36,6 +38,7 @@ export class Daemon {
     private readonly nbd: NbdServer,
     private readonly api: ReturnType<typeof buildApi>,
     private readonly jobs: JobRegistry,
+    private readonly replication: ReplicationService,
   ) {}
 
   static async start(config: DaemonConfig, log: Logger = pino({ level: config.logLevel }, pino.destination(2))): Promise<Daemon> {
@@ -46,6 +49,7 @@ export class Daemon {
     const volumes = new VolumeManager({ dataDir: config.dataDir, syncEveryWrite: config.syncEveryWrite, retentionIntervalMs: config.retentionIntervalMs });
     volumes.onRetentionEvent = (name, level, message, details) => log[level]({ volume: name, ...details }, message);
     let nbd: NbdServer | null = null;
+    let replication: ReplicationService | null = null;
     try {
       await volumes.open();
       for (const initial of config.initialVolumes) {
@@ -65,14 +69,16 @@ export class Daemon {
         log.error({ volume: name, error: error.message }, 'volume refused: damaged journal data');
         void server.disconnectExport(name).catch(() => undefined);
       };
-      const ports: BoundPorts = { nbd: nbdBound, api: { ...config.api } };
+      replication = ReplicationService.load({ dataDir: config.dataDir, volumes, log, pskFile: config.replicationPskFile ?? path.join(config.dataDir, 'replication.psk') });
+      const replicationBound = await replication.start(config.replication.host, config.replication.port);
+      const ports: BoundPorts = { nbd: nbdBound, api: { ...config.api }, replication: replicationBound };
       const startedAt = new Date();
       const jobs = new JobRegistry();
       // Beyond loopback the API always wants a token; on loopback when asked to.
       const auth = { required: config.requireToken || !isLoopback(config.api.host), tokens: new TokenStore(config.dataDir) };
       const api = buildApi({
         volumes, nbd, jobs, version: VERSION, startedAt, dataDir: config.dataDir, log: log.child({ component: 'api' }),
-        ports: () => ({ nbd: ports.nbd, api: ports.api }), auth, https: readApiTls(config),
+        ports: () => ({ nbd: ports.nbd, api: ports.api, replication: ports.replication }), auth, https: readApiTls(config), replication,
       });
       try {
         await api.listen({ host: config.api.host, port: config.api.port });
@@ -86,9 +92,10 @@ export class Daemon {
         log.warn({ api: formatAddress(ports.api) }, 'the API listens beyond loopback over plain HTTP: tokens travel in clear; use --api-tls-cert/--api-tls-key');
       }
       volumes.startRetention();
-      log.info({ nbd: formatAddress(ports.nbd), api: formatAddress(ports.api), dataDir: config.dataDir, volumes: volumes.names() }, 'hindsight ready');
-      return new Daemon(config, ports, log, lock, volumes, nbd, api, jobs);
+      log.info({ nbd: formatAddress(ports.nbd), api: formatAddress(ports.api), replication: formatAddress(ports.replication), identity: replication.identity, dataDir: config.dataDir, volumes: volumes.names() }, 'hindsight ready');
+      return new Daemon(config, ports, log, lock, volumes, nbd, api, jobs, replication);
     } catch (err) {
+      await replication?.close().catch(() => undefined);
       await nbd?.close().catch(() => undefined);
       await volumes.close().catch(() => undefined);
       lock.release();
@@ -103,6 +110,7 @@ export class Daemon {
       await this.api.close().catch((err: Error) => this.log.warn({ err: err.message }, 'closing API'));
       try {
         await this.jobs.stop();
+        await this.replication.close();
         await this.nbd.close();
         await this.volumes.close();
       } catch (err) {

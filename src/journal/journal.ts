@@ -17,7 +17,7 @@ import type { FileLayer, StorageFile } from './file-layer.js';
 import { PAYLOAD_COMPRESSED, RECORD_HEADER_BYTES, RecordType, crcSeedFor, encodeRecordHeader, payloadOffset, recordSpan } from './record.js';
 import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, encodeChunkTable, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader, RecordTypeValue } from './record.js';
-import { durableClaimAfter, findContinuation, listSegments, scanJournal, segmentPath } from './scanner.js';
+import { checkRecordBytes, durableClaimAfter, findContinuation, listSegments, scanJournal, segmentPath } from './scanner.js';
 import type { JournalPosition, ScannedRecord } from './scanner.js';
 import { SEGMENT_HEADER_BYTES, encodeSegmentHeader } from './segment.js';
 import { tocPath } from './toc.js';
@@ -262,6 +262,68 @@ export class Journal {
     this.seqLast = seq;
     this.timeLastUs = timeUs;
     return { seq, timeUs, segmentIndex: this.activeIndex, payloadPosition };
+  }
+
+  /**
+   * Appends a record another site journaled (replication): the same seq (the next one here),
+   * time, range and payload, checked whole against the volume's CRC seed first — the sites
+   * share the volume id, so the source's CRCs hold here. Only `seqDurable` is this journal's
+   * own (recovery trusts it), so the header CRC is computed again. In the page cache when
+   * this returns, like `append`.
+   */
+  appendRecord(raw: Buffer): AppendedRecord & { header: RecordHeader; logicalBytes?: number } {
+    if (this.failure) throw this.failure;
+    const check = checkRecordBytes(raw, this.crcSeed);
+    if (!check.ok) throw new HindsightError('RECORD_INVALID', `a received journal record fails its checks (${check.reason})`);
+    const header = { ...check.header, seqDurable: this.seqDurable };
+    if (header.seq !== this.seqLast + 1) throw new HindsightError('RECORD_INVALID', `a received journal record has seq ${header.seq} where ${this.seqLast + 1} comes next`);
+    if (header.timeUs < this.timeLastUs) throw new HindsightError('RECORD_INVALID', `a received journal record (seq ${header.seq}) goes back in time`);
+    const payloadBytes = header.payloadBytes;
+    const span = recordSpan(payloadBytes);
+    if (this.activeSize + span > this.options.segmentBytesMax && this.activeSize > SEGMENT_HEADER_BYTES) this.roll();
+    const bodyEnd = payloadOffset(payloadBytes) + payloadBytes;
+    const table = payloadBytes > 0 ? raw.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + chunkTableBytes(payloadBytes)) : null;
+    encodeRecordHeader(this.headerScratch, header, table, this.crcSeed);
+    const buffers: Buffer[] = [this.headerScratch];
+    if (bodyEnd > RECORD_HEADER_BYTES) buffers.push(raw.subarray(RECORD_HEADER_BYTES, bodyEnd));
+    if (span > bodyEnd) buffers.push(PADDING.subarray(0, span - bodyEnd));
+    try {
+      this.activeFile.writev(buffers, this.activeSize);
+    } catch (err) {
+      this.discardPartialRecord();
+      throw err;
+    }
+    const payloadPosition = this.activeSize + payloadOffset(payloadBytes);
+    this.activeSize += span;
+    this.seqLast = header.seq;
+    this.timeLastUs = header.timeUs;
+    return { seq: header.seq, timeUs: header.timeUs, segmentIndex: this.activeIndex, payloadPosition, header, logicalBytes: check.logicalBytes };
+  }
+
+  /**
+   * `length` bytes of segment `segmentIndex` from `position`, read in the thread pool from
+   * the file that holds them now — resolved in the calling turn, so a compaction installing
+   * a new copy meanwhile does not matter (the old file stays open until this finishes).
+   */
+  async readSpan(segmentIndex: number, position: number, length: number): Promise<Buffer> {
+    this.assertOpen();
+    const file = segmentIndex === this.activeIndex ? this.activeFile : this.readFile(segmentIndex);
+    this.pin(file);
+    try {
+      const bytes = Buffer.allocUnsafe(length);
+      checkLength(file, position, length, await file.readAsync(bytes, 0, length, position));
+      return bytes;
+    } finally {
+      this.unpin(file);
+    }
+  }
+
+  /** `bytes` if they are a sound record of seq `seq` of this volume; JOURNAL_CORRUPT naming where they were read otherwise. */
+  checkedRecord(bytes: Buffer, seq: number, segmentIndex: number, position: number): Buffer {
+    const check = checkRecordBytes(bytes, this.crcSeed);
+    if (check.ok && check.header.seq === seq) return bytes;
+    const why = check.ok ? `seq ${check.header.seq} where ${seq} was expected` : check.reason;
+    throw new HindsightError('JOURNAL_CORRUPT', `journal ${segmentPath(this.options.directory, segmentIndex)}: the record at offset ${position} fails its checks (${why}); it is not served nor sent (run hindsight fsck)`);
   }
 
   /**

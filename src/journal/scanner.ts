@@ -214,6 +214,27 @@ export function readRecordAt(file: StorageFile, position: number, size: number, 
 }
 
 /**
+ * Fully checks one record held in memory (header, sizes, CRC seeded by the volume, chunk
+ * table against the payload): a record received from a peer site, or read whole.
+ */
+export function checkRecordBytes(bytes: Buffer, crcSeed: number): RecordCheck & { span?: number } {
+  const decoded = decodeRecordHeader(bytes);
+  if (!decoded.ok) return decoded;
+  const payloadBytes = decoded.header.payloadBytes;
+  const end = payloadOffset(payloadBytes) + payloadBytes;
+  if (bytes.length < end) return { ok: false, reason: 'record payload truncated' };
+  const table = payloadBytes === 0 ? null : bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + chunkTableBytes(payloadBytes));
+  if (recordCrc(bytes, table, crcSeed) !== storedCrc(bytes)) return { ok: false, reason: 'record checksum mismatch' };
+  if (table) {
+    const payload = bytes.subarray(payloadOffset(payloadBytes), end);
+    const bad = firstBadChunk(payload, 0, payloadBytes, table, crcSeed);
+    if (bad !== -1) return { ok: false, reason: `payload chunk ${bad} checksum mismatch` };
+    return logicalOf(decoded.header, payload.subarray(0, 8));
+  }
+  return decoded;
+}
+
+/**
  * After a bad record: the highest `seqDurable` claimed by any valid record that follows it
  * (searched at every aligned position of this segment and in later segments). If a later
  * record says the bad one was already durable, the bad record is corruption, not a torn

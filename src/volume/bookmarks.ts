@@ -99,6 +99,32 @@ export class BookmarkStore {
     return bookmark;
   }
 
+  /**
+   * Replaces every bookmark by `bookmarks` (a replica mirroring its source's); a no-op when
+   * nothing differs. Entries that are not sound bookmarks are refused whole.
+   */
+  async replaceAll(bookmarks: Bookmark[]): Promise<boolean> {
+    for (const bookmark of bookmarks) {
+      if (!BOOKMARK_PATTERN.test(bookmark.name) || !Number.isSafeInteger(bookmark.seq) || bookmark.seq < 1) {
+        throw new HindsightError('PROTOCOL_ERROR', `invalid bookmark ${JSON.stringify(bookmark).slice(0, 200)}`);
+      }
+    }
+    const next = new Map(bookmarks.map((bookmark) => [bookmark.name, { name: bookmark.name, seq: bookmark.seq, timeUs: bookmark.timeUs, createdAt: bookmark.createdAt }]));
+    const same = next.size === this.bookmarks.size && [...next].every(([name, bookmark]) => this.bookmarks.get(name)?.seq === bookmark.seq);
+    if (same) return false;
+    const before = new Map(this.bookmarks);
+    this.bookmarks.clear();
+    for (const [name, bookmark] of next) this.bookmarks.set(name, bookmark);
+    try {
+      await this.save();
+    } catch (err) {
+      this.bookmarks.clear();
+      for (const [name, bookmark] of before) this.bookmarks.set(name, bookmark);
+      throw err;
+    }
+    return true;
+  }
+
   private async save(): Promise<void> {
     const temporary = `${this.file}.tmp`;
     try {

@@ -11,9 +11,9 @@
 import path from 'node:path';
 import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
-import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
+import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, changesContent, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
-import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, encodeToc, isClientWrite, listSegments, payloadOffset, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, tocPath } from '../journal/index.js';
+import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, tocPath } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
 import { compactSegment } from '../journal/compaction.js';
 import { RetentionState, compactionGeneration } from './retention-state.js';
@@ -51,6 +51,8 @@ export interface JournaledDeviceOptions {
    * never wrote read from there. Without a base they read as zeroes.
    */
   base?: BlockDevice;
+  /** The volume is another site's replica: its retention state mirrors the source's (RetentionState.load). */
+  replica?: boolean;
 }
 
 /** Where each piece of a range lives: the live index, or the index at a point in history. */
@@ -195,7 +197,7 @@ export class JournaledDevice implements BlockDevice {
     }
     for (const entry of tail) history.append(entry);
     // Points retention removed: refused from the first request on (their data may be gone).
-    const retention = RetentionState.load(options.files, options.directory, history);
+    const retention = RetentionState.load(options.files, options.directory, history, options.replica ?? false);
     // A rollback among the replayed records: the live index is what the history says now.
     if (tail.some((entry) => entry.type === RecordType.REVERT)) index = history.indexAt(history.seqLast);
     const device = new JournaledDevice(options, opened.journal, index, history, timeFirstUs, { ...opened.report, checkpoint, historyFromTocs }, replayedFrom);
@@ -452,6 +454,85 @@ export class JournaledDevice implements BlockDevice {
     // rollback's: the REVERT is replayed from the journal then).
     await this.checkpoint().catch(() => undefined);
     return { seq: record.seq, timeUs: record.timeUs };
+  }
+
+  // ---- replication -------------------------------------------------------------------
+
+  /** The last record's seq (appended; maybe not durable yet). */
+  get lastSeq(): number {
+    return this.history.seqLast;
+  }
+
+  /**
+   * Records from `seqFirst` on, as stored (header, chunk table, payload), each checked
+   * whole — what replication sends: those of one segment, up to `seqMax` and about
+   * `bytesMax` (at least one). Where they are is resolved in the calling turn, so a
+   * compaction moving them meanwhile changes nothing (the old file stays open).
+   */
+  async recordsFrom(seqFirst: number, seqMax: number, bytesMax: number): Promise<Buffer[]> {
+    if (this.corruption) throw this.corruption;
+    assert(seqFirst >= 1 && seqFirst <= seqMax && seqMax <= this.history.seqLast, 'records asked for exist');
+    const first = this.history.entry(seqFirst);
+    const start = first.payloadPosition - payloadOffset(first.payloadBytes);
+    const pieces: Array<{ at: number; bytes: number }> = [];
+    let end = start;
+    for (let seq = seqFirst; seq <= seqMax; seq += 1) {
+      const entry = seq === seqFirst ? first : this.history.entry(seq);
+      if (entry.segment !== first.segment) break;
+      const at = entry.payloadPosition - payloadOffset(entry.payloadBytes);
+      if (at !== end || (pieces.length > 0 && at + recordSpan(entry.payloadBytes) - start > bytesMax)) break;
+      pieces.push({ at: at - start, bytes: payloadOffset(entry.payloadBytes) + entry.payloadBytes });
+      end = at + recordSpan(entry.payloadBytes);
+    }
+    try {
+      const span = await this.journal.readSpan(first.segment, start, end - start);
+      return pieces.map((piece, i) => this.journal.checkedRecord(span.subarray(piece.at, piece.at + piece.bytes), seqFirst + i, first.segment, start + piece.at));
+    } catch (err) {
+      if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
+      throw err;
+    }
+  }
+
+  /**
+   * Appends a record the source site journaled (this volume is its replica): same seq, time
+   * and payload; the index and history take it as a replay would. In the page cache when
+   * this returns; `sync` makes it durable.
+   */
+  appendReplicated(raw: Buffer): { seq: number; timeUs: number; type: number; flags: number; lengthBytes: number } {
+    if (this.corruption) throw this.corruption;
+    const peek = decodeRecordHeader(raw);
+    if (!peek.ok) throw new HindsightError('RECORD_INVALID', `a received journal record is malformed (${peek.reason})`);
+    const { header: h } = peek;
+    if (changesContent(h.type) && h.type !== RecordType.REVERT && h.offsetBytes + h.lengthBytes > this.sizeBytes) {
+      throw new HindsightError('RECORD_INVALID', `a received journal record (seq ${h.seq}) lies beyond the volume's ${this.sizeBytes} bytes`);
+    }
+    const appended = this.journal.appendRecord(raw);
+    const { header } = appended;
+    const record: ScannedRecord = {
+      header, segmentIndex: appended.segmentIndex, recordPosition: appended.payloadPosition - payloadOffset(header.payloadBytes),
+      payloadPosition: appended.payloadPosition, logicalBytes: appended.logicalBytes,
+    };
+    applyRecord(this.index, record, this.sizeBytes);
+    this.history.append(historyEntry(record));
+    if (header.type === RecordType.REVERT) {
+      this.index = this.history.indexAt(header.seq);
+      this.history.snapshotFromLive(this.liveRegion, 'all');
+    } else if (header.type === RecordType.WRITE) {
+      this.history.snapshotFromLive(this.liveRegion, { offsetBytes: header.offsetBytes + (header.payloadSkip ?? 0), lengthBytes: appended.logicalBytes ?? header.payloadBytes });
+    } else if (changesContent(header.type) && header.lengthBytes > 0) {
+      this.history.snapshotFromLive(this.liveRegion, { offsetBytes: header.offsetBytes, lengthBytes: header.lengthBytes });
+    }
+    if (isClientWrite(header.type, header.flags)) this.clientBytesWritten += header.lengthBytes;
+    if (this.timeFirstUs === 0) this.timeFirstUs = header.timeUs;
+    this.maybeCheckpoint();
+    return { seq: header.seq, timeUs: header.timeUs, type: header.type, flags: header.flags, lengthBytes: header.lengthBytes };
+  }
+
+  /** Makes every record appended so far durable (group commit). */
+  async sync(): Promise<void> {
+    if (this.corruption) throw this.corruption;
+    await this.journal.sync();
+    this.scheduleIdleCheckpoint();
   }
 
   async blockStatus(offsetBytes: number, lengthBytes: number, extentsMax: number): Promise<Extent[]> {

@@ -16,6 +16,12 @@ export interface RetentionTarget {
   device: JournaledDevice;
   policy: RetentionPolicy;
   maxSizeBytes: number | null;
+  /**
+   * false for a replica: it compresses but does not thin — a rollback its source made may
+   * not have arrived yet, and could show again what looks unused here (its source thins,
+   * and the thinned records arrive as such).
+   */
+  thin?: boolean;
 }
 
 export interface RetentionHost {
@@ -94,7 +100,7 @@ export class RetentionService {
     const started = performance.now();
     const target = this.host.target(name);
     if (!target) throw new Error(`volume "${name}" is not online`);
-    const { device, policy, maxSizeBytes } = target;
+    const { device, policy, maxSizeBytes, thin } = target;
     const options = { pins: () => this.host.pins(name), nowUs: Date.now() * 1000 };
     const cancelled = () => this.stopped;
     // The wall clock must not have jumped ahead of the monotonic one since the daemon
@@ -111,7 +117,7 @@ export class RetentionService {
     const pointsExpired = await this.host.serialise(() => expireByPolicy(device, policy, options));
     // In the background the reclaim analysis (a replay of the history) runs at most every
     // ANALYSE_EVERY_MS; on demand, now.
-    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled, analyseEveryMs: onDemand ? undefined : ANALYSE_EVERY_MS });
+    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled, analyseEveryMs: onDemand ? undefined : ANALYSE_EVERY_MS, thin });
     let pointsForced = 0;
     for (let round = 0; maxSizeBytes !== null && device.stats().bytes > maxSizeBytes && round < FORCED_ROUNDS_MAX && !this.stopped; round += 1) {
       // Only points whose data lies in sealed segments: going, they can free space.

@@ -57,9 +57,16 @@ export class RetentionState {
   /** The last run since start (not persisted). */
   lastRun: { at: string; pointsExpired: number; pointsForced: number; bytesReclaimed: number; journalBytes: number; durationMs: number } | null = null;
 
+  private saving: Promise<void> = Promise.resolve();
+
   private constructor(private readonly files: FileLayer, private readonly file: string, private readonly history: History) {}
 
-  static load(files: FileLayer, directory: string, history: History): RetentionState {
+  /**
+   * `replica`: the volume mirrors another site's expiry, saved before the records it covers
+   * arrive; runs past the journal's end (records a crash cut, sent again on reconnection)
+   * are clipped rather than refused.
+   */
+  static load(files: FileLayer, directory: string, history: History, replica = false): RetentionState {
     const file = path.join(directory, RETENTION_FILE);
     const state = new RetentionState(files, file, history);
     const bytes = files.readFile(file);
@@ -75,6 +82,9 @@ export class RetentionState {
     }
     if (parsed?.formatVersion !== FORMAT_VERSION || !Array.isArray(parsed.expired)) throw corrupt(file, `has an unknown format (version ${String(parsed?.formatVersion)})`);
     let previousEnd = 0;
+    if (replica && Array.isArray(parsed.expired)) {
+      parsed.expired = parsed.expired.filter((run) => Array.isArray(run) && run[0] <= history.seqLast).map((run) => [run[0], Math.min(run[1], history.seqLast)]);
+    }
     for (const run of parsed.expired) {
       const ok = Array.isArray(run) && run.length === 2 && Number.isSafeInteger(run[0]) && Number.isSafeInteger(run[1]) && run[0] > previousEnd && run[1] >= run[0];
       if (!ok) throw corrupt(file, 'has expired runs that are not ascending, disjoint seq ranges');
@@ -110,7 +120,14 @@ export class RetentionState {
     this.lastForced = event;
   }
 
+  /** Saves are queued: two at once would share the temporary file. Each writes the state as it is when it runs. */
   save(): Promise<void> {
+    const next = this.saving.catch(() => undefined).then(() => this.saveNow());
+    this.saving = next;
+    return next;
+  }
+
+  private saveNow(): Promise<void> {
     const content: RetentionFile = {
       formatVersion: FORMAT_VERSION,
       expired: this.history.expired.map(([a, b]) => [a, b]),

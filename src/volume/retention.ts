@@ -129,7 +129,7 @@ async function reclaimableIf(device: JournaledDevice, going: ReadonlySet<number>
  * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
  * enough can go. Clients keep being served; one segment at a time.
  */
-export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number; thin?: boolean }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
   const history = device.history;
   // A quiet volume may take days to fill its 1 GiB segment: past SEAL_AFTER, what it holds
   // is sealed so it can be compressed and thinned too.
@@ -148,7 +148,7 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
   const last = device.retention.lastAnalysis;
   const unchanged = last !== null && last.expired === state.expired && last.sealed === state.sealed;
   const tooSoon = last !== null && options.analyseEveryMs !== undefined && Date.now() - last.atMs < options.analyseEveryMs;
-  const analyse = upTo >= history.seqFirst && lastExpired > 0 && !unchanged && !tooSoon;
+  const analyse = (options.thin ?? true) && upTo >= history.seqFirst && lastExpired > 0 && !unchanged && !tooSoon;
   const verdicts = analyse ? await analyseVisibility(device, upTo, options.sliceMs ?? 5, cancelled) : null;
   if (verdicts) device.retention.lastAnalysis = { ...state, atMs: Date.now() };
   // A record no kept point shows (2) may go; unknown (0) or shown (1) stays.

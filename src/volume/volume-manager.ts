@@ -44,6 +44,10 @@ interface VolumeRecord {
   reduce?: boolean;
   /** Retention policy (default DEFAULT_RETENTION) and size cap of the journal (none by default). */
   retention?: { keep?: string; maxSizeBytes?: number | null };
+  /** Set while the volume is another site's replica (read-only to clients; records arrive by replication). */
+  replica?: { from: string; since: string };
+  /** Set by failover: the replica became a live volume at this seq. */
+  promoted?: { at: string; seq: number; from: string };
 }
 
 export interface VolumeSettings {
@@ -148,6 +152,10 @@ export interface VolumeInfo {
   /** Bookmarks and mounts of this volume. */
   bookmarks: number;
   mounts: number;
+  /** Set while this volume is a replica: who sends it, since when. */
+  replica: { from: string; since: string } | null;
+  /** Set once a replica was promoted by failover. */
+  promoted: { at: string; seq: number; from: string } | null;
 }
 
 export interface VolumeManagerOptions {
@@ -185,6 +193,9 @@ export class VolumeManager {
         if (!volume?.device || volume.error || !volume.bookmarks) return null;
         // A stored policy that no longer parses (edited by hand, a newer version's) turns
         // retention off for that volume; volume info says so.
+        // A replica's points expire when its source's do (replication mirrors them); its
+        // own retention only reclaims and compresses.
+        if (volume.record.replica) return { device: volume.device, policy: parseRetention('all:forever'), maxSizeBytes: null, thin: false };
         const policy = policyOrError(volume.record);
         if (policy instanceof HindsightError) return null;
         return { device: volume.device, policy, maxSizeBytes: volume.record.retention?.maxSizeBytes ?? null };
@@ -313,6 +324,8 @@ export class VolumeManager {
       historyBytes: stats?.historyBytes ?? 0,
       bookmarks: volume.bookmarks?.list().length ?? 0,
       mounts: [...this.mounts.values()].filter((mount) => mount.record.volume === name).length,
+      replica: volume.record.replica ?? null,
+      promoted: volume.record.promoted ?? null,
     };
   }
 
@@ -353,12 +366,30 @@ export class VolumeManager {
 
   create(name: string, sizeBytes: number, settings: Pick<VolumeSettings, 'keep' | 'maxSizeBytes'> = {}): Promise<VolumeInfo> {
     return this.serialise(async () => {
+      const retention = retentionSettings(undefined, settings);
+      return this.createNow({ formatVersion: FORMAT_VERSION, id: randomUUID(), name, sizeBytes, createdAt: new Date().toISOString(), ...(retention ? { retention } : {}) });
+    });
+  }
+
+  /**
+   * Creates the replica `name` of another site's volume: the same id (the records' CRCs are
+   * seeded with it) and size, read-only to clients, filled by replication.
+   */
+  createReplica(name: string, sizeBytes: number, id: string, from: string): Promise<VolumeInfo> {
+    return this.serialise(async () => {
+      if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) throw new HindsightError('PROTOCOL_ERROR', 'a volume id is a lower-case uuid');
+      const now = new Date().toISOString();
+      return this.createNow({ formatVersion: FORMAT_VERSION, id, name, sizeBytes, createdAt: now, replica: { from, since: now } });
+    });
+  }
+
+  private async createNow(record: VolumeRecord): Promise<VolumeInfo> {
+    {
+      const { name, sizeBytes } = record;
       validateVolumeName(name);
       validateVolumeSize(sizeBytes);
-      const retention = retentionSettings(undefined, settings);
       if (this.volumes.has(name)) throw new HindsightError('VOLUME_EXISTS', `volume "${name}" already exists`);
       if (this.mounts.has(name)) throw new HindsightError('VOLUME_EXISTS', `a mount named "${name}" exists (volumes and mounts share the NBD export names)`);
-      const record: VolumeRecord = { formatVersion: FORMAT_VERSION, id: randomUUID(), name, sizeBytes, createdAt: new Date().toISOString(), ...(retention ? { retention } : {}) };
       const staging = path.join(this.volumesDir, `.create-${record.id}`);
       try {
         await fs.mkdir(staging);
@@ -372,6 +403,64 @@ export class VolumeManager {
       }
       this.volumes.set(name, await this.load(name));
       return this.info(name);
+    }
+  }
+
+  // ---- replication ----
+
+  /** An online volume's device, bookmarks and identity (replication's source or receiver). */
+  replicationView(name: string): { device: JournaledDevice; bookmarks: BookmarkStore; id: string; sizeBytes: number; replica: VolumeRecord['replica'] | null; promoted: VolumeRecord['promoted'] | null } {
+    const volume = this.online(name);
+    return { device: volume.device, bookmarks: volume.bookmarks, id: volume.record.id, sizeBytes: volume.record.sizeBytes, replica: volume.record.replica ?? null, promoted: volume.record.promoted ?? null };
+  }
+
+  /** A replica mirrors its source's expired points (saved before the records they cover arrive). */
+  expireReplicated(name: string, runs: Array<[number, number]>): Promise<void> {
+    return this.serialise(async () => {
+      const device = this.replicaDevice(name);
+      const known = device.history.expired;
+      const fresh = runs.filter(([a, b]) => !known.some(([x, y]) => x <= a && b <= y));
+      if (fresh.length === 0) return;
+      device.history.expire(fresh);
+      await device.retention.save();
+    });
+  }
+
+  /** A replica mirrors its source's bookmarks. */
+  bookmarksReplicated(name: string, bookmarks: Bookmark[]): Promise<void> {
+    return this.serialise(async () => {
+      const volume = this.online(name);
+      if (!volume.record.replica) throw new HindsightError('PROTOCOL_ERROR', `volume "${name}" is not a replica`);
+      await volume.bookmarks.replaceAll(bookmarks.filter((bookmark) => bookmark.seq <= volume.device.history.seqLast));
+    });
+  }
+
+  private replicaDevice(name: string): JournaledDevice {
+    const volume = this.online(name);
+    if (!volume.record.replica) throw new HindsightError('PROTOCOL_ERROR', `volume "${name}" is not a replica`);
+    return volume.device;
+  }
+
+  /**
+   * Failover: the replica becomes a live, writable volume (served over NBD for writes from
+   * now on); replication into it must have stopped. With `at`, it then rolls back to that
+   * point (a new branch: the newer records stay readable by seq).
+   */
+  promote(name: string, at: string | undefined, clients: () => number, detach: (exportName: string) => Promise<void>): Promise<VolumeInfo & { rollback: RollbackResult | null }> {
+    const promoted = this.serialise(async () => {
+      const volume = this.online(name);
+      if (!volume.record.replica) throw new HindsightError('INVALID_ARGUMENT', `volume "${name}" is not a replica: nothing to fail over`);
+      if (at !== undefined) resolvePoint(name, volume.device.history, volume.bookmarks, at);
+      await volume.device.sync();
+      const { replica, ...rest } = volume.record;
+      const record: VolumeRecord = { ...rest, promoted: { at: new Date().toISOString(), seq: volume.device.history.seqLast, from: replica.from } };
+      await this.writeVolumeRecord(name, record);
+      volume.record = record;
+      volume.device.setReadOnly(record.readOnly ?? false);
+    });
+    return promoted.then(async () => {
+      const rollback = at === undefined ? null : await this.rollback(name, at, true, clients, detach);
+      return { ...(await this.info(name)), rollback };
     });
   }
 
@@ -410,25 +499,31 @@ export class VolumeManager {
   update(name: string, changes: VolumeSettings): Promise<VolumeInfo> {
     return this.serialise(async () => {
       const volume = this.get(name);
+      if (changes.readOnly === false || changes.keep !== undefined || changes.maxSizeBytes !== undefined) refuseReplica(volume.record, 'its retention and writes follow its source; fail over first');
       const { keep, maxSizeBytes, ...flags } = changes;
       const retention = retentionSettings(volume.record.retention, { keep, maxSizeBytes });
       const record: VolumeRecord = { ...volume.record, ...flags, ...(retention ? { retention } : {}) };
-      const temporary = path.join(this.volumesDir, `.update-${record.id}`);
-      try {
-        await fs.mkdir(temporary, { recursive: true });
-        await writeRecord(temporary, record);
-        await fs.rename(path.join(temporary, 'volume.json'), path.join(this.volumeDir(name), 'volume.json'));
-        await syncDirectory(this.volumeDir(name));
-      } catch (err) {
-        throw fromSystemError(err, `updating volume ${name}`);
-      } finally {
-        await fs.rm(temporary, { recursive: true, force: true });
-      }
+      await this.writeVolumeRecord(name, record);
       volume.record = record;
       if (changes.readOnly !== undefined) volume.device?.setReadOnly(changes.readOnly);
       if (changes.reduce !== undefined) volume.device?.setReduce(changes.reduce);
       return this.info(name);
     });
+  }
+
+  /** Replaces volume.json atomically and durably. */
+  private async writeVolumeRecord(name: string, record: VolumeRecord): Promise<void> {
+    const temporary = path.join(this.volumesDir, `.update-${record.id}`);
+    try {
+      await fs.mkdir(temporary, { recursive: true });
+      await writeRecord(temporary, record);
+      await fs.rename(path.join(temporary, 'volume.json'), path.join(this.volumeDir(name), 'volume.json'));
+      await syncDirectory(this.volumeDir(name));
+    } catch (err) {
+      throw fromSystemError(err, `updating volume ${name}`);
+    } finally {
+      await fs.rm(temporary, { recursive: true, force: true });
+    }
   }
 
   /** Checks one volume's journal and index (see JournaledDevice.fsck); works on failed volumes too. */
@@ -568,6 +663,7 @@ export class VolumeManager {
   bookmarkCreate(volumeName: string, name: string, at = 'latest'): Promise<Bookmark & { time: string }> {
     return this.serialise(async () => {
       const volume = this.online(volumeName);
+      refuseReplica(volume.record, 'bookmarks come from its source');
       const point = resolvePoint(volumeName, volume.device.history, volume.bookmarks, at);
       await volume.device.syncThrough(point.seq);
       const bookmark = await volume.bookmarks.create({ name, seq: point.seq, timeUs: point.timeUs, createdAt: new Date().toISOString() });
@@ -577,7 +673,9 @@ export class VolumeManager {
 
   bookmarkDelete(volumeName: string, name: string): Promise<Bookmark & { time: string }> {
     return this.serialise(async () => {
-      const bookmark = await this.online(volumeName).bookmarks.delete(name);
+      const volume = this.online(volumeName);
+      refuseReplica(volume.record, 'bookmarks come from its source');
+      const bookmark = await volume.bookmarks.delete(name);
       return { ...bookmark, time: formatTimeUs(bookmark.timeUs) };
     });
   }
@@ -593,6 +691,7 @@ export class VolumeManager {
   rollback(name: string, at: string, force: boolean, clients: () => number, detach: (exportName: string) => Promise<void>): Promise<RollbackResult> {
     return this.serialise(async () => {
       const volume = this.online(name);
+      refuseReplica(volume.record, 'fail over first (hindsight failover NAME --at POINT)');
       if (volume.record.readOnly) throw new HindsightError('READ_ONLY', `volume "${name}" is read-only; make it writable first (volume set --writable)`);
       const point = resolvePoint(name, volume.device.history, volume.bookmarks, at);
       const connected = clients();
@@ -721,8 +820,9 @@ export class VolumeManager {
         sizeBytes: record.sizeBytes,
         volumeId: volumeIdOf(record),
         files: nodeFileLayer,
-        readOnly: record.readOnly ?? false,
+        readOnly: (record.readOnly ?? false) || record.replica !== undefined,
         reduce: record.reduce ?? true,
+        replica: record.replica !== undefined,
         syncEveryWrite: this.options.syncEveryWrite,
         segmentBytesMax: this.options.segmentBytesMax ?? LIMITS.journalSegmentBytesMax,
         checkpointEveryBytes: LIMITS.indexCheckpointEveryBytes,
@@ -775,6 +875,10 @@ async function diskUsage(directory: string): Promise<number> {
     else if (entry.isFile()) total += (await fs.stat(full)).blocks * 512;
   }
   return total;
+}
+
+function refuseReplica(record: VolumeRecord, why: string): void {
+  if (record.replica) throw new HindsightError('IS_REPLICA', `volume "${record.name}" is a replica of ${record.replica.from}'s: ${why}`);
 }
 
 function volumeIdOf(record: VolumeRecord): Buffer {

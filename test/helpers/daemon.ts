@@ -17,6 +17,8 @@ export interface DaemonHandle {
   dataDir: string;
   nbdPort: number;
   apiUrl: string;
+  /** The replication listener's port. */
+  replicationPort: number;
   process: ChildProcess;
   /** nbd://127.0.0.1:PORT/NAME */
   uri(exportName: string): string;
@@ -38,7 +40,7 @@ export function makeTempDir(prefix = 'hindsight-test-'): string {
 
 export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHandle> {
   const dataDir = options.dataDir ?? makeTempDir();
-  const args = [CLI, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json', '--log-level', 'warn'];
+  const args = [CLI, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--json', '--log-level', 'warn'];
   for (const volume of options.volumes ?? []) args.push('--create-volume', volume);
   args.push(...(options.extraArgs ?? []));
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -50,11 +52,12 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
     new Promise<string>((resolve) => lines.once('line', resolve)),
     exited.then((code) => { throw new Error(`daemon exited with ${code} before it was ready: ${stderr}`); }),
   ]);
-  const ready = JSON.parse(first) as { nbdPort: number; api: string };
+  const ready = JSON.parse(first) as { nbdPort: number; api: string; replicationPort: number };
   return {
     dataDir,
     nbdPort: ready.nbdPort,
     apiUrl: ready.api,
+    replicationPort: ready.replicationPort,
     process: child,
     uri: (name) => `nbd://127.0.0.1:${ready.nbdPort}/${name}`,
     stop: async () => {

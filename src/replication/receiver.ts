@@ -1,0 +1,305 @@
+/**
+ * The replication listener (default 127.0.0.1:10810): TLS with a pre-shared key only, so
+ * both ends prove who they are before a byte of the protocol flows. A sender is then
+ * accepted only for a volume this site was told to receive from that identity
+ * (`hindsight replication accept NAME --from IDENTITY`); anything else is refused with a
+ * reason, logged, and touches nothing. Records are appended with the source's seq and time;
+ * acknowledged as received at once and as durable after a sync (at most SYNC_DELAY_MS later,
+ * or before the acknowledgement when the batch holds a flush or FUA write, as the source's
+ * client asked).
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import { HindsightError, isHindsightError } from '../core/index.js';
+import { RecordFlag, RecordType } from '../journal/index.js';
+import type { Bookmark, VolumeManager } from '../volume/index.js';
+import { validateVolumeName, validateVolumeSize } from '../volume/index.js';
+import { Channel } from './channel.js';
+import type { PskFile } from './credentials.js';
+import { fingerprint } from './fingerprint.js';
+import { FrameType, PROTOCOL_VERSION, ackFrame, decodeRecords, jsonFrame, parseJson } from './frames.js';
+
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** A sender heartbeats every 2 s: silence this long means it is gone. */
+const IDLE_TIMEOUT_MS = 60_000;
+const SYNC_DELAY_MS = 20;
+const CONNECTIONS_MAX = 64;
+
+export interface IncomingConfig {
+  volume: string;
+  /** The PSK identity allowed to send it. */
+  from: string;
+  createdAt: string;
+}
+
+export interface IncomingStatus extends IncomingConfig {
+  direction: 'incoming';
+  state: 'waiting' | 'receiving';
+  peer: string | null;
+  seqLast: number | null;
+  seqDurable: number | null;
+  /** Where the source said it was (heartbeats), and when the sender was last heard. */
+  seqSource: number | null;
+  lastContact: string | null;
+  recordsReceived: number;
+  bytesOnWire: number;
+  lastError: string | null;
+}
+
+export interface ReceiverDeps {
+  volumes: VolumeManager;
+  psk: PskFile;
+  log: Logger;
+  incoming: (volume: string) => IncomingConfig | undefined;
+}
+
+interface Session {
+  channel: Channel;
+  peer: string;
+  done: Promise<void>;
+}
+
+type PskSocket = tls.TLSSocket & { pskIdentity?: string };
+
+export class ReplicationReceiver {
+  private server: tls.Server | null = null;
+  private readonly sessions = new Map<string, Session>();
+  private readonly stats = new Map<string, { recordsReceived: number; bytesOnWire: number; seqSource: number | null; lastContact: string | null; lastError: string | null }>();
+  private readonly sockets = new Set<net.Socket>();
+
+  constructor(private readonly deps: ReceiverDeps) {}
+
+  async listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    const server = tls.createServer({
+      ciphers: 'PSK', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+      pskCallback: (socket, identity) => {
+        const key = this.deps.psk.keyOf(identity);
+        if (key) (socket as PskSocket).pskIdentity = identity;
+        return key;
+      },
+      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+    });
+    server.maxConnections = CONNECTIONS_MAX;
+    server.on('connection', (socket: net.Socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
+    });
+    server.on('tlsClientError', (err, socket) => {
+      this.deps.log.warn({ peer: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'replication: TLS handshake refused (unknown identity or wrong key?)');
+      socket.destroy();
+    });
+    server.on('secureConnection', (socket: tls.TLSSocket) => this.accept(socket));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const address = server.address() as net.AddressInfo;
+    return { host: address.address, port: address.port };
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    for (const socket of this.sockets) socket.destroy();
+    await Promise.all([...this.sessions.values()].map((session) => {
+      session.channel.close();
+      return session.done;
+    }));
+  }
+
+  /** Ends the session receiving `volume`, if any (failover, acceptance removed). */
+  async disconnect(volume: string): Promise<void> {
+    const session = this.sessions.get(volume);
+    if (!session) return;
+    session.channel.close();
+    await session.done;
+  }
+
+  status(config: IncomingConfig): IncomingStatus {
+    const session = this.sessions.get(config.volume);
+    const stats = this.stats.get(config.volume);
+    let seqLast: number | null = null;
+    let seqDurable: number | null = null;
+    try {
+      const { device } = this.deps.volumes.replicationView(config.volume);
+      seqLast = device.lastSeq;
+      seqDurable = device.durableSeq;
+    } catch {
+      // not created yet (nothing received), or failed
+    }
+    return {
+      direction: 'incoming', ...config, state: session ? 'receiving' : 'waiting', peer: session?.peer ?? null, seqLast, seqDurable,
+      seqSource: stats?.seqSource ?? null, lastContact: stats?.lastContact ?? null,
+      recordsReceived: stats?.recordsReceived ?? 0, bytesOnWire: stats?.bytesOnWire ?? 0, lastError: stats?.lastError ?? null,
+    };
+  }
+
+  private accept(socket: tls.TLSSocket): void {
+    const identity = (socket as PskSocket).pskIdentity;
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const channel = new Channel(socket);
+    if (!identity) {
+      void channel.refuse('REPLICATION_REFUSED', 'no identity proven');
+      return;
+    }
+    void this.serve(channel, identity, peer).catch(() => undefined);
+  }
+
+  private async serve(channel: Channel, identity: string, peer: string): Promise<void> {
+    const log = this.deps.log.child({ peer, identity });
+    let hello: Record<string, unknown>;
+    try {
+      hello = parseJson(await channel.expect(FrameType.HELLO, HANDSHAKE_TIMEOUT_MS));
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'replication: no valid HELLO; connection closed');
+      channel.close();
+      return;
+    }
+    let volume: string;
+    try {
+      volume = this.checkHello(hello, identity);
+    } catch (err) {
+      const error = err instanceof HindsightError ? err : new HindsightError('PROTOCOL_ERROR', String(err));
+      log.warn({ volume: typeof hello.volume === 'string' ? hello.volume.slice(0, 100) : undefined, code: error.code, err: error.message }, 'replication: sender refused');
+      await channel.refuse(error.code, error.message);
+      return;
+    }
+    // One sender per volume: a reconnection replaces a session whose death was not seen yet.
+    const previous = this.sessions.get(volume);
+    if (previous) {
+      previous.channel.close();
+      await previous.done;
+    }
+    let finish!: () => void;
+    const done = new Promise<void>((resolve) => { finish = resolve; });
+    const session: Session = { channel, peer, done };
+    this.sessions.set(volume, session);
+    const stats = this.stats.get(volume) ?? { recordsReceived: 0, bytesOnWire: 0, seqSource: null, lastContact: null, lastError: null };
+    this.stats.set(volume, stats);
+    try {
+      await this.receive(channel, volume, identity, hello, stats, log.child({ volume }));
+    } catch (err) {
+      const error = err as Error;
+      if (!channel.closed || !isHindsightError(err, 'SHUTTING_DOWN')) {
+        stats.lastError = error.message;
+        log.warn({ volume, err: error.message }, 'replication: receiving stopped');
+      }
+      if (!channel.closed) await channel.refuse(isHindsightError(err) ? err.code : 'INTERNAL', error.message);
+    } finally {
+      channel.close();
+      if (this.sessions.get(volume) === session) this.sessions.delete(volume);
+      finish();
+    }
+  }
+
+  /** The volume a HELLO may send here, or why not. */
+  private checkHello(hello: Record<string, unknown>, identity: string): string {
+    if (hello.protocol !== PROTOCOL_VERSION) throw new HindsightError('PROTOCOL_ERROR', `protocol version ${String(hello.protocol)} is not spoken here (${PROTOCOL_VERSION} is)`);
+    const volume = validateVolumeName(hello.volume);
+    if (typeof hello.volumeId !== 'string' || typeof hello.sizeBytes !== 'number' || !Number.isSafeInteger(hello.seqLast)) throw new HindsightError('PROTOCOL_ERROR', 'HELLO lacks volumeId, sizeBytes or seqLast');
+    validateVolumeSize(hello.sizeBytes);
+    const accepted = this.deps.incoming(volume);
+    if (!accepted) throw new HindsightError('REPLICATION_REFUSED', `this site was not told to receive volume "${volume}" (hindsight replication accept ${volume} --from ${identity})`);
+    if (accepted.from !== identity) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is received here from "${accepted.from}" only`);
+    return volume;
+  }
+
+  private async receive(channel: Channel, volume: string, identity: string, hello: Record<string, unknown>, stats: NonNullable<ReturnType<ReplicationReceiver['stats']['get']>>, log: Logger): Promise<void> {
+    const volumes = this.deps.volumes;
+    if (!volumes.names().includes(volume)) {
+      await volumes.createReplica(volume, hello.sizeBytes as number, hello.volumeId as string, identity);
+      log.info({ sizeBytes: hello.sizeBytes }, 'replication: replica volume created');
+    }
+    const view = volumes.replicationView(volume);
+    if (view.id !== hello.volumeId) throw new HindsightError('REPLICATION_REFUSED', `another volume named "${volume}" lives here (id ${view.id})`);
+    if (!view.replica) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is a live volume here (failed over${view.promoted ? ` at seq ${view.promoted.seq}` : ''}), not a replica`);
+    if (view.sizeBytes !== hello.sizeBytes) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is ${view.sizeBytes} bytes here, ${String(hello.sizeBytes)} at the source`);
+    const { device } = view;
+    const held = device.lastSeq;
+    await channel.send(jsonFrame(FrameType.WELCOME, {
+      protocol: PROTOCOL_VERSION, seqLast: held, seqDurable: device.durableSeq, fingerprint: held > 0 ? fingerprint(device.history.entry(held)) : null,
+    }));
+    log.info({ from: held + 1 }, 'replication: receiving');
+    let syncTimer: NodeJS.Timeout | null = null;
+    let syncing: Promise<void> | null = null;
+    const ack = () => channel.send(ackFrame(device.lastSeq, Math.min(device.durableSeq, device.lastSeq))).catch(() => undefined);
+    const syncSoon = () => {
+      if (syncTimer || syncing) return;
+      syncTimer = setTimeout(() => {
+        syncTimer = null;
+        syncing = device.sync().then(ack, (err: Error) => channel.refuse('IO_ERROR', err.message)).finally(() => { syncing = null; });
+      }, SYNC_DELAY_MS);
+    };
+    try {
+      for (;;) {
+        const frame = await channel.next(IDLE_TIMEOUT_MS);
+        stats.bytesOnWire += frame.wireBytes;
+        stats.lastContact = new Date().toISOString();
+        switch (frame.type) {
+          case FrameType.RECORDS: {
+            let durableAsked = false;
+            for (const raw of decodeRecords(frame.body)) {
+              const record = device.appendReplicated(raw);
+              stats.recordsReceived += 1;
+              if (record.type === RecordType.FLUSH || (record.flags & RecordFlag.FUA) !== 0) durableAsked = true;
+            }
+            if (durableAsked) {
+              await device.sync();
+              await ack();
+            } else {
+              await ack();
+              syncSoon();
+            }
+            break;
+          }
+          case FrameType.STATE: {
+            const state = parseJson(frame);
+            await volumes.expireReplicated(volume, checkRuns(state.expired));
+            await volumes.bookmarksReplicated(volume, checkBookmarks(state.bookmarks));
+            break;
+          }
+          case FrameType.HEARTBEAT: {
+            const beat = parseJson(frame);
+            if (Number.isSafeInteger(beat.seqLast)) stats.seqSource = beat.seqLast as number;
+            await ack();
+            break;
+          }
+          default:
+            throw new HindsightError('PROTOCOL_ERROR', `unexpected frame type ${frame.type}`);
+        }
+      }
+    } finally {
+      if (syncTimer) clearTimeout(syncTimer);
+      await syncing;
+      // What arrived is made durable whatever ended the link.
+      await device.sync().catch(() => undefined);
+    }
+  }
+}
+
+function checkRuns(value: unknown): Array<[number, number]> {
+  if (!Array.isArray(value)) throw new HindsightError('PROTOCOL_ERROR', 'STATE: expired is not a list');
+  let previous = 0;
+  return value.map((run) => {
+    if (!Array.isArray(run) || run.length !== 2 || !Number.isSafeInteger(run[0]) || !Number.isSafeInteger(run[1]) || run[0] <= previous || run[1] < run[0]) {
+      throw new HindsightError('PROTOCOL_ERROR', 'STATE: expired runs are not ascending, disjoint seq ranges');
+    }
+    previous = run[1];
+    return [run[0], run[1]] as [number, number];
+  });
+}
+
+function checkBookmarks(value: unknown): Bookmark[] {
+  if (!Array.isArray(value) || value.length > 10_000) throw new HindsightError('PROTOCOL_ERROR', 'STATE: bookmarks is not a list');
+  return value.map((entry) => {
+    const bookmark = entry as Partial<Bookmark>;
+    if (typeof bookmark !== 'object' || bookmark === null || typeof bookmark.name !== 'string' || !Number.isSafeInteger(bookmark.seq) || !Number.isSafeInteger(bookmark.timeUs) || typeof bookmark.createdAt !== 'string') {
+      throw new HindsightError('PROTOCOL_ERROR', 'STATE: a bookmark lacks name, seq, timeUs or createdAt');
+    }
+    return { name: bookmark.name, seq: bookmark.seq!, timeUs: bookmark.timeUs!, createdAt: bookmark.createdAt.slice(0, 64) };
+  });
+}

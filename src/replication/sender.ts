@@ -1,0 +1,346 @@
+/**
+ * One outgoing replication link: a volume's journal records, in seq order, to a receiver
+ * (docs/PROTOCOL.md). Only records durable here are sent (a crash could otherwise cut a
+ * record the receiver already holds and give its seq to another write), so the link asks
+ * for a sync itself (at most every SYNC_EVERY_MS) instead of waiting for clients' flushes.
+ * Records go as they are stored (reduced, and compressed if compaction got to them), in
+ * batches compressed on the wire; up to WINDOW_BYTES wait for acknowledgement. After any
+ * failure the link reconnects with backoff and continues from what the receiver holds.
+ */
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import { HindsightError, formatTimeUs } from '../core/index.js';
+import { recordSpan } from '../journal/index.js';
+import type { VolumeManager } from '../volume/index.js';
+import { Channel } from './channel.js';
+import type { PskFile } from './credentials.js';
+import { fingerprint } from './fingerprint.js';
+import { FrameType, PROTOCOL_VERSION, decodeAck, encodeFrame, jsonFrame, parseJson, recordsBody } from './frames.js';
+
+const BATCH_BYTES = 1024 * 1024;
+const WINDOW_BYTES = 16 * 1024 * 1024;
+const SYNC_EVERY_MS = 20;
+const IDLE_POLL_MS = 10;
+const HEARTBEAT_MS = 2000;
+/** No frame from the receiver for this long: the link is dead (it ACKs heartbeats). */
+const RECEIVE_TIMEOUT_MS = 30_000;
+const CONNECT_TIMEOUT_MS = 10_000;
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+
+export interface OutgoingConfig {
+  /** The local volume. */
+  volume: string;
+  /** host:port of the receiver's replication listener. */
+  to: string;
+  /** The volume's name at the receiver. */
+  as: string;
+  /** The PSK identity presented (default: the first of the PSK file). */
+  identity?: string;
+  bandwidthBytesPerSecond: number | null;
+  rpoSeconds: number;
+  paused: boolean;
+  createdAt: string;
+}
+
+export type LinkState = 'connecting' | 'streaming' | 'paused' | 'retrying' | 'stopped';
+
+export interface OutgoingStatus extends OutgoingConfig {
+  direction: 'outgoing';
+  state: LinkState;
+  /** ok, or warning (the lag is past the RPO target, or the link is down). */
+  health: 'ok' | 'warning';
+  seqSource: number;
+  /** Highest seq sent, and highest the receiver holds durably. */
+  seqSent: number;
+  seqAcknowledged: number;
+  lag: { records: number; bytes: number; seconds: number; oldestUnsent: string | null };
+  bytesOnWire: number;
+  recordBytesSent: number;
+  recordsSent: number;
+  connects: number;
+  connectedSince: string | null;
+  lastError: string | null;
+}
+
+export interface SenderDeps {
+  volumes: VolumeManager;
+  psk: PskFile;
+  log: Logger;
+}
+
+export class ReplicationLink {
+  private state: LinkState = 'connecting';
+  private stopped = false;
+  private channel: Channel | null = null;
+  private wake: (() => void) | null = null;
+  private running: Promise<void> | null = null;
+  private seqSent = 0;
+  private seqAcknowledged = 0;
+  private seqReceived = 0;
+  private inflight: Array<{ seq: number; bytes: number }> = [];
+  private inflightBytes = 0;
+  private bytesOnWire = 0;
+  private recordBytesSent = 0;
+  private recordsSent = 0;
+  private connects = 0;
+  private connectedSince: string | null = null;
+  private lastError: string | null = null;
+  private windowWaiter: (() => void) | null = null;
+
+  constructor(public config: OutgoingConfig, private readonly deps: SenderDeps) {}
+
+  start(): void {
+    this.running ??= this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.state = 'stopped';
+    this.channel?.close();
+    this.wake?.();
+    await this.running;
+  }
+
+  setPaused(paused: boolean): void {
+    this.config = { ...this.config, paused };
+    if (paused) this.channel?.close();
+    this.wake?.();
+  }
+
+  status(): OutgoingStatus {
+    let seqSource = 0;
+    let lag = { records: 0, bytes: 0, seconds: 0, oldestUnsent: null as string | null };
+    try {
+      const { device } = this.deps.volumes.replicationView(this.config.volume);
+      seqSource = device.lastSeq;
+      const behind = seqSource - this.seqAcknowledged;
+      if (behind > 0) {
+        const first = device.history.entry(this.seqAcknowledged + 1);
+        let bytes = 0;
+        const counted = Math.min(behind, 100_000);
+        for (let seq = this.seqAcknowledged + 1; seq <= this.seqAcknowledged + counted; seq += 1) bytes += recordSpan(device.history.entry(seq).payloadBytes);
+        lag = { records: behind, bytes: Math.round(bytes * (behind / counted)), seconds: Math.max(0, (Date.now() * 1000 - first.timeUs) / 1e6), oldestUnsent: formatTimeUs(first.timeUs) };
+      }
+    } catch {
+      // the volume is gone or failed: shown by the state and last error
+    }
+    const down = this.state !== 'streaming' && this.state !== 'paused';
+    return {
+      direction: 'outgoing', ...this.config, state: this.config.paused ? 'paused' : this.state,
+      health: lag.seconds > this.config.rpoSeconds || (down && lag.records > 0) ? 'warning' : 'ok',
+      seqSource, seqSent: this.seqSent, seqAcknowledged: this.seqAcknowledged, lag,
+      bytesOnWire: this.bytesOnWire, recordBytesSent: this.recordBytesSent, recordsSent: this.recordsSent,
+      connects: this.connects, connectedSince: this.connectedSince, lastError: this.lastError,
+    };
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      if (this.config.paused) {
+        this.state = 'paused';
+        await this.sleep(1000);
+        continue;
+      }
+      this.state = 'connecting';
+      const startedMs = Date.now();
+      try {
+        await this.session();
+      } catch (err) {
+        if (this.stopped) break;
+        const message = (err as Error).message;
+        if (message !== this.lastError) this.deps.log.warn({ volume: this.config.volume, to: this.config.to, err: message }, 'replication link down; retrying');
+        this.lastError = message;
+      } finally {
+        this.channel?.close();
+        this.channel = null;
+        this.connectedSince = null;
+        this.inflight = [];
+        this.inflightBytes = 0;
+        this.windowWaiter?.();
+      }
+      if (this.stopped) break;
+      // A link that streamed for a while starts its backoff again.
+      failures = Date.now() - startedMs > 60_000 ? 1 : failures + 1;
+      this.state = 'retrying';
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(failures - 1, 10));
+      await this.sleep(delay * (0.75 + Math.random() * 0.5));
+    }
+    this.state = 'stopped';
+  }
+
+  private connect(): Promise<tls.TLSSocket> {
+    const { host, port } = splitHostPort(this.config.to);
+    const own = this.deps.psk.own(this.config.identity);
+    return new Promise((resolve, reject) => {
+      const socket = tls.connect({
+        host, port, ciphers: 'PSK', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+        pskCallback: () => ({ identity: own.identity, psk: own.key }),
+        checkServerIdentity: () => undefined,
+      });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new HindsightError('IO_ERROR', `replication: no TLS connection to ${this.config.to} within ${CONNECT_TIMEOUT_MS / 1000} s`));
+      }, CONNECT_TIMEOUT_MS);
+      socket.once('secureConnect', () => {
+        clearTimeout(timer);
+        socket.setNoDelay(true);
+        socket.setKeepAlive(true, 10_000);
+        resolve(socket);
+      });
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        socket.destroy();
+        reject(new HindsightError('IO_ERROR', `replication: cannot connect to ${this.config.to}: ${err.message}`));
+      });
+    });
+  }
+
+  private async session(): Promise<void> {
+    const socket = await this.connect();
+    if (this.stopped || this.config.paused) {
+      socket.destroy();
+      return;
+    }
+    const channel = new Channel(socket);
+    this.channel = channel;
+    this.connects += 1;
+    const view = this.deps.volumes.replicationView(this.config.volume);
+    const { device } = view;
+    await channel.send(jsonFrame(FrameType.HELLO, {
+      protocol: PROTOCOL_VERSION, volume: this.config.as, sourceVolume: this.config.volume, volumeId: view.id, sizeBytes: view.sizeBytes,
+      seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs,
+    }));
+    const welcome = parseJson(await channel.expect(FrameType.WELCOME, RECEIVE_TIMEOUT_MS));
+    const held = welcome.seqLast;
+    const heldDurable = welcome.seqDurable;
+    if (welcome.protocol !== PROTOCOL_VERSION || !Number.isSafeInteger(held) || !Number.isSafeInteger(heldDurable)) throw new HindsightError('PROTOCOL_ERROR', 'the receiver answered with an unknown WELCOME');
+    const seqHeld = held as number;
+    if (seqHeld > device.lastSeq) {
+      throw new HindsightError('REPLICATION_REFUSED', `the receiver holds seq ${seqHeld}, beyond this volume's last (${device.lastSeq}): the two have diverged`);
+    }
+    if (seqHeld > 0 && fingerprint(device.history.entry(seqHeld)) !== welcome.fingerprint) {
+      throw new HindsightError('REPLICATION_REFUSED', `the receiver's record at seq ${seqHeld} is not this volume's: the two have diverged`);
+    }
+    this.seqReceived = seqHeld;
+    this.seqSent = seqHeld;
+    this.seqAcknowledged = heldDurable as number;
+    this.state = 'streaming';
+    this.connectedSince = new Date().toISOString();
+    this.lastError = null;
+    this.deps.log.info({ volume: this.config.volume, to: this.config.to, as: this.config.as, from: seqHeld + 1 }, 'replication link up');
+    const reader = this.readAcks(channel);
+    try {
+      await this.stream(channel, seqHeld + 1);
+    } finally {
+      channel.close();
+      await reader;
+    }
+  }
+
+  private async readAcks(channel: Channel): Promise<void> {
+    while (!channel.closed) {
+      let frame;
+      try {
+        frame = await channel.next(RECEIVE_TIMEOUT_MS);
+      } catch {
+        break;
+      }
+      if (frame.type !== FrameType.ACK) {
+        await channel.refuse('PROTOCOL_ERROR', `unexpected frame type ${frame.type}`);
+        break;
+      }
+      let ack;
+      try {
+        ack = decodeAck(frame.body);
+      } catch (err) {
+        await channel.refuse('PROTOCOL_ERROR', (err as Error).message);
+        break;
+      }
+      this.seqReceived = Math.max(this.seqReceived, ack.seqReceived);
+      this.seqAcknowledged = Math.max(this.seqAcknowledged, ack.seqDurable);
+      while (this.inflight.length > 0 && this.inflight[0].seq <= this.seqReceived) this.inflightBytes -= this.inflight.shift()!.bytes;
+      this.windowWaiter?.();
+    }
+    this.wake?.();
+    this.windowWaiter?.();
+  }
+
+  private async stream(channel: Channel, from: number): Promise<void> {
+    let cursor = from;
+    let lastSyncMs = 0;
+    let lastSentMs = Date.now();
+    let sentState = '';
+    let nextSendMs = 0;
+    while (!this.stopped && !this.config.paused) {
+      if (channel.closed) throw channel.error ?? new HindsightError('IO_ERROR', 'replication link closed');
+      const { device, bookmarks } = this.deps.volumes.replicationView(this.config.volume);
+      if (device.durableSeq < device.lastSeq && Date.now() - lastSyncMs >= SYNC_EVERY_MS) {
+        lastSyncMs = Date.now();
+        await device.syncThrough(device.lastSeq);
+      }
+      const target = device.durableSeq;
+      if (cursor > target) {
+        if (Date.now() - lastSentMs >= HEARTBEAT_MS) {
+          await channel.send(jsonFrame(FrameType.HEARTBEAT, { seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs, nowUs: Date.now() * 1000 }));
+          lastSentMs = Date.now();
+        }
+        await this.sleep(IDLE_POLL_MS);
+        continue;
+      }
+      while (this.inflightBytes > WINDOW_BYTES && !channel.closed) await new Promise<void>((resolve) => { this.windowWaiter = resolve; });
+      if (channel.closed) continue;
+      const records = await device.recordsFrom(cursor, target, BATCH_BYTES);
+      const batchLast = cursor + records.length - 1;
+      // Expiry and bookmarks first: the receiver must know a point is gone before records
+      // without payload (thinned) arrive, and keeps only bookmarks of records it holds.
+      const state = JSON.stringify({
+        expired: device.history.expired,
+        bookmarks: bookmarks.list().filter((bookmark) => bookmark.seq <= batchLast),
+      });
+      if (state !== sentState) {
+        await channel.send(encodeFrame(FrameType.STATE, Buffer.from(state), true));
+        sentState = state;
+      }
+      const frame = encodeFrame(FrameType.RECORDS, recordsBody(records), true);
+      const wire = frame[0].length + frame[1].length;
+      const rate = this.config.bandwidthBytesPerSecond;
+      if (rate) {
+        const now = Date.now();
+        if (nextSendMs > now) await this.sleep(nextSendMs - now);
+        nextSendMs = Math.max(now, nextSendMs) + (wire * 1000) / rate;
+      }
+      this.inflight.push({ seq: batchLast, bytes: wire });
+      this.inflightBytes += wire;
+      await channel.send(frame);
+      lastSentMs = Date.now();
+      this.seqSent = batchLast;
+      this.bytesOnWire += wire;
+      this.recordsSent += records.length;
+      for (const record of records) this.recordBytesSent += record.length;
+      cursor = batchLast + 1;
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wake = null;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        this.wake = null;
+        resolve();
+      };
+    });
+  }
+}
+
+export function splitHostPort(text: string): { host: string; port: number } {
+  const match = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(text.trim());
+  const port = match ? Number(match[2]) : NaN;
+  if (!match || !(port >= 1 && port <= 65535)) throw new HindsightError('INVALID_ARGUMENT', `"${text}" is not HOST:PORT (e.g. dr-site:10810)`);
+  return { host: match[1], port };
+}

@@ -1,0 +1,223 @@
+/**
+ * Replication in one daemon: the outgoing links (this site's volumes sent elsewhere), the
+ * listener receiving other sites' volumes, and what both were told — kept in
+ * DATA/replication.json (written atomically), so links come back after a restart.
+ */
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { HindsightError, parseSize } from '../core/index.js';
+import { nodeFileLayer } from '../journal/index.js';
+import type { VolumeInfo, VolumeManager } from '../volume/index.js';
+import { validateVolumeName } from '../volume/index.js';
+import { PskFile, validateIdentity } from './credentials.js';
+import { ReplicationReceiver } from './receiver.js';
+import type { IncomingConfig, IncomingStatus } from './receiver.js';
+import { ReplicationLink, splitHostPort } from './sender.js';
+import type { OutgoingConfig, OutgoingStatus } from './sender.js';
+
+const FORMAT_VERSION = 1;
+const FILE = 'replication.json';
+const DEFAULT_RPO_SECONDS = 60;
+
+interface RegistryFile {
+  formatVersion: number;
+  outgoing: OutgoingConfig[];
+  incoming: IncomingConfig[];
+}
+
+export interface ReplicateRequest {
+  volume: string;
+  to: string;
+  as?: string;
+  identity?: string;
+  /** Bytes per second, or a size such as "50M" (per second). */
+  bandwidth?: number | string | null;
+  rpoSeconds?: number;
+}
+
+export interface ReplicationServiceOptions {
+  dataDir: string;
+  volumes: VolumeManager;
+  log: Logger;
+  pskFile: string;
+}
+
+export class ReplicationService {
+  private readonly links = new Map<string, ReplicationLink>();
+  private incoming: IncomingConfig[] = [];
+  private readonly receiver: ReplicationReceiver;
+  private readonly psk: PskFile;
+  private mutation: Promise<unknown> = Promise.resolve();
+  bound: { host: string; port: number } | null = null;
+
+  private constructor(private readonly options: ReplicationServiceOptions, psk: PskFile, registry: RegistryFile) {
+    this.psk = psk;
+    this.incoming = registry.incoming;
+    this.receiver = new ReplicationReceiver({
+      volumes: options.volumes, psk, log: options.log.child({ component: 'replication' }),
+      incoming: (volume) => this.incoming.find((entry) => entry.volume === volume),
+    });
+    for (const config of registry.outgoing) this.links.set(config.volume, this.newLink(config));
+  }
+
+  static load(options: ReplicationServiceOptions): ReplicationService {
+    const psk = PskFile.ensure(options.pskFile);
+    const bytes = nodeFileLayer.readFile(path.join(options.dataDir, FILE));
+    let registry: RegistryFile = { formatVersion: FORMAT_VERSION, outgoing: [], incoming: [] };
+    if (bytes) {
+      try {
+        registry = JSON.parse(bytes.toString('utf8')) as RegistryFile;
+      } catch {
+        throw new HindsightError('CONFIG_INVALID', `${path.join(options.dataDir, FILE)} is not valid JSON`);
+      }
+      if (registry.formatVersion !== FORMAT_VERSION || !Array.isArray(registry.outgoing) || !Array.isArray(registry.incoming)) {
+        throw new HindsightError('CONFIG_INVALID', `${path.join(options.dataDir, FILE)} has an unknown format`);
+      }
+    }
+    return new ReplicationService(options, psk, registry);
+  }
+
+  /** Binds the listener, then starts the outgoing links. */
+  async start(host: string, port: number): Promise<{ host: string; port: number }> {
+    try {
+      this.bound = await this.receiver.listen(host, port);
+    } catch (err) {
+      throw new HindsightError('ADDRESS_IN_USE', `cannot listen for replication on ${host}:${port}: ${(err as Error).message}`, { cause: err });
+    }
+    for (const link of this.links.values()) link.start();
+    return this.bound;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.links.values()].map((link) => link.stop()));
+    await this.receiver.close();
+  }
+
+  /** This site's identity (what it presents when sending). */
+  get identity(): string {
+    return this.psk.own().identity;
+  }
+
+  list(): { identity: string; listen: { host: string; port: number } | null; outgoing: OutgoingStatus[]; incoming: IncomingStatus[] } {
+    return {
+      identity: this.identity,
+      listen: this.bound,
+      outgoing: [...this.links.values()].map((link) => link.status()).sort((a, b) => a.volume.localeCompare(b.volume)),
+      incoming: this.incoming.map((config) => this.receiver.status(config)).sort((a, b) => a.volume.localeCompare(b.volume)),
+    };
+  }
+
+  replicate(request: ReplicateRequest): Promise<OutgoingStatus> {
+    return this.serialise(async () => {
+      const volume = validateVolumeName(request.volume);
+      const view = this.options.volumes.replicationView(volume);
+      if (view.replica) throw new HindsightError('IS_REPLICA', `volume "${volume}" is itself a replica; fail it over first`);
+      if (this.links.has(volume)) throw new HindsightError('REPLICATION_EXISTS', `volume "${volume}" is already replicated (to ${this.links.get(volume)!.config.to}); replication remove ${volume} first`);
+      splitHostPort(request.to);
+      if (request.identity !== undefined) this.psk.own(validateIdentity(request.identity));
+      const rpoSeconds = request.rpoSeconds ?? DEFAULT_RPO_SECONDS;
+      if (!(Number.isFinite(rpoSeconds) && rpoSeconds > 0 && rpoSeconds <= 86_400 * 7)) throw new HindsightError('INVALID_ARGUMENT', '--rpo is seconds, more than 0 and at most a week');
+      const config: OutgoingConfig = {
+        volume, to: request.to.trim(), as: validateVolumeName(request.as ?? volume), ...(request.identity !== undefined ? { identity: request.identity } : {}),
+        bandwidthBytesPerSecond: bandwidthOf(request.bandwidth), rpoSeconds, paused: false, createdAt: new Date().toISOString(),
+      };
+      const link = this.newLink(config);
+      this.links.set(volume, link);
+      try {
+        await this.save();
+      } catch (err) {
+        this.links.delete(volume);
+        throw err;
+      }
+      link.start();
+      return link.status();
+    });
+  }
+
+  setPaused(volume: string, paused: boolean): Promise<OutgoingStatus> {
+    return this.serialise(async () => {
+      const link = this.link(volume);
+      link.setPaused(paused);
+      await this.save();
+      return link.status();
+    });
+  }
+
+  remove(volume: string): Promise<OutgoingStatus> {
+    return this.serialise(async () => {
+      const link = this.link(volume);
+      this.links.delete(volume);
+      await link.stop();
+      await this.save();
+      return link.status();
+    });
+  }
+
+  accept(volume: string, from: string): Promise<IncomingStatus> {
+    return this.serialise(async () => {
+      const config: IncomingConfig = { volume: validateVolumeName(volume), from: validateIdentity(from), createdAt: new Date().toISOString() };
+      if (this.incoming.some((entry) => entry.volume === volume)) throw new HindsightError('REPLICATION_EXISTS', `volume "${volume}" is already accepted from ${this.incoming.find((entry) => entry.volume === volume)!.from}; replication refuse ${volume} first`);
+      if (this.options.volumes.names().includes(volume)) {
+        const view = this.options.volumes.replicationView(volume);
+        if (!view.replica) throw new HindsightError('VOLUME_EXISTS', `volume "${volume}" exists here and is not a replica`);
+      }
+      this.incoming.push(config);
+      await this.save();
+      return this.receiver.status(config);
+    });
+  }
+
+  /** Stops receiving `volume` (the replica stays, read-only, as received). */
+  refuse(volume: string): Promise<IncomingStatus> {
+    return this.serialise(() => this.refuseNow(volume));
+  }
+
+  private async refuseNow(volume: string): Promise<IncomingStatus> {
+    const config = this.incoming.find((entry) => entry.volume === volume);
+    if (!config) throw new HindsightError('REPLICATION_NOT_FOUND', `volume "${volume}" is not received here`);
+    this.incoming = this.incoming.filter((entry) => entry !== config);
+    await this.save();
+    await this.receiver.disconnect(volume);
+    return this.receiver.status(config);
+  }
+
+  /**
+   * Failover: stops receiving the replica (its sender is refused from now on) and makes it a
+   * live volume; with `at`, rolled back to that point as a new branch.
+   */
+  failover(volume: string, at: string | undefined, clients: () => number, detach: (exportName: string) => Promise<void>): Promise<VolumeInfo> {
+    return this.serialise(async () => {
+      if (this.incoming.some((entry) => entry.volume === volume)) await this.refuseNow(volume);
+      await this.receiver.disconnect(volume);
+      return this.options.volumes.promote(volume, at, clients, detach);
+    });
+  }
+
+  private link(volume: string): ReplicationLink {
+    const link = this.links.get(volume);
+    if (!link) throw new HindsightError('REPLICATION_NOT_FOUND', `volume "${volume}" is not replicated from here`);
+    return link;
+  }
+
+  private newLink(config: OutgoingConfig): ReplicationLink {
+    return new ReplicationLink(config, { volumes: this.options.volumes, psk: this.psk, log: this.options.log.child({ component: 'replication' }) });
+  }
+
+  private save(): Promise<void> {
+    const content: RegistryFile = { formatVersion: FORMAT_VERSION, outgoing: [...this.links.values()].map((link) => link.config), incoming: this.incoming };
+    return nodeFileLayer.writeFileAtomic(path.join(this.options.dataDir, FILE), Buffer.from(`${JSON.stringify(content, null, 2)}\n`));
+  }
+
+  private serialise<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.mutation.catch(() => undefined).then(work);
+    this.mutation = result;
+    return result;
+  }
+}
+
+function bandwidthOf(value: number | string | null | undefined): number | null {
+  if (value === undefined || value === null || value === '' || value === 0 || value === '0') return null;
+  const bytes = typeof value === 'number' ? value : parseSize(value.replace(/\/s$/i, ''));
+  if (!(Number.isSafeInteger(bytes) && bytes >= 64 * 1024)) throw new HindsightError('INVALID_ARGUMENT', '--bandwidth is bytes per second, at least 64K (e.g. 50M)');
+  return bytes;
+}
