@@ -13,7 +13,7 @@ import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { HindsightError, isHindsightError } from '../core/index.js';
 import { RecordFlag, RecordType } from '../journal/index.js';
-import type { Bookmark, VolumeManager } from '../volume/index.js';
+import type { Bookmark, JournaledDevice, VolumeManager } from '../volume/index.js';
 import { validateVolumeName, validateVolumeSize } from '../volume/index.js';
 import { Channel } from './channel.js';
 import type { PskFile } from './credentials.js';
@@ -160,8 +160,10 @@ export class ReplicationReceiver {
       return;
     }
     let volume: string;
+    let device: JournaledDevice;
     try {
       volume = this.checkHello(hello, identity);
+      device = await this.prepare(volume, hello, identity, log);
     } catch (err) {
       const error = err instanceof HindsightError ? err : new HindsightError('PROTOCOL_ERROR', String(err));
       log.warn({ volume: typeof hello.volume === 'string' ? hello.volume.slice(0, 100) : undefined, code: error.code, err: error.message }, 'replication: sender refused');
@@ -181,7 +183,7 @@ export class ReplicationReceiver {
     const stats = this.stats.get(volume) ?? { recordsReceived: 0, bytesOnWire: 0, seqSource: null, lastContact: null, lastError: null };
     this.stats.set(volume, stats);
     try {
-      await this.receive(channel, volume, identity, hello, stats, log.child({ volume }));
+      await this.receive(channel, volume, device, stats, log.child({ volume }));
     } catch (err) {
       const error = err as Error;
       if (!channel.closed || !isHindsightError(err, 'SHUTTING_DOWN')) {
@@ -208,17 +210,22 @@ export class ReplicationReceiver {
     return volume;
   }
 
-  private async receive(channel: Channel, volume: string, identity: string, hello: Record<string, unknown>, stats: NonNullable<ReturnType<ReplicationReceiver['stats']['get']>>, log: Logger): Promise<void> {
+  /** The replica `volume` (made on first contact), if it is the one the HELLO names. */
+  private async prepare(volume: string, hello: Record<string, unknown>, identity: string, log: Logger): Promise<JournaledDevice> {
     const volumes = this.deps.volumes;
     if (!volumes.names().includes(volume)) {
       await volumes.createReplica(volume, hello.sizeBytes as number, hello.volumeId as string, identity);
-      log.info({ sizeBytes: hello.sizeBytes }, 'replication: replica volume created');
+      log.info({ volume, sizeBytes: hello.sizeBytes }, 'replication: replica volume created');
     }
     const view = volumes.replicationView(volume);
     if (view.id !== hello.volumeId) throw new HindsightError('REPLICATION_REFUSED', `another volume named "${volume}" lives here (id ${view.id})`);
     if (!view.replica) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is a live volume here (failed over${view.promoted ? ` at seq ${view.promoted.seq}` : ''}), not a replica`);
     if (view.sizeBytes !== hello.sizeBytes) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is ${view.sizeBytes} bytes here, ${String(hello.sizeBytes)} at the source`);
-    const { device } = view;
+    return view.device;
+  }
+
+  private async receive(channel: Channel, volume: string, device: JournaledDevice, stats: NonNullable<ReturnType<ReplicationReceiver['stats']['get']>>, log: Logger): Promise<void> {
+    const volumes = this.deps.volumes;
     const held = device.lastSeq;
     await channel.send(jsonFrame(FrameType.WELCOME, {
       protocol: PROTOCOL_VERSION, seqLast: held, seqDurable: device.durableSeq, fingerprint: held > 0 ? fingerprint(device.history.entry(held)) : null,
@@ -247,6 +254,7 @@ export class ReplicationReceiver {
               stats.recordsReceived += 1;
               if (record.type === RecordType.FLUSH || (record.flags & RecordFlag.FUA) !== 0) durableAsked = true;
             }
+            stats.seqSource = Math.max(stats.seqSource ?? 0, device.lastSeq);
             if (durableAsked) {
               await device.sync();
               await ack();
@@ -258,8 +266,8 @@ export class ReplicationReceiver {
           }
           case FrameType.STATE: {
             const state = parseJson(frame);
-            await volumes.expireReplicated(volume, checkRuns(state.expired));
-            await volumes.bookmarksReplicated(volume, checkBookmarks(state.bookmarks));
+            if (state.expired !== undefined) await volumes.expireReplicated(volume, checkRuns(state.expired));
+            if (state.bookmarks !== undefined) await volumes.bookmarksReplicated(volume, checkBookmarks(state.bookmarks));
             break;
           }
           case FrameType.HEARTBEAT: {

@@ -48,7 +48,7 @@ export type LinkState = 'connecting' | 'streaming' | 'paused' | 'retrying' | 'st
 export interface OutgoingStatus extends OutgoingConfig {
   direction: 'outgoing';
   state: LinkState;
-  /** ok, or warning (the lag is past the RPO target, or the link is down). */
+  /** ok, or warning (the lag is past the RPO target, or the link fails and retries). */
   health: 'ok' | 'warning';
   seqSource: number;
   /** Highest seq sent, and highest the receiver holds durably. */
@@ -84,6 +84,7 @@ export class ReplicationLink {
   private recordBytesSent = 0;
   private recordsSent = 0;
   private connects = 0;
+  private handshakes = 0;
   private connectedSince: string | null = null;
   private lastError: string | null = null;
   private windowWaiter: (() => void) | null = null;
@@ -125,10 +126,10 @@ export class ReplicationLink {
     } catch {
       // the volume is gone or failed: shown by the state and last error
     }
-    const down = this.state !== 'streaming' && this.state !== 'paused';
     return {
       direction: 'outgoing', ...this.config, state: this.config.paused ? 'paused' : this.state,
-      health: lag.seconds > this.config.rpoSeconds || (down && lag.records > 0) ? 'warning' : 'ok',
+      // Behind the RPO target, or failing (refused, unreachable) even with nothing to send.
+      health: lag.seconds > this.config.rpoSeconds || (this.state === 'retrying' && !this.config.paused) ? 'warning' : 'ok',
       seqSource, seqSent: this.seqSent, seqAcknowledged: this.seqAcknowledged, lag,
       bytesOnWire: this.bytesOnWire, recordBytesSent: this.recordBytesSent, recordsSent: this.recordsSent,
       connects: this.connects, connectedSince: this.connectedSince, lastError: this.lastError,
@@ -144,7 +145,7 @@ export class ReplicationLink {
         continue;
       }
       this.state = 'connecting';
-      const startedMs = Date.now();
+      const handshakesBefore = this.handshakes;
       try {
         await this.session();
       } catch (err) {
@@ -161,8 +162,8 @@ export class ReplicationLink {
         this.windowWaiter?.();
       }
       if (this.stopped) break;
-      // A link that streamed for a while starts its backoff again.
-      failures = Date.now() - startedMs > 60_000 ? 1 : failures + 1;
+      // A link that got through the handshake starts its backoff again.
+      failures = this.handshakes > handshakesBefore ? 1 : failures + 1;
       this.state = 'retrying';
       const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(failures - 1, 10));
       await this.sleep(delay * (0.75 + Math.random() * 0.5));
@@ -227,6 +228,7 @@ export class ReplicationLink {
     this.seqSent = seqHeld;
     this.seqAcknowledged = heldDurable as number;
     this.state = 'streaming';
+    this.handshakes += 1;
     this.connectedSince = new Date().toISOString();
     this.lastError = null;
     this.deps.log.info({ volume: this.config.volume, to: this.config.to, as: this.config.as, from: seqHeld + 1 }, 'replication link up');
@@ -271,7 +273,8 @@ export class ReplicationLink {
     let cursor = from;
     let lastSyncMs = 0;
     let lastSentMs = Date.now();
-    let sentState = '';
+    let sentExpired = '';
+    let sentBookmarks = '';
     let nextSendMs = 0;
     while (!this.stopped && !this.config.paused) {
       if (channel.closed) throw channel.error ?? new HindsightError('IO_ERROR', 'replication link closed');
@@ -293,15 +296,13 @@ export class ReplicationLink {
       if (channel.closed) continue;
       const records = await device.recordsFrom(cursor, target, BATCH_BYTES);
       const batchLast = cursor + records.length - 1;
-      // Expiry and bookmarks first: the receiver must know a point is gone before records
-      // without payload (thinned) arrive, and keeps only bookmarks of records it holds.
-      const state = JSON.stringify({
-        expired: device.history.expired,
-        bookmarks: bookmarks.list().filter((bookmark) => bookmark.seq <= batchLast),
-      });
-      if (state !== sentState) {
-        await channel.send(encodeFrame(FrameType.STATE, Buffer.from(state), true));
-        sentState = state;
+      // Expiry before the records: the receiver must know a point is gone before records
+      // without payload (thinned) arrive. Bookmarks after: it keeps only bookmarks of
+      // records it holds.
+      const expired = JSON.stringify({ expired: device.history.expired });
+      if (expired !== sentExpired) {
+        await channel.send(encodeFrame(FrameType.STATE, Buffer.from(expired), true));
+        sentExpired = expired;
       }
       const frame = encodeFrame(FrameType.RECORDS, recordsBody(records), true);
       const wire = frame[0].length + frame[1].length;
@@ -320,6 +321,11 @@ export class ReplicationLink {
       this.recordsSent += records.length;
       for (const record of records) this.recordBytesSent += record.length;
       cursor = batchLast + 1;
+      const marks = JSON.stringify({ bookmarks: bookmarks.list().filter((bookmark) => bookmark.seq <= batchLast) });
+      if (marks !== sentBookmarks) {
+        await channel.send(encodeFrame(FrameType.STATE, Buffer.from(marks), true));
+        sentBookmarks = marks;
+      }
     }
   }
 

@@ -1,7 +1,7 @@
 export { VolumeManager } from './volume-manager.js';
 export type { VolumeInfo, VolumeManagerOptions, RollbackResult, Timeline, PointInfo } from './volume-manager.js';
 export { validateVolumeName, validateVolumeSize, validateMountName } from './names.js';
-export type { FsckReport, FsckProblem } from './journaled-device.js';
+export type { FsckReport, FsckProblem, JournaledDevice } from './journaled-device.js';
 export type { MountInfo } from './mounts.js';
 export type { Bookmark } from './bookmarks.js';
 export type { ResolvedPoint } from './points.js';

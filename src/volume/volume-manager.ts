@@ -301,7 +301,7 @@ export class VolumeManager {
       id: volume.record.id,
       sizeBytes: volume.record.sizeBytes,
       createdAt: volume.record.createdAt,
-      readOnly: volume.record.readOnly ?? false,
+      readOnly: (volume.record.readOnly ?? false) || volume.record.replica !== undefined,
       reduce: volume.record.reduce ?? true,
       state: volume.device && !volume.error ? 'online' : 'failed',
       error: volume.error ? volume.error.toJSON() : null,

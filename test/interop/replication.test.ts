@@ -1,0 +1,338 @@
+/**
+ * Replication between two real daemons on loopback, written by a real client (qemu-io):
+ * - through a fault proxy (cuts, truncated frames, delays, flipped bytes) while writes go
+ *   on: afterwards every flush point and bookmark hashes the same at both sites, the
+ *   replica's journal is gap-free (fsck) and holds exactly the source's seqs;
+ * - kill -9 of the receiver, then of the sender, mid-stream: the link resumes where the
+ *   receiver is, without a full resync (bytes shipped counted);
+ * - refusals: unknown identity, wrong key, a volume not accepted, accepted from someone
+ *   else, a live volume of that name, garbage bytes and garbage frames — nothing written;
+ * - failover: the replica becomes a writable volume (optionally at a point), the old
+ *   sender is refused from then on.
+ */
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import tls from 'node:tls';
+import { test } from 'node:test';
+import type { TestContext } from 'node:test';
+import { makeTempDir, startDaemon } from '../helpers/daemon.js';
+import type { DaemonHandle } from '../helpers/daemon.js';
+import { FaultProxy } from '../helpers/fault-proxy.js';
+import { MiB, deferrals, freePort, hindsight, waitFor } from '../helpers/interop.js';
+import { Random } from '../helpers/random.js';
+import { run } from '../helpers/run.js';
+import { FrameType, encodeFrame, jsonFrame, recordsBody } from '../../src/replication/index.js';
+
+const SIZE = 16 * MiB;
+const KEY_A = crypto.randomBytes(32).toString('hex');
+const KEY_B = crypto.randomBytes(32).toString('hex');
+
+interface Site {
+  name: string;
+  daemon: DaemonHandle;
+  dataDir: string;
+  pskFile: string;
+  replicationPort: number;
+}
+
+interface LinkStatus {
+  volume: string; to: string; state: string; health: string; seqSource: number; seqAcknowledged: number;
+  lag: { records: number; bytes: number; seconds: number }; bytesOnWire: number; recordBytesSent: number; recordsSent: number; connects: number; lastError: string | null;
+}
+
+/** Site A holds its own key; site B its own and A's (A may send to B); C (when used) its own. */
+function pskFile(dir: string, lines: string[]): string {
+  const file = path.join(dir, `psk-${crypto.randomBytes(4).toString('hex')}`);
+  fs.writeFileSync(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+  return file;
+}
+
+async function startSite(t: TestContext, name: string, psk: string, options: { dataDir?: string; replicationPort?: number } = {}): Promise<Site> {
+  const dataDir = options.dataDir ?? makeTempDir(`hindsight-repl-${name}-`);
+  const replicationPort = options.replicationPort ?? await freePort();
+  const daemon = await startDaemon({ dataDir, extraArgs: ['--replication', `127.0.0.1:${replicationPort}`, '--replication-psk-file', psk, '--log-level', 'info'] });
+  t.after(() => daemon.kill());
+  return { name, daemon, dataDir, pskFile: psk, replicationPort };
+}
+
+async function api<T = Record<string, unknown>>(site: Site, method: string, route: string, body?: unknown): Promise<T> {
+  const response = await fetch(`${site.daemon.apiUrl}/api/v1${route}`, {
+    method, headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const parsed = await response.json() as T & { code?: string; message?: string };
+  if (!response.ok) throw Object.assign(new Error(`${method} ${route}: ${response.status} ${parsed.code}: ${parsed.message}`), { code: parsed.code, status: response.status });
+  return parsed;
+}
+
+async function link(site: Site, volume: string): Promise<LinkStatus> {
+  const list = await api<{ outgoing: LinkStatus[] }>(site, 'GET', '/replication');
+  const found = list.outgoing.find((entry) => entry.volume === volume);
+  assert.ok(found, `no link for ${volume}`);
+  return found;
+}
+
+async function seqLast(site: Site, volume: string): Promise<number> {
+  return (await api<{ seqLast: number | null }>(site, 'GET', `/volumes/${volume}`)).seqLast ?? 0;
+}
+
+/** Waits until the receiver holds (durably) everything the source has. */
+async function caughtUp(source: Site, volume: string, timeoutMs = 60_000): Promise<LinkStatus> {
+  let last: LinkStatus | null = null;
+  await waitFor(async () => {
+    last = await link(source, volume);
+    return last.seqAcknowledged === await seqLast(source, volume) && last.lag.records === 0;
+  }, { what: () => `the link of ${volume} to catch up: ${JSON.stringify(last)}`, timeoutMs, intervalMs: 100 });
+  return last!;
+}
+
+/** Random bytes for qemu-io's `write -s` (incompressible data). */
+const RANDOM_FILE = path.join(makeTempDir('hindsight-repl-data-'), 'random');
+fs.writeFileSync(RANDOM_FILE, crypto.randomBytes(256 * 1024));
+
+/**
+ * qemu-io writes (seeded): random offsets, lengths of 512 B..`lengthMax`, patterns or
+ * random data, zeroes, discards; flushes between.
+ */
+async function writeRound(site: Site, volume: string, random: Random, writes: number, lengthMax = 256 * 1024): Promise<void> {
+  const commands: string[] = [];
+  for (let i = 0; i < writes; i += 1) {
+    const length = 512 * (1 + random.int(lengthMax / 512));
+    const offset = 512 * random.int((SIZE - length) / 512);
+    const kind = random.int(10);
+    if (kind === 0) commands.push('-c', `write -z ${offset} ${length}`);
+    else if (kind === 1) commands.push('-c', `discard ${offset} ${length}`);
+    else if (kind < 5) commands.push('-c', `write -s ${RANDOM_FILE} ${offset} ${length}`);
+    else commands.push('-c', `write -P ${random.int(256)} ${offset} ${length}`);
+    if (random.int(8) === 0) commands.push('-c', 'flush');
+  }
+  commands.push('-c', 'flush');
+  await run('qemu-io', ['-f', 'raw', ...commands, site.daemon.uri(volume)]);
+}
+
+async function hashAt(site: Site, volume: string, seq: number | 'latest'): Promise<string> {
+  let exportName = volume;
+  let unmount = async () => undefined as unknown;
+  if (seq !== 'latest') {
+    const mount = await api<{ export: string }>(site, 'POST', '/mounts', { volume, at: `seq:${seq}` });
+    exportName = mount.export;
+    unmount = () => api(site, 'DELETE', `/mounts/${exportName}`);
+  }
+  try {
+    const { stdout } = await run('bash', ['-c', `set -o pipefail; nbdcopy '${site.daemon.uri(exportName)}' - | sha256sum`]);
+    return stdout.split(' ')[0];
+  } finally {
+    await unmount();
+  }
+}
+
+/** Every flush point and bookmark of `volume` hashes the same at both sites; the replica is sound. */
+async function assertSameHistory(source: Site, replica: Site, volume: string): Promise<number> {
+  const points = await api<{ flushPoints: Array<{ seq: number }>; bookmarks: Array<{ name: string; seq: number }> }>(source, 'GET', `/volumes/${volume}/points?limit=10000`);
+  const mirrored = await api<{ flushPoints: Array<{ seq: number }>; bookmarks: Array<{ name: string; seq: number }> }>(replica, 'GET', `/volumes/${volume}/points?limit=10000`);
+  assert.deepEqual(mirrored.flushPoints, points.flushPoints, 'the same flush points');
+  assert.deepEqual(mirrored.bookmarks.map(({ name, seq }) => ({ name, seq })), points.bookmarks.map(({ name, seq }) => ({ name, seq })), 'the same bookmarks');
+  const seqs = [...new Set([...points.flushPoints.map((point) => point.seq), ...points.bookmarks.map((bookmark) => bookmark.seq)])];
+  assert.ok(seqs.length >= 3, `points to compare: ${seqs.length}`);
+  for (const seq of seqs) assert.equal(await hashAt(replica, volume, seq), await hashAt(source, volume, seq), `seq ${seq} hashes the same at both sites`);
+  assert.equal(await hashAt(replica, volume, 'latest'), await hashAt(source, volume, 'latest'), 'the latest image too');
+  const sourceInfo = await api<{ seqLast: number; records: number; clientBytesWritten: number }>(source, 'GET', `/volumes/${volume}`);
+  const replicaInfo = await api<{ seqLast: number; records: number; clientBytesWritten: number; replica: unknown; readOnly: boolean }>(replica, 'GET', `/volumes/${volume}`);
+  assert.equal(replicaInfo.seqLast, sourceInfo.seqLast);
+  assert.equal(replicaInfo.records, sourceInfo.records, 'seqs 1..seqLast, no gap, no duplicate');
+  assert.equal(replicaInfo.clientBytesWritten, sourceInfo.clientBytesWritten);
+  assert.ok(replicaInfo.replica && replicaInfo.readOnly);
+  const fsck = await hindsight(['fsck', volume, '--json', '--api', replica.daemon.apiUrl]);
+  assert.equal(fsck.code, 0, fsck.stdout + fsck.stderr);
+  assert.equal((JSON.parse(fsck.stdout) as { ok: boolean }).ok, true, fsck.stdout);
+  return seqs.length;
+}
+
+async function pair(t: TestContext): Promise<{ a: Site; b: Site; dir: string }> {
+  const dir = makeTempDir('hindsight-repl-keys-');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const a = await startSite(t, 'a', pskFile(dir, [`siteA:${KEY_A}`]));
+  const b = await startSite(t, 'b', pskFile(dir, [`siteB:${KEY_B}`, `siteA:${KEY_A}`]));
+  return { a, b, dir };
+}
+
+test('through a fault proxy (cuts, truncations, delays, flipped bytes) every flush point and bookmark arrives byte-exact, gap-free', { timeout: 240_000 }, async (t) => {
+  const { a, b } = await pair(t);
+  const proxy = await FaultProxy.start({ host: '127.0.0.1', port: b.replicationPort }, { seed: 7, cut: 0.04, truncate: 0.04, delay: 0.05, flip: 0.04 });
+  t.after(() => proxy.close());
+  await api(a, 'POST', '/volumes', { name: 'db', size: SIZE });
+  const random = new Random(42);
+  await writeRound(a, 'db', random, 200); // history before replication starts: sent as is
+  await api(b, 'POST', '/replication/incoming', { volume: 'db', from: 'siteA' });
+  await api(a, 'POST', '/replication', { volume: 'db', to: `127.0.0.1:${proxy.port}`, rpoSeconds: 30 });
+  // Rounds of writes until the link has met every kind of fault a few times (bounded).
+  const faults = () => Math.min(proxy.counts.cuts, proxy.counts.truncations, proxy.counts.flips);
+  for (let round = 0; round < 8 || (faults() < 2 && round < 60); round += 1) {
+    await writeRound(a, 'db', random, 100, 64 * 1024);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    if (round === 2) await api(a, 'POST', '/volumes/db/bookmarks', { name: 'before-upgrade' });
+    if (round === 5) await api(a, 'POST', '/volumes/db/bookmarks', { name: 'after-upgrade' });
+  }
+  // Faults stop so the link can finish; it must have met plenty of them by then.
+  proxy.active = false;
+  const status = await caughtUp(a, 'db', 120_000);
+  assert.ok(faults() >= 2, `every kind of fault injected: ${JSON.stringify(proxy.counts)}`);
+  assert.ok(status.connects >= 2, `the link reconnected after faults (${status.connects} connections)`);
+  const compared = await assertSameHistory(a, b, 'db');
+  t.diagnostic(`faults ${JSON.stringify(proxy.counts)}; connects ${status.connects}; ${compared} points compared; ${status.recordsSent} records, ${status.recordBytesSent} record bytes, ${status.bytesOnWire} on the wire`);
+  // Writes to the replica are refused; its points mount read-only.
+  const write = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', b.daemon.uri('db')], { allowFailure: true });
+  assert.notEqual(write.code, 0, 'a replica does not take NBD writes');
+  const lagMetrics = await (await fetch(`${a.daemon.apiUrl}/metrics`)).text();
+  assert.match(lagMetrics, /hindsight_replication_lag_seconds\{volume="db",to="127\.0\.0\.1:\d+"\} 0/);
+  assert.match(lagMetrics, /hindsight_replication_link_up\{volume="db",to="127\.0\.0\.1:\d+"\} 1/);
+});
+
+test('kill -9 of the receiver, then of the sender, mid-stream: the link resumes where the receiver is, without a full resync', { timeout: 240_000 }, async (t) => {
+  const { a, b } = await pair(t);
+  await api(a, 'POST', '/volumes', { name: 'vm', size: SIZE });
+  await api(b, 'POST', '/replication/incoming', { volume: 'vm', from: 'siteA' });
+  await run('qemu-io', ['-f', 'raw', '-c', `write -P 7 0 ${12 * MiB}`, '-c', 'flush', a.daemon.uri('vm')]);
+  await api(a, 'POST', '/replication', { volume: 'vm', to: `127.0.0.1:${b.replicationPort}` });
+  const initial = await caughtUp(a, 'vm');
+  assert.ok(initial.recordBytesSent >= 12 * MiB, `the initial sync sent the data (${initial.recordBytesSent})`);
+
+  // The receiver dies while writes stream in; it comes back on the same data and port.
+  const journalBytes = async (site: Site) => (await api<{ journalBytes: number }>(site, 'GET', '/volumes/vm')).journalBytes;
+  const random = new Random(9);
+  const before = await journalBytes(a);
+  const writing = writeRound(a, 'vm', random, 300);
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  await b.daemon.kill();
+  await writing;
+  const b2 = await startSite(t, 'b', b.pskFile, { dataDir: b.dataDir, replicationPort: b.replicationPort });
+  const afterReceiver = await caughtUp(a, 'vm');
+  // Everything sent since the initial sync is at most what was written since (a full
+  // resync would send the 12 MiB of the initial sync again, too).
+  const written = (await journalBytes(a)) - before;
+  const resent = afterReceiver.recordBytesSent - initial.recordBytesSent;
+  assert.ok(resent <= written, `after the receiver's restart only what it missed was sent (${resent} bytes sent, ${written} journaled since)`);
+  assert.ok(afterReceiver.connects >= 2);
+
+  // The sender dies mid-stream; its link comes back from replication.json by itself.
+  const before2 = await journalBytes(a);
+  const writing2 = writeRound(a, 'vm', random, 300);
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  await a.daemon.kill();
+  await writing2.catch(() => undefined); // qemu-io loses its server
+  const a2 = await startSite(t, 'a', a.pskFile, { dataDir: a.dataDir, replicationPort: a.replicationPort });
+  await writeRound(a2, 'vm', random, 50);
+  const afterSender = await caughtUp(a2, 'vm');
+  const written2 = (await journalBytes(a2)) - before2;
+  assert.ok(afterSender.recordBytesSent <= written2, `after the sender's restart only the missing records were sent (${afterSender.recordBytesSent} bytes sent, ${written2} journaled since the last catch-up)`);
+  await assertSameHistory(a2, b2, 'vm');
+});
+
+test('refused: unknown identity, wrong key, volumes not accepted, accepted from another peer, a live volume, garbage — nothing written', { timeout: 120_000 }, async (t) => {
+  const { a, b, dir } = await pair(t);
+  const c = await startSite(t, 'c', pskFile(dir, [`siteC:${crypto.randomBytes(32).toString('hex')}`]));
+  const impostor = await startSite(t, 'impostor', pskFile(dir, [`siteA:${crypto.randomBytes(32).toString('hex')}`]));
+  for (const site of [a, c, impostor]) await api(site, 'POST', '/volumes', { name: 'x', size: SIZE });
+  await api(a, 'POST', '/volumes', { name: 'notaccepted', size: SIZE });
+  await api(b, 'POST', '/volumes', { name: 'live', size: SIZE });
+  await api(a, 'POST', '/volumes', { name: 'live', size: SIZE });
+  await api(b, 'POST', '/replication/incoming', { volume: 'x', from: 'siteA' });
+  await api(b, 'POST', '/replication/incoming', { volume: 'other', from: 'siteC' });
+  await api(a, 'POST', '/volumes', { name: 'other', size: SIZE });
+  for (const site of [a, c, impostor]) await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 64k', '-c', 'flush', site.daemon.uri('x')]);
+
+  const to = `127.0.0.1:${b.replicationPort}`;
+  await api(c, 'POST', '/replication', { volume: 'x', to });
+  await api(impostor, 'POST', '/replication', { volume: 'x', to });
+  await api(a, 'POST', '/replication', { volume: 'notaccepted', to });
+  await api(a, 'POST', '/replication', { volume: 'other', to });
+  await assert.rejects(api(b, 'POST', '/replication/incoming', { volume: 'live', from: 'siteA' }), /VOLUME_EXISTS/);
+  const expectError = async (site: Site, volume: string, pattern: RegExp) => {
+    let status: LinkStatus | null = null;
+    await waitFor(async () => {
+      status = await link(site, volume);
+      return status.lastError !== null && pattern.test(status.lastError);
+    }, { what: () => `${site.name}/${volume} refused (${JSON.stringify(status)})`, timeoutMs: 30_000, intervalMs: 100 });
+    assert.notEqual(status!.state, 'streaming');
+    assert.equal(status!.health, 'warning', `a link that cannot send while writes wait is a warning: ${JSON.stringify(status)}`);
+  };
+  await expectError(c, 'x', /TLS|socket|closed|ECONNRESET|alert/i);
+  await expectError(impostor, 'x', /TLS|socket|closed|ECONNRESET|alert|decrypt/i);
+  await expectError(a, 'notaccepted', /not told to receive volume "notaccepted"/);
+  await expectError(a, 'other', /received here from "siteC" only/);
+  const names = (await api<{ volumes: Array<{ name: string }> }>(b, 'GET', '/volumes')).volumes.map((volume) => volume.name);
+  assert.deepEqual(names.sort(), ['live'], 'no replica was created for a refused sender');
+
+  // Garbage bytes (no TLS) and, past TLS with the right key, garbage frames: refused, nothing written.
+  const raw = net.connect(b.replicationPort, '127.0.0.1');
+  raw.on('error', () => undefined);
+  raw.write(crypto.randomBytes(4096));
+  await new Promise((resolve) => raw.once('close', resolve));
+  await api(a, 'POST', '/replication', { volume: 'x', to });
+  await caughtUp(a, 'x');
+  const held = await seqLast(b, 'x');
+  for (const frames of [
+    [crypto.randomBytes(1000)],
+    encodeFrame(FrameType.RECORDS, recordsBody([crypto.randomBytes(100)])),
+    jsonFrame(FrameType.HELLO, { protocol: 1, volume: 'x', volumeId: '00000000-0000-0000-0000-000000000000', sizeBytes: SIZE, seqLast: 0 }),
+  ]) {
+    const socket = tls.connect({ host: '127.0.0.1', port: b.replicationPort, ciphers: 'PSK', maxVersion: 'TLSv1.2', pskCallback: () => ({ identity: 'siteA', psk: Buffer.from(KEY_A, 'hex') }), checkServerIdentity: () => undefined });
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('secureConnect', resolve));
+    socket.write(Buffer.concat(frames));
+    const answer: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => answer.push(chunk));
+    await new Promise((resolve) => socket.once('close', resolve));
+    // A HELLO naming another volume id is refused with a reason.
+    if (frames.length === 2 && Buffer.concat(frames).readUInt8(4) === FrameType.HELLO) assert.match(Buffer.concat(answer).toString('latin1'), /another volume named/);
+  }
+  assert.equal(await seqLast(b, 'x'), held, 'nothing written by garbage');
+  const info = await api<{ replica: unknown }>(b, 'GET', '/volumes/live');
+  assert.equal(info.replica, null, 'the live volume was left alone');
+  // The daemon log names each refusal.
+  await waitFor(() => /TLS handshake refused/.test(b.daemon.stderr()) && /sender refused/.test(b.daemon.stderr()), { what: 'refusals logged', timeoutMs: 10_000 });
+});
+
+test('failover: the replica becomes a writable volume (at a bookmark), its old sender is refused; pause, resume and lag', { timeout: 120_000 }, async (t) => {
+  const { a, b } = await pair(t);
+  await api(a, 'POST', '/volumes', { name: 'app', size: SIZE });
+  await api(b, 'POST', '/replication/incoming', { volume: 'app', from: 'siteA' });
+  await api(a, 'POST', '/replication', { volume: 'app', to: `127.0.0.1:${b.replicationPort}`, as: 'app', rpoSeconds: 1 });
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 1M', '-c', 'flush', a.daemon.uri('app')]);
+  await api(a, 'POST', '/volumes/app/bookmarks', { name: 'good' });
+  await caughtUp(a, 'app');
+  const good = await hashAt(a, 'app', 'latest');
+
+  // Paused: writes wait at the source; the lag shows them, and past the RPO the link warns.
+  await api(a, 'POST', '/replication/app/pause');
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 2 0 1M', '-c', 'flush', a.daemon.uri('app')]);
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  const paused = await link(a, 'app');
+  assert.equal(paused.state, 'paused');
+  assert.ok(paused.lag.records >= 1 && paused.lag.bytes >= MiB && paused.lag.seconds >= 1, JSON.stringify(paused.lag));
+  assert.equal(paused.health, 'warning');
+  const list = await hindsight(['replication', 'list', '--api', a.daemon.apiUrl]);
+  assert.match(list.stdout, /app .*paused .*warning/);
+  await api(a, 'POST', '/replication/app/resume');
+  await caughtUp(a, 'app');
+  const bad = await hashAt(a, 'app', 'latest');
+  assert.equal(await hashAt(b, 'app', 'latest'), bad);
+
+  const failover = await hindsight(['failover', 'app', '--at', 'bookmark:good', '--json', '--api', b.daemon.apiUrl]);
+  assert.equal(failover.code, 0, failover.stderr);
+  const promoted = JSON.parse(failover.stdout) as { replica: unknown; promoted: { from: string }; readOnly: boolean; rollback: { seq: number } };
+  assert.equal(promoted.replica, null);
+  assert.equal(promoted.promoted.from, 'siteA');
+  assert.equal(promoted.readOnly, false);
+  assert.equal(await hashAt(b, 'app', 'latest'), good, 'the promoted volume continues from the bookmark');
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 3 2M 64k', '-c', 'flush', b.daemon.uri('app')]);
+  // The old source keeps trying and is refused; nothing it sends lands.
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 4 4M 64k', '-c', 'flush', a.daemon.uri('app')]);
+  await waitFor(async () => /not told to receive/.test((await link(a, 'app')).lastError ?? ''), { what: 'the old sender refused', timeoutMs: 30_000, intervalMs: 100 });
+  const after = await run('bash', ['-c', `nbdcopy '${b.daemon.uri('app')}' - | od -An -tx1 -j $((4 * 1024 * 1024)) -N 16`]);
+  assert.match(after.stdout, /^\s*00( 00)*\s*$/, 'the old source\'s write after failover did not reach the promoted volume');
+  const info = await api<{ seqLast: number }>(b, 'GET', '/volumes/app');
+  assert.ok(info.seqLast > 0);
+});
