@@ -30,11 +30,12 @@ export function registerReplicationRoutes(app: FastifyInstance, context: ApiCont
           volume: TEXT, to: TEXT, as: TEXT, identity: TEXT,
           bandwidth: { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 0 }, { type: 'null' }] },
           rpoSeconds: { type: 'number', exclusiveMinimum: 0 },
+          initial: { type: 'string', enum: ['image', 'history'] },
         },
       },
     },
   }, async (request, reply) => {
-    const body = request.body as { volume: string; to: string; as?: string; identity?: string; bandwidth?: string | number | null; rpoSeconds?: number };
+    const body = request.body as { volume: string; to: string; as?: string; identity?: string; bandwidth?: string | number | null; rpoSeconds?: number; initial?: 'image' | 'history' };
     const status = await replication().replicate(body);
     request.log.info({ volume: body.volume, to: body.to, as: status.as }, 'replication started');
     return reply.status(201).send(status);
@@ -57,11 +58,11 @@ export function registerReplicationRoutes(app: FastifyInstance, context: ApiCont
   });
 
   app.post('/api/v1/replication/incoming', {
-    schema: { body: { type: 'object', additionalProperties: false, required: ['volume', 'from'], properties: { volume: TEXT, from: TEXT } } },
+    schema: { body: { type: 'object', additionalProperties: false, required: ['volume', 'from'], properties: { volume: TEXT, from: TEXT, failback: { type: 'boolean' } } } },
   }, async (request, reply) => {
-    const { volume, from } = request.body as { volume: string; from: string };
-    const status = await replication().accept(volume, from);
-    request.log.info({ volume, from }, 'replication accepted');
+    const { volume, from, failback = false } = request.body as { volume: string; from: string; failback?: boolean };
+    const status = await replication().accept(volume, from, failback);
+    request.log.info({ volume, from, failback }, 'replication accepted');
     return reply.status(201).send(status);
   });
 

@@ -24,12 +24,13 @@ export function registerReplicationCommands(program: Command, run: (work: () => 
     .option('--bandwidth <rate>', 'at most this many bytes per second on the link, e.g. 50M (default: unlimited)')
     .option('--rpo <seconds>', 'warn when the receiver lags more than this (default 60)')
     .option('--identity <id>', 'the PSK identity to present (default: the first in the PSK file)')
+    .option('--initial <mode>', 'first sync: image (default: the data the volume and its bookmarks show now; earlier points stay here) or history (every record since the first)')
     .option(...API_OPTION)
     .option('--json', 'print JSON')
-    .action((volume: string, options: ClientOptions & { to: string; as?: string; bandwidth?: string; rpo?: string; identity?: string }) => run(async () => {
+    .action((volume: string, options: ClientOptions & { to: string; as?: string; bandwidth?: string; rpo?: string; identity?: string; initial?: string }) => run(async () => {
       const rpoSeconds = options.rpo === undefined ? undefined : Number(options.rpo.replace(/s$/, ''));
       if (rpoSeconds !== undefined && !(rpoSeconds > 0)) throw new HindsightError('INVALID_ARGUMENT', '--rpo takes seconds, e.g. 30');
-      const body = { volume, to: options.to, ...(options.as ? { as: options.as } : {}), ...(options.bandwidth ? { bandwidth: options.bandwidth } : {}), ...(rpoSeconds ? { rpoSeconds } : {}), ...(options.identity ? { identity: options.identity } : {}) };
+      const body = { volume, to: options.to, ...(options.as ? { as: options.as } : {}), ...(options.bandwidth ? { bandwidth: options.bandwidth } : {}), ...(rpoSeconds ? { rpoSeconds } : {}), ...(options.identity ? { identity: options.identity } : {}), ...(options.initial ? { initial: options.initial } : {}) };
       const status = await client(options).request<OutgoingStatus>('POST', '/replication', body);
       if (options.json) printJson(status);
       else process.stdout.write(`replicating ${status.volume} to ${status.to} as ${status.as} (${status.state})\n`);
@@ -91,10 +92,11 @@ export function registerReplicationCommands(program: Command, run: (work: () => 
   replication.command('accept <volume>')
     .description('receive this volume from a peer (the only way a sender is accepted); the replica is made on first contact')
     .requiredOption('--from <identity>', 'the peer\'s PSK identity (its line must be in this site\'s PSK file)')
+    .option('--failback', 'the volume exists here (live): let the peer\'s link make it its replica, keeping what diverged as NAME.diverged-TIME')
     .option(...API_OPTION)
     .option('--json', 'print JSON')
-    .action((volume: string, options: ClientOptions & { from: string }) => run(async () => {
-      const status = await client(options).request<IncomingStatus>('POST', '/replication/incoming', { volume, from: options.from });
+    .action((volume: string, options: ClientOptions & { from: string; failback?: boolean }) => run(async () => {
+      const status = await client(options).request<IncomingStatus>('POST', '/replication/incoming', { volume, from: options.from, failback: Boolean(options.failback) });
       if (options.json) printJson(status);
       else process.stdout.write(`accepting ${volume} from ${status.from}\n`);
       return 0;
@@ -108,6 +110,21 @@ export function registerReplicationCommands(program: Command, run: (work: () => 
       const status = await client(options).request<IncomingStatus>('DELETE', `/replication/incoming/${encodeURIComponent(volume)}`);
       if (options.json) printJson(status);
       else process.stdout.write(`no longer receiving ${volume}\n`);
+      return 0;
+    }));
+
+  program.command('failback <volume>')
+    .description('after a failover, send this volume back to the original site: only what diverged since the last common seq travels (the original site must accept it with --failback)')
+    .requiredOption('--to <host:port>', 'the original site\'s replication address')
+    .option('--as <name>', 'the volume\'s name there (default: the same)')
+    .option('--bandwidth <rate>', 'at most this many bytes per second, e.g. 50M')
+    .option(...API_OPTION)
+    .option('--json', 'print JSON')
+    .action((volume: string, options: ClientOptions & { to: string; as?: string; bandwidth?: string }) => run(async () => {
+      const body = { volume, to: options.to, ...(options.as ? { as: options.as } : {}), ...(options.bandwidth ? { bandwidth: options.bandwidth } : {}) };
+      const status = await client(options).request<OutgoingStatus>('POST', '/replication', body);
+      if (options.json) printJson(status);
+      else process.stdout.write(`failing back ${status.volume} to ${status.to} as ${status.as}: \`hindsight replication list\` shows when it has caught up\n`);
       return 0;
     }));
 

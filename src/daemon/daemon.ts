@@ -69,7 +69,8 @@ export class Daemon {
         log.error({ volume: name, error: error.message }, 'volume refused: damaged journal data');
         void server.disconnectExport(name).catch(() => undefined);
       };
-      replication = ReplicationService.load({ dataDir: config.dataDir, volumes, log, pskFile: config.replicationPskFile ?? path.join(config.dataDir, 'replication.psk') });
+      const nbdServer = nbd;
+      replication = ReplicationService.load({ dataDir: config.dataDir, volumes, log, pskFile: config.replicationPskFile ?? path.join(config.dataDir, 'replication.psk'), clients: (name) => nbdServer.connectionCount(name) });
       const replicationBound = await replication.start(config.replication.host, config.replication.port);
       const ports: BoundPorts = { nbd: nbdBound, api: { ...config.api }, replication: replicationBound };
       const startedAt = new Date();

@@ -17,6 +17,7 @@ import type { Bookmark, JournaledDevice, VolumeManager } from '../volume/index.j
 import { validateVolumeName, validateVolumeSize } from '../volume/index.js';
 import { Channel } from './channel.js';
 import type { PskFile } from './credentials.js';
+import type { Frame } from './frames.js';
 import { fingerprint } from './fingerprint.js';
 import { FrameType, PROTOCOL_VERSION, ackFrame, decodeRecords, jsonFrame, parseJson } from './frames.js';
 
@@ -30,6 +31,8 @@ export interface IncomingConfig {
   volume: string;
   /** The PSK identity allowed to send it. */
   from: string;
+  /** A live volume of that name may be turned into the replica (failback). */
+  failback?: boolean;
   createdAt: string;
 }
 
@@ -52,6 +55,8 @@ export interface ReceiverDeps {
   psk: PskFile;
   log: Logger;
   incoming: (volume: string) => IncomingConfig | undefined;
+  /** NBD clients attached to an export (a failback waits for none). */
+  clients: (exportName: string) => number;
 }
 
 interface Session {
@@ -160,10 +165,10 @@ export class ReplicationReceiver {
       return;
     }
     let volume: string;
-    let device: JournaledDevice;
+    let prepared: { device: JournaledDevice; failbackFrom: number | null };
     try {
       volume = this.checkHello(hello, identity);
-      device = await this.prepare(volume, hello, identity, log);
+      prepared = await this.prepare(volume, hello, identity, log);
     } catch (err) {
       const error = err instanceof HindsightError ? err : new HindsightError('PROTOCOL_ERROR', String(err));
       log.warn({ volume: typeof hello.volume === 'string' ? hello.volume.slice(0, 100) : undefined, code: error.code, err: error.message }, 'replication: sender refused');
@@ -183,7 +188,19 @@ export class ReplicationReceiver {
     const stats = this.stats.get(volume) ?? { recordsReceived: 0, bytesOnWire: 0, seqSource: null, lastContact: null, lastError: null };
     this.stats.set(volume, stats);
     try {
-      await this.receive(channel, volume, device, stats, log.child({ volume }));
+      let { device } = prepared;
+      let first: Frame | null = null;
+      if (prepared.failbackFrom !== null) {
+        // Failback: the sender checks the common record first (it ends the link if the
+        // histories differ there); only its next frame turns this volume into the replica.
+        const common = prepared.failbackFrom;
+        await channel.send(jsonFrame(FrameType.WELCOME, { protocol: PROTOCOL_VERSION, seqLast: common, seqDurable: common, fingerprint: common > 0 ? fingerprint(device.history.entry(common)) : null }));
+        first = await channel.next(HANDSHAKE_TIMEOUT_MS * 3);
+        const { diverged } = await this.deps.volumes.convertToReplica(volume, common, identity, () => this.deps.clients(volume));
+        log.warn({ volume, commonSeq: common, diverged }, diverged ? 'failback: the volume is now a replica; its records after the common seq are kept in the volume named by "diverged"' : 'failback: the volume is now a replica (nothing had diverged)');
+        device = this.deps.volumes.replicationView(volume).device;
+      }
+      await this.receive(channel, volume, device, stats, log.child({ volume }), first);
     } catch (err) {
       const error = err as Error;
       if (!channel.closed || !isHindsightError(err, 'SHUTTING_DOWN')) {
@@ -210,8 +227,11 @@ export class ReplicationReceiver {
     return volume;
   }
 
-  /** The replica `volume` (made on first contact), if it is the one the HELLO names. */
-  private async prepare(volume: string, hello: Record<string, unknown>, identity: string, log: Logger): Promise<JournaledDevice> {
+  /**
+   * The replica `volume` (made on first contact), if it is the one the HELLO names; or, for
+   * a failback, the live volume and the last seq both sites share.
+   */
+  private async prepare(volume: string, hello: Record<string, unknown>, identity: string, log: Logger): Promise<{ device: JournaledDevice; failbackFrom: number | null }> {
     const volumes = this.deps.volumes;
     if (!volumes.names().includes(volume)) {
       await volumes.createReplica(volume, hello.sizeBytes as number, hello.volumeId as string, identity);
@@ -219,17 +239,25 @@ export class ReplicationReceiver {
     }
     const view = volumes.replicationView(volume);
     if (view.id !== hello.volumeId) throw new HindsightError('REPLICATION_REFUSED', `another volume named "${volume}" lives here (id ${view.id})`);
-    if (!view.replica) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is a live volume here (failed over${view.promoted ? ` at seq ${view.promoted.seq}` : ''}), not a replica`);
     if (view.sizeBytes !== hello.sizeBytes) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is ${view.sizeBytes} bytes here, ${String(hello.sizeBytes)} at the source`);
-    return view.device;
+    if (view.replica) return { device: view.device, failbackFrom: null };
+    if (!this.deps.incoming(volume)?.failback) {
+      throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is a live volume here${view.promoted ? ` (failed over at seq ${view.promoted.seq})` : ''}, not a replica; to fail back onto it: hindsight replication accept ${volume} --from ${identity} --failback`);
+    }
+    // The histories part at the first of: either site's promotion, either site's end.
+    const senderPromoted = Number.isSafeInteger(hello.promotedSeq) ? hello.promotedSeq as number : Infinity;
+    const common = Math.min(view.device.lastSeq, hello.seqLast as number, senderPromoted, view.promoted?.seq ?? Infinity);
+    return { device: view.device, failbackFrom: common };
   }
 
-  private async receive(channel: Channel, volume: string, device: JournaledDevice, stats: NonNullable<ReturnType<ReplicationReceiver['stats']['get']>>, log: Logger): Promise<void> {
+  private async receive(channel: Channel, volume: string, device: JournaledDevice, stats: NonNullable<ReturnType<ReplicationReceiver['stats']['get']>>, log: Logger, first: Frame | null): Promise<void> {
     const volumes = this.deps.volumes;
     const held = device.lastSeq;
-    await channel.send(jsonFrame(FrameType.WELCOME, {
-      protocol: PROTOCOL_VERSION, seqLast: held, seqDurable: device.durableSeq, fingerprint: held > 0 ? fingerprint(device.history.entry(held)) : null,
-    }));
+    if (!first) {
+      await channel.send(jsonFrame(FrameType.WELCOME, {
+        protocol: PROTOCOL_VERSION, seqLast: held, seqDurable: device.durableSeq, fingerprint: held > 0 ? fingerprint(device.history.entry(held)) : null,
+      }));
+    }
     log.info({ from: held + 1 }, 'replication: receiving');
     let syncTimer: NodeJS.Timeout | null = null;
     let syncing: Promise<void> | null = null;
@@ -243,13 +271,19 @@ export class ReplicationReceiver {
     };
     try {
       for (;;) {
-        const frame = await channel.next(IDLE_TIMEOUT_MS);
+        const frame = first ?? await channel.next(IDLE_TIMEOUT_MS);
+        first = null;
         stats.bytesOnWire += frame.wireBytes;
         stats.lastContact = new Date().toISOString();
         switch (frame.type) {
           case FrameType.RECORDS: {
             let durableAsked = false;
             for (const raw of decodeRecords(frame.body)) {
+              // Data goes only with its points: a thinned record must lie in an expired run
+              // (the replica would not open again otherwise).
+              if (raw.length >= 5 && raw.readUInt8(4) === RecordType.THINNED && raw.length >= 16 && device.history.expiredRunOf(Number(raw.readBigUInt64LE(8))) === null) {
+                throw new HindsightError('RECORD_INVALID', `a thinned record (seq ${raw.readBigUInt64LE(8)}) arrived outside the points its source expired`);
+              }
               const record = device.appendReplicated(raw);
               stats.recordsReceived += 1;
               if (record.type === RecordType.FLUSH || (record.flags & RecordFlag.FUA) !== 0) durableAsked = true;

@@ -10,7 +10,9 @@
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { HindsightError, formatTimeUs } from '../core/index.js';
-import { recordSpan } from '../journal/index.js';
+import { RECORD_HEADER_BYTES, RecordFlag, RecordType, crcSeedFor, decodeRecordHeader, recordSpan } from '../journal/index.js';
+import { encodeRecordHeader } from '../journal/record.js';
+import { isZero } from '../index/index.js';
 import type { VolumeManager } from '../volume/index.js';
 import { Channel } from './channel.js';
 import type { PskFile } from './credentials.js';
@@ -39,6 +41,14 @@ export interface OutgoingConfig {
   identity?: string;
   bandwidthBytesPerSecond: number | null;
   rpoSeconds: number;
+  /**
+   * What a receiver without any record gets first: `image` (default) the data the volume
+   * and its bookmarks show now (earlier points arrive expired), `history` every record as
+   * stored.
+   */
+  initial?: 'image' | 'history';
+  /** initial: image — the seq the image stands for (the source's last when the link was made): every later point is sent. */
+  imageSeq?: number;
   paused: boolean;
   createdAt: string;
 }
@@ -88,6 +98,8 @@ export class ReplicationLink {
   private connectedSince: string | null = null;
   private lastError: string | null = null;
   private windowWaiter: (() => void) | null = null;
+  /** The first sync's image (initial: image), kept while it is being sent. */
+  private image: { seq: number; visible: Set<number>; expired: Array<[number, number]>; crcSeed: number } | null = null;
 
   constructor(public config: OutgoingConfig, private readonly deps: SenderDeps) {}
 
@@ -211,7 +223,7 @@ export class ReplicationLink {
     const { device } = view;
     await channel.send(jsonFrame(FrameType.HELLO, {
       protocol: PROTOCOL_VERSION, volume: this.config.as, sourceVolume: this.config.volume, volumeId: view.id, sizeBytes: view.sizeBytes,
-      seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs,
+      seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs, promotedSeq: view.promoted?.seq ?? null,
     }));
     const welcome = parseJson(await channel.expect(FrameType.WELCOME, RECEIVE_TIMEOUT_MS));
     const held = welcome.seqLast;
@@ -271,6 +283,13 @@ export class ReplicationLink {
 
   private async stream(channel: Channel, from: number): Promise<void> {
     let cursor = from;
+    // The first sync's image is taken once: a reconnection before it is complete goes on
+    // with the same one (unless its seq expired meanwhile, and nothing had arrived).
+    const wantImage = (this.config.initial ?? 'image') === 'image';
+    if (from === 1 && wantImage && (this.image === null || this.deps.volumes.replicationView(this.config.volume).device.history.expiredRunOf(this.image.seq) !== null)) {
+      this.image = await this.initialImage();
+    }
+    const image = this.image !== null && from <= this.image.seq ? this.image : null;
     let lastSyncMs = 0;
     let lastSentMs = Date.now();
     let sentExpired = '';
@@ -299,10 +318,15 @@ export class ReplicationLink {
       // Expiry before the records: the receiver must know a point is gone before records
       // without payload (thinned) arrive. Bookmarks after: it keeps only bookmarks of
       // records it holds.
-      const expired = JSON.stringify({ expired: device.history.expired });
+      const expired = JSON.stringify({ expired: image && cursor <= image.seq ? image.expired : device.history.expired });
       if (expired !== sentExpired) {
         await channel.send(encodeFrame(FrameType.STATE, Buffer.from(expired), true));
         sentExpired = expired;
+      }
+      if (image && cursor <= image.seq) {
+        for (let i = 0; i < records.length && cursor + i <= image.seq; i += 1) {
+          if (!image.visible.has(cursor + i)) records[i] = thinnedCopy(records[i], image.crcSeed);
+        }
       }
       const frame = encodeFrame(FrameType.RECORDS, recordsBody(records), true);
       const wire = frame[0].length + frame[1].length;
@@ -329,6 +353,44 @@ export class ReplicationLink {
     }
   }
 
+  /**
+   * The first sync as an image: up to seq S (durable now), only the WRITE records whose data
+   * point S or a bookmark shows keep their payload; the others go as THINNED headers (seq,
+   * time, range: the timeline stays whole), and every other point up to S arrives expired.
+   */
+  private async initialImage(): Promise<{ seq: number; visible: Set<number>; expired: Array<[number, number]>; crcSeed: number } | null> {
+    const { device, bookmarks, id } = this.deps.volumes.replicationView(this.config.volume);
+    let seq = this.config.imageSeq ?? 0;
+    if (seq === 0 || seq > device.durableSeq || device.history.expiredRunOf(seq) !== null) {
+      // The point the link was made at is gone (retention, before anything arrived): now.
+      await device.syncThrough(device.lastSeq);
+      seq = device.durableSeq;
+    }
+    if (seq === 0) return null;
+    const kept = [...new Set([...bookmarks.list().map((bookmark) => bookmark.seq).filter((at) => at <= seq), seq])].sort((x, y) => x - y);
+    const visible = new Set<number>();
+    for (const point of kept) {
+      let index;
+      try {
+        index = device.pointIndex(point);
+      } catch {
+        continue; // expired: nothing of it is kept anyway
+      }
+      index.lookup(0, device.sizeBytes, (piece) => {
+        if (piece.segment < 0 || isZero(piece.segment)) return;
+        visible.add(device.history.seqOfPayload(piece.segment, piece.payloadPosition));
+      });
+    }
+    const expired: Array<[number, number]> = [...device.history.expired.map(([a, b]) => [a, b] as [number, number])];
+    let previous = 0;
+    for (const point of kept) {
+      if (point - 1 > previous) expired.push([previous + 1, point - 1]);
+      previous = point;
+    }
+    this.deps.log.info({ volume: this.config.volume, seq, recordsWithData: visible.size, pointsKept: kept.length }, 'replication: first sync sends the image at seq S (and bookmarks), not every earlier point');
+    return { seq, visible, expired: mergeRuns(expired), crcSeed: crcSeedFor(Buffer.from(id.replace(/-/g, ''), 'hex')) };
+  }
+
   private sleep(ms: number): Promise<void> {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
@@ -342,6 +404,25 @@ export class ReplicationLink {
       };
     });
   }
+}
+
+/** A WRITE record as its THINNED header (no payload; CRC with the volume's seed); other records as they are. */
+export function thinnedCopy(raw: Buffer, crcSeed: number): Buffer {
+  const decoded = decodeRecordHeader(raw);
+  if (!decoded.ok || decoded.header.type !== RecordType.WRITE) return raw;
+  const out = Buffer.alloc(RECORD_HEADER_BYTES);
+  encodeRecordHeader(out, { ...decoded.header, type: RecordType.THINNED, flags: decoded.header.flags & ~RecordFlag.COMPRESSED, payloadBytes: 0, payloadSkip: 0 }, null, crcSeed);
+  return out;
+}
+
+function mergeRuns(runs: Array<[number, number]>): Array<[number, number]> {
+  const merged: Array<[number, number]> = [];
+  for (const [a, b] of runs.sort((x, y) => x[0] - y[0])) {
+    const last = merged[merged.length - 1];
+    if (last && a <= last[1] + 1) last[1] = Math.max(last[1], b);
+    else merged.push([a, b]);
+  }
+  return merged;
 }
 
 export function splitHostPort(text: string): { host: string; port: number } {

@@ -33,6 +33,8 @@ export interface ReplicateRequest {
   /** Bytes per second, or a size such as "50M" (per second). */
   bandwidth?: number | string | null;
   rpoSeconds?: number;
+  /** The first sync: `image` (default) or `history` (every record from seq 1). */
+  initial?: 'image' | 'history';
 }
 
 export interface ReplicationServiceOptions {
@@ -40,6 +42,8 @@ export interface ReplicationServiceOptions {
   volumes: VolumeManager;
   log: Logger;
   pskFile: string;
+  /** NBD clients attached to an export. */
+  clients: (exportName: string) => number;
 }
 
 export class ReplicationService {
@@ -56,6 +60,7 @@ export class ReplicationService {
     this.receiver = new ReplicationReceiver({
       volumes: options.volumes, psk, log: options.log.child({ component: 'replication' }),
       incoming: (volume) => this.incoming.find((entry) => entry.volume === volume),
+      clients: options.clients,
     });
     for (const config of registry.outgoing) this.links.set(config.volume, this.newLink(config));
   }
@@ -117,9 +122,15 @@ export class ReplicationService {
       if (request.identity !== undefined) this.psk.own(validateIdentity(request.identity));
       const rpoSeconds = request.rpoSeconds ?? DEFAULT_RPO_SECONDS;
       if (!(Number.isFinite(rpoSeconds) && rpoSeconds > 0 && rpoSeconds <= 86_400 * 7)) throw new HindsightError('INVALID_ARGUMENT', '--rpo is seconds, more than 0 and at most a week');
+      // The first sync's image stands for now: every point from here on reaches the receiver.
+      let imageSeq: number | undefined;
+      if ((request.initial ?? 'image') === 'image') {
+        await view.device.syncThrough(view.device.lastSeq);
+        imageSeq = view.device.durableSeq;
+      }
       const config: OutgoingConfig = {
         volume, to: request.to.trim(), as: validateVolumeName(request.as ?? volume), ...(request.identity !== undefined ? { identity: request.identity } : {}),
-        bandwidthBytesPerSecond: bandwidthOf(request.bandwidth), rpoSeconds, paused: false, createdAt: new Date().toISOString(),
+        bandwidthBytesPerSecond: bandwidthOf(request.bandwidth), rpoSeconds, initial: request.initial ?? 'image', ...(imageSeq ? { imageSeq } : {}), paused: false, createdAt: new Date().toISOString(),
       };
       const link = this.newLink(config);
       this.links.set(volume, link);
@@ -153,13 +164,18 @@ export class ReplicationService {
     });
   }
 
-  accept(volume: string, from: string): Promise<IncomingStatus> {
+  /**
+   * Receive `volume` from `from`. An existing live volume of that name is refused, unless
+   * `failback`: then the first link from `from` turns it into the replica (keeping what
+   * diverged as another volume; VolumeManager.convertToReplica).
+   */
+  accept(volume: string, from: string, failback = false): Promise<IncomingStatus> {
     return this.serialise(async () => {
-      const config: IncomingConfig = { volume: validateVolumeName(volume), from: validateIdentity(from), createdAt: new Date().toISOString() };
+      const config: IncomingConfig = { volume: validateVolumeName(volume), from: validateIdentity(from), ...(failback ? { failback: true } : {}), createdAt: new Date().toISOString() };
       if (this.incoming.some((entry) => entry.volume === volume)) throw new HindsightError('REPLICATION_EXISTS', `volume "${volume}" is already accepted from ${this.incoming.find((entry) => entry.volume === volume)!.from}; replication refuse ${volume} first`);
       if (this.options.volumes.names().includes(volume)) {
         const view = this.options.volumes.replicationView(volume);
-        if (!view.replica) throw new HindsightError('VOLUME_EXISTS', `volume "${volume}" exists here and is not a replica`);
+        if (!view.replica && !failback) throw new HindsightError('VOLUME_EXISTS', `volume "${volume}" exists here and is not a replica; pass --failback to make it ${from}'s replica (what it holds beyond the history both share is kept as another volume)`);
       }
       this.incoming.push(config);
       await this.save();

@@ -8,10 +8,10 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { DEFAULT_RETENTION, HindsightError, LIMITS, formatSize, formatTimeUs, fromSystemError, keepAllUs, parsePoint, parseRetention, retentionHorizonUs } from '../core/index.js';
+import { DEFAULT_RETENTION, HindsightError, LIMITS, assert, formatSize, formatTimeUs, fromSystemError, keepAllUs, parsePoint, parseRetention, retentionHorizonUs } from '../core/index.js';
 import type { BlockDevice } from '../core/index.js';
 import type { TimelineBucket } from '../index/index.js';
-import { RecordType, nodeFileLayer } from '../journal/index.js';
+import { RecordType, listSegments, nodeFileLayer, payloadOffset, recordSpan, segmentPath } from '../journal/index.js';
 import { BookmarkStore } from './bookmarks.js';
 import type { Bookmark } from './bookmarks.js';
 import { JournaledDevice, verifyJournal } from './journaled-device.js';
@@ -432,6 +432,90 @@ export class VolumeManager {
       const volume = this.online(name);
       if (!volume.record.replica) throw new HindsightError('PROTOCOL_ERROR', `volume "${name}" is not a replica`);
       await volume.bookmarks.replaceAll(bookmarks.filter((bookmark) => bookmark.seq <= volume.device.history.seqLast));
+    });
+  }
+
+  /**
+   * Failback, at the site that receives: the live volume `name` becomes a replica of
+   * `from`'s volume (same id), keeping records 1..`commonSeq` — the history both sites
+   * share. Records after it (written here after the sites diverged) are not destroyed: the
+   * volume as it was moves to a new volume NAME.diverged-TIME (readable, mountable,
+   * exportable). The new replica's journal shares the sealed segments (hard links) and
+   * copies only the part of the segment holding `commonSeq`. Refused while NBD clients or
+   * mounts use the volume.
+   */
+  convertToReplica(name: string, commonSeq: number, from: string, clients: () => number): Promise<{ diverged: string | null }> {
+    return this.serialise(async () => {
+      const volume = this.online(name);
+      if (volume.record.replica) throw new HindsightError('IS_REPLICA', `volume "${name}" is already a replica`);
+      if (clients() > 0) throw new HindsightError('VOLUME_BUSY', `volume "${name}" has connected NBD clients; stop them before failing back`);
+      const mounts = [...this.mounts.values()].filter((mount) => mount.record.volume === name);
+      if (mounts.length > 0) throw new HindsightError('VOLUME_BUSY', `volume "${name}" has mounts (${mounts.map((mount) => mount.record.name).join(', ')}); unmount them before failing back`);
+      const device = volume.device;
+      await device.sync();
+      const seqLast = device.lastSeq;
+      assert(commonSeq >= 0 && commonSeq <= seqLast, 'the common seq is in the history');
+      const now = new Date().toISOString();
+      const { promoted: _promoted, ...rest } = volume.record;
+      const record: VolumeRecord = { ...rest, replica: { from, since: now } };
+      // Where the shared history ends: segment and position after record `commonSeq`.
+      let cut: { segment: number; end: number } | null = null;
+      if (commonSeq > 0) {
+        const entry = device.history.entry(commonSeq);
+        cut = { segment: entry.segment, end: entry.payloadPosition - payloadOffset(entry.payloadBytes) + recordSpan(entry.payloadBytes) };
+      }
+      this.volumes.delete(name);
+      await device.close();
+      if (commonSeq === seqLast) {
+        // Nothing diverged: the same journal continues as a replica.
+        await this.writeVolumeRecord(name, record);
+        this.volumes.set(name, await this.load(name));
+        return { diverged: null };
+      }
+      const stamp = now.replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+      const diverged = `${name.slice(0, 64 - 26)}.diverged-${stamp}`;
+      let moved = false;
+      const staging = path.join(this.volumesDir, `.create-${randomUUID()}`);
+      try {
+        await fs.rename(this.volumeDir(name), this.volumeDir(diverged));
+        moved = true;
+        await syncDirectory(this.volumesDir);
+        await this.writeVolumeRecord(diverged, { ...volume.record, name: diverged });
+        const oldJournal = path.join(this.volumeDir(diverged), 'journal');
+        const newJournal = path.join(staging, 'journal');
+        await fs.mkdir(newJournal, { recursive: true });
+        for (const segment of cut ? listSegments(nodeFileLayer, oldJournal) : []) {
+          const from = segmentPath(oldJournal, segment);
+          const to = segmentPath(newJournal, segment);
+          if (segment < cut!.segment) {
+            await fs.link(from, to);
+          } else if (segment === cut!.segment) {
+            await copyPrefix(from, to, cut!.end);
+          }
+        }
+        for (const file of ['retention.json', 'bookmarks.json']) {
+          const text = await fs.readFile(path.join(this.volumeDir(diverged), file), 'utf8').catch(() => null);
+          if (text === null) continue;
+          const content = file === 'bookmarks.json'
+            ? `${JSON.stringify({ bookmarks: ((JSON.parse(text) as { bookmarks?: Bookmark[] }).bookmarks ?? []).filter((bookmark) => bookmark.seq <= commonSeq) }, null, 2)}\n`
+            : text;
+          await fs.writeFile(path.join(staging, file), content, { flush: true });
+        }
+        await writeRecord(staging, record);
+        await syncDirectory(newJournal);
+        await syncDirectory(staging);
+        await fs.rename(staging, this.volumeDir(name));
+        await syncDirectory(this.volumesDir);
+      } catch (err) {
+        await fs.rm(staging, { recursive: true, force: true });
+        // Not moved: the volume is as it was. Moved: it lives on under the new name.
+        if (moved) this.volumes.set(diverged, await this.load(diverged));
+        else this.volumes.set(name, await this.load(name));
+        throw fromSystemError(err, `failing back volume ${name}`);
+      }
+      this.volumes.set(diverged, await this.load(diverged));
+      this.volumes.set(name, await this.load(name));
+      return { diverged };
     });
   }
 
@@ -858,6 +942,25 @@ async function entries(directory: string): Promise<string[]> {
 
 async function writeRecord(directory: string, record: VolumeRecord): Promise<void> {
   await fs.writeFile(path.join(directory, 'volume.json'), `${JSON.stringify(record, null, 2)}\n`, { flush: true });
+}
+
+/** Copies the first `bytes` of `from` to a new file `to`, durably. */
+async function copyPrefix(from: string, to: string, bytes: number): Promise<void> {
+  const source = await fs.open(from, 'r');
+  const target = await fs.open(to, 'wx');
+  try {
+    const buffer = Buffer.allocUnsafe(4 * 1024 * 1024);
+    for (let at = 0; at < bytes;) {
+      const { bytesRead } = await source.read(buffer, 0, Math.min(buffer.length, bytes - at), at);
+      if (bytesRead === 0) throw new HindsightError('JOURNAL_CORRUPT', `${from} ends at ${at}, before ${bytes}`);
+      await target.write(buffer, 0, bytesRead, at);
+      at += bytesRead;
+    }
+    await target.datasync();
+  } finally {
+    await source.close();
+    await target.close();
+  }
 }
 
 /** Bytes allocated on disk under a directory (st_blocks), recursively. */

@@ -128,13 +128,22 @@ async function hashAt(site: Site, volume: string, seq: number | 'latest'): Promi
   }
 }
 
-/** Every flush point and bookmark of `volume` hashes the same at both sites; the replica is sound. */
-async function assertSameHistory(source: Site, replica: Site, volume: string): Promise<number> {
+/**
+ * Every flush point and bookmark of `volume` hashes the same at both sites; the replica is
+ * sound. A replica whose first sync was an image keeps the points from that image on (and
+ * the bookmarks): `imageUpTo` is the source's last seq when replication started, the latest
+ * seq that image may stand for.
+ */
+async function assertSameHistory(source: Site, replica: Site, volume: string, imageUpTo = 0): Promise<number> {
   const points = await api<{ flushPoints: Array<{ seq: number }>; bookmarks: Array<{ name: string; seq: number }> }>(source, 'GET', `/volumes/${volume}/points?limit=10000`);
   const mirrored = await api<{ flushPoints: Array<{ seq: number }>; bookmarks: Array<{ name: string; seq: number }> }>(replica, 'GET', `/volumes/${volume}/points?limit=10000`);
-  assert.deepEqual(mirrored.flushPoints, points.flushPoints, 'the same flush points');
+  // Every flush point after the image arrives; the image's own point is kept too.
+  const after = (list: Array<{ seq: number }>) => list.filter((point) => point.seq > imageUpTo);
+  assert.deepEqual(after(mirrored.flushPoints), after(points.flushPoints), 'the same flush points');
+  if (imageUpTo > 0) assert.ok(mirrored.flushPoints.length > 0 && mirrored.flushPoints[0].seq <= imageUpTo, `the image's point is kept (${mirrored.flushPoints[0]?.seq} <= ${imageUpTo})`);
+  else assert.deepEqual(mirrored.flushPoints, points.flushPoints, 'a replica sent its history keeps every point');
   assert.deepEqual(mirrored.bookmarks.map(({ name, seq }) => ({ name, seq })), points.bookmarks.map(({ name, seq }) => ({ name, seq })), 'the same bookmarks');
-  const seqs = [...new Set([...points.flushPoints.map((point) => point.seq), ...points.bookmarks.map((bookmark) => bookmark.seq)])];
+  const seqs = [...new Set([...mirrored.flushPoints.map((point) => point.seq), ...points.bookmarks.map((bookmark) => bookmark.seq)])];
   assert.ok(seqs.length >= 3, `points to compare: ${seqs.length}`);
   for (const seq of seqs) assert.equal(await hashAt(replica, volume, seq), await hashAt(source, volume, seq), `seq ${seq} hashes the same at both sites`);
   assert.equal(await hashAt(replica, volume, 'latest'), await hashAt(source, volume, 'latest'), 'the latest image too');
@@ -164,8 +173,13 @@ test('through a fault proxy (cuts, truncations, delays, flipped bytes) every flu
   t.after(() => proxy.close());
   await api(a, 'POST', '/volumes', { name: 'db', size: SIZE });
   const random = new Random(42);
-  await writeRound(a, 'db', random, 200); // history before replication starts: sent as is
+  // History before replication starts: the first sync sends the image of now and of the
+  // bookmark (earlier points stay at the source).
+  await writeRound(a, 'db', random, 100);
+  await api(a, 'POST', '/volumes/db/bookmarks', { name: 'before-replication' });
+  await writeRound(a, 'db', random, 100);
   await api(b, 'POST', '/replication/incoming', { volume: 'db', from: 'siteA' });
+  const imageUpTo = await seqLast(a, 'db');
   await api(a, 'POST', '/replication', { volume: 'db', to: `127.0.0.1:${proxy.port}`, rpoSeconds: 30 });
   // Rounds of writes until the link has met every kind of fault a few times (bounded).
   const faults = () => Math.min(proxy.counts.cuts, proxy.counts.truncations, proxy.counts.flips);
@@ -180,7 +194,7 @@ test('through a fault proxy (cuts, truncations, delays, flipped bytes) every flu
   const status = await caughtUp(a, 'db', 120_000);
   assert.ok(faults() >= 2, `every kind of fault injected: ${JSON.stringify(proxy.counts)}`);
   assert.ok(status.connects >= 2, `the link reconnected after faults (${status.connects} connections)`);
-  const compared = await assertSameHistory(a, b, 'db');
+  const compared = await assertSameHistory(a, b, 'db', imageUpTo);
   t.diagnostic(`faults ${JSON.stringify(proxy.counts)}; connects ${status.connects}; ${compared} points compared; ${status.recordsSent} records, ${status.recordBytesSent} record bytes, ${status.bytesOnWire} on the wire`);
   // Writes to the replica are refused; its points mount read-only.
   const write = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', b.daemon.uri('db')], { allowFailure: true });
@@ -198,7 +212,7 @@ test('kill -9 of the receiver, then of the sender, mid-stream: the link resumes 
   await api(a, 'POST', '/volumes', { name: 'vm', size });
   await api(b, 'POST', '/replication/incoming', { volume: 'vm', from: 'siteA' });
   await run('qemu-io', ['-f', 'raw', '-c', `write -s ${RANDOM_FILE} 0 256k`, '-c', `write -P 7 256k ${48 * MiB}`, '-c', 'flush', a.daemon.uri('vm')]);
-  await api(a, 'POST', '/replication', { volume: 'vm', to: `127.0.0.1:${b.replicationPort}` });
+  await api(a, 'POST', '/replication', { volume: 'vm', to: `127.0.0.1:${b.replicationPort}`, initial: 'history' });
   const initial = await caughtUp(a, 'vm');
   assert.ok(initial.recordBytesSent >= 48 * MiB, `the initial sync sent the data (${initial.recordBytesSent})`);
   const inFlightMax = 17 * MiB;
@@ -339,4 +353,79 @@ test('failover: the replica becomes a writable volume (at a bookmark), its old s
   assert.match(after.stdout, /^\s*00( 00)*\s*$/, 'the old source\'s write after failover did not reach the promoted volume');
   const info = await api<{ seqLast: number }>(b, 'GET', '/volumes/app');
   assert.ok(info.seqLast > 0);
+});
+
+test('failback: after a failover and writes at both sites, only what diverged travels back; the original keeps its own later writes as another volume', { timeout: 180_000 }, async (t) => {
+  const dir = makeTempDir('hindsight-repl-keys-');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const a = await startSite(t, 'a', pskFile(dir, [`siteA:${KEY_A}`, `siteB:${KEY_B}`]));
+  const b = await startSite(t, 'b', pskFile(dir, [`siteB:${KEY_B}`, `siteA:${KEY_A}`]));
+  const size = 32 * MiB;
+  const journalBytes = async (site: Site) => (await api<{ journalBytes: number }>(site, 'GET', '/volumes/app')).journalBytes;
+  await api(a, 'POST', '/volumes', { name: 'app', size });
+  await run('qemu-io', ['-f', 'raw', '-c', `write -P 5 0 ${24 * MiB}`, '-c', `write -s ${RANDOM_FILE} ${24 * MiB} 256k`, '-c', 'flush', a.daemon.uri('app')]);
+  await api(b, 'POST', '/replication/incoming', { volume: 'app', from: 'siteA' });
+  await api(a, 'POST', '/replication', { volume: 'app', to: `127.0.0.1:${b.replicationPort}` });
+  await caughtUp(a, 'app');
+
+  // The link goes down; the original site keeps writing for a while (lost to the DR site).
+  await api(a, 'POST', '/replication/app/pause');
+  await run('qemu-io', ['-f', 'raw', '-c', `write -P 6 ${4 * MiB} 1M`, '-c', 'flush', a.daemon.uri('app')]);
+  const originalLast = await hashAt(a, 'app', 'latest');
+  // Disaster: the DR site takes over and is written to.
+  assert.equal((await hindsight(['failover', 'app', '--api', b.daemon.apiUrl])).code, 0);
+  const atFailover = await journalBytes(b);
+  await run('qemu-io', ['-f', 'raw', '-c', `write -P 7 ${8 * MiB} 2M`, '-c', 'write -P 8 0 64k', '-c', 'flush', b.daemon.uri('app')]);
+  const diverged = (await journalBytes(b)) - atFailover;
+
+  // The original site is back: it stops its own link and takes the DR site's volume back.
+  await api(a, 'DELETE', '/replication/app');
+  const refusedPlain = await hindsight(['replication', 'accept', 'app', '--from', 'siteB', '--api', a.daemon.apiUrl]);
+  assert.match(refusedPlain.stderr, /--failback.*VOLUME_EXISTS/s, 'a live volume is taken over only when asked');
+  assert.equal((await hindsight(['replication', 'accept', 'app', '--from', 'siteB', '--failback', '--api', a.daemon.apiUrl])).code, 0);
+  const failback = await hindsight(['failback', 'app', '--to', `127.0.0.1:${a.replicationPort}`, '--api', b.daemon.apiUrl]);
+  assert.equal(failback.code, 0, failback.stderr);
+  const status = await caughtUp(b, 'app');
+  assert.ok(status.recordBytesSent <= diverged + 64 * 1024, `only what diverged was sent back (${status.recordBytesSent} bytes; ${diverged} journaled at the DR site since the failover)`);
+  assert.ok(status.recordBytesSent < 4 * MiB, 'never the 24 MiB the sites share');
+  assert.equal(await hashAt(a, 'app', 'latest'), await hashAt(b, 'app', 'latest'), 'the original site now holds the DR site\'s volume');
+  const volumes = (await api<{ volumes: Array<{ name: string; replica: { from: string } | null }> }>(a, 'GET', '/volumes')).volumes;
+  const kept = volumes.find((volume) => volume.name.startsWith('app.diverged-'));
+  assert.ok(kept, `the original's own later writes are kept: ${volumes.map((volume) => volume.name).join(', ')}`);
+  assert.equal(await hashAt(a, kept.name, 'latest'), originalLast, 'the diverged volume is the original as it was');
+  assert.equal(volumes.find((volume) => volume.name === 'app')?.replica?.from, 'siteB');
+  // Writes at the DR site keep flowing to the original site; their histories agree.
+  await run('qemu-io', ['-f', 'raw', '-c', `write -P 9 ${12 * MiB} 64k`, '-c', 'flush', b.daemon.uri('app')]);
+  await caughtUp(b, 'app');
+  await assertSameHistory(b, a, 'app');
+});
+
+test('the first sync sends the image (and bookmarks), not every overwritten version; --initial history sends them all', { timeout: 120_000 }, async (t) => {
+  const { a, b } = await pair(t);
+  for (const name of ['img', 'hist']) {
+    await api(a, 'POST', '/volumes', { name, size: SIZE });
+    // The same 2 MiB written five times over (other bytes each time), a bookmark after the second.
+    for (let pass = 0; pass < 5; pass += 1) {
+      await run('qemu-io', ['-f', 'raw', ...Array.from({ length: 8 }, (_, i) => ['-c', `write -P ${pass + 1} ${i * 256 * 1024} 256k`]).flat(), '-c', 'flush', a.daemon.uri(name)]);
+      if (pass === 1) await api(a, 'POST', `/volumes/${name}/bookmarks`, { name: 'second' });
+    }
+    await api(b, 'POST', '/replication/incoming', { volume: name, from: 'siteA' });
+  }
+  await api(a, 'POST', '/replication', { volume: 'img', to: `127.0.0.1:${b.replicationPort}` });
+  await api(a, 'POST', '/replication', { volume: 'hist', to: `127.0.0.1:${b.replicationPort}`, initial: 'history' });
+  const image = await caughtUp(a, 'img');
+  const history = await caughtUp(a, 'hist');
+  assert.ok(history.recordBytesSent >= 10 * MiB, `history: every version (${history.recordBytesSent})`);
+  assert.ok(image.recordBytesSent <= 4.2 * MiB, `image: now and the bookmark only (${image.recordBytesSent} bytes)`);
+  for (const name of ['img', 'hist']) {
+    assert.equal(await hashAt(b, name, 'latest'), await hashAt(a, name, 'latest'));
+    const bookmark = (await api<{ bookmarks: Array<{ seq: number }> }>(a, 'GET', `/volumes/${name}/bookmarks`)).bookmarks[0].seq;
+    assert.equal(await hashAt(b, name, bookmark), await hashAt(a, name, bookmark), 'the bookmark is kept');
+  }
+  // Points of the image's past that are neither the bookmark nor the image are expired there.
+  const early = await api<{ flushPoints: Array<{ seq: number }> }>(a, 'GET', '/volumes/img/points');
+  const refused = await fetch(`${b.daemon.apiUrl}/api/v1/volumes/img/resolve?at=seq:${early.flushPoints[0].seq}`);
+  assert.equal(refused.status, 410, 'POINT_EXPIRED at the replica');
+  const fsck = await hindsight(['fsck', 'img', '--json', '--api', b.daemon.apiUrl]);
+  assert.equal(fsck.code, 0, fsck.stdout);
 });
