@@ -68,6 +68,7 @@ export interface HindsightDaemon {
   pid: number;
   apiUrl: string;
   nbdPort: number;
+  replicationPort: number;
   /** Spawn to the ready line on stdout (node start, module load, volumes opened, ports bound). */
   readyMs: number;
   api: ApiClient;
@@ -83,6 +84,8 @@ export interface DaemonStartOptions {
   dataDir: string;
   nodeArgs?: string[];
   logLevel?: string;
+  /** More `serve` arguments (they may repeat one above: later wins). */
+  extraArgs?: string[];
 }
 
 export async function startHindsightDaemon(options: DaemonStartOptions): Promise<HindsightDaemon> {
@@ -90,7 +93,8 @@ export async function startHindsightDaemon(options: DaemonStartOptions): Promise
   const child = startProcess(process.execPath, [
     ...(options.nodeArgs ?? []),
     path.join(options.root, 'bin', 'hindsight.js'), 'serve',
-    '--data', options.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--log-level', options.logLevel ?? 'warn', '--json',
+    '--data', options.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--log-level', options.logLevel ?? 'warn', '--json',
+    ...(options.extraArgs ?? []),
   ], { cwd: options.root });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (text: string) => {
@@ -129,7 +133,7 @@ export async function startHindsightDaemon(options: DaemonStartOptions): Promise
   const apiUrl = `http://127.0.0.1:${apiPort}`;
   const api = new ApiClient(apiUrl);
   return {
-    pid: child.pid ?? -1, apiUrl, nbdPort, readyMs, api, child,
+    pid: child.pid ?? -1, apiUrl, nbdPort, replicationPort: Number(ready.replicationPort), readyMs, api, child,
     stderrTail: () => stderr,
     stop: async () => {
       api.close();

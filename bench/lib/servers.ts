@@ -48,7 +48,7 @@ async function startHindsight(options: ServerStartOptions, reduce: boolean): Pro
   const child = startProcess(process.execPath, [
     ...(options.nodeArgs ?? []),
     path.join(options.repoDir, 'bin', 'hindsight.js'), 'serve',
-    '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0',
+    '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0',
     '--create-volume', `${EXPORT_NAME}:${options.sizeBytes}`, '--log-level', 'warn', '--json',
   ], { cwd: options.repoDir });
   const ready = await waitForJsonLine(child, READY_TIMEOUT_MS);

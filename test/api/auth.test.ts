@@ -93,7 +93,7 @@ test('beyond loopback, the API wants a token; tokens are hashed, listed without 
 
 test('NBD beyond loopback is still refused without --insecure; on loopback the API needs no token unless --require-token', async (t) => {
   const dataDir = makeTempDir('hindsight-auth-');
-  const refused = await hindsight(['serve', '--data', dataDir, '--nbd', '0.0.0.0:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--log-level', 'warn']);
+  const refused = await hindsight(['serve', '--data', dataDir, '--nbd', '0.0.0.0:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--log-level', 'warn']);
   assert.notEqual(refused.code, 0);
   assert.match(refused.stderr, /INSECURE_BIND/);
   const daemon = await startDaemon({ dataDir, extraArgs: ['--require-token'] });

@@ -40,7 +40,7 @@ export function makeTempDir(prefix = 'hindsight-test-'): string {
 
 export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHandle> {
   const dataDir = options.dataDir ?? makeTempDir();
-  const args = [CLI, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--json', '--log-level', 'warn'];
+  const args = [CLI, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--json', '--log-level', 'warn'];
   for (const volume of options.volumes ?? []) args.push('--create-volume', volume);
   args.push(...(options.extraArgs ?? []));
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -259,7 +259,7 @@ test('a YAML config file sets the data directory, addresses and initial volumes;
 
   // Flags win over the file: same config, other data dir and ports (the file's are taken).
   const otherData = path.join(dir, 'other');
-  const overridden = await startServe(['--config', configFile, '--data', otherData, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0']);
+  const overridden = await startServe(['--config', configFile, '--data', otherData, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0']);
   defer(async () => assert.equal((await overridden.stop()).code, 0));
   assert.notEqual(overridden.ready.nbdPort, nbdPort);
   assert.notEqual(overridden.ready.apiPort, apiPort);
@@ -273,7 +273,7 @@ test('a YAML config file sets the data directory, addresses and initial volumes;
 });
 
 test('a second daemon on the same data directory fails with DATA_DIR_LOCKED and leaves the first alone', async () => {
-  const second = await run(process.execPath, [CLI, 'serve', '--data', daemon.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0'], {
+  const second = await run(process.execPath, [CLI, 'serve', '--data', daemon.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0'], {
     allowFailure: true, timeoutMs: 15_000,
   });
   assertFails(second, 'DATA_DIR_LOCKED');

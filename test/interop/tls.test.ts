@@ -63,7 +63,7 @@ test('X.509: nbdinfo, nbdcopy, qemu-io and qemu-img over TLS; plaintext refused 
   await makeCertificates(certs);
   const client = clientDir(certs, path.join(dir, 'client'), false);
   // Beyond loopback only when clients must prove who they are: not without --tls-verify-peer.
-  const refused = await run('node', [path.join(process.cwd(), 'bin', 'hindsight.js'), 'serve', '--data', path.join(dir, 'refused'), '--nbd', '0.0.0.0:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--tls', 'require', '--tls-certificates', certs], { allowFailure: true, timeoutMs: 20_000 });
+  const refused = await run('node', [path.join(process.cwd(), 'bin', 'hindsight.js'), 'serve', '--data', path.join(dir, 'refused'), '--nbd', '0.0.0.0:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--tls', 'require', '--tls-certificates', certs], { allowFailure: true, timeoutMs: 20_000 });
   assert.notEqual(refused.code, 0);
   assert.match(refused.stderr, /INSECURE_BIND/);
   const daemon = await daemonWith(t, ['--tls', 'require', '--tls-certificates', certs]);
@@ -141,7 +141,7 @@ test('--tls-verify-peer wants a client certificate from the CA (and lets NBD lis
   fs.mkdirSync(mixed);
   for (const name of ['ca-cert.pem', 'server-cert.pem']) fs.copyFileSync(path.join(certs, name), path.join(mixed, name));
   fs.copyFileSync(path.join(other, 'server-key.pem'), path.join(mixed, 'server-key.pem'));
-  const serve = (args: string[]) => run('node', [path.join(process.cwd(), 'bin', 'hindsight.js'), 'serve', '--data', path.join(dir, `d${args.length}`), '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--replication', '127.0.0.1:0', ...args], { allowFailure: true, timeoutMs: 20_000 });
+  const serve = (args: string[]) => run('node', [path.join(process.cwd(), 'bin', 'hindsight.js'), 'serve', '--data', path.join(dir, `d${args.length}`), '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--replication', '127.0.0.1:0', ...args], { allowFailure: true, timeoutMs: 20_000 });
   const badKey = await serve(['--tls', 'require', '--tls-certificates', mixed]);
   assert.notEqual(badKey.code, 0);
   assert.match(badKey.stderr, /CONFIG_INVALID/);
