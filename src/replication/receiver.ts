@@ -17,7 +17,6 @@ import type { Bookmark, JournaledDevice, VolumeManager } from '../volume/index.j
 import { validateVolumeName, validateVolumeSize } from '../volume/index.js';
 import { Channel } from './channel.js';
 import type { PskFile } from './credentials.js';
-import type { Frame } from './frames.js';
 import { fingerprint } from './fingerprint.js';
 import { FrameType, PROTOCOL_VERSION, ackFrame, decodeRecords, jsonFrame, parseJson } from './frames.js';
 
@@ -165,7 +164,7 @@ export class ReplicationReceiver {
       return;
     }
     let volume: string;
-    let prepared: { device: JournaledDevice; failbackFrom: number | null };
+    let prepared: { device: JournaledDevice; failbackCandidates: number[] | null };
     try {
       volume = this.checkHello(hello, identity);
       prepared = await this.prepare(volume, hello, identity, log);
@@ -189,18 +188,25 @@ export class ReplicationReceiver {
     this.stats.set(volume, stats);
     try {
       let { device } = prepared;
-      let first: Frame | null = null;
-      if (prepared.failbackFrom !== null) {
-        // Failback: the sender checks the common record first (it ends the link if the
-        // histories differ there); only its next frame turns this volume into the replica.
-        const common = prepared.failbackFrom;
-        await channel.send(jsonFrame(FrameType.WELCOME, { protocol: PROTOCOL_VERSION, seqLast: common, seqDurable: common, fingerprint: common > 0 ? fingerprint(device.history.entry(common)) : null }));
-        first = await channel.next(HANDSHAKE_TIMEOUT_MS * 3);
+      let welcomed = false;
+      if (prepared.failbackCandidates !== null) {
+        // Failback: the sender picks the highest candidate whose record it holds too (the
+        // last seq both histories share) and names it; only then does this volume become
+        // the replica.
+        const candidates = prepared.failbackCandidates;
+        await channel.send(jsonFrame(FrameType.WELCOME, {
+          protocol: PROTOCOL_VERSION, seqLast: 0, seqDurable: 0, fingerprint: null,
+          candidates: candidates.map((seq) => ({ seq, fingerprint: seq > 0 ? fingerprint(device.history.entry(seq)) : null })),
+        }));
+        const chosen = parseJson(await channel.expect(FrameType.STATE, HANDSHAKE_TIMEOUT_MS * 3));
+        const common = chosen.commonSeq;
+        if (typeof common !== 'number' || !candidates.includes(common)) throw new HindsightError('PROTOCOL_ERROR', 'failback: the sender named no offered common seq');
         const { diverged } = await this.deps.volumes.convertToReplica(volume, common, identity, () => this.deps.clients(volume));
         log.warn({ volume, commonSeq: common, diverged }, diverged ? 'failback: the volume is now a replica; its records after the common seq are kept in the volume named by "diverged"' : 'failback: the volume is now a replica (nothing had diverged)');
         device = this.deps.volumes.replicationView(volume).device;
+        welcomed = true;
       }
-      await this.receive(channel, volume, device, stats, log.child({ volume }), first);
+      await this.receive(channel, volume, device, stats, log.child({ volume }), welcomed);
     } catch (err) {
       const error = err as Error;
       if (!channel.closed || !isHindsightError(err, 'SHUTTING_DOWN')) {
@@ -231,7 +237,7 @@ export class ReplicationReceiver {
    * The replica `volume` (made on first contact), if it is the one the HELLO names; or, for
    * a failback, the live volume and the last seq both sites share.
    */
-  private async prepare(volume: string, hello: Record<string, unknown>, identity: string, log: Logger): Promise<{ device: JournaledDevice; failbackFrom: number | null }> {
+  private async prepare(volume: string, hello: Record<string, unknown>, identity: string, log: Logger): Promise<{ device: JournaledDevice; failbackCandidates: number[] | null }> {
     const volumes = this.deps.volumes;
     if (!volumes.names().includes(volume)) {
       await volumes.createReplica(volume, hello.sizeBytes as number, hello.volumeId as string, identity);
@@ -240,20 +246,24 @@ export class ReplicationReceiver {
     const view = volumes.replicationView(volume);
     if (view.id !== hello.volumeId) throw new HindsightError('REPLICATION_REFUSED', `another volume named "${volume}" lives here (id ${view.id})`);
     if (view.sizeBytes !== hello.sizeBytes) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is ${view.sizeBytes} bytes here, ${String(hello.sizeBytes)} at the source`);
-    if (view.replica) return { device: view.device, failbackFrom: null };
+    if (view.replica) return { device: view.device, failbackCandidates: null };
     if (!this.deps.incoming(volume)?.failback) {
       throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is a live volume here${view.promoted ? ` (failed over at seq ${view.promoted.seq})` : ''}, not a replica; to fail back onto it: hindsight replication accept ${volume} --from ${identity} --failback`);
     }
-    // The histories part at the first of: either site's promotion, either site's end.
+    // Where the histories may part, highest first: the end of the shorter one; the sender's
+    // promotion (it wrote its own records after); this volume's promotion (it wrote its own
+    // after, unless it sent them since); nothing in common. The sender picks the highest
+    // whose record it holds too.
+    const shorter = Math.min(view.device.lastSeq, hello.seqLast as number);
     const senderPromoted = Number.isSafeInteger(hello.promotedSeq) ? hello.promotedSeq as number : Infinity;
-    const common = Math.min(view.device.lastSeq, hello.seqLast as number, senderPromoted, view.promoted?.seq ?? Infinity);
-    return { device: view.device, failbackFrom: common };
+    const candidates = [shorter, Math.min(shorter, senderPromoted), Math.min(shorter, view.promoted?.seq ?? Infinity), 0];
+    return { device: view.device, failbackCandidates: [...new Set(candidates)].sort((x, y) => y - x) };
   }
 
-  private async receive(channel: Channel, volume: string, device: JournaledDevice, stats: NonNullable<ReturnType<ReplicationReceiver['stats']['get']>>, log: Logger, first: Frame | null): Promise<void> {
+  private async receive(channel: Channel, volume: string, device: JournaledDevice, stats: NonNullable<ReturnType<ReplicationReceiver['stats']['get']>>, log: Logger, welcomed: boolean): Promise<void> {
     const volumes = this.deps.volumes;
     const held = device.lastSeq;
-    if (!first) {
+    if (!welcomed) {
       await channel.send(jsonFrame(FrameType.WELCOME, {
         protocol: PROTOCOL_VERSION, seqLast: held, seqDurable: device.durableSeq, fingerprint: held > 0 ? fingerprint(device.history.entry(held)) : null,
       }));
@@ -271,8 +281,7 @@ export class ReplicationReceiver {
     };
     try {
       for (;;) {
-        const frame = first ?? await channel.next(IDLE_TIMEOUT_MS);
-        first = null;
+        const frame = await channel.next(IDLE_TIMEOUT_MS);
         stats.bytesOnWire += frame.wireBytes;
         stats.lastContact = new Date().toISOString();
         switch (frame.type) {

@@ -229,16 +229,27 @@ export class ReplicationLink {
     const held = welcome.seqLast;
     const heldDurable = welcome.seqDurable;
     if (welcome.protocol !== PROTOCOL_VERSION || !Number.isSafeInteger(held) || !Number.isSafeInteger(heldDurable)) throw new HindsightError('PROTOCOL_ERROR', 'the receiver answered with an unknown WELCOME');
-    const seqHeld = held as number;
+    let seqHeld = held as number;
+    if (Array.isArray(welcome.candidates)) {
+      // A failback offer: the highest seq whose record both sites hold is where they part.
+      const offered = welcome.candidates as Array<{ seq?: unknown; fingerprint?: unknown }>;
+      const common = offered.find((candidate) => Number.isSafeInteger(candidate.seq) && (candidate.seq as number) <= device.lastSeq
+        && ((candidate.seq as number) === 0 || fingerprint(device.history.entry(candidate.seq as number)) === candidate.fingerprint));
+      if (!common) throw new HindsightError('REPLICATION_REFUSED', 'failback: the receiver offered no seq whose record this volume holds too');
+      seqHeld = common.seq as number;
+      await channel.send(jsonFrame(FrameType.STATE, { commonSeq: seqHeld }));
+      this.deps.log.warn({ volume: this.config.volume, to: this.config.to, commonSeq: seqHeld }, 'failback: the receiver becomes the replica from the last seq both hold');
+    }
     if (seqHeld > device.lastSeq) {
       throw new HindsightError('REPLICATION_REFUSED', `the receiver holds seq ${seqHeld}, beyond this volume's last (${device.lastSeq}): the two have diverged`);
     }
-    if (seqHeld > 0 && fingerprint(device.history.entry(seqHeld)) !== welcome.fingerprint) {
+    if (!Array.isArray(welcome.candidates) && seqHeld > 0 && fingerprint(device.history.entry(seqHeld)) !== welcome.fingerprint) {
       throw new HindsightError('REPLICATION_REFUSED', `the receiver's record at seq ${seqHeld} is not this volume's: the two have diverged`);
     }
     this.seqReceived = seqHeld;
     this.seqSent = seqHeld;
-    this.seqAcknowledged = heldDurable as number;
+    // After a failback offer the receiver holds the common records durably (synced before).
+    this.seqAcknowledged = Array.isArray(welcome.candidates) ? seqHeld : heldDurable as number;
     this.state = 'streaming';
     this.handshakes += 1;
     this.connectedSince = new Date().toISOString();

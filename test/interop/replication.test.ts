@@ -398,6 +398,19 @@ test('failback: after a failover and writes at both sites, only what diverged tr
   await run('qemu-io', ['-f', 'raw', '-c', `write -P 9 ${12 * MiB} 64k`, '-c', 'flush', b.daemon.uri('app')]);
   await caughtUp(b, 'app');
   await assertSameHistory(b, a, 'app');
+
+  // And back the usual way: the original site is the primary again; nothing is copied, nothing diverged.
+  assert.equal((await hindsight(['failover', 'app', '--api', a.daemon.apiUrl])).code, 0);
+  await api(b, 'DELETE', '/replication/app');
+  await api(b, 'POST', '/replication/incoming', { volume: 'app', from: 'siteA', failback: true });
+  await api(a, 'POST', '/replication', { volume: 'app', to: `127.0.0.1:${b.replicationPort}` });
+  await run('qemu-io', ['-f', 'raw', '-c', `write -P 10 ${16 * MiB} 64k`, '-c', 'flush', a.daemon.uri('app')]);
+  const back = await caughtUp(a, 'app');
+  assert.ok(back.recordBytesSent < 256 * 1024, `switching back sent only the new write (${back.recordBytesSent} bytes)`);
+  const atB = (await api<{ volumes: Array<{ name: string; replica: { from: string } | null }> }>(b, 'GET', '/volumes')).volumes;
+  assert.deepEqual(atB.map((volume) => volume.name), ['app'], 'nothing diverged at the DR site');
+  assert.equal(atB[0].replica?.from, 'siteA');
+  await assertSameHistory(a, b, 'app');
 });
 
 test('the first sync sends the image (and bookmarks), not every overwritten version; --initial history sends them all', { timeout: 120_000 }, async (t) => {
