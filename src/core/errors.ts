@@ -44,6 +44,7 @@ export const ERROR_CODES = [
   'REPLICATION_NOT_FOUND',
   'REPLICATION_EXISTS',
   'IS_REPLICA',
+  'POINT_NOT_REPLICATED',
   'INTERNAL',
 ] as const;
 

@@ -174,6 +174,8 @@ export class History {
   readonly seqFirst = 1;
   /** Runs of seqs whose points retention removed (inclusive, ascending, disjoint). */
   private expiredRuns: Array<[number, number]> = [];
+  /** Bumped whenever the expired runs change (replication sends them when they do). */
+  expiredVersion = 0;
   /**
    * Bumped whenever journal positions change (a segment compacted): regions materialised
    * before (PointIndex caches) must be built again.
@@ -363,6 +365,16 @@ export class History {
       else merged.push([a, b]);
     }
     this.expiredRuns = merged;
+    this.expiredVersion += 1;
+  }
+
+  /**
+   * Replaces the expired runs (ascending, disjoint): a replica giving back what it could not
+   * save, or dropping runs past its last record when it is promoted.
+   */
+  setExpired(runs: ReadonlyArray<readonly [number, number]>): void {
+    this.expiredRuns = runs.map(([a, b]) => [a, b] as [number, number]);
+    this.expiredVersion += 1;
   }
 
   get expired(): ReadonlyArray<readonly [number, number]> {

@@ -186,10 +186,16 @@ export class FrameDecoder {
   }
 }
 
-/** A zstd body: one frame declaring its content size, at most FRAME_BODY_BYTES_MAX. */
+/**
+ * A zstd body: exactly one zstd frame, declaring its content size (at most
+ * FRAME_BODY_BYTES_MAX), with nothing after it — then the decompressor writes into a buffer
+ * of that size and fails rather than grow. (A second frame without a declared size would make
+ * it stream without bound: a bomb.)
+ */
 function inflate(sent: Buffer): Buffer {
   const declared = zstdContentSize(sent);
   if (declared === null || declared > FRAME_BODY_BYTES_MAX) throw new HindsightError('PROTOCOL_ERROR', 'a compressed frame does not declare a content size within the limit');
+  if (zstdFrameBytes(sent) !== sent.length) throw new HindsightError('PROTOCOL_ERROR', 'a compressed frame body is not exactly one zstd frame');
   decompressor ??= new Decompressor();
   let out: Buffer;
   try {
@@ -199,6 +205,37 @@ function inflate(sent: Buffer): Buffer {
   }
   if (out.length !== declared) throw new HindsightError('PROTOCOL_ERROR', 'a compressed frame does not decompress to its declared size');
   return out;
+}
+
+/** Where a zstd frame's header ends (RFC 8878 3.1.1.1), or null if malformed or with a dictionary. */
+function zstdHeaderBytes(bytes: Buffer): number | null {
+  if (bytes.length < 6 || bytes.readUInt32LE(0) !== 0xfd2fb528) return null;
+  const descriptor = bytes[4];
+  if ((descriptor & 0x0b) !== 0) return null; // reserved bit, or a dictionary id
+  const fcsFlag = descriptor >> 6;
+  const singleSegment = (descriptor >> 5) & 1;
+  const fcsBytes = fcsFlag === 0 ? singleSegment : [1, 2, 4, 8][fcsFlag];
+  return 5 + (singleSegment ? 0 : 1) + fcsBytes;
+}
+
+/** The bytes one zstd frame takes from the start of `bytes` (walking its blocks), or -1. */
+function zstdFrameBytes(bytes: Buffer): number {
+  const header = zstdHeaderBytes(bytes);
+  if (header === null) return -1;
+  let at = header;
+  for (;;) {
+    if (at + 3 > bytes.length) return -1;
+    const block = bytes.readUIntLE(at, 3);
+    const last = block & 1;
+    const type = (block >> 1) & 3;
+    const size = block >>> 3;
+    if (type === 3) return -1;
+    at += 3 + (type === 1 ? 1 : size);
+    if (at > bytes.length) return -1;
+    if (last) break;
+  }
+  const checksum = (bytes[4] >> 2) & 1;
+  return at + 4 * checksum;
 }
 
 /** The content size a zstd frame header declares (RFC 8878 3.1.1.1), or null if none. */

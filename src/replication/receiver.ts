@@ -102,17 +102,22 @@ export class ReplicationReceiver {
         resolve();
       });
     });
+    // An accept that fails later (EMFILE) is logged, not a crash.
+    server.on('error', (err) => this.deps.log.error({ err: err.message }, 'replication listener error'));
     const address = server.address() as net.AddressInfo;
     return { host: address.address, port: address.port };
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
-    for (const socket of this.sockets) socket.destroy();
-    await Promise.all([...this.sessions.values()].map((session) => {
+    // server.close() only calls back once every connection is gone: end them first.
+    const closed = new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    const sessions = [...this.sessions.values()].map((session) => {
       session.channel.close();
       return session.done;
-    }));
+    });
+    for (const socket of this.sockets) socket.destroy();
+    await Promise.all(sessions);
+    await closed;
   }
 
   /** Ends the session receiving `volume`, if any (failover, acceptance removed). */
@@ -179,6 +184,12 @@ export class ReplicationReceiver {
     if (previous) {
       previous.channel.close();
       await previous.done;
+      // Meanwhile a failover (or refuse) may have ended the acceptance, or another
+      // connection taken the volume.
+      if (!this.deps.incoming(volume) || this.sessions.has(volume)) {
+        await channel.refuse('REPLICATION_REFUSED', `volume "${volume}" is no longer received here`);
+        return;
+      }
     }
     let finish!: () => void;
     const done = new Promise<void>((resolve) => { finish = resolve; });
@@ -286,12 +297,21 @@ export class ReplicationReceiver {
         stats.lastContact = new Date().toISOString();
         switch (frame.type) {
           case FrameType.RECORDS: {
+            // Failed over (or refused) while this session was going: nothing more lands.
+            if (!this.deps.incoming(volume) || !volumes.replicationView(volume).replica) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is no longer received here`);
             let durableAsked = false;
             for (const raw of decodeRecords(frame.body)) {
               // Data goes only with its points: a thinned record must lie in an expired run
               // (the replica would not open again otherwise).
               if (raw.length >= 5 && raw.readUInt8(4) === RecordType.THINNED && raw.length >= 16 && device.history.expiredRunOf(Number(raw.readBigUInt64LE(8))) === null) {
                 throw new HindsightError('RECORD_INVALID', `a thinned record (seq ${raw.readBigUInt64LE(8)}) arrived outside the points its source expired`);
+              }
+              // A new rollback to a point this replica does not hold (its first sync was an
+              // image) could only be followed with data it never got: stop. (Rollbacks inside
+              // the image's past are part of what the image shows.)
+              if (raw.length >= 32 && raw.readUInt8(4) === RecordType.REVERT && device.history.expiredRunOf(Number(raw.readBigUInt64LE(8))) === null
+                && device.history.expiredRunOf(Number(raw.readBigUInt64LE(24))) !== null) {
+                throw new HindsightError('RECORD_INVALID', `the source rolled back to seq ${raw.readBigUInt64LE(24)}, a point this replica does not hold; replicate it again with --initial history`);
               }
               const record = device.appendReplicated(raw);
               stats.recordsReceived += 1;

@@ -49,6 +49,8 @@ export interface OutgoingConfig {
   initial?: 'image' | 'history';
   /** initial: image — the seq the image stands for (the source's last when the link was made): every later point is sent. */
   imageSeq?: number;
+  /** initial: image — the earlier points the image also holds (the bookmarks then). */
+  imageKept?: number[];
   paused: boolean;
   createdAt: string;
 }
@@ -99,7 +101,7 @@ export class ReplicationLink {
   private lastError: string | null = null;
   private windowWaiter: (() => void) | null = null;
   /** The first sync's image (initial: image), kept while it is being sent. */
-  private image: { seq: number; visible: Set<number>; expired: Array<[number, number]>; crcSeed: number } | null = null;
+  private image: { seq: number; kept: number[]; visible: Set<number>; expired: Array<[number, number]>; crcSeed: number } | null = null;
 
   constructor(public config: OutgoingConfig, private readonly deps: SenderDeps) {}
 
@@ -303,7 +305,7 @@ export class ReplicationLink {
     const image = this.image !== null && from <= this.image.seq ? this.image : null;
     let lastSyncMs = 0;
     let lastSentMs = Date.now();
-    let sentExpired = '';
+    const expiry = new ExpirySent();
     let sentBookmarks = '';
     let nextSendMs = 0;
     while (!this.stopped && !this.config.paused) {
@@ -329,10 +331,8 @@ export class ReplicationLink {
       // Expiry before the records: the receiver must know a point is gone before records
       // without payload (thinned) arrive. Bookmarks after: it keeps only bookmarks of
       // records it holds.
-      const expired = JSON.stringify({ expired: image && cursor <= image.seq ? image.expired : device.history.expired });
-      if (expired !== sentExpired) {
-        await channel.send(encodeFrame(FrameType.STATE, Buffer.from(expired), true));
-        sentExpired = expired;
+      for (const runs of expiry.newRuns(device.history, image, batchLast)) {
+        await channel.send(encodeFrame(FrameType.STATE, Buffer.from(JSON.stringify({ expired: runs })), true));
       }
       if (image && cursor <= image.seq) {
         for (let i = 0; i < records.length && cursor + i <= image.seq; i += 1) {
@@ -356,7 +356,10 @@ export class ReplicationLink {
       this.recordsSent += records.length;
       for (const record of records) this.recordBytesSent += record.length;
       cursor = batchLast + 1;
-      const marks = JSON.stringify({ bookmarks: bookmarks.list().filter((bookmark) => bookmark.seq <= batchLast) });
+      // Bookmarks of points the receiver holds: not those before an image it was not sent.
+      const imageSeq = this.image?.seq ?? this.config.imageSeq ?? 0;
+      const imageKept = this.image?.kept ?? this.config.imageKept ?? [];
+      const marks = JSON.stringify({ bookmarks: bookmarks.list().filter((bookmark) => bookmark.seq <= batchLast && (bookmark.seq >= imageSeq || imageKept.includes(bookmark.seq))) });
       if (marks !== sentBookmarks) {
         await channel.send(encodeFrame(FrameType.STATE, Buffer.from(marks), true));
         sentBookmarks = marks;
@@ -369,7 +372,7 @@ export class ReplicationLink {
    * point S or a bookmark shows keep their payload; the others go as THINNED headers (seq,
    * time, range: the timeline stays whole), and every other point up to S arrives expired.
    */
-  private async initialImage(): Promise<{ seq: number; visible: Set<number>; expired: Array<[number, number]>; crcSeed: number } | null> {
+  private async initialImage(): Promise<{ seq: number; kept: number[]; visible: Set<number>; expired: Array<[number, number]>; crcSeed: number } | null> {
     const { device, bookmarks, id } = this.deps.volumes.replicationView(this.config.volume);
     let seq = this.config.imageSeq ?? 0;
     if (seq === 0 || seq > device.durableSeq || device.history.expiredRunOf(seq) !== null) {
@@ -378,7 +381,10 @@ export class ReplicationLink {
       seq = device.durableSeq;
     }
     if (seq === 0) return null;
-    const kept = [...new Set([...bookmarks.list().map((bookmark) => bookmark.seq).filter((at) => at <= seq), seq])].sort((x, y) => x - y);
+    // The points the image holds: those named when the link was made (so every reconnection
+    // sends the same image), or the bookmarks now if it is taken anew.
+    const earlier = seq === this.config.imageSeq ? this.config.imageKept ?? [] : bookmarks.list().map((bookmark) => bookmark.seq);
+    const kept = [...new Set([...earlier.filter((at) => at <= seq), seq])].sort((x, y) => x - y);
     const visible = new Set<number>();
     for (const point of kept) {
       let index;
@@ -399,7 +405,7 @@ export class ReplicationLink {
       previous = point;
     }
     this.deps.log.info({ volume: this.config.volume, seq, recordsWithData: visible.size, pointsKept: kept.length }, 'replication: first sync sends the image at seq S (and bookmarks), not every earlier point');
-    return { seq, visible, expired: mergeRuns(expired), crcSeed: crcSeedFor(Buffer.from(id.replace(/-/g, ''), 'hex')) };
+    return { seq, kept, visible, expired: mergeRuns(expired), crcSeed: crcSeedFor(Buffer.from(id.replace(/-/g, ''), 'hex')) };
   }
 
   private sleep(ms: number): Promise<void> {
@@ -415,6 +421,66 @@ export class ReplicationLink {
       };
     });
   }
+}
+
+/** Runs in one STATE frame (about 2.5 MB of JSON at most). */
+const RUNS_PER_FRAME = 100_000;
+
+/**
+ * What of the source's expiry (and the image's) one session has sent: only what is new, and
+ * only up to the records sent with it — a receiver never holds runs past its last record
+ * (they would survive a failover and refuse its own new writes).
+ */
+class ExpirySent {
+  private sent: Array<[number, number]> = [];
+  private version = -1;
+  private all: ReadonlyArray<readonly [number, number]> = [];
+  private clippedAt = 0;
+
+  /** Frames' worth of runs to send before the records up to `upTo`; none when nothing changed. */
+  newRuns(history: { expired: ReadonlyArray<readonly [number, number]>; expiredVersion: number }, image: { seq: number; expired: Array<[number, number]> } | null, upTo: number): Array<Array<[number, number]>> {
+    const imageVersion = image && upTo <= image.seq ? 1 : 0;
+    const version = history.expiredVersion * 2 + imageVersion;
+    const lastEnd = this.all.length > 0 ? this.all[this.all.length - 1][1] : 0;
+    if (version === this.version && lastEnd <= this.clippedAt) return [];
+    if (version !== this.version) {
+      this.all = imageVersion ? mergeRuns([...image!.expired, ...history.expired.map(([a, b]) => [a, b] as [number, number])]) : history.expired;
+      this.version = version;
+    }
+    const clipped: Array<[number, number]> = [];
+    for (const [a, b] of this.all) {
+      if (a > upTo) break;
+      clipped.push([a, Math.min(b, upTo)]);
+    }
+    this.clippedAt = upTo;
+    const fresh = subtractRuns(clipped, this.sent);
+    this.sent = clipped;
+    const frames: Array<Array<[number, number]>> = [];
+    for (let at = 0; at < fresh.length; at += RUNS_PER_FRAME) frames.push(fresh.slice(at, at + RUNS_PER_FRAME));
+    return frames;
+  }
+}
+
+/** The seqs in `runs` and not in `minus` (both ascending, disjoint), as runs. */
+function subtractRuns(runs: Array<[number, number]>, minus: Array<[number, number]>): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  let j = 0;
+  for (const [a, b] of runs) {
+    let start = a;
+    while (j < minus.length && minus[j][1] < start) j += 1;
+    let k = j;
+    while (start <= b) {
+      if (k >= minus.length || minus[k][0] > b) {
+        out.push([start, b]);
+        break;
+      }
+      const [x, y] = minus[k];
+      if (x > start) out.push([start, x - 1]);
+      start = Math.max(start, y + 1);
+      k += 1;
+    }
+  }
+  return out;
 }
 
 /** A WRITE record as its THINNED header (no payload; CRC with the volume's seed); other records as they are. */

@@ -63,6 +63,11 @@ export class ReplicationService {
       clients: options.clients,
     });
     for (const config of registry.outgoing) this.links.set(config.volume, this.newLink(config));
+    options.volumes.rollbackGuard = (volume, seq) => {
+      const config = this.links.get(volume)?.config;
+      if (!config?.imageSeq || seq >= config.imageSeq || (config.imageKept ?? []).includes(seq)) return;
+      throw new HindsightError('POINT_NOT_REPLICATED', `seq ${seq} of volume "${volume}" never reached its replica at ${config.to} (its first sync was the image at seq ${config.imageSeq}): after a rollback there it could not follow; roll back to seq ${config.imageSeq} or later (or a bookmark sent with the image), or replication remove ${volume} and replicate it again with --initial history`);
+    };
   }
 
   static load(options: ReplicationServiceOptions): ReplicationService {
@@ -124,13 +129,15 @@ export class ReplicationService {
       if (!(Number.isFinite(rpoSeconds) && rpoSeconds > 0 && rpoSeconds <= 86_400 * 7)) throw new HindsightError('INVALID_ARGUMENT', '--rpo is seconds, more than 0 and at most a week');
       // The first sync's image stands for now: every point from here on reaches the receiver.
       let imageSeq: number | undefined;
+      let imageKept: number[] | undefined;
       if ((request.initial ?? 'image') === 'image') {
         await view.device.syncThrough(view.device.lastSeq);
         imageSeq = view.device.durableSeq;
+        imageKept = [...new Set(view.bookmarks.list().map((bookmark) => bookmark.seq).filter((seq) => seq < imageSeq!))].sort((a, b) => a - b);
       }
       const config: OutgoingConfig = {
         volume, to: request.to.trim(), as: validateVolumeName(request.as ?? volume), ...(request.identity !== undefined ? { identity: request.identity } : {}),
-        bandwidthBytesPerSecond: bandwidthOf(request.bandwidth), rpoSeconds, initial: request.initial ?? 'image', ...(imageSeq ? { imageSeq } : {}), paused: false, createdAt: new Date().toISOString(),
+        bandwidthBytesPerSecond: bandwidthOf(request.bandwidth), rpoSeconds, initial: request.initial ?? 'image', ...(imageSeq ? { imageSeq, imageKept } : {}), paused: false, createdAt: new Date().toISOString(),
       };
       const link = this.newLink(config);
       this.links.set(volume, link);
@@ -203,6 +210,8 @@ export class ReplicationService {
    */
   failover(volume: string, at: string | undefined, clients: () => number, detach: (exportName: string) => Promise<void>): Promise<VolumeInfo> {
     return this.serialise(async () => {
+      // A point that does not resolve stops nothing.
+      if (at !== undefined) this.options.volumes.resolve(volume, at);
       if (this.incoming.some((entry) => entry.volume === volume)) await this.refuseNow(volume);
       await this.receiver.disconnect(volume);
       return this.options.volumes.promote(volume, at, clients, detach);

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { DEFAULT_RETENTION, HindsightError, LIMITS, assert, formatSize, formatTimeUs, fromSystemError, keepAllUs, parsePoint, parseRetention, retentionHorizonUs } from '../core/index.js';
 import type { BlockDevice } from '../core/index.js';
 import type { TimelineBucket } from '../index/index.js';
-import { RecordType, listSegments, nodeFileLayer, payloadOffset, recordSpan, segmentPath } from '../journal/index.js';
+import { RecordType, listSegments, nodeFileLayer, payloadOffset, recordSpan, segmentPath, tocPath } from '../journal/index.js';
 import { BookmarkStore } from './bookmarks.js';
 import type { Bookmark } from './bookmarks.js';
 import { JournaledDevice, verifyJournal } from './journaled-device.js';
@@ -179,6 +179,11 @@ export class VolumeManager {
   onVolumeFailed: (name: string, error: HindsightError) => void = () => undefined;
   /** Told what retention did (info) and when it removed points ahead of the policy (warn). */
   onRetentionEvent: (name: string, level: 'info' | 'warn', message: string, details: Record<string, unknown>) => void = () => undefined;
+  /**
+   * Asked before a rollback to `seq` of `name`: throws if that would break something else
+   * (replication: a point the replica was never sent).
+   */
+  rollbackGuard: (name: string, seq: number) => void = () => undefined;
   /** Seqs in use by commands and jobs (a restore running, a mount being made): kept as points. */
   private readonly pinned = new Map<string, Map<number, number>>();
   private readonly retention: RetentionService;
@@ -418,11 +423,20 @@ export class VolumeManager {
   expireReplicated(name: string, runs: Array<[number, number]>): Promise<void> {
     return this.serialise(async () => {
       const device = this.replicaDevice(name);
-      const known = device.history.expired;
-      const fresh = runs.filter(([a, b]) => !known.some(([x, y]) => x <= a && b <= y));
+      const fresh = runs.filter(([a, b]) => {
+        const run = device.history.expiredRunOf(a);
+        return !(run && run[1] >= b);
+      });
       if (fresh.length === 0) return;
+      const before = device.history.expired.map(([a, b]) => [a, b] as [number, number]);
       device.history.expire(fresh);
-      await device.retention.save();
+      try {
+        await device.retention.save();
+      } catch (err) {
+        // Not saved: not expired either (the sender sends them again).
+        device.history.setExpired(before);
+        throw err;
+      }
     });
   }
 
@@ -458,14 +472,15 @@ export class VolumeManager {
       const now = new Date().toISOString();
       const { promoted: _promoted, ...rest } = volume.record;
       const record: VolumeRecord = { ...rest, replica: { from, since: now } };
+      this.volumes.delete(name);
+      // Closing waits for a compaction being installed: positions are final after it.
+      await device.close();
       // Where the shared history ends: segment and position after record `commonSeq`.
       let cut: { segment: number; end: number } | null = null;
       if (commonSeq > 0) {
         const entry = device.history.entry(commonSeq);
         cut = { segment: entry.segment, end: entry.payloadPosition - payloadOffset(entry.payloadBytes) + recordSpan(entry.payloadBytes) };
       }
-      this.volumes.delete(name);
-      await device.close();
       if (commonSeq === seqLast) {
         // Nothing diverged: the same journal continues as a replica.
         await this.writeVolumeRecord(name, record);
@@ -489,6 +504,8 @@ export class VolumeManager {
           const to = segmentPath(newJournal, segment);
           if (segment < cut!.segment) {
             await fs.link(from, to);
+            // Its table of contents too (the same records): no full read at the first open.
+            await fs.link(tocPath(oldJournal, segment), tocPath(newJournal, segment)).catch(() => undefined);
           } else if (segment === cut!.segment) {
             await copyPrefix(from, to, cut!.end);
           }
@@ -496,9 +513,15 @@ export class VolumeManager {
         for (const file of ['retention.json', 'bookmarks.json']) {
           const text = await fs.readFile(path.join(this.volumeDir(diverged), file), 'utf8').catch(() => null);
           if (text === null) continue;
-          const content = file === 'bookmarks.json'
-            ? `${JSON.stringify({ bookmarks: ((JSON.parse(text) as { bookmarks?: Bookmark[] }).bookmarks ?? []).filter((bookmark) => bookmark.seq <= commonSeq) }, null, 2)}\n`
-            : text;
+          let content = text;
+          if (file === 'bookmarks.json') {
+            content = `${JSON.stringify({ bookmarks: ((JSON.parse(text) as { bookmarks?: Bookmark[] }).bookmarks ?? []).filter((bookmark) => bookmark.seq <= commonSeq) }, null, 2)}\n`;
+          } else {
+            // The boundary segment, cut short, takes new records: compressed again later.
+            const state = JSON.parse(text) as { compressedSegments?: number[] };
+            state.compressedSegments = (state.compressedSegments ?? []).filter((segment) => cut === null || segment < cut.segment);
+            content = `${JSON.stringify(state)}\n`;
+          }
           await fs.writeFile(path.join(staging, file), content, { flush: true });
         }
         await writeRecord(staging, record);
@@ -536,6 +559,13 @@ export class VolumeManager {
       if (!volume.record.replica) throw new HindsightError('INVALID_ARGUMENT', `volume "${name}" is not a replica: nothing to fail over`);
       if (at !== undefined) resolvePoint(name, volume.device.history, volume.bookmarks, at);
       await volume.device.sync();
+      // Runs its source expired past what arrived would refuse this volume's own new points.
+      const seqLast = volume.device.history.seqLast;
+      const clipped = volume.device.history.expired.filter(([a]) => a <= seqLast).map(([a, b]) => [a, Math.min(b, seqLast)] as [number, number]);
+      if (clipped.length !== volume.device.history.expired.length || clipped.some(([, b], i) => b !== volume.device.history.expired[i][1])) {
+        volume.device.history.setExpired(clipped);
+        await volume.device.retention.save();
+      }
       const { replica, ...rest } = volume.record;
       const record: VolumeRecord = { ...rest, promoted: { at: new Date().toISOString(), seq: volume.device.history.seqLast, from: replica.from } };
       await this.writeVolumeRecord(name, record);
@@ -563,7 +593,7 @@ export class VolumeManager {
       this.volumes.delete(name);
       await detach(name);
       await volume.device?.close().catch(() => undefined);
-      const trash = path.join(this.volumesDir, `.delete-${volume.record.id}`);
+      const trash = path.join(this.volumesDir, `.delete-${randomUUID()}`);
       try {
         await fs.rename(this.volumeDir(name), trash);
         await syncDirectory(this.volumesDir);
@@ -597,7 +627,7 @@ export class VolumeManager {
 
   /** Replaces volume.json atomically and durably. */
   private async writeVolumeRecord(name: string, record: VolumeRecord): Promise<void> {
-    const temporary = path.join(this.volumesDir, `.update-${record.id}`);
+    const temporary = path.join(this.volumesDir, `.update-${randomUUID()}`);
     try {
       await fs.mkdir(temporary, { recursive: true });
       await writeRecord(temporary, record);
@@ -778,6 +808,7 @@ export class VolumeManager {
       refuseReplica(volume.record, 'fail over first (hindsight failover NAME --at POINT)');
       if (volume.record.readOnly) throw new HindsightError('READ_ONLY', `volume "${name}" is read-only; make it writable first (volume set --writable)`);
       const point = resolvePoint(name, volume.device.history, volume.bookmarks, at);
+      this.rollbackGuard(name, point.seq);
       const connected = clients();
       if (connected > 0 && !force) {
         throw new HindsightError('VOLUME_BUSY', `volume "${name}" has ${connected} connected NBD client(s), which would see the disk change under them; shut the VM down or disconnect them, or pass --force to disconnect them`);
@@ -787,6 +818,7 @@ export class VolumeManager {
         await detach(name);
         // Again, now that nobody writes: `latest` or `-5m` may have moved during the detach.
         const target = resolvePoint(name, volume.device.history, volume.bookmarks, at);
+        this.rollbackGuard(name, target.seq);
         point.seq = target.seq;
         point.timeUs = target.timeUs;
         const seqBefore = volume.device.history.seqLast;
@@ -975,7 +1007,8 @@ async function diskUsage(directory: string): Promise<number> {
   for (const entry of entries) {
     const full = path.join(directory, entry.name);
     if (entry.isDirectory()) total += await diskUsage(full);
-    else if (entry.isFile()) total += (await fs.stat(full)).blocks * 512;
+    // A temporary file renamed away since the listing (a save in progress) counts as gone.
+    else if (entry.isFile()) total += ((await fs.stat(full).catch(() => null))?.blocks ?? 0) * 512;
   }
   return total;
 }

@@ -200,6 +200,10 @@ test('through a fault proxy (cuts, truncations, delays, flipped bytes) every flu
   const write = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', b.daemon.uri('db')], { allowFailure: true });
   assert.notEqual(write.code, 0, 'a replica does not take NBD writes');
   const lagMetrics = await (await fetch(`${a.daemon.apiUrl}/metrics`)).text();
+  // A receiver with a live link stops promptly and cleanly on SIGTERM.
+  const stopping = Date.now();
+  const code = await Promise.race([b.daemon.stop(), new Promise((resolve) => setTimeout(() => resolve('hung'), 15_000))]);
+  assert.equal(code, 0, `the receiver stopped (${String(code)}) in ${Date.now() - stopping} ms`);
   assert.match(lagMetrics, /hindsight_replication_lag_seconds\{volume="db",to="127\.0\.0\.1:\d+"\} 0/);
   assert.match(lagMetrics, /hindsight_replication_link_up\{volume="db",to="127\.0\.0\.1:\d+"\} 1/);
 });
@@ -441,4 +445,40 @@ test('the first sync sends the image (and bookmarks), not every overwritten vers
   assert.equal(refused.status, 410, 'POINT_EXPIRED at the replica');
   const fsck = await hindsight(['fsck', 'img', '--json', '--api', b.daemon.apiUrl]);
   assert.equal(fsck.code, 0, fsck.stdout);
+
+  // A rollback at the source to a point the image did not carry is refused (the replica could
+  // not follow it); to the bookmark it carried, or with a history replica, it goes through.
+  const refusedRollback = await hindsight(['rollback', 'img', '--at', `seq:${early.flushPoints[0].seq}`, '--api', a.daemon.apiUrl]);
+  assert.match(refusedRollback.stderr, /never reached its replica.*POINT_NOT_REPLICATED/s);
+  for (const [name, at] of [['img', 'bookmark:second'], ['hist', `seq:${early.flushPoints[0].seq}`]]) {
+    const rolled = await hindsight(['rollback', name, '--at', at, '--api', a.daemon.apiUrl]);
+    assert.equal(rolled.code, 0, rolled.stderr);
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 9 0 4k', '-c', 'flush', a.daemon.uri(name)]);
+    await caughtUp(a, name);
+    assert.equal(await hashAt(b, name, 'latest'), await hashAt(a, name, 'latest'), `${name} follows the rollback`);
+  }
+});
+
+test('failover in the middle of the first sync: the replica\'s own new points are not expired, and it opens again after a restart', { timeout: 120_000 }, async (t) => {
+  const { a, b } = await pair(t);
+  await api(a, 'POST', '/volumes', { name: 'mid', size: SIZE });
+  for (let i = 0; i < 6; i += 1) await run('qemu-io', ['-f', 'raw', '-c', `write -s ${RANDOM_FILE} ${i * 256 * 1024} 256k`, '-c', 'flush', a.daemon.uri('mid')]);
+  await api(b, 'POST', '/replication/incoming', { volume: 'mid', from: 'siteA' });
+  // Slow: the image (1.5 MiB) takes many seconds; part of it arrives.
+  await api(a, 'POST', '/replication', { volume: 'mid', to: `127.0.0.1:${b.replicationPort}`, bandwidth: '64K' });
+  await waitFor(async () => (await api<{ volumes: Array<{ name: string }> }>(b, 'GET', '/volumes')).volumes.length > 0 && await seqLast(b, 'mid').catch((err: Error) => { throw new Error(`${err.message}: ${b.daemon.stderr().slice(-3000)}`); }) >= 1, { what: 'the first records', timeoutMs: 30_000 });
+  const held = await seqLast(b, 'mid');
+  assert.ok(held < await seqLast(a, 'mid'), 'the first sync is still going');
+  assert.equal((await hindsight(['failover', 'mid', '--api', b.daemon.apiUrl])).code, 0);
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 3 0 4k', '-c', 'flush', b.daemon.uri('mid')]);
+  const latest = await api<{ seq: number }>(b, 'GET', '/volumes/mid/resolve?at=latest');
+  assert.ok(latest.seq > held);
+  assert.ok((await hashAt(b, 'mid', latest.seq)).length === 64, 'the promoted volume\'s new point mounts');
+  const last = await seqLast(b, 'mid');
+  await b.daemon.stop();
+  const b2 = await startSite(t, 'b', b.pskFile, { dataDir: b.dataDir, replicationPort: b.replicationPort });
+  const info = await api<{ state: string; seqLast: number; error: unknown }>(b2, 'GET', '/volumes/mid');
+  assert.equal(info.state, 'online', JSON.stringify(info.error));
+  assert.equal(info.seqLast, last);
+  assert.equal((await api<{ seq: number }>(b2, 'GET', `/volumes/mid/resolve?at=seq:${latest.seq}`)).seq, latest.seq, 'its own point is still a point');
 });

@@ -194,7 +194,7 @@ async function round(rng: Random): Promise<string> {
   }
   // Half the time the fuzzer hangs up, half the time it waits for the listener to.
   if (rng.int(2) === 0) socket.end();
-  const ended = await closed(socket, 2_000);
+  const ended = await closed(socket, 300);
   if (!ended) socket.destroy();
   return 'session';
 }
