@@ -50,6 +50,22 @@ export function registerReplicationRoutes(app: FastifyInstance, context: ApiCont
     });
   }
 
+  app.patch('/api/v1/replication/:name', {
+    schema: {
+      params: NAME_PARAM,
+      body: {
+        type: 'object', additionalProperties: false, minProperties: 1,
+        properties: { bandwidth: { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 0 }, { type: 'null' }] }, rpoSeconds: { type: 'number', exclusiveMinimum: 0 } },
+      },
+    },
+  }, async (request) => {
+    const { name } = request.params as { name: string };
+    const body = request.body as { bandwidth?: string | number | null; rpoSeconds?: number };
+    const status = await replication().update(name, body);
+    request.log.info({ volume: name, bandwidthBytesPerSecond: status.bandwidthBytesPerSecond, rpoSeconds: status.rpoSeconds }, 'replication link changed');
+    return status;
+  });
+
   app.delete('/api/v1/replication/:name', { schema: { params: NAME_PARAM } }, async (request) => {
     const { name } = request.params as { name: string };
     const status = await replication().remove(name);

@@ -78,6 +78,21 @@ export function registerReplicationCommands(program: Command, run: (work: () => 
       }));
   }
 
+  replication.command('set <volume>')
+    .description('change a link: its bandwidth limit (0: none) or RPO target; at once')
+    .option('--bandwidth <rate>', 'bytes per second, e.g. 50M; 0 for no limit')
+    .option('--rpo <seconds>', 'warn when the receiver lags more than this')
+    .option(...API_OPTION)
+    .option('--json', 'print JSON')
+    .action((volume: string, options: ClientOptions & { bandwidth?: string; rpo?: string }) => run(async () => {
+      const body = { ...(options.bandwidth !== undefined ? { bandwidth: options.bandwidth } : {}), ...(options.rpo !== undefined ? { rpoSeconds: Number(options.rpo.replace(/s$/, '')) } : {}) };
+      if (Object.keys(body).length === 0) throw new HindsightError('INVALID_ARGUMENT', 'nothing to change: --bandwidth or --rpo');
+      const status = await client(options).request<OutgoingStatus>('PATCH', `/replication/${encodeURIComponent(volume)}`, body);
+      if (options.json) printJson(status);
+      else process.stdout.write(`replication of ${volume}: bandwidth ${status.bandwidthBytesPerSecond === null ? 'unlimited' : `${size(status.bandwidthBytesPerSecond)}/s`}, RPO ${status.rpoSeconds} s\n`);
+      return 0;
+    }));
+
   replication.command('remove <volume>')
     .description('stop replicating a volume (the replica at the other site stays as it is)')
     .option(...API_OPTION)

@@ -24,6 +24,7 @@ const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** A sender heartbeats every 2 s: silence this long means it is gone. */
 const IDLE_TIMEOUT_MS = 60_000;
 const SYNC_DELAY_MS = 20;
+const EXPIRY_SAVE_EVERY_MS = 1000;
 const CONNECTIONS_MAX = 64;
 
 export interface IncomingConfig {
@@ -281,13 +282,21 @@ export class ReplicationReceiver {
     }
     log.info({ from: held + 1 }, 'replication: receiving');
     let syncTimer: NodeJS.Timeout | null = null;
+    let lastExpirySaveMs = Date.now();
     let syncing: Promise<void> | null = null;
     const ack = () => channel.send(ackFrame(device.lastSeq, Math.min(device.durableSeq, device.lastSeq))).catch(() => undefined);
     const syncSoon = () => {
       if (syncTimer || syncing) return;
       syncTimer = setTimeout(() => {
         syncTimer = null;
-        syncing = device.sync().then(ack, (err: Error) => channel.refuse('IO_ERROR', err.message)).finally(() => { syncing = null; });
+        syncing = device.sync().then(ack, (err: Error) => channel.refuse('IO_ERROR', err.message)).then(async () => {
+          // Other expiry is saved now and then (a crash forgets at most a little of it; the
+          // sender sends it all again on reconnection).
+          if (device.retention.unsaved && Date.now() - lastExpirySaveMs >= EXPIRY_SAVE_EVERY_MS) {
+            lastExpirySaveMs = Date.now();
+            await volumes.saveReplicatedExpiry(volume).catch(() => undefined);
+          }
+        }).finally(() => { syncing = null; });
       }, SYNC_DELAY_MS);
     };
     try {
@@ -300,7 +309,13 @@ export class ReplicationReceiver {
             // Failed over (or refused) while this session was going: nothing more lands.
             if (!this.deps.incoming(volume) || !volumes.replicationView(volume).replica) throw new HindsightError('REPLICATION_REFUSED', `volume "${volume}" is no longer received here`);
             let durableAsked = false;
-            for (const raw of decodeRecords(frame.body)) {
+            const batch = decodeRecords(frame.body);
+            // Thinned records only ever reach the disk inside expired runs already saved.
+            if (device.retention.unsaved && batch.some((raw) => raw.length >= 5 && raw.readUInt8(4) === RecordType.THINNED)) {
+              await volumes.saveReplicatedExpiry(volume);
+              lastExpirySaveMs = Date.now();
+            }
+            for (const raw of batch) {
               // Data goes only with its points: a thinned record must lie in an expired run
               // (the replica would not open again otherwise).
               if (raw.length >= 5 && raw.readUInt8(4) === RecordType.THINNED && raw.length >= 16 && device.history.expiredRunOf(Number(raw.readBigUInt64LE(8))) === null) {
@@ -329,7 +344,7 @@ export class ReplicationReceiver {
           }
           case FrameType.STATE: {
             const state = parseJson(frame);
-            if (state.expired !== undefined) await volumes.expireReplicated(volume, checkRuns(state.expired));
+            if (state.expired !== undefined) volumes.expireReplicated(volume, checkRuns(state.expired));
             if (state.bookmarks !== undefined) await volumes.bookmarksReplicated(volume, checkBookmarks(state.bookmarks));
             break;
           }
@@ -346,8 +361,9 @@ export class ReplicationReceiver {
     } finally {
       if (syncTimer) clearTimeout(syncTimer);
       await syncing;
-      // What arrived is made durable whatever ended the link.
+      // What arrived is made durable whatever ended the link; the expiry too.
       await device.sync().catch(() => undefined);
+      await volumes.saveReplicatedExpiry(volume).catch(() => undefined);
     }
   }
 }

@@ -20,6 +20,8 @@ import { fingerprint } from './fingerprint.js';
 import { FrameType, PROTOCOL_VERSION, decodeAck, encodeFrame, jsonFrame, parseJson, recordsBody } from './frames.js';
 
 const BATCH_BYTES = 1024 * 1024;
+/** After a batch that did not compress, this many go uncompressed before trying again. */
+const COMPRESSION_RETRY_FRAMES = 8;
 const WINDOW_BYTES = 16 * 1024 * 1024;
 const SYNC_EVERY_MS = 20;
 const IDLE_POLL_MS = 10;
@@ -307,6 +309,7 @@ export class ReplicationLink {
     let lastSentMs = Date.now();
     const expiry = new ExpirySent();
     let sentBookmarks = '';
+    let skipCompression = 0;
     let nextSendMs = 0;
     while (!this.stopped && !this.config.paused) {
       if (channel.closed) throw channel.error ?? new HindsightError('IO_ERROR', 'replication link closed');
@@ -339,7 +342,10 @@ export class ReplicationLink {
           if (!image.visible.has(cursor + i)) records[i] = thinnedCopy(records[i], image.crcSeed);
         }
       }
-      const frame = encodeFrame(FrameType.RECORDS, recordsBody(records), true);
+      // Incompressible data (random, or compressed already): not tried again for a while.
+      const frame = encodeFrame(FrameType.RECORDS, recordsBody(records), skipCompression === 0);
+      if (skipCompression > 0) skipCompression -= 1;
+      else if (frame[0].readUInt8(5) === 0) skipCompression = COMPRESSION_RETRY_FRAMES;
       const wire = frame[0].length + frame[1].length;
       const rate = this.config.bandwidthBytesPerSecond;
       if (rate) {

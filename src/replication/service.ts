@@ -125,8 +125,7 @@ export class ReplicationService {
       if (this.links.has(volume)) throw new HindsightError('REPLICATION_EXISTS', `volume "${volume}" is already replicated (to ${this.links.get(volume)!.config.to}); replication remove ${volume} first`);
       splitHostPort(request.to);
       if (request.identity !== undefined) this.psk.own(validateIdentity(request.identity));
-      const rpoSeconds = request.rpoSeconds ?? DEFAULT_RPO_SECONDS;
-      if (!(Number.isFinite(rpoSeconds) && rpoSeconds > 0 && rpoSeconds <= 86_400 * 7)) throw new HindsightError('INVALID_ARGUMENT', '--rpo is seconds, more than 0 and at most a week');
+      const rpoSeconds = rpoOf(request.rpoSeconds ?? DEFAULT_RPO_SECONDS);
       // The first sync's image stands for now: every point from here on reaches the receiver.
       let imageSeq: number | undefined;
       let imageKept: number[] | undefined;
@@ -157,6 +156,25 @@ export class ReplicationService {
       const link = this.link(volume);
       link.setPaused(paused);
       await this.save();
+      return link.status();
+    });
+  }
+
+  /** Changes a link's bandwidth limit (null: none) or RPO target; effective at once. */
+  update(volume: string, changes: { bandwidth?: number | string | null; rpoSeconds?: number }): Promise<OutgoingStatus> {
+    return this.serialise(async () => {
+      const link = this.link(volume);
+      const next = { ...link.config };
+      if (changes.bandwidth !== undefined) next.bandwidthBytesPerSecond = bandwidthOf(changes.bandwidth);
+      if (changes.rpoSeconds !== undefined) next.rpoSeconds = rpoOf(changes.rpoSeconds);
+      const before = link.config;
+      link.config = next;
+      try {
+        await this.save();
+      } catch (err) {
+        link.config = before;
+        throw err;
+      }
       return link.status();
     });
   }
@@ -238,6 +256,11 @@ export class ReplicationService {
     this.mutation = result;
     return result;
   }
+}
+
+function rpoOf(seconds: number): number {
+  if (!(Number.isFinite(seconds) && seconds > 0 && seconds <= 86_400 * 7)) throw new HindsightError('INVALID_ARGUMENT', '--rpo is seconds, more than 0 and at most a week');
+  return seconds;
 }
 
 function bandwidthOf(value: number | string | null | undefined): number | null {

@@ -58,6 +58,8 @@ export class RetentionState {
   lastRun: { at: string; pointsExpired: number; pointsForced: number; bytesReclaimed: number; journalBytes: number; durationMs: number } | null = null;
 
   private saving: Promise<void> = Promise.resolve();
+  /** history.expiredVersion when retention.json was last written (or read). */
+  private savedVersion = -1;
 
   private constructor(private readonly files: FileLayer, private readonly file: string, private readonly history: History) {}
 
@@ -72,6 +74,7 @@ export class RetentionState {
     const bytes = files.readFile(file);
     if (bytes === null) {
       if (history.thinnedRecords > 0) throw corrupt(file, `missing, but the journal holds ${history.thinnedRecords} thinned records`);
+      state.savedVersion = history.expiredVersion;
       return state;
     }
     let parsed: RetentionFile;
@@ -93,6 +96,7 @@ export class RetentionState {
       previousEnd = run[1];
     }
     history.expire(parsed.expired);
+    state.savedVersion = history.expiredVersion;
     if (history.thinnedRecords > 0) {
       // Data goes only after its points expired (durably): a thinned record outside the
       // expired runs means a point that looks kept but misses data.
@@ -127,7 +131,13 @@ export class RetentionState {
     return next;
   }
 
-  private saveNow(): Promise<void> {
+  /** Expired runs changed since the last save (a replica saves them when it must). */
+  get unsaved(): boolean {
+    return this.savedVersion !== this.history.expiredVersion;
+  }
+
+  private async saveNow(): Promise<void> {
+    const version = this.history.expiredVersion;
     const content: RetentionFile = {
       formatVersion: FORMAT_VERSION,
       expired: this.history.expired.map(([a, b]) => [a, b]),
@@ -138,7 +148,8 @@ export class RetentionState {
       recordsCompressed: this.recordsCompressed,
       compactions: this.compactions,
     };
-    return this.files.writeFileAtomic(this.file, Buffer.from(`${JSON.stringify(content)}\n`));
+    await this.files.writeFileAtomic(this.file, Buffer.from(`${JSON.stringify(content)}\n`));
+    this.savedVersion = version;
   }
 }
 

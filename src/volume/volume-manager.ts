@@ -419,24 +419,27 @@ export class VolumeManager {
     return { device: volume.device, bookmarks: volume.bookmarks, id: volume.record.id, sizeBytes: volume.record.sizeBytes, replica: volume.record.replica ?? null, promoted: volume.record.promoted ?? null };
   }
 
-  /** A replica mirrors its source's expired points (saved before the records they cover arrive). */
-  expireReplicated(name: string, runs: Array<[number, number]>): Promise<void> {
+  /**
+   * A replica mirrors its source's expired points: in memory at once (refused from now on),
+   * on disk when `saveReplicatedExpiry` is called — which the receiver does before any thinned
+   * record (a write whose data its source reclaimed) is appended: such a record must never be
+   * on disk outside the runs retention.json lists. Saving for every batch of an initial sync
+   * would cost a file sync each.
+   */
+  expireReplicated(name: string, runs: Array<[number, number]>): void {
+    const device = this.replicaDevice(name);
+    const fresh = runs.filter(([a, b]) => {
+      const run = device.history.expiredRunOf(a);
+      return !(run && run[1] >= b);
+    });
+    if (fresh.length > 0) device.history.expire(fresh);
+  }
+
+  /** Saves a replica's expired runs if they changed since the last save. */
+  saveReplicatedExpiry(name: string): Promise<void> {
     return this.serialise(async () => {
       const device = this.replicaDevice(name);
-      const fresh = runs.filter(([a, b]) => {
-        const run = device.history.expiredRunOf(a);
-        return !(run && run[1] >= b);
-      });
-      if (fresh.length === 0) return;
-      const before = device.history.expired.map(([a, b]) => [a, b] as [number, number]);
-      device.history.expire(fresh);
-      try {
-        await device.retention.save();
-      } catch (err) {
-        // Not saved: not expired either (the sender sends them again).
-        device.history.setExpired(before);
-        throw err;
-      }
+      if (device.retention.unsaved) await device.retention.save();
     });
   }
 
@@ -564,8 +567,8 @@ export class VolumeManager {
       const clipped = volume.device.history.expired.filter(([a]) => a <= seqLast).map(([a, b]) => [a, Math.min(b, seqLast)] as [number, number]);
       if (clipped.length !== volume.device.history.expired.length || clipped.some(([, b], i) => b !== volume.device.history.expired[i][1])) {
         volume.device.history.setExpired(clipped);
-        await volume.device.retention.save();
       }
+      if (volume.device.retention.unsaved) await volume.device.retention.save();
       const { replica, ...rest } = volume.record;
       const record: VolumeRecord = { ...rest, promoted: { at: new Date().toISOString(), seq: volume.device.history.seqLast, from: replica.from } };
       await this.writeVolumeRecord(name, record);

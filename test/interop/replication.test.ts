@@ -482,3 +482,28 @@ test('failover in the middle of the first sync: the replica\'s own new points ar
   assert.equal(info.seqLast, last);
   assert.equal((await api<{ seq: number }>(b2, 'GET', `/volumes/mid/resolve?at=seq:${latest.seq}`)).seq, latest.seq, 'its own point is still a point');
 });
+
+test('kill -9 of the receiver during an image first sync full of thinned records: it opens again and finishes the same image', { timeout: 180_000 }, async (t) => {
+  const { a, b } = await pair(t);
+  await api(a, 'POST', '/volumes', { name: 'churn', size: SIZE });
+  // 40 passes over the same 1 MiB: the image keeps the last, the rest travel as thinned headers.
+  const random = new Random(5);
+  for (let pass = 0; pass < 40; pass += 1) {
+    await run('qemu-io', ['-f', 'raw', ...Array.from({ length: 16 }, (_, i) => ['-c', `write -P ${random.int(256)} ${i * 64 * 1024} 64k`]).flat(), '-c', 'flush', a.daemon.uri('churn')]);
+  }
+  await api(b, 'POST', '/replication/incoming', { volume: 'churn', from: 'siteA' });
+  await api(a, 'POST', '/replication', { volume: 'churn', to: `127.0.0.1:${b.replicationPort}`, bandwidth: '64K' });
+  await waitFor(async () => (await api<{ volumes: unknown[] }>(b, 'GET', '/volumes')).volumes.length > 0 && await seqLast(b, 'churn') >= 50, { what: 'part of the image', timeoutMs: 60_000, intervalMs: 50 });
+  await b.daemon.kill();
+  const b2 = await startSite(t, 'b', b.pskFile, { dataDir: b.dataDir, replicationPort: b.replicationPort });
+  const info = await api<{ state: string; error: unknown }>(b2, 'GET', '/volumes/churn');
+  assert.equal(info.state, 'online', `the replica opens after the crash: ${JSON.stringify(info.error)}`);
+  // The same link goes on (no limit now): the rest of the same image.
+  const set = await hindsight(['replication', 'set', 'churn', '--bandwidth', '0', '--api', a.daemon.apiUrl]);
+  assert.match(set.stdout, /unlimited/);
+  const status = await caughtUp(a, 'churn');
+  assert.ok(status.recordBytesSent < 2 * MiB, `the rest of the image only (${status.recordBytesSent} bytes)`);
+  assert.equal(await hashAt(b2, 'churn', 'latest'), await hashAt(a, 'churn', 'latest'));
+  const fsck = await hindsight(['fsck', 'churn', '--json', '--api', b2.daemon.apiUrl]);
+  assert.equal(fsck.code, 0, fsck.stdout);
+});
