@@ -326,6 +326,12 @@ test('failover: the replica becomes a writable volume (at a bookmark), its old s
   await api(a, 'POST', '/volumes/app/bookmarks', { name: 'good' });
   await caughtUp(a, 'app');
   const good = await hashAt(a, 'app', 'latest');
+  // At the DR site, a writable clone of a received point while replication goes on (a
+  // failover test without failing over): its writes never reach the replica.
+  const clone = await api<{ export: string }>(b, 'POST', '/mounts', { volume: 'app', at: 'bookmark:good', writable: true, name: 'app-test' });
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 7 0 64k', '-c', 'read -P 7 0 64k', b.daemon.uri(clone.export)]);
+  assert.equal(await hashAt(b, 'app', 'latest'), good, 'the replica is untouched by its clone');
+  await api(b, 'DELETE', `/mounts/${clone.export}`);
 
   // Paused: writes wait at the source; the lag shows them, and past the RPO the link warns.
   await api(a, 'POST', '/replication/app/pause');
