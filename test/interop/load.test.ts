@@ -26,6 +26,7 @@ const VOLUMES = 8;
 const PER_VOLUME = 4;
 const SIZE = 64 * MiB;
 const SECONDS = Number(process.env.HINDSIGHT_LOAD_SECONDS ?? 15);
+const SOAK_AFTER_SECONDS = 600;
 
 interface Stats {
   ops: number;
@@ -121,7 +122,18 @@ function percentile(sorted: number[], p: number): number {
 
 test(`32 connections over 8 volumes for ${SECONDS} s, a slow client and quitters: every byte as the oracle says`, { timeout: (SECONDS + 180) * 1000 }, async (t) => {
   const dataDir = makeTempDir('hindsight-load-');
-  const daemon = await startDaemon({ dataDir, volumes: [...Array.from({ length: VOLUMES }, (_, i) => `load${i}:${SIZE}`), 'quit:16M'] });
+  // A soak (longer than SOAK_AFTER_SECONDS) writes more than a disk holds: the volumes keep
+  // 2 minutes of history, applied every 30 s, so the journals stay bounded as in production.
+  const soak = SECONDS > SOAK_AFTER_SECONDS;
+  const configFile = path.join(dataDir, 'soak.yaml');
+  if (soak) fs.writeFileSync(configFile, 'retentionIntervalSeconds: 30\n');
+  const daemon = await startDaemon({ dataDir, volumes: [...Array.from({ length: VOLUMES }, (_, i) => `load${i}:${SIZE}`), 'quit:16M'], extraArgs: soak ? ['--config', configFile] : [] });
+  if (soak) {
+    for (let v = 0; v < VOLUMES; v += 1) {
+      const response = await fetch(`${daemon.apiUrl}/api/v1/volumes/load${v}`, { method: 'PATCH', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ keep: 'all:2m', maxSize: '3G' }) });
+      assert.equal(response.status, 200, await response.text());
+    }
+  }
   // The daemon first (it may be compacting in the background), then its directory.
   t.after(async () => {
     await daemon.stop();
@@ -144,15 +156,18 @@ test(`32 connections over 8 volumes for ${SECONDS} s, a slow client and quitters
   workers.push(quit);
   // Memory over time: RSS, and RSS less what the volumes' history holds (which grows with
   // every write by design until retention folds it): the rest must not grow after warm-up.
-  const samples: Array<{ rssMiB: number; historyMiB: number; fds: number }> = [];
+  const samples: Array<{ rssMiB: number; historyMiB: number; fds: number; journalMiB: number }> = [];
   const sample = async () => {
     const proc = daemonProcess(pid);
     let history = 0;
+    let journal = 0;
     for (let v = 0; v < VOLUMES; v += 1) {
       const response = await fetch(`${daemon.apiUrl}/api/v1/volumes/load${v}`);
-      history += ((await response.json()) as { historyBytes: number }).historyBytes;
+      const info = (await response.json()) as { historyBytes: number; journalBytes: number };
+      history += info.historyBytes;
+      journal += info.journalBytes;
     }
-    samples.push({ rssMiB: proc.rssMiB, historyMiB: Math.round(history / MiB), fds: proc.fds });
+    samples.push({ rssMiB: proc.rssMiB, historyMiB: Math.round(history / MiB), fds: proc.fds, journalMiB: Math.round(journal / MiB) });
   };
   const sampler = setInterval(() => void sample(), Math.max(1000, (SECONDS * 1000) / 30));
   const results = await Promise.allSettled(workers);
@@ -189,7 +204,8 @@ test(`32 connections over 8 volumes for ${SECONDS} s, a slow client and quitters
     `${(stats.bytesWritten / MiB / seconds).toFixed(1)} MiB/s written, ${(stats.bytesRead / MiB / seconds).toFixed(1)} MiB/s read, ` +
     `latency p50 ${(percentile(latencies, 0.5) / 1000).toFixed(2)} ms, p99 ${(percentile(latencies, 0.99) / 1000).toFixed(2)} ms, max ${(latencies[latencies.length - 1] / 1000).toFixed(1)} ms; ` +
     `daemon RSS ${before.rssMiB} -> ${during.rssMiB} -> ${afterwards.rssMiB} MiB (history ${samples[samples.length - 1]?.historyMiB ?? 0} MiB; RSS less history ${warm} MiB after warm-up, at most ${late} MiB in the last third), ` +
-    `descriptors ${before.fds} -> ${during.fds} -> ${afterwards.fds} (at most ${Math.max(...samples.map((entry) => entry.fds))} during)`;
+    `descriptors ${before.fds} -> ${during.fds} -> ${afterwards.fds} (at most ${Math.max(...samples.map((entry) => entry.fds))} during), ` +
+    `journals ${samples[samples.length - 1]?.journalMiB ?? 0} MiB at the end (at most ${Math.max(0, ...samples.map((entry) => entry.journalMiB))} MiB)${soak ? ', soak: 2 minutes of history kept' : ''}`;
   t.diagnostic(line);
   console.log(`# load: ${line}`);
   assert.ok(stats.ops > 100, 'the clients got work done');
