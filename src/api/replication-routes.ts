@@ -109,6 +109,8 @@ export function registerReplicationRoutes(app: FastifyInstance, context: ApiCont
     const up = gauge('hindsight_replication_link_up', '1 while the link streams', ['volume', 'to']);
     const rpo = gauge('hindsight_replication_rpo_exceeded', '1 while the lag exceeds the RPO target, or the link is down with writes waiting', ['volume', 'to']);
     const received = gauge('hindsight_replication_received_seq', 'Last seq received (incoming replicas)', ['volume', 'from']);
+    const receivedLag = gauge('hindsight_replication_received_lag_seconds', 'Lag of an incoming replica as its sender last reported it (every 2 s)', ['volume', 'from']);
+    const receivedWarning = gauge('hindsight_replication_received_warning', '1 while an incoming replica lags past its RPO target or its sender has been silent 30 s', ['volume', 'from']);
     const journal = gauge('hindsight_volume_journal_bytes', 'Journal bytes of a volume', ['volume']);
     const seq = gauge('hindsight_volume_seq_last', 'Last seq of a volume', ['volume']);
     for (const name of context.volumes.names()) {
@@ -131,7 +133,12 @@ export function registerReplicationRoutes(app: FastifyInstance, context: ApiCont
         up.set(labels, link.state === 'streaming' ? 1 : 0);
         rpo.set(labels, link.health === 'warning' ? 1 : 0);
       }
-      for (const entry of incoming) received.set({ volume: entry.volume, from: entry.from }, entry.seqLast ?? 0);
+      for (const entry of incoming) {
+        const labels = { volume: entry.volume, from: entry.from };
+        received.set(labels, entry.seqLast ?? 0);
+        if (entry.lag) receivedLag.set(labels, entry.lag.seconds);
+        receivedWarning.set(labels, entry.health === 'warning' ? 1 : 0);
+      }
     }
     return reply.type(registry.contentType).send(await registry.metrics());
   });

@@ -57,8 +57,9 @@ export function registerReplicationCommands(program: Command, run: (work: () => 
         ]));
       }
       if (list.incoming.length > 0) {
-        printTable(['VOLUME', 'FROM', 'STATE', 'PEER', 'SEQ', 'DURABLE', 'SOURCE SEQ', 'LAST CONTACT'], list.incoming.map((entry) => [
-          entry.volume, entry.from, entry.state, entry.peer ?? '-', String(entry.seqLast ?? '-'), String(entry.seqDurable ?? '-'), String(entry.seqSource ?? '-'), entry.lastContact ?? '-',
+        printTable(['VOLUME', 'FROM', 'STATE', 'HEALTH', 'PEER', 'SEQ', 'DURABLE', 'SOURCE SEQ', 'LAG (SENDER)', 'LAST CONTACT'], list.incoming.map((entry) => [
+          entry.volume, entry.from, entry.state, entry.health, entry.peer ?? '-', String(entry.seqLast ?? '-'), String(entry.seqDurable ?? '-'), String(entry.seqSource ?? '-'),
+          entry.lag ? `${entry.lag.records} rec, ${entry.lag.seconds.toFixed(1)} s` : '-', entry.lastContact ?? '-',
         ]));
       }
       if (list.outgoing.length === 0 && list.incoming.length === 0) process.stdout.write('no replication links\n');

@@ -45,6 +45,10 @@ export interface IncomingStatus extends IncomingConfig {
   /** Where the source said it was (heartbeats), and when the sender was last heard. */
   seqSource: number | null;
   lastContact: string | null;
+  /** The lag the sender reported at its last heartbeat (every 2 s). */
+  lag: { records: number; bytes: number; seconds: number } | null;
+  /** warning: the reported lag is past the sender's RPO target, or nothing heard for 30 s. */
+  health: 'ok' | 'warning';
   recordsReceived: number;
   bytesOnWire: number;
   lastError: string | null;
@@ -67,10 +71,23 @@ interface Session {
 
 type PskSocket = tls.TLSSocket & { pskIdentity?: string };
 
+interface ReceiveStats {
+  recordsReceived: number;
+  bytesOnWire: number;
+  seqSource: number | null;
+  lastContact: string | null;
+  lastError: string | null;
+  lag: { records: number; bytes: number; seconds: number } | null;
+  rpoSeconds: number | null;
+}
+
+/** A receiving site hearing nothing from its sender for this long shows a warning. */
+const SILENCE_WARNING_MS = 30_000;
+
 export class ReplicationReceiver {
   private server: tls.Server | null = null;
   private readonly sessions = new Map<string, Session>();
-  private readonly stats = new Map<string, { recordsReceived: number; bytesOnWire: number; seqSource: number | null; lastContact: string | null; lastError: string | null }>();
+  private readonly stats = new Map<string, ReceiveStats>();
   private readonly sockets = new Set<net.Socket>();
 
   constructor(private readonly deps: ReceiverDeps) {}
@@ -141,9 +158,12 @@ export class ReplicationReceiver {
     } catch {
       // not created yet (nothing received), or failed
     }
+    const silentMs = stats?.lastContact ? Date.now() - Date.parse(stats.lastContact) : Infinity;
+    const behind = stats?.lag && stats.rpoSeconds !== null && stats.lag.seconds > stats.rpoSeconds;
     return {
       direction: 'incoming', ...config, state: session ? 'receiving' : 'waiting', peer: session?.peer ?? null, seqLast, seqDurable,
-      seqSource: stats?.seqSource ?? null, lastContact: stats?.lastContact ?? null,
+      seqSource: stats?.seqSource ?? null, lastContact: stats?.lastContact ?? null, lag: stats?.lag ?? null,
+      health: behind || (stats?.lastContact && silentMs > SILENCE_WARNING_MS) ? 'warning' : 'ok',
       recordsReceived: stats?.recordsReceived ?? 0, bytesOnWire: stats?.bytesOnWire ?? 0, lastError: stats?.lastError ?? null,
     };
   }
@@ -196,7 +216,7 @@ export class ReplicationReceiver {
     const done = new Promise<void>((resolve) => { finish = resolve; });
     const session: Session = { channel, peer, done };
     this.sessions.set(volume, session);
-    const stats = this.stats.get(volume) ?? { recordsReceived: 0, bytesOnWire: 0, seqSource: null, lastContact: null, lastError: null };
+    const stats = this.stats.get(volume) ?? { recordsReceived: 0, bytesOnWire: 0, seqSource: null, lastContact: null, lastError: null, lag: null, rpoSeconds: null };
     this.stats.set(volume, stats);
     try {
       let { device } = prepared;
@@ -272,7 +292,7 @@ export class ReplicationReceiver {
     return { device: view.device, failbackCandidates: [...new Set(candidates)].sort((x, y) => y - x) };
   }
 
-  private async receive(channel: Channel, volume: string, device: JournaledDevice, stats: NonNullable<ReturnType<ReplicationReceiver['stats']['get']>>, log: Logger, welcomed: boolean): Promise<void> {
+  private async receive(channel: Channel, volume: string, device: JournaledDevice, stats: ReceiveStats, log: Logger, welcomed: boolean): Promise<void> {
     const volumes = this.deps.volumes;
     const held = device.lastSeq;
     if (!welcomed) {
@@ -351,6 +371,11 @@ export class ReplicationReceiver {
           case FrameType.HEARTBEAT: {
             const beat = parseJson(frame);
             if (Number.isSafeInteger(beat.seqLast)) stats.seqSource = beat.seqLast as number;
+            const lag = beat.lag as { records?: unknown; bytes?: unknown; seconds?: unknown } | undefined;
+            if (lag && typeof lag === 'object' && [lag.records, lag.bytes, lag.seconds].every((value) => typeof value === 'number' && Number.isFinite(value) && value >= 0)) {
+              stats.lag = { records: lag.records as number, bytes: lag.bytes as number, seconds: lag.seconds as number };
+            }
+            if (typeof beat.rpoSeconds === 'number' && beat.rpoSeconds > 0) stats.rpoSeconds = beat.rpoSeconds;
             await ack();
             break;
           }

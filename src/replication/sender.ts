@@ -306,7 +306,7 @@ export class ReplicationLink {
     }
     const image = this.image !== null && from <= this.image.seq ? this.image : null;
     let lastSyncMs = 0;
-    let lastSentMs = Date.now();
+    let lastHeartbeatMs = 0;
     const expiry = new ExpirySent();
     let sentBookmarks = '';
     let skipCompression = 0;
@@ -319,11 +319,13 @@ export class ReplicationLink {
         await device.syncThrough(device.lastSeq);
       }
       const target = device.durableSeq;
+      // Every 2 s, busy or not: where the source is and the lag it sees (the receiver shows it).
+      if (Date.now() - lastHeartbeatMs >= HEARTBEAT_MS) {
+        const { lag, rpoSeconds } = this.status();
+        await channel.send(jsonFrame(FrameType.HEARTBEAT, { seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs, nowUs: Date.now() * 1000, lag, rpoSeconds }));
+        lastHeartbeatMs = Date.now();
+      }
       if (cursor > target) {
-        if (Date.now() - lastSentMs >= HEARTBEAT_MS) {
-          await channel.send(jsonFrame(FrameType.HEARTBEAT, { seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs, nowUs: Date.now() * 1000 }));
-          lastSentMs = Date.now();
-        }
         await this.sleep(IDLE_POLL_MS);
         continue;
       }
@@ -356,7 +358,6 @@ export class ReplicationLink {
       this.inflight.push({ seq: batchLast, bytes: wire });
       this.inflightBytes += wire;
       await channel.send(frame);
-      lastSentMs = Date.now();
       this.seqSent = batchLast;
       this.bytesOnWire += wire;
       this.recordsSent += records.length;

@@ -195,6 +195,14 @@ test('through a fault proxy (cuts, truncations, delays, flipped bytes) every flu
   assert.ok(faults() >= 2, `every kind of fault injected: ${JSON.stringify(proxy.counts)}`);
   assert.ok(status.connects >= 2, `the link reconnected after faults (${status.connects} connections)`);
   const compared = await assertSameHistory(a, b, 'db', imageUpTo);
+  // The receiving site shows the lag its sender reports (every 2 s) and its health.
+  let incoming: { lag: { records: number; seconds: number } | null; health: string; seqLast: number } | undefined;
+  await waitFor(async () => {
+    incoming = (await api<{ incoming: Array<{ volume: string; lag: { records: number; seconds: number } | null; health: string; seqLast: number }> }>(b, 'GET', '/replication')).incoming.find((entry) => entry.volume === 'db');
+    return incoming?.lag?.records === 0;
+  }, { what: () => `the receiver's view of the lag: ${JSON.stringify(incoming)}`, timeoutMs: 10_000, intervalMs: 100 });
+  assert.equal(incoming!.health, 'ok');
+  assert.match(await (await fetch(`${b.daemon.apiUrl}/metrics`)).text(), /hindsight_replication_received_lag_seconds\{volume="db",from="siteA"\} 0/);
   t.diagnostic(`faults ${JSON.stringify(proxy.counts)}; connects ${status.connects}; ${compared} points compared; ${status.recordsSent} records, ${status.recordBytesSent} record bytes, ${status.bytesOnWire} on the wire`);
   // Writes to the replica are refused; its points mount read-only.
   const write = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', b.daemon.uri('db')], { allowFailure: true });
