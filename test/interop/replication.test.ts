@@ -50,11 +50,21 @@ function pskFile(dir: string, lines: string[]): string {
   return file;
 }
 
+/** Teardown per test, last in first out: daemons are killed before their directories go. */
+const teardowns = new WeakMap<TestContext, (step: () => unknown) => void>();
+
+function defer(t: TestContext, step: () => unknown): void {
+  let add = teardowns.get(t);
+  if (!add) teardowns.set(t, add = deferrals(t));
+  add(step);
+}
+
 async function startSite(t: TestContext, name: string, psk: string, options: { dataDir?: string; replicationPort?: number } = {}): Promise<Site> {
   const dataDir = options.dataDir ?? makeTempDir(`hindsight-repl-${name}-`);
+  if (!options.dataDir) defer(t, () => fs.rmSync(dataDir, { recursive: true, force: true }));
   const replicationPort = options.replicationPort ?? await freePort();
   const daemon = await startDaemon({ dataDir, extraArgs: ['--replication', `127.0.0.1:${replicationPort}`, '--replication-psk-file', psk, '--log-level', 'info'] });
-  t.after(() => daemon.kill());
+  defer(t, () => daemon.kill());
   return { name, daemon, dataDir, pskFile: psk, replicationPort };
 }
 
@@ -91,6 +101,7 @@ async function caughtUp(source: Site, volume: string, timeoutMs = 60_000): Promi
 /** Random bytes for qemu-io's `write -s` (incompressible data). */
 const RANDOM_FILE = path.join(makeTempDir('hindsight-repl-data-'), 'random');
 fs.writeFileSync(RANDOM_FILE, crypto.randomBytes(256 * 1024));
+process.on('exit', () => fs.rmSync(path.dirname(RANDOM_FILE), { recursive: true, force: true }));
 
 /**
  * qemu-io writes (seeded): random offsets, lengths of 512 B..`lengthMax`, patterns or
@@ -161,7 +172,7 @@ async function assertSameHistory(source: Site, replica: Site, volume: string, im
 
 async function pair(t: TestContext): Promise<{ a: Site; b: Site; dir: string }> {
   const dir = makeTempDir('hindsight-repl-keys-');
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  defer(t, () => fs.rmSync(dir, { recursive: true, force: true }));
   const a = await startSite(t, 'a', pskFile(dir, [`siteA:${KEY_A}`]));
   const b = await startSite(t, 'b', pskFile(dir, [`siteB:${KEY_B}`, `siteA:${KEY_A}`]));
   return { a, b, dir };
@@ -170,7 +181,7 @@ async function pair(t: TestContext): Promise<{ a: Site; b: Site; dir: string }> 
 test('through a fault proxy (cuts, truncations, delays, flipped bytes) every flush point and bookmark arrives byte-exact, gap-free', { timeout: 240_000 }, async (t) => {
   const { a, b } = await pair(t);
   const proxy = await FaultProxy.start({ host: '127.0.0.1', port: b.replicationPort }, { seed: 7, cut: 0.04, truncate: 0.04, delay: 0.05, flip: 0.04 });
-  t.after(() => proxy.close());
+  defer(t, () => proxy.close());
   await api(a, 'POST', '/volumes', { name: 'db', size: SIZE });
   const random = new Random(42);
   // History before replication starts: the first sync sends the image of now and of the
@@ -375,7 +386,7 @@ test('failover: the replica becomes a writable volume (at a bookmark), its old s
 
 test('failback: after a failover and writes at both sites, only what diverged travels back; the original keeps its own later writes as another volume', { timeout: 180_000 }, async (t) => {
   const dir = makeTempDir('hindsight-repl-keys-');
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  defer(t, () => fs.rmSync(dir, { recursive: true, force: true }));
   const a = await startSite(t, 'a', pskFile(dir, [`siteA:${KEY_A}`, `siteB:${KEY_B}`]));
   const b = await startSite(t, 'b', pskFile(dir, [`siteB:${KEY_B}`, `siteA:${KEY_A}`]));
   const size = 32 * MiB;
