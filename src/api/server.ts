@@ -123,6 +123,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
     dataDir: context.dataDir,
     ports: context.ports(),
     volumes: context.volumes.names().length,
+    replication: replicationSummary(context),
     connections: context.nbd.connections().length,
   }));
 
@@ -220,6 +221,17 @@ export function buildApi(context: ApiContext): FastifyInstance {
   registerHistoryRoutes(app, context);
   registerReplicationRoutes(app, context);
   return app;
+}
+
+/** Links out and in, and how many need attention (lag past the RPO target, failing, silent). */
+function replicationSummary(context: ApiContext) {
+  if (!context.replication) return null;
+  const { identity, outgoing, incoming } = context.replication.list();
+  return {
+    identity, outgoing: outgoing.length, incoming: incoming.length,
+    warnings: [...outgoing, ...incoming].filter((entry) => entry.health === 'warning').map((entry) => `${entry.direction} ${entry.volume}`),
+    worstLagSeconds: Math.max(0, ...outgoing.map((link) => link.lag.seconds)),
+  };
 }
 
 async function volumeView(context: ApiContext, name: string) {

@@ -64,6 +64,7 @@ export function registerVolumeCommands(program: Command, run: (work: () => Promi
         ['  forecast', v.retention.forecast],
         ['index', `${v.indexExtents} extent(s), ${size(v.indexBytes)}; history ${size(v.historyBytes)} in memory`],
         ['bookmarks, mounts', `${v.bookmarks}, ${v.mounts}`],
+        ['replica', v.replica ? `of ${v.replica.from}'s volume since ${v.replica.since} (read-only; hindsight failover ${v.name} promotes it)` : v.promoted ? `no (promoted from ${v.promoted.from}'s at seq ${v.promoted.seq}, ${v.promoted.at})` : 'no'],
         ['connected clients', v.connections], ['created', v.createdAt], ['id', v.id],
       ]);
       return 0;

@@ -367,6 +367,10 @@ test('failover: the replica becomes a writable volume (at a bookmark), its old s
   const bad = await hashAt(a, 'app', 'latest');
   assert.equal(await hashAt(b, 'app', 'latest'), bad);
 
+  assert.match((await hindsight(['volume', 'info', 'app', '--api', b.daemon.apiUrl])).stdout, /replica\s+of siteA's volume since/);
+  const status = JSON.parse((await hindsight(['status', '--json', '--api', a.daemon.apiUrl])).stdout) as { replication: { outgoing: number; identity: string } };
+  assert.equal(status.replication.outgoing, 1);
+  assert.equal(status.replication.identity, 'siteA');
   const failover = await hindsight(['failover', 'app', '--at', 'bookmark:good', '--json', '--api', b.daemon.apiUrl]);
   assert.equal(failover.code, 0, failover.stderr);
   const promoted = JSON.parse(failover.stdout) as { replica: unknown; promoted: { from: string }; readOnly: boolean; rollback: { seq: number } };
@@ -374,6 +378,7 @@ test('failover: the replica becomes a writable volume (at a bookmark), its old s
   assert.equal(promoted.promoted.from, 'siteA');
   assert.equal(promoted.readOnly, false);
   assert.equal(await hashAt(b, 'app', 'latest'), good, 'the promoted volume continues from the bookmark');
+  assert.match((await hindsight(['volume', 'info', 'app', '--api', b.daemon.apiUrl])).stdout, /replica\s+no \(promoted from siteA's at seq \d+/);
   await run('qemu-io', ['-f', 'raw', '-c', 'write -P 3 2M 64k', '-c', 'flush', b.daemon.uri('app')]);
   // The old source keeps trying and is refused; nothing it sends lands.
   await run('qemu-io', ['-f', 'raw', '-c', 'write -P 4 4M 64k', '-c', 'flush', a.daemon.uri('app')]);
