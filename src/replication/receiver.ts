@@ -322,6 +322,10 @@ export class ReplicationReceiver {
     try {
       for (;;) {
         const frame = await channel.next(IDLE_TIMEOUT_MS);
+        if (device.retention.unsaved && Date.now() - lastExpirySaveMs >= EXPIRY_SAVE_EVERY_MS) {
+          lastExpirySaveMs = Date.now();
+          await volumes.saveReplicatedExpiry(volume);
+        }
         stats.bytesOnWire += frame.wireBytes;
         stats.lastContact = new Date().toISOString();
         switch (frame.type) {
@@ -341,12 +345,17 @@ export class ReplicationReceiver {
               if (raw.length >= 5 && raw.readUInt8(4) === RecordType.THINNED && raw.length >= 16 && device.history.expiredRunOf(Number(raw.readBigUInt64LE(8))) === null) {
                 throw new HindsightError('RECORD_INVALID', `a thinned record (seq ${raw.readBigUInt64LE(8)}) arrived outside the points its source expired`);
               }
-              // A new rollback to a point this replica does not hold (its first sync was an
-              // image) could only be followed with data it never got: stop. (Rollbacks inside
-              // the image's past are part of what the image shows.)
-              if (raw.length >= 32 && raw.readUInt8(4) === RecordType.REVERT && device.history.expiredRunOf(Number(raw.readBigUInt64LE(8))) === null
-                && device.history.expiredRunOf(Number(raw.readBigUInt64LE(24))) !== null) {
-                throw new HindsightError('RECORD_INVALID', `the source rolled back to seq ${raw.readBigUInt64LE(24)}, a point this replica does not hold; replicate it again with --initial history`);
+              // A rollback made after the image, to a point before it the image does not hold,
+              // could only be followed with data this replica never got: stop. (Rollbacks in
+              // the image's past are part of what it shows; points the source itself expired
+              // keep their data there as here.)
+              const image = volumes.replicationView(volume).replica?.image;
+              if (image && raw.length >= 32 && raw.readUInt8(4) === RecordType.REVERT) {
+                const seq = Number(raw.readBigUInt64LE(8));
+                const target = Number(raw.readBigUInt64LE(24));
+                if (seq > image.seq && target < image.seq && !image.kept.includes(target)) {
+                  throw new HindsightError('RECORD_INVALID', `the source rolled back to seq ${target}, before the image this replica started from (seq ${image.seq}); delete this replica and replicate again with --initial history`);
+                }
               }
               const record = device.appendReplicated(raw);
               stats.recordsReceived += 1;
@@ -365,6 +374,7 @@ export class ReplicationReceiver {
           case FrameType.STATE: {
             const state = parseJson(frame);
             if (state.expired !== undefined) volumes.expireReplicated(volume, checkRuns(state.expired));
+            if (state.image !== undefined) await volumes.setReplicaImage(volume, checkImage(state.image));
             if (state.bookmarks !== undefined) await volumes.bookmarksReplicated(volume, checkBookmarks(state.bookmarks));
             break;
           }
@@ -403,6 +413,14 @@ function checkRuns(value: unknown): Array<[number, number]> {
     previous = run[1];
     return [run[0], run[1]] as [number, number];
   });
+}
+
+function checkImage(value: unknown): { seq: number; kept: number[] } {
+  const image = value as { seq?: unknown; kept?: unknown };
+  if (typeof image !== 'object' || image === null || !Number.isSafeInteger(image.seq) || !Array.isArray(image.kept) || image.kept.length > 10_000 || !image.kept.every((seq) => Number.isSafeInteger(seq))) {
+    throw new HindsightError('PROTOCOL_ERROR', 'STATE: image is not {seq, kept}');
+  }
+  return { seq: image.seq as number, kept: image.kept as number[] };
 }
 
 function checkBookmarks(value: unknown): Bookmark[] {

@@ -53,6 +53,8 @@ export interface OutgoingConfig {
   imageSeq?: number;
   /** initial: image — the earlier points the image also holds (the bookmarks then). */
   imageKept?: number[];
+  /** The image began to be sent (to a receiver holding nothing): a restart goes on with the same one. */
+  imageStarted?: boolean;
   paused: boolean;
   createdAt: string;
 }
@@ -81,6 +83,18 @@ export interface SenderDeps {
   volumes: VolumeManager;
   psk: PskFile;
   log: Logger;
+  /** Saves the links' configs (replication.json), after this link's changed. */
+  persist: () => Promise<void>;
+}
+
+interface Image {
+  seq: number;
+  kept: number[];
+  /** WRITE records some kept point shows; null: the image's seq expired here, nothing is thinned. */
+  visible: Set<number> | null;
+  /** The points before `seq` the image does not hold. */
+  expired: Array<[number, number]>;
+  crcSeed: number;
 }
 
 export class ReplicationLink {
@@ -103,7 +117,7 @@ export class ReplicationLink {
   private lastError: string | null = null;
   private windowWaiter: (() => void) | null = null;
   /** The first sync's image (initial: image), kept while it is being sent. */
-  private image: { seq: number; kept: number[]; visible: Set<number>; expired: Array<[number, number]>; crcSeed: number } | null = null;
+  private image: Image | null = null;
 
   constructor(public config: OutgoingConfig, private readonly deps: SenderDeps) {}
 
@@ -161,7 +175,7 @@ export class ReplicationLink {
         continue;
       }
       this.state = 'connecting';
-      const handshakesBefore = this.handshakes;
+      const ackedBefore = this.seqAcknowledged;
       try {
         await this.session();
       } catch (err) {
@@ -178,8 +192,9 @@ export class ReplicationLink {
         this.windowWaiter?.();
       }
       if (this.stopped) break;
-      // A link that got through the handshake starts its backoff again.
-      failures = this.handshakes > handshakesBefore ? 1 : failures + 1;
+      // A link that got records acknowledged starts its backoff again; one refused after the
+      // handshake (every time) backs off like one that cannot connect.
+      failures = this.seqAcknowledged > ackedBefore ? 1 : failures + 1;
       this.state = 'retrying';
       const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(failures - 1, 10));
       await this.sleep(delay * (0.75 + Math.random() * 0.5));
@@ -298,13 +313,8 @@ export class ReplicationLink {
 
   private async stream(channel: Channel, from: number): Promise<void> {
     let cursor = from;
-    // The first sync's image is taken once: a reconnection before it is complete goes on
-    // with the same one (unless its seq expired meanwhile, and nothing had arrived).
-    const wantImage = (this.config.initial ?? 'image') === 'image';
-    if (from === 1 && wantImage && (this.image === null || this.deps.volumes.replicationView(this.config.volume).device.history.expiredRunOf(this.image.seq) !== null)) {
-      this.image = await this.initialImage();
-    }
-    const image = this.image !== null && from <= this.image.seq ? this.image : null;
+    const image = await this.imageFor(from);
+    if (image) await channel.send(jsonFrame(FrameType.STATE, { image: { seq: image.seq, kept: image.kept } }));
     let lastSyncMs = 0;
     let lastHeartbeatMs = 0;
     const expiry = new ExpirySent();
@@ -336,10 +346,10 @@ export class ReplicationLink {
       // Expiry before the records: the receiver must know a point is gone before records
       // without payload (thinned) arrive. Bookmarks after: it keeps only bookmarks of
       // records it holds.
-      for (const runs of expiry.newRuns(device.history, image, batchLast)) {
+      for (const runs of expiry.newRuns(device.history, image && cursor <= image.seq ? image.expired : null, batchLast)) {
         await channel.send(encodeFrame(FrameType.STATE, Buffer.from(JSON.stringify({ expired: runs })), true));
       }
-      if (image && cursor <= image.seq) {
+      if (image?.visible && cursor <= image.seq) {
         for (let i = 0; i < records.length && cursor + i <= image.seq; i += 1) {
           if (!image.visible.has(cursor + i)) records[i] = thinnedCopy(records[i], image.crcSeed);
         }
@@ -347,7 +357,7 @@ export class ReplicationLink {
       // Incompressible data (random, or compressed already): not tried again for a while.
       const frame = encodeFrame(FrameType.RECORDS, recordsBody(records), skipCompression === 0);
       if (skipCompression > 0) skipCompression -= 1;
-      else if (frame[0].readUInt8(5) === 0) skipCompression = COMPRESSION_RETRY_FRAMES;
+      else if (frame[1].length >= 512 && frame[0].readUInt8(5) === 0) skipCompression = COMPRESSION_RETRY_FRAMES;
       const wire = frame[0].length + frame[1].length;
       const rate = this.config.bandwidthBytesPerSecond;
       if (rate) {
@@ -375,15 +385,42 @@ export class ReplicationLink {
   }
 
   /**
-   * The first sync as an image: up to seq S (durable now), only the WRITE records whose data
-   * point S or a bookmark shows keep their payload; the others go as THINNED headers (seq,
-   * time, range: the timeline stays whole), and every other point up to S arrives expired.
+   * The image this session sends first, if any. A receiver holding nothing gets the image at
+   * the seq the link was made (taken anew only if retention removed that point before
+   * anything arrived); a restart in the middle of it goes on with the same image (a function
+   * of its seq and points); a receiver that already held records when this link first
+   * reached it (a link made again, a failback) gets no image, and the link forgets it had one.
    */
-  private async initialImage(): Promise<{ seq: number; kept: number[]; visible: Set<number>; expired: Array<[number, number]>; crcSeed: number } | null> {
+  private async imageFor(from: number): Promise<Image | null> {
+    if ((this.config.initial ?? 'image') !== 'image') return null;
+    const { device } = this.deps.volumes.replicationView(this.config.volume);
+    if (from === 1) {
+      if (!this.image || device.history.expiredRunOf(this.image.seq) !== null) this.image = await this.takeImage(true);
+      if (this.image && (!this.config.imageStarted || this.config.imageSeq !== this.image.seq)) {
+        this.config = { ...this.config, imageSeq: this.image.seq, imageKept: this.image.kept, imageStarted: true };
+        await this.deps.persist();
+      }
+    } else if (this.config.imageStarted && this.config.imageSeq && from <= this.config.imageSeq) {
+      this.image ??= await this.takeImage(false);
+    } else if (!this.config.imageStarted && this.config.imageSeq !== undefined) {
+      const { imageSeq: _seq, imageKept: _kept, ...rest } = this.config;
+      this.config = rest;
+      await this.deps.persist();
+    }
+    return this.image && from <= this.image.seq ? this.image : null;
+  }
+
+  /**
+   * The first sync as an image at the link's seq S (or, with `retake`, now if S is gone): only
+   * the WRITE records whose data point S or a kept bookmark shows keep their payload; the
+   * others go as THINNED headers (seq, time, range: the timeline stays whole), and every other
+   * point up to S arrives expired.
+   */
+  private async takeImage(retake: boolean): Promise<Image | null> {
     const { device, bookmarks, id } = this.deps.volumes.replicationView(this.config.volume);
     let seq = this.config.imageSeq ?? 0;
-    if (seq === 0 || seq > device.durableSeq || device.history.expiredRunOf(seq) !== null) {
-      // The point the link was made at is gone (retention, before anything arrived): now.
+    const gone = seq === 0 || seq > device.durableSeq || device.history.expiredRunOf(seq) !== null;
+    if (gone && retake) {
       await device.syncThrough(device.lastSeq);
       seq = device.durableSeq;
     }
@@ -392,27 +429,30 @@ export class ReplicationLink {
     // sends the same image), or the bookmarks now if it is taken anew.
     const earlier = seq === this.config.imageSeq ? this.config.imageKept ?? [] : bookmarks.list().map((bookmark) => bookmark.seq);
     const kept = [...new Set([...earlier.filter((at) => at <= seq), seq])].sort((x, y) => x - y);
-    const visible = new Set<number>();
-    for (const point of kept) {
-      let index;
-      try {
-        index = device.pointIndex(point);
-      } catch {
-        continue; // expired: nothing of it is kept anyway
+    let visible: Set<number> | null = null;
+    if (!gone || retake) {
+      visible = new Set<number>();
+      for (const point of kept) {
+        let index;
+        try {
+          index = device.pointIndex(point);
+        } catch {
+          continue; // expired: nothing of it is kept anyway
+        }
+        index.lookup(0, device.sizeBytes, (piece) => {
+          if (piece.segment < 0 || isZero(piece.segment)) return;
+          visible!.add(device.history.seqOfPayload(piece.segment, piece.payloadPosition));
+        });
       }
-      index.lookup(0, device.sizeBytes, (piece) => {
-        if (piece.segment < 0 || isZero(piece.segment)) return;
-        visible.add(device.history.seqOfPayload(piece.segment, piece.payloadPosition));
-      });
     }
-    const expired: Array<[number, number]> = [...device.history.expired.map(([a, b]) => [a, b] as [number, number])];
+    const expired: Array<[number, number]> = [];
     let previous = 0;
     for (const point of kept) {
       if (point - 1 > previous) expired.push([previous + 1, point - 1]);
       previous = point;
     }
-    this.deps.log.info({ volume: this.config.volume, seq, recordsWithData: visible.size, pointsKept: kept.length }, 'replication: first sync sends the image at seq S (and bookmarks), not every earlier point');
-    return { seq, kept, visible, expired: mergeRuns(expired), crcSeed: crcSeedFor(Buffer.from(id.replace(/-/g, ''), 'hex')) };
+    this.deps.log.info({ volume: this.config.volume, seq, recordsWithData: visible?.size ?? null, pointsKept: kept.length }, 'replication: the first sync sends the image at seq S (and bookmarks), not every earlier point');
+    return { seq, kept, visible, expired, crcSeed: crcSeedFor(Buffer.from(id.replace(/-/g, ''), 'hex')) };
   }
 
   private sleep(ms: number): Promise<void> {
@@ -445,13 +485,13 @@ class ExpirySent {
   private clippedAt = 0;
 
   /** Frames' worth of runs to send before the records up to `upTo`; none when nothing changed. */
-  newRuns(history: { expired: ReadonlyArray<readonly [number, number]>; expiredVersion: number }, image: { seq: number; expired: Array<[number, number]> } | null, upTo: number): Array<Array<[number, number]>> {
-    const imageVersion = image && upTo <= image.seq ? 1 : 0;
+  newRuns(history: { expired: ReadonlyArray<readonly [number, number]>; expiredVersion: number }, imageRuns: Array<[number, number]> | null, upTo: number): Array<Array<[number, number]>> {
+    const imageVersion = imageRuns ? 1 : 0;
     const version = history.expiredVersion * 2 + imageVersion;
     const lastEnd = this.all.length > 0 ? this.all[this.all.length - 1][1] : 0;
     if (version === this.version && lastEnd <= this.clippedAt) return [];
     if (version !== this.version) {
-      this.all = imageVersion ? mergeRuns([...image!.expired, ...history.expired.map(([a, b]) => [a, b] as [number, number])]) : history.expired;
+      this.all = imageRuns ? mergeRuns([...imageRuns, ...history.expired.map(([a, b]) => [a, b] as [number, number])]) : history.expired;
       this.version = version;
     }
     const clipped: Array<[number, number]> = [];

@@ -52,6 +52,7 @@ export class ReplicationService {
   private readonly receiver: ReplicationReceiver;
   private readonly psk: PskFile;
   private mutation: Promise<unknown> = Promise.resolve();
+  private saving: Promise<void> = Promise.resolve();
   bound: { host: string; port: number } | null = null;
 
   private constructor(private readonly options: ReplicationServiceOptions, psk: PskFile, registry: RegistryFile) {
@@ -243,12 +244,21 @@ export class ReplicationService {
   }
 
   private newLink(config: OutgoingConfig): ReplicationLink {
-    return new ReplicationLink(config, { volumes: this.options.volumes, psk: this.psk, log: this.options.log.child({ component: 'replication' }) });
+    return new ReplicationLink(config, { volumes: this.options.volumes, psk: this.psk, log: this.options.log.child({ component: 'replication' }), persist: () => this.save() });
   }
 
+  /**
+   * Writes replication.json as things are when the write starts. Queued (a link saves its
+   * image bookkeeping outside the command queue: two writes must not share the temporary
+   * file), never through `serialise` (a command waiting for a link to stop would wait on it).
+   */
   private save(): Promise<void> {
-    const content: RegistryFile = { formatVersion: FORMAT_VERSION, outgoing: [...this.links.values()].map((link) => link.config), incoming: this.incoming };
-    return nodeFileLayer.writeFileAtomic(path.join(this.options.dataDir, FILE), Buffer.from(`${JSON.stringify(content, null, 2)}\n`));
+    const next = this.saving.catch(() => undefined).then(() => {
+      const content: RegistryFile = { formatVersion: FORMAT_VERSION, outgoing: [...this.links.values()].map((link) => link.config), incoming: this.incoming };
+      return nodeFileLayer.writeFileAtomic(path.join(this.options.dataDir, FILE), Buffer.from(`${JSON.stringify(content, null, 2)}\n`));
+    });
+    this.saving = next;
+    return next;
   }
 
   private serialise<T>(work: () => Promise<T>): Promise<T> {

@@ -44,8 +44,12 @@ interface VolumeRecord {
   reduce?: boolean;
   /** Retention policy (default DEFAULT_RETENTION) and size cap of the journal (none by default). */
   retention?: { keep?: string; maxSizeBytes?: number | null };
-  /** Set while the volume is another site's replica (read-only to clients; records arrive by replication). */
-  replica?: { from: string; since: string };
+  /**
+   * Set while the volume is another site's replica (read-only to clients; records arrive by
+   * replication). `image`: its first sync was the image at seq `seq` (holding points `kept`
+   * too): the points before it are not here.
+   */
+  replica?: { from: string; since: string; image?: { seq: number; kept: number[] } };
   /** Set by failover: the replica became a live volume at this seq. */
   promoted?: { at: string; seq: number; from: string };
 }
@@ -440,6 +444,19 @@ export class VolumeManager {
     return this.serialise(async () => {
       const device = this.replicaDevice(name);
       if (device.retention.unsaved) await device.retention.save();
+    });
+  }
+
+  /** Records that a replica's first sync is the image at `image.seq` (see VolumeRecord.replica). */
+  setReplicaImage(name: string, image: { seq: number; kept: number[] }): Promise<void> {
+    return this.serialise(async () => {
+      const volume = this.online(name);
+      if (!volume.record.replica) throw new HindsightError('PROTOCOL_ERROR', `volume "${name}" is not a replica`);
+      const current = volume.record.replica.image;
+      if (current && current.seq === image.seq && current.kept.join() === image.kept.join()) return;
+      const record: VolumeRecord = { ...volume.record, replica: { ...volume.record.replica, image } };
+      await this.writeVolumeRecord(name, record);
+      volume.record = record;
     });
   }
 

@@ -537,3 +537,50 @@ test('kill -9 of the receiver during an image first sync full of thinned records
   const fsck = await hindsight(['fsck', 'churn', '--json', '--api', b2.daemon.apiUrl]);
   assert.equal(fsck.code, 0, fsck.stdout);
 });
+
+test('an image first sync with writes going on and a sender killed in the middle sends the same image; a history replica follows a rollback whose target its source expired', { timeout: 240_000 }, async (t) => {
+  const { a, b } = await pair(t);
+  await api(a, 'POST', '/volumes', { name: 'busy', size: SIZE });
+  const random = new Random(11);
+  const churn = async (site: Site, passes: number) => {
+    for (let pass = 0; pass < passes; pass += 1) {
+      await run('qemu-io', ['-f', 'raw', ...Array.from({ length: 16 }, (_, i) => ['-c', `write -P ${random.int(256)} ${i * 64 * 1024} 64k`]).flat(), '-c', 'flush', site.daemon.uri('busy')]);
+    }
+  };
+  await churn(a, 30);
+  await api(b, 'POST', '/replication/incoming', { volume: 'busy', from: 'siteA' });
+  const imageUpTo = await seqLast(a, 'busy');
+  const journalAtImage = (await api<{ journalBytes: number }>(a, 'GET', '/volumes/busy')).journalBytes;
+  await api(a, 'POST', '/replication', { volume: 'busy', to: `127.0.0.1:${b.replicationPort}`, bandwidth: '64K' });
+  // Writes go on while the image travels (batches cross the image's seq), then the sender dies.
+  await churn(a, 10);
+  await waitFor(async () => (await api<{ volumes: unknown[] }>(b, 'GET', '/volumes')).volumes.length > 0 && await seqLast(b, 'busy') >= 40, { what: 'part of the image', timeoutMs: 60_000, intervalMs: 50 });
+  await a.daemon.kill();
+  const a2 = await startSite(t, 'a', a.pskFile, { dataDir: a.dataDir, replicationPort: a.replicationPort });
+  assert.equal((await hindsight(['replication', 'set', 'busy', '--bandwidth', '0', '--api', a2.daemon.apiUrl])).code, 0);
+  await churn(a2, 5);
+  const status = await caughtUp(a2, 'busy');
+  // The image is the last version of the 1 MiB and headers; the writes after it travel whole.
+  const after = (await api<{ journalBytes: number }>(a2, 'GET', '/volumes/busy')).journalBytes - journalAtImage;
+  assert.ok(status.recordBytesSent <= after + 1.5 * MiB, `the rest of the same image, then the new writes (${status.recordBytesSent} bytes; ${after} journaled after the image)`);
+  await assertSameHistory(a2, b, 'busy', imageUpTo);
+  const info = await api<{ replica: { image?: { seq: number } } }>(b, 'GET', '/volumes/busy');
+  assert.ok(info.replica.image && info.replica.image.seq <= imageUpTo + 2, `the replica knows its image: ${JSON.stringify(info.replica)}`);
+
+  // A rollback whose target the source's retention later expired: a history replica follows it.
+  await api(a2, 'POST', '/volumes', { name: 'rb', size: SIZE });
+  await api(a2, 'PATCH', '/volumes/rb', { keep: 'all:3s,1h:1d' });
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 64k', '-c', 'flush', a2.daemon.uri('rb')]);
+  const target = await seqLast(a2, 'rb');
+  await new Promise((resolve) => setTimeout(resolve, 1100));
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 2 0 64k', '-c', 'flush', a2.daemon.uri('rb')]);
+  assert.equal((await hindsight(['rollback', 'rb', '--at', `seq:${target}`, '--api', a2.daemon.apiUrl])).code, 0);
+  await new Promise((resolve) => setTimeout(resolve, 4000));
+  await api(a2, 'POST', '/volumes/rb/thin');
+  const expired = await fetch(`${a2.daemon.apiUrl}/api/v1/volumes/rb/resolve?at=seq:${target}`);
+  assert.equal(expired.status, 410, 'the rollback target expired at the source');
+  await api(b, 'POST', '/replication/incoming', { volume: 'rb', from: 'siteA' });
+  await api(a2, 'POST', '/replication', { volume: 'rb', to: `127.0.0.1:${b.replicationPort}`, initial: 'history' });
+  await caughtUp(a2, 'rb');
+  assert.equal(await hashAt(b, 'rb', 'latest'), await hashAt(a2, 'rb', 'latest'));
+});
