@@ -27,6 +27,8 @@ const PER_VOLUME = 4;
 const SIZE = 64 * MiB;
 const SECONDS = Number(process.env.HINDSIGHT_LOAD_SECONDS ?? 15);
 const SOAK_AFTER_SECONDS = 600;
+/** A soak's total write rate: 8 MiB/s over the 32 connections (the load test is unthrottled). */
+const SOAK_WRITE_BYTES_PER_WORKER_PER_SECOND = (8 * MiB) / (VOLUMES * PER_VOLUME);
 
 interface Stats {
   ops: number;
@@ -47,8 +49,16 @@ async function worker(port: number, volume: string, quarter: number, oracle: Buf
   const base = quarter * (SIZE / PER_VOLUME);
   const span = SIZE / PER_VOLUME;
   let cookie = 1n;
+  const begun = Date.now();
+  let written = 0;
   try {
     while (Date.now() < deadline) {
+      // A soak writes at a steady rate the background retention can keep up with (the load
+      // test writes flat out): hours of it must fit on the disk.
+      if (SECONDS > SOAK_AFTER_SECONDS) {
+        const aheadMs = (written / SOAK_WRITE_BYTES_PER_WORKER_PER_SECOND) * 1000 - (Date.now() - begun);
+        if (aheadMs > 0) await new Promise((resolve) => setTimeout(resolve, aheadMs));
+      }
       const action = rng.int(10);
       const length = 512 * (1 + rng.int(rng.int(4) === 0 ? 512 : 16));
       const offset = base + 512 * rng.int((span - length) / 512);
@@ -61,6 +71,7 @@ async function worker(port: number, volume: string, quarter: number, oracle: Buf
         assert.ok(reply.kind === 'simple' && reply.error === 0, `${volume}: write answered without error`);
         data.copy(oracle, offset);
         stats.bytesWritten += length;
+        written += length;
       } else if (action < 9) {
         client.send(request({ type: 0, cookie, offset, length }));
         const reply = await client.readReply(length);
