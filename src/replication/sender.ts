@@ -317,6 +317,14 @@ export class ReplicationLink {
     if (image) await channel.send(jsonFrame(FrameType.STATE, { image: { seq: image.seq, kept: image.kept } }));
     let lastSyncMs = 0;
     let lastHeartbeatMs = 0;
+    // Every 2 s, busy or not: where the source is and the lag it sees (the receiver shows it).
+    const heartbeat = async () => {
+      if (Date.now() - lastHeartbeatMs < HEARTBEAT_MS) return;
+      const { device } = this.deps.volumes.replicationView(this.config.volume);
+      const { lag, rpoSeconds } = this.status();
+      await channel.send(jsonFrame(FrameType.HEARTBEAT, { seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs, nowUs: Date.now() * 1000, lag, rpoSeconds }));
+      lastHeartbeatMs = Date.now();
+    };
     const expiry = new ExpirySent();
     let sentBookmarks = '';
     let skipCompression = 0;
@@ -329,12 +337,7 @@ export class ReplicationLink {
         await device.syncThrough(device.lastSeq);
       }
       const target = device.durableSeq;
-      // Every 2 s, busy or not: where the source is and the lag it sees (the receiver shows it).
-      if (Date.now() - lastHeartbeatMs >= HEARTBEAT_MS) {
-        const { lag, rpoSeconds } = this.status();
-        await channel.send(jsonFrame(FrameType.HEARTBEAT, { seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs, nowUs: Date.now() * 1000, lag, rpoSeconds }));
-        lastHeartbeatMs = Date.now();
-      }
+      await heartbeat();
       if (cursor > target) {
         await this.sleep(IDLE_POLL_MS);
         continue;
@@ -362,7 +365,11 @@ export class ReplicationLink {
       const rate = this.config.bandwidthBytesPerSecond;
       if (rate) {
         const now = Date.now();
-        if (nextSendMs > now) await this.sleep(nextSendMs - now);
+        // Paced: wait for the frame's turn, still heartbeating (the receiver shows the lag).
+        while (Date.now() < nextSendMs && !this.stopped && !channel.closed) {
+          await this.sleep(Math.min(nextSendMs - Date.now(), HEARTBEAT_MS));
+          if (!channel.closed) await heartbeat();
+        }
         nextSendMs = Math.max(now, nextSendMs) + (wire * 1000) / rate;
       }
       this.inflight.push({ seq: batchLast, bytes: wire });

@@ -497,6 +497,8 @@ test('failover in the middle of the first sync: the replica\'s own new points ar
   // Slow: the image (1.5 MiB) takes many seconds; part of it arrives.
   await api(a, 'POST', '/replication', { volume: 'mid', to: `127.0.0.1:${b.replicationPort}`, bandwidth: '64K' });
   await waitFor(async () => (await api<{ volumes: Array<{ name: string }> }>(b, 'GET', '/volumes')).volumes.length > 0 && await seqLast(b, 'mid').catch((err: Error) => { throw new Error(`${err.message}: ${b.daemon.stderr().slice(-3000)}`); }) >= 1, { what: 'the first records', timeoutMs: 30_000 });
+  // Slow as it is, the link keeps the receiving site told of its lag.
+  await waitFor(async () => (await api<{ incoming: Array<{ lag: { records: number } | null }> }>(b, 'GET', '/replication')).incoming[0]?.lag !== null, { what: 'the sender\'s lag at the receiver', timeoutMs: 10_000, intervalMs: 100 });
   const held = await seqLast(b, 'mid');
   assert.ok(held < await seqLast(a, 'mid'), 'the first sync is still going');
   assert.equal((await hindsight(['failover', 'mid', '--api', b.daemon.apiUrl])).code, 0);
