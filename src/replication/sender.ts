@@ -20,6 +20,8 @@ import { fingerprint } from './fingerprint.js';
 import { FrameType, PROTOCOL_VERSION, decodeAck, encodeFrame, jsonFrame, parseJson, recordsBody } from './frames.js';
 
 const BATCH_BYTES = 1024 * 1024;
+/** The image's visibility is computed this much of the volume at a time. */
+const IMAGE_SLICE_BYTES = 256 * 1024 * 1024;
 /** After a batch that did not compress, this many go uncompressed before trying again. */
 const COMPRESSION_RETRY_FRAMES = 8;
 const WINDOW_BYTES = 16 * 1024 * 1024;
@@ -437,6 +439,7 @@ export class ReplicationLink {
     const earlier = seq === this.config.imageSeq ? this.config.imageKept ?? [] : bookmarks.list().map((bookmark) => bookmark.seq);
     const kept = [...new Set([...earlier.filter((at) => at <= seq), seq])].sort((x, y) => x - y);
     let visible: Set<number> | null = null;
+    let unknown = false;
     if (!gone || retake) {
       visible = new Set<number>();
       for (const point of kept) {
@@ -446,12 +449,20 @@ export class ReplicationLink {
         } catch {
           continue; // expired: nothing of it is kept anyway
         }
-        index.lookup(0, device.sizeBytes, (piece) => {
-          if (piece.segment < 0 || isZero(piece.segment)) return;
-          visible!.add(device.history.seqOfPayload(piece.segment, piece.payloadPosition));
-        });
+        // A slice at a time, yielding between: a large volume does not stall the daemon.
+        for (let at = 0; at < device.sizeBytes; at += IMAGE_SLICE_BYTES) {
+          index.lookup(at, Math.min(IMAGE_SLICE_BYTES, device.sizeBytes - at), (piece) => {
+            if (piece.segment < 0 || isZero(piece.segment)) return;
+            const shown = device.history.seqOfPayload(piece.segment, piece.payloadPosition);
+            if (shown === 0) unknown = true;
+            visible!.add(shown);
+          });
+          await new Promise((resolve) => setImmediate(resolve));
+        }
       }
     }
+    // A data extent that names no record (it cannot happen): thin nothing rather than guess.
+    if (unknown) visible = null;
     const expired: Array<[number, number]> = [];
     let previous = 0;
     for (const point of kept) {
