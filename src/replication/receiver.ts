@@ -26,6 +26,8 @@ const IDLE_TIMEOUT_MS = 60_000;
 const SYNC_DELAY_MS = 20;
 const EXPIRY_SAVE_EVERY_MS = 1000;
 const CONNECTIONS_MAX = 64;
+/** TLS handshakes in progress from one address (each may take up to HANDSHAKE_TIMEOUT_MS). */
+const HANDSHAKES_PER_ADDRESS_MAX = 8;
 
 export interface IncomingConfig {
   volume: string;
@@ -89,6 +91,8 @@ export class ReplicationReceiver {
   private readonly sessions = new Map<string, Session>();
   private readonly stats = new Map<string, ReceiveStats>();
   private readonly sockets = new Set<net.Socket>();
+  private readonly handshaking = new Map<string, number>();
+  private readonly handshakeDone = new Map<string, () => void>();
 
   constructor(private readonly deps: ReceiverDeps) {}
 
@@ -104,14 +108,39 @@ export class ReplicationReceiver {
     });
     server.maxConnections = CONNECTIONS_MAX;
     server.on('connection', (socket: net.Socket) => {
+      // Handshakes not finished yet, per address: one host cannot take every slot.
+      const address = socket.remoteAddress ?? '';
+      const pending = this.handshaking.get(address) ?? 0;
+      if (pending >= HANDSHAKES_PER_ADDRESS_MAX) {
+        socket.destroy();
+        return;
+      }
+      this.handshaking.set(address, pending + 1);
+      let counted = true;
+      const done = () => {
+        if (!counted) return;
+        counted = false;
+        const left = (this.handshaking.get(address) ?? 1) - 1;
+        if (left > 0) this.handshaking.set(address, left);
+        else this.handshaking.delete(address);
+      };
+      const key = `${address}:${socket.remotePort}`;
+      this.handshakeDone.set(key, done);
       this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
+      socket.once('close', () => {
+        done();
+        this.handshakeDone.delete(key);
+        this.sockets.delete(socket);
+      });
     });
     server.on('tlsClientError', (err, socket) => {
       this.deps.log.warn({ peer: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'replication: TLS handshake refused (unknown identity or wrong key?)');
       socket.destroy();
     });
-    server.on('secureConnection', (socket: tls.TLSSocket) => this.accept(socket));
+    server.on('secureConnection', (socket: tls.TLSSocket) => {
+      this.handshakeDone.get(`${socket.remoteAddress}:${socket.remotePort}`)?.();
+      this.accept(socket);
+    });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

@@ -332,6 +332,20 @@ test('refused: unknown identity, wrong key, volumes not accepted, accepted from 
   assert.equal(await seqLast(b, 'x'), held, 'nothing written by garbage');
   const info = await api<{ replica: unknown }>(b, 'GET', '/volumes/live');
   assert.equal(info.replica, null, 'the live volume was left alone');
+  // Eight idle TCP connections (no TLS handshake) from one address: a ninth is dropped at
+  // once; when they go, links work again.
+  const idle = await Promise.all(Array.from({ length: 8 }, () => new Promise<net.Socket>((resolve) => {
+    const socket = net.connect(b.replicationPort, '127.0.0.1', () => resolve(socket));
+    socket.on('error', () => undefined);
+  })));
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const ninth = net.connect(b.replicationPort, '127.0.0.1');
+  ninth.on('error', () => undefined);
+  const dropped = await Promise.race([new Promise((resolve) => ninth.once('close', () => resolve(true))), new Promise((resolve) => setTimeout(() => resolve(false), 3000))]);
+  assert.equal(dropped, true, 'a ninth pending handshake from one address is dropped');
+  for (const socket of idle) socket.destroy();
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 4 0 4k', '-c', 'flush', a.daemon.uri('x')]);
+  await caughtUp(a, 'x');
   // The daemon log names each refusal.
   await waitFor(() => /TLS handshake refused/.test(b.daemon.stderr()) && /sender refused/.test(b.daemon.stderr()), { what: 'refusals logged', timeoutMs: 10_000 });
 });
