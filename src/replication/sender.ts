@@ -527,7 +527,7 @@ class ExpirySent {
 }
 
 /** The seqs in `runs` and not in `minus` (both ascending, disjoint), as runs. */
-function subtractRuns(runs: Array<[number, number]>, minus: Array<[number, number]>): Array<[number, number]> {
+export function subtractRuns(runs: Array<[number, number]>, minus: Array<[number, number]>): Array<[number, number]> {
   const out: Array<[number, number]> = [];
   let j = 0;
   for (const [a, b] of runs) {
@@ -557,7 +557,7 @@ export function thinnedCopy(raw: Buffer, crcSeed: number): Buffer {
   return out;
 }
 
-function mergeRuns(runs: Array<[number, number]>): Array<[number, number]> {
+export function mergeRuns(runs: Array<[number, number]>): Array<[number, number]> {
   const merged: Array<[number, number]> = [];
   for (const [a, b] of runs.sort((x, y) => x[0] - y[0])) {
     const last = merged[merged.length - 1];
