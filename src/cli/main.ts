@@ -37,6 +37,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--nbd <host:port>', `NBD listen address (default ${DEFAULTS.nbd})`)
     .option('--api <host:port>', `HTTP API listen address (default ${DEFAULTS.api})`)
     .option('--replication <host:port>', `replication listen address (default ${DEFAULTS.replication}; TLS-PSK only)`)
+    .option('--replication-certificates <dir>', 'replication over X.509 instead of PSK: ca-cert.pem, server-cert.pem/server-key.pem (the listener), client-cert.pem/client-key.pem (this site as a sender, its CN the identity)')
     .option('--replication-psk-file <file>', 'replication keys, identity:hexkey lines; the first is this site\'s (default DATA/replication.psk, made at first start)')
     .option('--config <file>', 'YAML or JSON config file')
     .option('--sync-every-write', 'fdatasync after every write (slow, paranoid)')

@@ -24,6 +24,8 @@ export interface DaemonConfig {
   replication: ListenAddress;
   /** Replication keys (identity:hexkey lines; the first is this site's); default DATA/replication.psk, made at first start. */
   replicationPskFile?: string;
+  /** Replication over X.509 instead (QEMU layout: ca-cert, server-cert/key, client-cert/key). */
+  replicationCertificates?: string;
   syncEveryWrite: boolean;
   insecure: boolean;
   /** API tokens required even on loopback (they always are beyond it). */
@@ -49,6 +51,7 @@ export interface ConfigOverrides {
   api?: string;
   replication?: string;
   replicationPskFile?: string;
+  replicationCertificates?: string;
   syncEveryWrite?: boolean;
   insecure?: boolean;
   requireToken?: boolean;
@@ -71,10 +74,16 @@ export const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
-const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'replicationPskFile', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer', 'nbdAllow', 'apiTlsCert', 'apiTlsKey']);
+const FILE_KEYS = new Set(['data', 'nbd', 'api', 'replication', 'replicationPskFile', 'replicationCertificates', 'syncEveryWrite', 'insecure', 'logLevel', 'volumes', 'retentionIntervalSeconds', 'requireToken', 'tls', 'tlsCertificates', 'tlsPskFile', 'tlsVerifyPeer', 'nbdAllow', 'apiTlsCert', 'apiTlsKey']);
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
 export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv = process.env): DaemonConfig {
+  const config = resolveAll(overrides, env);
+  if (config.replicationPskFile && config.replicationCertificates) throw new HindsightError('CONFIG_INVALID', 'replication uses --replication-psk-file or --replication-certificates, not both');
+  return config;
+}
+
+function resolveAll(overrides: ConfigOverrides, env: NodeJS.ProcessEnv): DaemonConfig {
   const file = overrides.config ? readConfigFile(overrides.config) : {};
   const pick = <T>(flag: T | undefined, fromFile: unknown, fallback: T): T => (flag !== undefined ? flag : (fromFile as T | undefined) ?? fallback);
   const logLevel = pick(overrides.logLevel, file.logLevel, DEFAULTS.logLevel);
@@ -87,6 +96,7 @@ export function resolveConfig(overrides: ConfigOverrides, env: NodeJS.ProcessEnv
     api: parseListenAddress(pick(overrides.api, stringKey(file, 'api'), DEFAULTS.api), 'api'),
     replication: parseListenAddress(pick(overrides.replication, stringKey(file, 'replication'), DEFAULTS.replication), 'replication'),
     replicationPskFile: optionalPath(overrides.replicationPskFile ?? stringKey(file, 'replicationPskFile')),
+    replicationCertificates: optionalPath(overrides.replicationCertificates ?? stringKey(file, 'replicationCertificates')),
     syncEveryWrite: pick(overrides.syncEveryWrite, booleanKey(file, 'syncEveryWrite'), false),
     insecure: pick(overrides.insecure, booleanKey(file, 'insecure'), false),
     requireToken: pick(overrides.requireToken, booleanKey(file, 'requireToken'), false),

@@ -70,7 +70,7 @@ export class Daemon {
         void server.disconnectExport(name).catch(() => undefined);
       };
       const nbdServer = nbd;
-      replication = ReplicationService.load({ dataDir: config.dataDir, volumes, log, pskFile: config.replicationPskFile ?? path.join(config.dataDir, 'replication.psk'), clients: (name) => nbdServer.connectionCount(name) });
+      replication = ReplicationService.load({ dataDir: config.dataDir, volumes, log, pskFile: config.replicationPskFile ?? path.join(config.dataDir, 'replication.psk'), certificatesDir: config.replicationCertificates, clients: (name) => nbdServer.connectionCount(name) });
       const replicationBound = await replication.start(config.replication.host, config.replication.port);
       const ports: BoundPorts = { nbd: nbdBound, api: { ...config.api }, replication: replicationBound };
       const startedAt = new Date();

@@ -7,8 +7,26 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
 import { HindsightError } from '../core/index.js';
+
+/**
+ * What the link's TLS needs from either kind of credentials: this site's identity, the
+ * listener's options (authenticating the sender), the sender's options (authenticating the
+ * receiver), and the identity a finished handshake proved.
+ */
+export interface ReplicationCredentials {
+  readonly kind: 'psk' | 'x509';
+  /** This site's identity (as a sender), `identity` picking another PSK one. */
+  own(identity?: string): { identity: string };
+  serverOptions(): tls.TlsOptions;
+  clientOptions(host: string, identity?: string): tls.ConnectionOptions;
+  /** The peer identity the handshake proved, or null. */
+  identify(socket: tls.TLSSocket): string | null;
+}
 
 export interface PskEntry {
   identity: string;
@@ -17,7 +35,12 @@ export interface PskEntry {
 
 const IDENTITY_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
 
-export class PskFile {
+type PskSocket = tls.TLSSocket & { pskIdentity?: string };
+
+/** TLS 1.2 with a pre-shared key: both ends prove they know it before anything flows. */
+export class PskFile implements ReplicationCredentials {
+  readonly kind = 'psk' as const;
+
   private cached: { mtimeMs: number; size: number; entries: PskEntry[] } | null = null;
 
   constructor(readonly file: string) {}
@@ -56,6 +79,31 @@ export class PskFile {
     return entry;
   }
 
+  serverOptions(): tls.TlsOptions {
+    return {
+      ciphers: 'PSK', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+      pskCallback: (socket, identity) => {
+        const key = this.keyOf(identity);
+        if (key) (socket as PskSocket).pskIdentity = identity;
+        return key;
+      },
+    };
+  }
+
+  clientOptions(host: string, identity?: string): tls.ConnectionOptions {
+    const own = this.own(identity);
+    return {
+      host, ciphers: 'PSK', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+      pskCallback: () => ({ identity: own.identity, psk: own.key }),
+      // No certificate with PSK: the key proves the peer.
+      checkServerIdentity: () => undefined,
+    };
+  }
+
+  identify(socket: tls.TLSSocket): string | null {
+    return (socket as PskSocket).pskIdentity ?? null;
+  }
+
   /** The key of `identity`, or null (a peer not listed). */
   keyOf(identity: string): Buffer | null {
     try {
@@ -63,6 +111,61 @@ export class PskFile {
     } catch {
       return null;
     }
+  }
+}
+
+/**
+ * X.509 in the QEMU layout: `ca-cert.pem` (the CA both sites trust), `server-cert.pem` and
+ * `server-key.pem` (what the listener presents), `client-cert.pem` and `client-key.pem` (what
+ * this site presents when it sends). Each side verifies the other's chain; the sender also
+ * checks the receiver's certificate names the host it dialled (an IP address needs an IP
+ * subjectAltName). A sender's identity is its client certificate's common name.
+ */
+export class X509Credentials implements ReplicationCredentials {
+  readonly kind = 'x509' as const;
+  private readonly files: Record<'ca' | 'serverCert' | 'serverKey' | 'clientCert' | 'clientKey', Buffer>;
+  private readonly identity: string;
+
+  constructor(readonly directory: string) {
+    const read = (name: string) => {
+      try {
+        return fs.readFileSync(path.join(directory, name));
+      } catch (err) {
+        throw new HindsightError('CONFIG_INVALID', `replication: cannot read ${path.join(directory, name)} (${(err as Error).message})`);
+      }
+    };
+    this.files = { ca: read('ca-cert.pem'), serverCert: read('server-cert.pem'), serverKey: read('server-key.pem'), clientCert: read('client-cert.pem'), clientKey: read('client-key.pem') };
+    try {
+      tls.createSecureContext({ cert: this.files.serverCert, key: this.files.serverKey, ca: this.files.ca });
+      tls.createSecureContext({ cert: this.files.clientCert, key: this.files.clientKey, ca: this.files.ca });
+    } catch (err) {
+      throw new HindsightError('CONFIG_INVALID', `replication certificates in ${directory}: ${(err as Error).message}`);
+    }
+    const subject = new crypto.X509Certificate(this.files.clientCert).subject;
+    const cn = /(?:^|\n)CN=([^\n]+)/.exec(subject)?.[1];
+    if (!cn) throw new HindsightError('CONFIG_INVALID', `replication: ${path.join(directory, 'client-cert.pem')} has no common name (the identity this site sends as)`);
+    this.identity = validateIdentity(cn);
+  }
+
+  own(identity?: string): { identity: string } {
+    if (identity !== undefined && identity !== this.identity) throw new HindsightError('INVALID_ARGUMENT', `this site sends as "${this.identity}" (its client certificate's common name), not "${identity}"`);
+    return { identity: this.identity };
+  }
+
+  serverOptions(): tls.TlsOptions {
+    return { minVersion: 'TLSv1.2', ca: this.files.ca, cert: this.files.serverCert, key: this.files.serverKey, requestCert: true, rejectUnauthorized: true };
+  }
+
+  clientOptions(host: string, identity?: string): tls.ConnectionOptions {
+    this.own(identity);
+    return { host, minVersion: 'TLSv1.2', ca: this.files.ca, cert: this.files.clientCert, key: this.files.clientKey, ...(net.isIP(host) ? {} : { servername: host }) };
+  }
+
+  identify(socket: tls.TLSSocket): string | null {
+    if (!socket.authorized) return null;
+    const subject = socket.getPeerCertificate()?.subject as { CN?: string | string[] } | undefined;
+    const cn = Array.isArray(subject?.CN) ? subject?.CN[0] : subject?.CN;
+    return cn ?? null;
   }
 }
 

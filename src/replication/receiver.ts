@@ -16,7 +16,7 @@ import { RecordFlag, RecordType } from '../journal/index.js';
 import type { Bookmark, JournaledDevice, VolumeManager } from '../volume/index.js';
 import { validateVolumeName, validateVolumeSize } from '../volume/index.js';
 import { Channel } from './channel.js';
-import type { PskFile } from './credentials.js';
+import type { ReplicationCredentials } from './credentials.js';
 import { fingerprint } from './fingerprint.js';
 import { FrameType, PROTOCOL_VERSION, ackFrame, decodeRecords, jsonFrame, parseJson } from './frames.js';
 
@@ -58,7 +58,7 @@ export interface IncomingStatus extends IncomingConfig {
 
 export interface ReceiverDeps {
   volumes: VolumeManager;
-  psk: PskFile;
+  credentials: ReplicationCredentials;
   log: Logger;
   incoming: (volume: string) => IncomingConfig | undefined;
   /** NBD clients attached to an export (a failback waits for none). */
@@ -71,7 +71,6 @@ interface Session {
   done: Promise<void>;
 }
 
-type PskSocket = tls.TLSSocket & { pskIdentity?: string };
 
 interface ReceiveStats {
   recordsReceived: number;
@@ -97,15 +96,7 @@ export class ReplicationReceiver {
   constructor(private readonly deps: ReceiverDeps) {}
 
   async listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    const server = tls.createServer({
-      ciphers: 'PSK', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
-      pskCallback: (socket, identity) => {
-        const key = this.deps.psk.keyOf(identity);
-        if (key) (socket as PskSocket).pskIdentity = identity;
-        return key;
-      },
-      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
-    });
+    const server = tls.createServer({ ...this.deps.credentials.serverOptions(), handshakeTimeout: HANDSHAKE_TIMEOUT_MS });
     server.maxConnections = CONNECTIONS_MAX;
     server.on('connection', (socket: net.Socket) => {
       // Handshakes not finished yet, per address: one host cannot take every slot.
@@ -134,7 +125,7 @@ export class ReplicationReceiver {
       });
     });
     server.on('tlsClientError', (err, socket) => {
-      this.deps.log.warn({ peer: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'replication: TLS handshake refused (unknown identity or wrong key?)');
+      this.deps.log.warn({ peer: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'replication: TLS handshake refused (unknown identity, wrong key or certificate?)');
       socket.destroy();
     });
     server.on('secureConnection', (socket: tls.TLSSocket) => {
@@ -198,7 +189,7 @@ export class ReplicationReceiver {
   }
 
   private accept(socket: tls.TLSSocket): void {
-    const identity = (socket as PskSocket).pskIdentity;
+    const identity = this.deps.credentials.identify(socket);
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     const channel = new Channel(socket);
     if (!identity) {

@@ -15,7 +15,7 @@ import { encodeRecordHeader } from '../journal/record.js';
 import { isZero } from '../index/index.js';
 import type { VolumeManager } from '../volume/index.js';
 import { Channel } from './channel.js';
-import type { PskFile } from './credentials.js';
+import type { ReplicationCredentials } from './credentials.js';
 import { fingerprint } from './fingerprint.js';
 import { FrameType, PROTOCOL_VERSION, decodeAck, encodeFrame, jsonFrame, parseJson, recordsBody } from './frames.js';
 
@@ -83,7 +83,7 @@ export interface OutgoingStatus extends OutgoingConfig {
 
 export interface SenderDeps {
   volumes: VolumeManager;
-  psk: PskFile;
+  credentials: ReplicationCredentials;
   log: Logger;
   /** Saves the links' configs (replication.json), after this link's changed. */
   persist: () => Promise<void>;
@@ -206,13 +206,9 @@ export class ReplicationLink {
 
   private connect(): Promise<tls.TLSSocket> {
     const { host, port } = splitHostPort(this.config.to);
-    const own = this.deps.psk.own(this.config.identity);
+    const options = this.deps.credentials.clientOptions(host, this.config.identity);
     return new Promise((resolve, reject) => {
-      const socket = tls.connect({
-        host, port, ciphers: 'PSK', minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
-        pskCallback: () => ({ identity: own.identity, psk: own.key }),
-        checkServerIdentity: () => undefined,
-      });
+      const socket = tls.connect({ ...options, port });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new HindsightError('IO_ERROR', `replication: no TLS connection to ${this.config.to} within ${CONNECT_TIMEOUT_MS / 1000} s`));

@@ -9,7 +9,8 @@ import { HindsightError, parseSize } from '../core/index.js';
 import { nodeFileLayer } from '../journal/index.js';
 import type { VolumeInfo, VolumeManager } from '../volume/index.js';
 import { validateVolumeName } from '../volume/index.js';
-import { PskFile, validateIdentity } from './credentials.js';
+import { PskFile, X509Credentials, validateIdentity } from './credentials.js';
+import type { ReplicationCredentials } from './credentials.js';
 import { ReplicationReceiver } from './receiver.js';
 import type { IncomingConfig, IncomingStatus } from './receiver.js';
 import { ReplicationLink, splitHostPort } from './sender.js';
@@ -42,6 +43,8 @@ export interface ReplicationServiceOptions {
   volumes: VolumeManager;
   log: Logger;
   pskFile: string;
+  /** X.509 credentials (QEMU layout) instead of the PSK file. */
+  certificatesDir?: string;
   /** NBD clients attached to an export. */
   clients: (exportName: string) => number;
 }
@@ -50,16 +53,16 @@ export class ReplicationService {
   private readonly links = new Map<string, ReplicationLink>();
   private incoming: IncomingConfig[] = [];
   private readonly receiver: ReplicationReceiver;
-  private readonly psk: PskFile;
+  private readonly credentials: ReplicationCredentials;
   private mutation: Promise<unknown> = Promise.resolve();
   private saving: Promise<void> = Promise.resolve();
   bound: { host: string; port: number } | null = null;
 
-  private constructor(private readonly options: ReplicationServiceOptions, psk: PskFile, registry: RegistryFile) {
-    this.psk = psk;
+  private constructor(private readonly options: ReplicationServiceOptions, credentials: ReplicationCredentials, registry: RegistryFile) {
+    this.credentials = credentials;
     this.incoming = registry.incoming;
     this.receiver = new ReplicationReceiver({
-      volumes: options.volumes, psk, log: options.log.child({ component: 'replication' }),
+      volumes: options.volumes, credentials, log: options.log.child({ component: 'replication' }),
       incoming: (volume) => this.incoming.find((entry) => entry.volume === volume),
       clients: options.clients,
     });
@@ -72,7 +75,7 @@ export class ReplicationService {
   }
 
   static load(options: ReplicationServiceOptions): ReplicationService {
-    const psk = PskFile.ensure(options.pskFile);
+    const credentials = options.certificatesDir ? new X509Credentials(options.certificatesDir) : PskFile.ensure(options.pskFile);
     const bytes = nodeFileLayer.readFile(path.join(options.dataDir, FILE));
     let registry: RegistryFile = { formatVersion: FORMAT_VERSION, outgoing: [], incoming: [] };
     if (bytes) {
@@ -85,7 +88,7 @@ export class ReplicationService {
         throw new HindsightError('CONFIG_INVALID', `${path.join(options.dataDir, FILE)} has an unknown format`);
       }
     }
-    return new ReplicationService(options, psk, registry);
+    return new ReplicationService(options, credentials, registry);
   }
 
   /** Binds the listener, then starts the outgoing links. */
@@ -106,7 +109,7 @@ export class ReplicationService {
 
   /** This site's identity (what it presents when sending). */
   get identity(): string {
-    return this.psk.own().identity;
+    return this.credentials.own().identity;
   }
 
   list(): { identity: string; listen: { host: string; port: number } | null; outgoing: OutgoingStatus[]; incoming: IncomingStatus[] } {
@@ -125,7 +128,7 @@ export class ReplicationService {
       if (view.replica) throw new HindsightError('IS_REPLICA', `volume "${volume}" is itself a replica; fail it over first`);
       if (this.links.has(volume)) throw new HindsightError('REPLICATION_EXISTS', `volume "${volume}" is already replicated (to ${this.links.get(volume)!.config.to}); replication remove ${volume} first`);
       splitHostPort(request.to);
-      if (request.identity !== undefined) this.psk.own(validateIdentity(request.identity));
+      if (request.identity !== undefined) this.credentials.own(validateIdentity(request.identity));
       const rpoSeconds = rpoOf(request.rpoSeconds ?? DEFAULT_RPO_SECONDS);
       // The first sync's image stands for now: every point from here on reaches the receiver.
       let imageSeq: number | undefined;
@@ -244,7 +247,7 @@ export class ReplicationService {
   }
 
   private newLink(config: OutgoingConfig): ReplicationLink {
-    return new ReplicationLink(config, { volumes: this.options.volumes, psk: this.psk, log: this.options.log.child({ component: 'replication' }), persist: () => this.save() });
+    return new ReplicationLink(config, { volumes: this.options.volumes, credentials: this.credentials, log: this.options.log.child({ component: 'replication' }), persist: () => this.save() });
   }
 
   /**

@@ -600,3 +600,54 @@ test('an image first sync with writes going on and a sender killed in the middle
   await caughtUp(a2, 'rb');
   assert.equal(await hashAt(b, 'rb', 'latest'), await hashAt(a2, 'rb', 'latest'));
 });
+
+/** A site's X.509 directory (QEMU layout) signed by `ca`: the listener's certificate for 127.0.0.1, and the client one with CN `identity`. */
+async function x509Site(ca: string, dir: string, identity: string): Promise<string> {
+  fs.mkdirSync(dir, { recursive: true });
+  fs.copyFileSync(path.join(ca, 'ca-cert.pem'), path.join(dir, 'ca-cert.pem'));
+  fs.writeFileSync(path.join(dir, 'server.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
+  fs.writeFileSync(path.join(dir, 'client.cnf'), 'extendedKeyUsage=clientAuth\n');
+  for (const [who, cn] of [['server', 'localhost'], ['client', identity]]) {
+    await run('sh', ['-c', `cd '${dir}' && openssl req -newkey rsa:2048 -nodes -keyout ${who}-key.pem -out ${who}.csr -subj '/CN=${cn}' 2>/dev/null && openssl x509 -req -in ${who}.csr -CA '${ca}/ca-cert.pem' -CAkey '${ca}/ca-key.pem' -CAcreateserial -out ${who}-cert.pem -days 2 -extfile ${who}.cnf 2>/dev/null`]);
+  }
+  return dir;
+}
+
+async function certificateAuthority(dir: string): Promise<string> {
+  fs.mkdirSync(dir, { recursive: true });
+  await run('sh', ['-c', `cd '${dir}' && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca-cert.pem -days 2 -subj '/CN=replication CA' 2>/dev/null`]);
+  return dir;
+}
+
+test('certificates instead of pre-shared keys: both sites prove themselves with X.509 (the client certificate\'s CN is the identity); another CA is refused', { timeout: 120_000 }, async (t) => {
+  const dir = makeTempDir('hindsight-repl-x509-');
+  defer(t, () => fs.rmSync(dir, { recursive: true, force: true }));
+  const ca = await certificateAuthority(path.join(dir, 'ca'));
+  const other = await certificateAuthority(path.join(dir, 'other-ca'));
+  const start = async (name: string, certificates: string) => {
+    const dataDir = makeTempDir(`hindsight-repl-${name}-`);
+    defer(t, () => fs.rmSync(dataDir, { recursive: true, force: true }));
+    const replicationPort = await freePort();
+    const daemon = await startDaemon({ dataDir, extraArgs: ['--replication', `127.0.0.1:${replicationPort}`, '--replication-certificates', certificates, '--log-level', 'info'] });
+    defer(t, () => daemon.kill());
+    return { name, daemon, dataDir, pskFile: '', replicationPort } as Site;
+  };
+  const a = await start('a', await x509Site(ca, path.join(dir, 'a'), 'siteA'));
+  const b = await start('b', await x509Site(ca, path.join(dir, 'b'), 'siteB'));
+  const impostor = await start('impostor', await x509Site(other, path.join(dir, 'impostor'), 'siteA'));
+  assert.equal((await api<{ identity: string }>(a, 'GET', '/replication')).identity, 'siteA');
+  await api(b, 'POST', '/replication/incoming', { volume: 'cert', from: 'siteA' });
+  for (const site of [a, impostor]) {
+    await api(site, 'POST', '/volumes', { name: 'cert', size: SIZE });
+    await run('qemu-io', ['-f', 'raw', '-c', `write -s ${RANDOM_FILE} 0 256k`, '-c', 'flush', site.daemon.uri('cert')]);
+  }
+  await api(impostor, 'POST', '/replication', { volume: 'cert', to: `127.0.0.1:${b.replicationPort}` });
+  await waitFor(async () => (await link(impostor, 'cert')).lastError !== null, { what: 'the impostor refused', timeoutMs: 20_000, intervalMs: 100 });
+  assert.equal((await api<{ volumes: unknown[] }>(b, 'GET', '/volumes')).volumes.length, 0, 'nothing received from a certificate of another CA');
+  await api(impostor, 'DELETE', '/replication/cert');
+  await api(a, 'POST', '/replication', { volume: 'cert', to: `127.0.0.1:${b.replicationPort}` });
+  await caughtUp(a, 'cert');
+  assert.equal(await hashAt(b, 'cert', 'latest'), await hashAt(a, 'cert', 'latest'));
+  const both = await hindsight(['serve', '--data', path.join(dir, 'x'), '--replication-certificates', path.join(dir, 'a'), '--replication-psk-file', path.join(dir, 'psk')]);
+  assert.match(both.stderr, /not both.*CONFIG_INVALID/s);
+});
