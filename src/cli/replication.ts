@@ -37,7 +37,7 @@ export function registerReplicationCommands(program: Command, run: (work: () => 
       return 0;
     }));
 
-  const replication = program.command('replication').description('replication links: list, pause, resume, remove; accept or refuse incoming volumes');
+  const replication = program.command('replication').description('replication links: list, pause, resume, set, remove; accept or refuse incoming volumes');
 
   replication.command('list')
     .description('outgoing links (lag, state) and incoming replicas')
