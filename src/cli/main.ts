@@ -36,7 +36,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--data <dir>', `data directory (default $HINDSIGHT_DATA or ${DEFAULTS.data})`)
     .option('--nbd <host:port>', `NBD listen address (default ${DEFAULTS.nbd})`)
     .option('--api <host:port>', `HTTP API listen address (default ${DEFAULTS.api})`)
-    .option('--replication <host:port>', `replication listen address (default ${DEFAULTS.replication}; TLS-PSK only)`)
+    .option('--replication <host:port>', `replication listen address (default ${DEFAULTS.replication}; TLS only: PSK or X.509)`)
     .option('--replication-certificates <dir>', 'replication over X.509 instead of PSK: ca-cert.pem, server-cert.pem/server-key.pem (the listener), client-cert.pem/client-key.pem (this site as a sender, its CN the identity)')
     .option('--replication-psk-file <file>', 'replication keys, identity:hexkey lines; the first is this site\'s (default DATA/replication.psk, made at first start)')
     .option('--config <file>', 'YAML or JSON config file')

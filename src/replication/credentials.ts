@@ -36,6 +36,8 @@ export interface PskEntry {
 const IDENTITY_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
 
 type PskSocket = tls.TLSSocket & { pskIdentity?: string };
+/** The extended key usage of client certificates (RFC 5280). */
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 
 /** TLS 1.2 with a pre-shared key: both ends prove they know it before anything flows. */
 export class PskFile implements ReplicationCredentials {
@@ -141,10 +143,9 @@ export class X509Credentials implements ReplicationCredentials {
     } catch (err) {
       throw new HindsightError('CONFIG_INVALID', `replication certificates in ${directory}: ${(err as Error).message}`);
     }
-    const subject = new crypto.X509Certificate(this.files.clientCert).subject;
-    const cn = /(?:^|\n)CN=([^\n]+)/.exec(subject)?.[1];
-    if (!cn) throw new HindsightError('CONFIG_INVALID', `replication: ${path.join(directory, 'client-cert.pem')} has no common name (the identity this site sends as)`);
-    this.identity = validateIdentity(cn);
+    const names = [...new crypto.X509Certificate(this.files.clientCert).subject.matchAll(/(?:^|\n)CN=([^\n]+)/g)].map((match) => match[1]);
+    if (names.length !== 1) throw new HindsightError('CONFIG_INVALID', `replication: ${path.join(directory, 'client-cert.pem')} must have exactly one common name (the identity this site sends as)`);
+    this.identity = validateIdentity(names[0]);
   }
 
   own(identity?: string): { identity: string } {
@@ -161,11 +162,22 @@ export class X509Credentials implements ReplicationCredentials {
     return { host, minVersion: 'TLSv1.2', ca: this.files.ca, cert: this.files.clientCert, key: this.files.clientKey, ...(net.isIP(host) ? {} : { servername: host }) };
   }
 
+  /**
+   * The sender's identity: the one common name of a certificate from the CA that is meant
+   * for clients (extended key usage clientAuth) — a server certificate from the same CA, or
+   * one with two names, proves nobody.
+   */
   identify(socket: tls.TLSSocket): string | null {
     if (!socket.authorized) return null;
-    const subject = socket.getPeerCertificate()?.subject as { CN?: string | string[] } | undefined;
-    const cn = Array.isArray(subject?.CN) ? subject?.CN[0] : subject?.CN;
-    return cn ?? null;
+    const certificate = socket.getPeerCertificate();
+    const subject = certificate?.subject as { CN?: string | string[] } | undefined;
+    if (!subject?.CN || Array.isArray(subject.CN)) return null;
+    if (!(certificate.ext_key_usage ?? []).includes(CLIENT_AUTH)) return null;
+    try {
+      return validateIdentity(subject.CN);
+    } catch {
+      return null;
+    }
   }
 }
 

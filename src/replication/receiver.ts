@@ -318,6 +318,7 @@ export class ReplicationReceiver {
     if (!welcomed) {
       await channel.send(jsonFrame(FrameType.WELCOME, {
         protocol: PROTOCOL_VERSION, seqLast: held, seqDurable: device.durableSeq, fingerprint: held > 0 ? fingerprint(device.history.entry(held)) : null,
+        image: volumes.replicationView(volume).replica?.image ?? null,
       }));
     }
     log.info({ from: held + 1 }, 'replication: receiving');

@@ -178,6 +178,7 @@ export class ReplicationLink {
       }
       this.state = 'connecting';
       const ackedBefore = this.seqAcknowledged;
+      const startedMs = Date.now();
       try {
         await this.session();
       } catch (err) {
@@ -194,9 +195,9 @@ export class ReplicationLink {
         this.windowWaiter?.();
       }
       if (this.stopped) break;
-      // A link that got records acknowledged starts its backoff again; one refused after the
-      // handshake (every time) backs off like one that cannot connect.
-      failures = this.seqAcknowledged > ackedBefore ? 1 : failures + 1;
+      // A link that got records acknowledged (or held up a minute) starts its backoff again;
+      // one refused after the handshake (every time) backs off like one that cannot connect.
+      failures = this.seqAcknowledged > ackedBefore || Date.now() - startedMs > 60_000 ? 1 : failures + 1;
       this.state = 'retrying';
       const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(failures - 1, 10));
       await this.sleep(delay * (0.75 + Math.random() * 0.5));
@@ -274,7 +275,9 @@ export class ReplicationLink {
     this.deps.log.info({ volume: this.config.volume, to: this.config.to, as: this.config.as, from: seqHeld + 1 }, 'replication link up');
     const reader = this.readAcks(channel);
     try {
-      await this.stream(channel, seqHeld + 1);
+      const theirs = welcome.image as { seq?: unknown; kept?: unknown } | null | undefined;
+      const theirImage = theirs && Number.isSafeInteger(theirs.seq) && Array.isArray(theirs.kept) && theirs.kept.every((seq) => Number.isSafeInteger(seq)) ? { seq: theirs.seq as number, kept: theirs.kept as number[] } : null;
+      await this.stream(channel, seqHeld + 1, theirImage);
     } finally {
       channel.close();
       await reader;
@@ -309,20 +312,21 @@ export class ReplicationLink {
     this.windowWaiter?.();
   }
 
-  private async stream(channel: Channel, from: number): Promise<void> {
+  private async stream(channel: Channel, from: number, theirImage: { seq: number; kept: number[] } | null): Promise<void> {
     let cursor = from;
-    const image = await this.imageFor(from);
-    if (image) await channel.send(jsonFrame(FrameType.STATE, { image: { seq: image.seq, kept: image.kept } }));
     let lastSyncMs = 0;
     let lastHeartbeatMs = 0;
-    // Every 2 s, busy or not: where the source is and the lag it sees (the receiver shows it).
+    // Every 2 s, busy or not (even while an image is worked out): where the source is and the
+    // lag it sees (the receiver shows it; and it answers, so neither side times out).
     const heartbeat = async () => {
-      if (Date.now() - lastHeartbeatMs < HEARTBEAT_MS) return;
+      if (Date.now() - lastHeartbeatMs < HEARTBEAT_MS || channel.closed) return;
       const { device } = this.deps.volumes.replicationView(this.config.volume);
       const { lag, rpoSeconds } = this.status();
       await channel.send(jsonFrame(FrameType.HEARTBEAT, { seqLast: device.lastSeq, timeLastUs: device.stats().timeLastUs, nowUs: Date.now() * 1000, lag, rpoSeconds }));
       lastHeartbeatMs = Date.now();
     };
+    const image = await this.imageFor(from, theirImage, heartbeat);
+    if (image) await channel.send(jsonFrame(FrameType.STATE, { image: { seq: image.seq, kept: image.kept } }));
     const expiry = new ExpirySent();
     let sentBookmarks = '';
     let skipCompression = 0;
@@ -347,7 +351,7 @@ export class ReplicationLink {
       // Expiry before the records: the receiver must know a point is gone before records
       // without payload (thinned) arrive. Bookmarks after: it keeps only bookmarks of
       // records it holds.
-      for (const runs of expiry.newRuns(device.history, image && cursor <= image.seq ? image.expired : null, batchLast)) {
+      for (const runs of expiry.newRuns(device.history, image && cursor <= image.seq ? image.expired : null)) {
         await channel.send(encodeFrame(FrameType.STATE, Buffer.from(JSON.stringify({ expired: runs })), true));
       }
       if (image?.visible && cursor <= image.seq) {
@@ -390,29 +394,49 @@ export class ReplicationLink {
   }
 
   /**
-   * The image this session sends first, if any. A receiver holding nothing gets the image at
-   * the seq the link was made (taken anew only if retention removed that point before
-   * anything arrived); a restart in the middle of it goes on with the same image (a function
-   * of its seq and points); a receiver that already held records when this link first
-   * reached it (a link made again, a failback) gets no image, and the link forgets it had one.
+   * The image this session sends first, if any.
+   * - The receiver says its first sync was an image (and holds some of it): that image goes on
+   *   (the records it thins are a function of its seq and points), whatever this link was told
+   *   or remembers — a link made again, a sender restarted; and this link's rollback guard
+   *   knows it.
+   * - The receiver holds nothing: the image at the seq the link was made (taken anew only if
+   *   retention removed that point before anything arrived), remembered in replication.json.
+   * - The receiver holds records and no image: none (it was sent history).
    */
-  private async imageFor(from: number): Promise<Image | null> {
-    if ((this.config.initial ?? 'image') !== 'image') return null;
+  private async imageFor(from: number, theirs: { seq: number; kept: number[] } | null, tick: () => Promise<void>): Promise<Image | null> {
     const { device } = this.deps.volumes.replicationView(this.config.volume);
-    if (from === 1) {
-      if (!this.image || device.history.expiredRunOf(this.image.seq) !== null) this.image = await this.takeImage(true);
-      if (this.image && (!this.config.imageStarted || this.config.imageSeq !== this.image.seq)) {
-        this.config = { ...this.config, imageSeq: this.image.seq, imageKept: this.image.kept, imageStarted: true };
-        await this.deps.persist();
+    if (theirs && from > 1) {
+      if (this.config.imageSeq !== theirs.seq || (this.config.imageKept ?? []).join() !== theirs.kept.join() || !this.config.imageStarted) {
+        await this.remember({ imageSeq: theirs.seq, imageKept: theirs.kept, imageStarted: true });
       }
-    } else if (this.config.imageStarted && this.config.imageSeq && from <= this.config.imageSeq) {
-      this.image ??= await this.takeImage(false);
-    } else if (!this.config.imageStarted && this.config.imageSeq !== undefined) {
-      const { imageSeq: _seq, imageKept: _kept, ...rest } = this.config;
-      this.config = rest;
-      await this.deps.persist();
+      if (from > theirs.seq) return null;
+      if (!this.image || this.image.seq !== theirs.seq) this.image = await this.takeImage(false, tick);
+      return this.image;
     }
-    return this.image && from <= this.image.seq ? this.image : null;
+    if (from === 1 && (this.config.initial ?? 'image') === 'image') {
+      if (!this.image || device.history.expiredRunOf(this.image.seq) !== null) this.image = await this.takeImage(true, tick);
+      if (this.image && (!this.config.imageStarted || this.config.imageSeq !== this.image.seq)) {
+        await this.remember({ imageSeq: this.image.seq, imageKept: this.image.kept, imageStarted: true });
+      }
+      return this.image;
+    }
+    this.image = null;
+    if (this.config.imageSeq !== undefined || this.config.imageStarted) await this.remember({ imageSeq: undefined, imageKept: undefined, imageStarted: undefined });
+    return null;
+  }
+
+  /** Changes this link's image bookkeeping and saves it; undone if the save fails. */
+  private async remember(changes: Pick<OutgoingConfig, 'imageSeq' | 'imageKept' | 'imageStarted'>): Promise<void> {
+    const before = this.config;
+    const next: OutgoingConfig = { ...before, ...changes };
+    for (const key of ['imageSeq', 'imageKept', 'imageStarted'] as const) if (next[key] === undefined) delete next[key];
+    this.config = next;
+    try {
+      await this.deps.persist();
+    } catch (err) {
+      this.config = { ...this.config, imageSeq: before.imageSeq, imageKept: before.imageKept, imageStarted: before.imageStarted };
+      throw err;
+    }
   }
 
   /**
@@ -421,7 +445,7 @@ export class ReplicationLink {
    * others go as THINNED headers (seq, time, range: the timeline stays whole), and every other
    * point up to S arrives expired.
    */
-  private async takeImage(retake: boolean): Promise<Image | null> {
+  private async takeImage(retake: boolean, tick: () => Promise<void>): Promise<Image | null> {
     const { device, bookmarks, id } = this.deps.volumes.replicationView(this.config.volume);
     let seq = this.config.imageSeq ?? 0;
     const gone = seq === 0 || seq > device.durableSeq || device.history.expiredRunOf(seq) !== null;
@@ -454,6 +478,7 @@ export class ReplicationLink {
             visible!.add(shown);
           });
           await new Promise((resolve) => setImmediate(resolve));
+          await tick();
         }
       }
     }
@@ -488,34 +513,24 @@ export class ReplicationLink {
 const RUNS_PER_FRAME = 100_000;
 
 /**
- * What of the source's expiry (and the image's) one session has sent: only what is new, and
- * only up to the records sent with it — a receiver never holds runs past its last record
- * (they would survive a failover and refuse its own new writes).
+ * What of the source's expiry (and the image's) one session has sent: only what is new.
+ * Whole runs, even past the records sent so far: a receiver saves what it has before any
+ * thinned record lands, and a thinned record is hidden at later points too — those must be
+ * expired (durably) by then. (Runs past a replica's last record are clipped when it opens and
+ * when it is failed over.)
  */
 class ExpirySent {
   private sent: Array<[number, number]> = [];
   private version = -1;
-  private all: ReadonlyArray<readonly [number, number]> = [];
-  private clippedAt = 0;
 
-  /** Frames' worth of runs to send before the records up to `upTo`; none when nothing changed. */
-  newRuns(history: { expired: ReadonlyArray<readonly [number, number]>; expiredVersion: number }, imageRuns: Array<[number, number]> | null, upTo: number): Array<Array<[number, number]>> {
-    const imageVersion = imageRuns ? 1 : 0;
-    const version = history.expiredVersion * 2 + imageVersion;
-    const lastEnd = this.all.length > 0 ? this.all[this.all.length - 1][1] : 0;
-    if (version === this.version && lastEnd <= this.clippedAt) return [];
-    if (version !== this.version) {
-      this.all = imageRuns ? mergeRuns([...imageRuns, ...history.expired.map(([a, b]) => [a, b] as [number, number])]) : history.expired;
-      this.version = version;
-    }
-    const clipped: Array<[number, number]> = [];
-    for (const [a, b] of this.all) {
-      if (a > upTo) break;
-      clipped.push([a, Math.min(b, upTo)]);
-    }
-    this.clippedAt = upTo;
-    const fresh = subtractRuns(clipped, this.sent);
-    this.sent = clipped;
+  /** Frames' worth of runs to send now; none when nothing changed. */
+  newRuns(history: { expired: ReadonlyArray<readonly [number, number]>; expiredVersion: number }, imageRuns: Array<[number, number]> | null): Array<Array<[number, number]>> {
+    const version = history.expiredVersion * 2 + (imageRuns ? 1 : 0);
+    if (version === this.version) return [];
+    this.version = version;
+    const all = mergeRuns([...(imageRuns ?? []), ...history.expired.map(([a, b]) => [a, b] as [number, number])]);
+    const fresh = subtractRuns(all, this.sent);
+    this.sent = mergeRuns([...this.sent, ...fresh]);
     const frames: Array<Array<[number, number]>> = [];
     for (let at = 0; at < fresh.length; at += RUNS_PER_FRAME) frames.push(fresh.slice(at, at + RUNS_PER_FRAME));
     return frames;

@@ -176,7 +176,8 @@ export class ReplicationService {
       try {
         await this.save();
       } catch (err) {
-        link.config = before;
+        // Only what this changed (the link may have updated its own bookkeeping meanwhile).
+        link.config = { ...link.config, bandwidthBytesPerSecond: before.bandwidthBytesPerSecond, rpoSeconds: before.rpoSeconds };
         throw err;
       }
       return link.status();

@@ -538,18 +538,23 @@ test('kill -9 of the receiver during an image first sync full of thinned records
     await run('qemu-io', ['-f', 'raw', ...Array.from({ length: 16 }, (_, i) => ['-c', `write -P ${random.int(256)} ${i * 64 * 1024} 64k`]).flat(), '-c', 'flush', a.daemon.uri('churn')]);
   }
   await api(b, 'POST', '/replication/incoming', { volume: 'churn', from: 'siteA' });
+  const imageUpTo = await seqLast(a, 'churn');
   await api(a, 'POST', '/replication', { volume: 'churn', to: `127.0.0.1:${b.replicationPort}`, bandwidth: '64K' });
   await waitFor(async () => (await api<{ volumes: unknown[] }>(b, 'GET', '/volumes')).volumes.length > 0 && await seqLast(b, 'churn') >= 50, { what: 'part of the image', timeoutMs: 60_000, intervalMs: 50 });
   await b.daemon.kill();
   const b2 = await startSite(t, 'b', b.pskFile, { dataDir: b.dataDir, replicationPort: b.replicationPort });
   const info = await api<{ state: string; error: unknown }>(b2, 'GET', '/volumes/churn');
   assert.equal(info.state, 'online', `the replica opens after the crash: ${JSON.stringify(info.error)}`);
-  // The same link goes on (no limit now): the rest of the same image.
-  const set = await hindsight(['replication', 'set', 'churn', '--bandwidth', '0', '--api', a.daemon.apiUrl]);
-  assert.match(set.stdout, /unlimited/);
+  // The link is even made again (no limit now, a new seq at the source): the replica says
+  // which image it holds, and the rest of that same image goes.
+  await api(a, 'DELETE', '/replication/churn');
+  await hindsight(['replicate', 'churn', '--to', `127.0.0.1:${b.replicationPort}`, '--api', a.daemon.apiUrl]);
+  for (let i = 0; i < 3; i += 1) await run('qemu-io', ['-f', 'raw', '-c', `write -P ${i + 1} ${i * 64 * 1024} 4k`, '-c', 'flush', a.daemon.uri('churn')]);
   const status = await caughtUp(a, 'churn');
   assert.ok(status.recordBytesSent < 2 * MiB, `the rest of the image only (${status.recordBytesSent} bytes)`);
-  assert.equal(await hashAt(b2, 'churn', 'latest'), await hashAt(a, 'churn', 'latest'));
+  await assertSameHistory(a, b2, 'churn', imageUpTo);
+  const early = (await api<{ flushPoints: Array<{ seq: number }> }>(a, 'GET', '/volumes/churn/points')).flushPoints[0].seq;
+  assert.match((await hindsight(['rollback', 'churn', '--at', `seq:${early}`, '--api', a.daemon.apiUrl])).stderr, /POINT_NOT_REPLICATED/, 'the new link knows the image too');
   const fsck = await hindsight(['fsck', 'churn', '--json', '--api', b2.daemon.apiUrl]);
   assert.equal(fsck.code, 0, fsck.stdout);
 });
@@ -602,11 +607,11 @@ test('an image first sync with writes going on and a sender killed in the middle
 });
 
 /** A site's X.509 directory (QEMU layout) signed by `ca`: the listener's certificate for 127.0.0.1, and the client one with CN `identity`. */
-async function x509Site(ca: string, dir: string, identity: string): Promise<string> {
+async function x509Site(ca: string, dir: string, identity: string, clientUsage = 'extendedKeyUsage=clientAuth'): Promise<string> {
   fs.mkdirSync(dir, { recursive: true });
   fs.copyFileSync(path.join(ca, 'ca-cert.pem'), path.join(dir, 'ca-cert.pem'));
   fs.writeFileSync(path.join(dir, 'server.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
-  fs.writeFileSync(path.join(dir, 'client.cnf'), 'extendedKeyUsage=clientAuth\n');
+  fs.writeFileSync(path.join(dir, 'client.cnf'), `${clientUsage}\n`);
   for (const [who, cn] of [['server', 'localhost'], ['client', identity]]) {
     await run('sh', ['-c', `cd '${dir}' && openssl req -newkey rsa:2048 -nodes -keyout ${who}-key.pem -out ${who}.csr -subj '/CN=${cn}' 2>/dev/null && openssl x509 -req -in ${who}.csr -CA '${ca}/ca-cert.pem' -CAkey '${ca}/ca-key.pem' -CAcreateserial -out ${who}-cert.pem -days 2 -extfile ${who}.cnf 2>/dev/null`]);
   }
@@ -635,16 +640,20 @@ test('certificates instead of pre-shared keys: both sites prove themselves with 
   const a = await start('a', await x509Site(ca, path.join(dir, 'a'), 'siteA'));
   const b = await start('b', await x509Site(ca, path.join(dir, 'b'), 'siteB'));
   const impostor = await start('impostor', await x509Site(other, path.join(dir, 'impostor'), 'siteA'));
+  // From the right CA, but not a client certificate (no clientAuth usage): proves nobody.
+  const unfit = await start('unfit', await x509Site(ca, path.join(dir, 'unfit'), 'siteA', 'keyUsage=digitalSignature'));
   assert.equal((await api<{ identity: string }>(a, 'GET', '/replication')).identity, 'siteA');
   await api(b, 'POST', '/replication/incoming', { volume: 'cert', from: 'siteA' });
-  for (const site of [a, impostor]) {
+  for (const site of [a, impostor, unfit]) {
     await api(site, 'POST', '/volumes', { name: 'cert', size: SIZE });
     await run('qemu-io', ['-f', 'raw', '-c', `write -s ${RANDOM_FILE} 0 256k`, '-c', 'flush', site.daemon.uri('cert')]);
   }
-  await api(impostor, 'POST', '/replication', { volume: 'cert', to: `127.0.0.1:${b.replicationPort}` });
-  await waitFor(async () => (await link(impostor, 'cert')).lastError !== null, { what: 'the impostor refused', timeoutMs: 20_000, intervalMs: 100 });
-  assert.equal((await api<{ volumes: unknown[] }>(b, 'GET', '/volumes')).volumes.length, 0, 'nothing received from a certificate of another CA');
-  await api(impostor, 'DELETE', '/replication/cert');
+  for (const site of [impostor, unfit]) {
+    await api(site, 'POST', '/replication', { volume: 'cert', to: `127.0.0.1:${b.replicationPort}` });
+    await waitFor(async () => (await link(site, 'cert')).lastError !== null, { what: `${site.name} refused`, timeoutMs: 20_000, intervalMs: 100 });
+    assert.equal((await api<{ volumes: unknown[] }>(b, 'GET', '/volumes')).volumes.length, 0, `nothing received from ${site.name}`);
+    await api(site, 'DELETE', '/replication/cert');
+  }
   await api(a, 'POST', '/replication', { volume: 'cert', to: `127.0.0.1:${b.replicationPort}` });
   await caughtUp(a, 'cert');
   assert.equal(await hashAt(b, 'cert', 'latest'), await hashAt(a, 'cert', 'latest'));
