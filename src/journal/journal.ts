@@ -240,28 +240,11 @@ export class Journal {
     if (this.failure) throw this.failure;
     const payloadBytes = payload?.length ?? 0;
     assert(type === RecordType.WRITE ? payloadBytes > 0 && payloadSkip + payloadBytes <= lengthBytes : payloadBytes === 0 && payloadSkip === 0, 'payload matches record type');
-    const span = recordSpan(payloadBytes);
-    if (this.activeSize + span > this.options.segmentBytesMax && this.activeSize > SEGMENT_HEADER_BYTES) this.roll();
     const seq = this.seqLast + 1;
     const timeUs = Math.max(this.options.nowUs(), this.timeLastUs);
     const header: RecordHeader = { type, flags, seq, timeUs, offsetBytes, lengthBytes, payloadBytes, seqDurable: this.seqDurable, payloadSkip };
     const table = payload && payloadBytes > 0 ? encodeChunkTable(payload, this.crcSeed) : null;
-    encodeRecordHeader(this.headerScratch, header, table, this.crcSeed);
-    const buffers: Buffer[] = [this.headerScratch];
-    if (table) buffers.push(table, payload as Buffer);
-    const padding = span - payloadOffset(payloadBytes) - payloadBytes;
-    if (padding > 0) buffers.push(PADDING.subarray(0, padding));
-    try {
-      this.activeFile.writev(buffers, this.activeSize);
-    } catch (err) {
-      this.discardPartialRecord();
-      throw err;
-    }
-    const payloadPosition = this.activeSize + payloadOffset(payloadBytes);
-    this.activeSize += span;
-    this.seqLast = seq;
-    this.timeLastUs = timeUs;
-    return { seq, timeUs, segmentIndex: this.activeIndex, payloadPosition };
+    return this.writeRecord(header, table, table ? [table, payload as Buffer] : []);
   }
 
   /**
@@ -279,25 +262,10 @@ export class Journal {
     if (header.seq !== this.seqLast + 1) throw new HindsightError('RECORD_INVALID', `a received journal record has seq ${header.seq} where ${this.seqLast + 1} comes next`);
     if (header.timeUs < this.timeLastUs) throw new HindsightError('RECORD_INVALID', `a received journal record (seq ${header.seq}) goes back in time`);
     const payloadBytes = header.payloadBytes;
-    const span = recordSpan(payloadBytes);
-    if (this.activeSize + span > this.options.segmentBytesMax && this.activeSize > SEGMENT_HEADER_BYTES) this.roll();
     const bodyEnd = payloadOffset(payloadBytes) + payloadBytes;
     const table = payloadBytes > 0 ? raw.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + chunkTableBytes(payloadBytes)) : null;
-    encodeRecordHeader(this.headerScratch, header, table, this.crcSeed);
-    const buffers: Buffer[] = [this.headerScratch];
-    if (bodyEnd > RECORD_HEADER_BYTES) buffers.push(raw.subarray(RECORD_HEADER_BYTES, bodyEnd));
-    if (span > bodyEnd) buffers.push(PADDING.subarray(0, span - bodyEnd));
-    try {
-      this.activeFile.writev(buffers, this.activeSize);
-    } catch (err) {
-      this.discardPartialRecord();
-      throw err;
-    }
-    const payloadPosition = this.activeSize + payloadOffset(payloadBytes);
-    this.activeSize += span;
-    this.seqLast = header.seq;
-    this.timeLastUs = header.timeUs;
-    return { seq: header.seq, timeUs: header.timeUs, segmentIndex: this.activeIndex, payloadPosition, header, logicalBytes: check.logicalBytes };
+    const appended = this.writeRecord(header, table, bodyEnd > RECORD_HEADER_BYTES ? [raw.subarray(RECORD_HEADER_BYTES, bodyEnd)] : []);
+    return { ...appended, header, logicalBytes: check.logicalBytes };
   }
 
   /**
@@ -324,6 +292,31 @@ export class Journal {
     if (check.ok && check.header.seq === seq) return bytes;
     const why = check.ok ? `seq ${check.header.seq} where ${seq} was expected` : check.reason;
     throw new HindsightError('JOURNAL_CORRUPT', `journal ${segmentPath(this.options.directory, segmentIndex)}: the record at offset ${position} fails its checks (${why}); it is not served nor sent (run hindsight fsck)`);
+  }
+
+  /**
+   * Writes one record at the end of the active segment (a new segment first if it would not
+   * fit): the header (its CRC over `table` too), `body` (chunk table and payload), padding.
+   * A failed write is cut off again; the record counts once written.
+   */
+  private writeRecord(header: RecordHeader, table: Buffer | null, body: Buffer[]): AppendedRecord {
+    const span = recordSpan(header.payloadBytes);
+    if (this.activeSize + span > this.options.segmentBytesMax && this.activeSize > SEGMENT_HEADER_BYTES) this.roll();
+    encodeRecordHeader(this.headerScratch, header, table, this.crcSeed);
+    const bodyEnd = payloadOffset(header.payloadBytes) + header.payloadBytes;
+    const buffers = [this.headerScratch, ...body];
+    if (span > bodyEnd) buffers.push(PADDING.subarray(0, span - bodyEnd));
+    try {
+      this.activeFile.writev(buffers, this.activeSize);
+    } catch (err) {
+      this.discardPartialRecord();
+      throw err;
+    }
+    const payloadPosition = this.activeSize + payloadOffset(header.payloadBytes);
+    this.activeSize += span;
+    this.seqLast = header.seq;
+    this.timeLastUs = header.timeUs;
+    return { seq: header.seq, timeUs: header.timeUs, segmentIndex: this.activeIndex, payloadPosition };
   }
 
   /**

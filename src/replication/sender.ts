@@ -114,7 +114,6 @@ export class ReplicationLink {
   private recordBytesSent = 0;
   private recordsSent = 0;
   private connects = 0;
-  private handshakes = 0;
   private connectedSince: string | null = null;
   private lastError: string | null = null;
   private windowWaiter: (() => void) | null = null;
@@ -269,7 +268,6 @@ export class ReplicationLink {
     // After a failback offer the receiver holds the common records durably (synced before).
     this.seqAcknowledged = Array.isArray(welcome.candidates) ? seqHeld : heldDurable as number;
     this.state = 'streaming';
-    this.handshakes += 1;
     this.connectedSince = new Date().toISOString();
     this.lastError = null;
     this.deps.log.info({ volume: this.config.volume, to: this.config.to, as: this.config.as, from: seqHeld + 1 }, 'replication link up');
