@@ -135,6 +135,7 @@ export function registerHistoryRoutes(app: FastifyInstance, context: ApiContext)
             request.log.info({ volume: name, seq: point.seq, to, sha256: result.sha256, seconds: result.seconds }, 'restore finished');
             return { volume: name, seq: point.seq, time: formatTimeUs(point.timeUs), ...result };
           } finally {
+            view.close();
             unpin();
           }
         });
@@ -143,6 +144,7 @@ export function registerHistoryRoutes(app: FastifyInstance, context: ApiContext)
         throw err;
       }
     } catch (err) {
+      view.close();
       unpin();
       throw err;
     }

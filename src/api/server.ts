@@ -5,7 +5,7 @@
 import Fastify, { LogController } from 'fastify';
 import { Ajv } from 'ajv';
 import type { FastifyInstance, FastifyBaseLogger } from 'fastify';
-import { HindsightError, LIMITS, isHindsightError, parseSize } from '../core/index.js';
+import { HindsightError, LIMITS, cacheBytes, isHindsightError, parseSize } from '../core/index.js';
 import type { NbdServer } from '../nbd/index.js';
 import type { JobRegistry, VolumeManager } from '../volume/index.js';
 import type { ReplicationService } from '../replication/index.js';
@@ -125,6 +125,7 @@ export function buildApi(context: ApiContext): FastifyInstance {
     volumes: context.volumes.names().length,
     replication: replicationSummary(context),
     connections: context.nbd.connections().length,
+    memory: memoryView(),
   }));
 
   app.get('/api/v1/volumes', async () => {
@@ -237,4 +238,19 @@ function replicationSummary(context: ApiContext) {
 async function volumeView(context: ApiContext, name: string) {
   const info = await context.volumes.info(name);
   return { ...info, connections: context.nbd.connectionCount(name) };
+}
+
+/** The process's memory and what the daemon-wide caches hold (bytes). */
+function memoryView(): Record<string, number> {
+  const usage = process.memoryUsage();
+  const caches = cacheBytes();
+  return {
+    rssBytes: usage.rss,
+    heapUsedBytes: usage.heapUsed,
+    heapTotalBytes: usage.heapTotal,
+    externalBytes: usage.external,
+    arrayBuffersBytes: usage.arrayBuffers,
+    frameCacheBytes: caches.frames,
+    regionCacheBytes: caches.regions,
+  };
 }

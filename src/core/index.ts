@@ -9,3 +9,5 @@ export { parsePoint, formatTimeUs, describePoint } from './point.js';
 export type { PointSpec } from './point.js';
 export { parseRetention, retentionHorizonUs, keepAllUs, granularityAt, expiringRuns, DEFAULT_RETENTION } from './retention.js';
 export type { RetentionPolicy, RetentionTier } from './retention.js';
+export { frameCache, regionCache, ownerPrefix, dropOwner, cacheBytes } from './caches.js';
+export type { ByteCache } from './caches.js';

@@ -45,6 +45,12 @@ export const LIMITS = {
   jobsRunningMax: 4,
   /** Mounts (read-only points and writable clones) the daemon serves at once. */
   mountsMax: 256,
+  /** Idle READ reply / WRITE payload buffers kept for reuse (nbd/buffer-pool.ts). */
+  nbdBufferPoolBytesMax: 128 * 1024 * 1024,
+  /** Decompressed journal frames cached, for every volume together. */
+  frameCacheBytesMax: 64 * 1024 * 1024,
+  /** Regions of old points cached (mounts, restores), for every mount together. */
+  regionCacheBytesMax: 128 * 1024 * 1024,
   /** Largest JSON body the HTTP API accepts. */
   apiBodyBytesMax: 1024 * 1024,
 } as const;

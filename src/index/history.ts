@@ -21,7 +21,8 @@
  * Mounting a point is therefore O(1): a PointIndex only remembers the seq, and materialises
  * (and caches, bounded) the regions a client actually reads.
  */
-import { HindsightError, assert } from '../core/index.js';
+import { HindsightError, assert, dropOwner, ownerPrefix, regionCache } from '../core/index.js';
+import type { ByteCache } from '../core/index.js';
 import { RecordFlag, RecordType, isClientWrite, recordSpan } from '../journal/record.js';
 import { EXTENT_STRIDE, ExtentIndex, PAYLOAD_COMPRESSED, REGION_BYTES, Region, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
 import type { ExtentVisit } from './extent-index.js';
@@ -693,11 +694,12 @@ export class History {
  * looked at and kept in a bounded cache (least recently used out first).
  */
 export class PointIndex {
-  private readonly cache = new Map<number, Region | undefined>();
-  private cachedBytes = 0;
+  /** This view's key prefix in the daemon-wide region cache (core/caches.ts). */
+  private readonly owner = ownerPrefix('point');
   private generation: number;
 
-  constructor(private readonly history: History, readonly seq: number, private readonly cacheBytesMax = 16 * 1024 * 1024) {
+  /** `cache`: the daemon-wide one; tests pass a small one. */
+  constructor(private readonly history: History, readonly seq: number, private readonly cache: ByteCache<{ region: { entries: Uint32Array } | undefined }> = regionCache) {
     if (seq < history.seqFirst || seq > history.seqLast) {
       throw new HindsightError('POINT_NOT_FOUND', `seq ${seq} is not in this volume's history (${history.seqFirst}..${history.seqLast})`);
     }
@@ -708,28 +710,22 @@ export class PointIndex {
     lookupRegions((regionIndex) => this.region(regionIndex), offsetBytes, lengthBytes, visit);
   }
 
+  /** Frees what this view cached (its mount is gone). */
+  close(): void {
+    dropOwner(this.cache, this.owner);
+  }
+
   private region(regionIndex: number): Region | undefined {
     if (this.generation !== this.history.generation) {
       // Journal positions moved (a segment was compacted): cached regions name old ones.
-      this.cache.clear();
-      this.cachedBytes = 0;
+      dropOwner(this.cache, this.owner);
       this.generation = this.history.generation;
     }
-    if (this.cache.has(regionIndex)) {
-      const hit = this.cache.get(regionIndex);
-      this.cache.delete(regionIndex);
-      this.cache.set(regionIndex, hit);
-      return hit;
-    }
+    const key = `${this.owner}${regionIndex}`;
+    const hit = this.cache.get(key);
+    if (hit) return hit.region as Region | undefined;
     const region = this.history.regionAt(regionIndex, this.seq);
-    const bytes = 64 + (region?.entries.byteLength ?? 0);
-    while (this.cachedBytes + bytes > this.cacheBytesMax && this.cache.size > 0) {
-      const [oldest, evicted] = this.cache.entries().next().value as [number, Region | undefined];
-      this.cache.delete(oldest);
-      this.cachedBytes -= 64 + (evicted?.entries.byteLength ?? 0);
-    }
-    this.cache.set(regionIndex, region);
-    this.cachedBytes += bytes;
+    this.cache.set(key, { region });
     return region;
   }
 }

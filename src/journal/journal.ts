@@ -12,7 +12,7 @@
  * open covers every replayed record above that (written again, in case the kernel dropped
  * it) and any cut, and new records after a cut go to a fresh segment.
  */
-import { GroupCommit, HindsightError, assert } from '../core/index.js';
+import { GroupCommit, HindsightError, assert, dropOwner, frameCache, ownerPrefix } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
 import { PAYLOAD_COMPRESSED, RECORD_HEADER_BYTES, RecordType, crcSeedFor, encodeRecordHeader, payloadOffset, recordSpan } from './record.js';
 import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, encodeChunkTable, firstBadChunk } from './chunk-crc.js';
@@ -29,7 +29,6 @@ const PADDING = Buffer.alloc(8);
 /** A container's header and index for the largest payload (32 MiB: 512 frames). */
 const CONTAINER_INDEX_BYTES_MAX = 16 + 4 * 512;
 const CONTAINER_INDEXES_MAX = 4096;
-const FRAME_CACHE_BYTES_MAX = 16 * 1024 * 1024;
 const SEGMENT_FILES_OPEN_MAX = 64;
 
 export interface JournalOptions {
@@ -97,8 +96,8 @@ export class Journal {
   private readonly groupCommit = new GroupCommit(() => this.syncOnce());
   /** Compressed payloads: parsed container indexes and decompressed frames, recently used. */
   private readonly containerIndexes = new Map<string, ContainerIndex>();
-  private readonly frames = new Map<string, Buffer>();
-  private framesBytes = 0;
+  /** This journal's key prefix in the daemon-wide frame cache (core/caches.ts). */
+  private readonly frameOwner = ownerPrefix('journal');
   /** Bumped when a compaction moves positions: cache keys of earlier epochs mean nothing. */
   private epoch = 0;
   private readonly headerScratch = Buffer.alloc(RECORD_HEADER_BYTES);
@@ -337,8 +336,7 @@ export class Journal {
     // Keys name positions in the old file.
     this.epoch += 1;
     this.containerIndexes.clear();
-    this.frames.clear();
-    this.framesBytes = 0;
+    dropOwner(frameCache, this.frameOwner);
   }
 
   /**
@@ -477,7 +475,7 @@ export class Journal {
     const last = Math.floor((piece.delta + length - 1) / FRAME_BYTES);
     const cached = new Map<number, Buffer>();
     for (let frame = first; frame <= last; frame += 1) {
-      const hit = this.frames.get(`${key}:${frame}`);
+      const hit = frameCache.get(`${this.frameOwner}${key}:${frame}`);
       if (hit) cached.set(frame, hit);
     }
     this.pin(file);
@@ -518,29 +516,19 @@ export class Journal {
     const end = piece.delta + length;
     while (at < end) {
       const frame = Math.floor(at / FRAME_BYTES);
-      const frameKey = `${key}:${frame}`;
-      let logical = cached.get(frame) ?? (epoch === this.epoch ? this.frames.get(frameKey) : undefined);
+      const frameKey = `${this.frameOwner}${key}:${frame}`;
+      let logical = cached.get(frame) ?? (epoch === this.epoch ? frameCache.get(frameKey) : undefined);
       if (!logical) {
         logical = decodeFrame(index, frame, storedFrame(frame), this.where(piece));
-        if (epoch === this.epoch) {
-          // Another read may have decoded the same frame meanwhile: counted once.
-          this.framesBytes += logical.length - (this.frames.get(frameKey)?.length ?? 0);
-          this.frames.delete(frameKey);
-          this.frames.set(frameKey, logical);
-        }
-      } else if (epoch === this.epoch && this.frames.delete(frameKey)) {
-        this.frames.set(frameKey, logical); // most recently used
+        if (epoch === this.epoch) frameCache.set(frameKey, logical);
+      } else if (epoch === this.epoch) {
+        frameCache.get(frameKey); // most recently used
       }
       const from = at - frame * FRAME_BYTES;
       const count = Math.min(logical.length - from, end - at);
       logical.copy(into, out, from, from + count);
       at += count;
       out += count;
-    }
-    while (this.framesBytes > FRAME_CACHE_BYTES_MAX) {
-      const [oldest, evicted] = this.frames.entries().next().value as [string, Buffer];
-      this.frames.delete(oldest);
-      this.framesBytes -= evicted.length;
     }
   }
 
@@ -568,6 +556,8 @@ export class Journal {
   async close(): Promise<void> {
     await this.sync().catch(() => undefined);
     this.closed = true;
+    dropOwner(frameCache, this.frameOwner);
+    this.containerIndexes.clear();
     // Reads still running (a client cut off at shutdown) keep their file until they finish.
     this.closeWhenIdle(this.activeFile);
     for (const file of this.readFiles.values()) this.closeWhenIdle(file);

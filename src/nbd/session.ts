@@ -46,7 +46,7 @@ export interface SessionEvents {
 }
 
 /** Large READ replies and WRITE payloads are recycled through one pool per process. */
-const pool = new BufferPool(64 * 1024, 256 * 1024 * 1024);
+const pool = new BufferPool(64 * 1024, LIMITS.nbdBufferPoolBytesMax);
 
 /** Bytes a running request pins until its reply is written. */
 const REPLY_OVERHEAD_BYTES = 64;

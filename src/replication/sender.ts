@@ -478,6 +478,7 @@ export class ReplicationLink {
           await new Promise((resolve) => setImmediate(resolve));
           await tick();
         }
+        index.close();
       }
     }
     // A data extent that names no record (it cannot happen): thin nothing rather than guess.

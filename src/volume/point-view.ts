@@ -43,6 +43,11 @@ export class PointView implements BlockDevice {
     throw readOnly(this.name);
   }
 
+  /** Frees the regions this view cached (the mount or restore is over). Reads after it still work. */
+  close(): void {
+    this.point.close();
+  }
+
   /** Nothing here changes, so nothing needs to become durable. */
   async flush(): Promise<void> {}
 

@@ -754,7 +754,10 @@ export class VolumeManager {
     const mount = this.mounts.get(name)!;
     this.mounts.delete(name);
     await detach(name);
+    // A read-only view frees its cached regions now; a clone's base view leaves them to age
+    // out of the daemon-wide cache.
     if (mount.device instanceof JournaledDevice) await mount.device.close().catch(() => undefined);
+    else mount.device?.close();
     await removeMountDirectory(this.mountsDir, mount.record);
     return info;
   }

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { isHindsightError } from '../../src/core/index.js';
+import { LIMITS, cacheBytes, isHindsightError } from '../../src/core/index.js';
 import { RecordFlag, RecordType, nodeFileLayer } from '../../src/journal/index.js';
 import { FRAME_BYTES, decodeContainerIndex, decodeFrame, encodeContainer } from '../../src/journal/container.js';
 import { JournaledDevice } from '../../src/volume/journaled-device.js';
@@ -96,7 +96,12 @@ test('compaction compresses a sealed segment; every read returns what was writte
   assert.equal(entry.type, RecordType.WRITE);
   assert.equal(entry.payloadBytes, 512, 'only the changed sector is stored');
   await check('after a page update');
+  // Decompressed frames went into the daemon-wide cache, within its budget; closing the
+  // volume takes its frames out.
+  const cached = cacheBytes().frames;
+  assert.ok(cached > 0 && cached <= LIMITS.frameCacheBytesMax, `frames cached: ${cached}`);
   await device.close();
+  assert.equal(cacheBytes().frames, 0, 'a closed journal leaves no frames cached');
   device = JournaledDevice.open(options);
   await check('reopened');
   await device.close();

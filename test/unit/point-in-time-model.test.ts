@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
+import { LRUCache } from 'lru-cache';
 import type { BlockDevice, Extent } from '../../src/core/index.js';
 import { PointIndex } from '../../src/index/index.js';
 import { RecordType, nodeFileLayer, isClientWrite } from '../../src/journal/index.js';
@@ -343,7 +344,7 @@ async function checkPoint(subject: Subject, seq: number, rng: Random, ranges = 3
   await checkStatus(view, expected, offsetBytes, lengthBytes, label, rng);
   if (rng.int(4) === 0) {
     // A point whose region cache holds almost nothing: every region is evicted and rebuilt.
-    const tiny = new PointIndex(subject.device.history, seq, 1 + rng.int(4096));
+    const tiny = new PointIndex(subject.device.history, seq, new LRUCache<string, { region: { entries: Uint32Array } | undefined }>({ maxSize: 1 + rng.int(4096), sizeCalculation: (held) => 64 + (held.region?.entries.byteLength ?? 0) }));
     const got = Buffer.alloc(SIZE);
     for (let at = 0; at < SIZE;) {
       const length = Math.min(SIZE - at, 1 + rng.int(3 * REGION / 2));
