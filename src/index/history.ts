@@ -23,7 +23,7 @@
  */
 import { HindsightError, assert, dropOwner, ownerPrefix, regionCache } from '../core/index.js';
 import type { ByteCache } from '../core/index.js';
-import { RecordFlag, RecordType, isClientWrite, recordSpan } from '../journal/record.js';
+import { RECORD_HEADER_BYTES, RecordFlag, RecordType, isClientWrite, recordSpan } from '../journal/record.js';
 import { EXTENT_STRIDE, ExtentIndex, PAYLOAD_COMPRESSED, REGION_BYTES, Region, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
 import type { ExtentVisit } from './extent-index.js';
 
@@ -87,6 +87,33 @@ class RecordTable {
     return this.type.length * 42;
   }
 
+  /** Removes the first `count` records (a fold); the arrays shrink when mostly empty. */
+  dropFirst(count: number): void {
+    assert(count >= 0 && count <= this.count, 'drop what the table holds');
+    const rest = this.count - count;
+    const capacity = Math.max(1024, 2 ** Math.ceil(Math.log2(Math.max(1, rest) * 1.25)));
+    const moved = <T extends Uint8Array | Uint32Array | Float64Array>(array: T): T => {
+      if (capacity < array.length) {
+        const next = new (array.constructor as new (length: number) => T)(capacity);
+        next.set(array.subarray(count, this.count));
+        return next;
+      }
+      array.copyWithin(0, count, this.count);
+      return array;
+    };
+    this.type = moved(this.type);
+    this.flags = moved(this.flags);
+    this.offset = moved(this.offset);
+    this.length = moved(this.length);
+    this.time = moved(this.time);
+    this.segment = moved(this.segment);
+    this.payloadPosition = moved(this.payloadPosition);
+    this.payloadBytes = moved(this.payloadBytes);
+    this.payloadSkip = moved(this.payloadSkip);
+    this.logical = moved(this.logical);
+    this.count = rest;
+  }
+
   private grow(): void {
     const size = this.type.length * 2;
     const grown = <T extends Uint8Array | Uint32Array | Float64Array>(array: T): T => {
@@ -111,8 +138,8 @@ class RegionHistory {
   seqs = new Float64Array(4);
   count = 0;
   /** snapshots[k] holds the extents after the first snapshotAt[k] postings. */
-  readonly snapshotAt: number[] = [0];
-  readonly snapshots: Uint32Array[] = [new Uint32Array(0)];
+  snapshotAt: number[] = [0];
+  snapshots: Uint32Array[] = [new Uint32Array(0)];
   /** History.warm has completed the snapshots of the first `warmAt` postings. */
   warmAt = 0;
 
@@ -136,6 +163,33 @@ class RegionHistory {
       else high = middle;
     }
     return low;
+  }
+
+  /**
+   * Folds the first `n` postings into `base` (the region's extents after them): they and
+   * the snapshots among them go; later snapshots stay. Returns the snapshot bytes freed.
+   */
+  fold(n: number, base: Uint32Array): number {
+    const rest = this.count - n;
+    const seqs = new Float64Array(Math.max(4, 2 ** Math.ceil(Math.log2(Math.max(1, rest)))));
+    seqs.set(this.seqs.subarray(n, this.count));
+    this.seqs = seqs;
+    this.count = rest;
+    let freed = -base.byteLength;
+    const at: number[] = [0];
+    const kept: Uint32Array[] = [base];
+    for (let k = 0; k < this.snapshotAt.length; k += 1) {
+      if (this.snapshotAt[k] > n) {
+        at.push(this.snapshotAt[k] - n);
+        kept.push(this.snapshots[k]);
+      } else {
+        freed += this.snapshots[k].byteLength;
+      }
+    }
+    this.snapshotAt = at;
+    this.snapshots = kept;
+    this.warmAt = Math.max(0, this.warmAt - n);
+    return freed;
   }
 
   /** The last snapshot taken after at most `postings` postings. */
@@ -171,8 +225,15 @@ export class History {
   private snapshotBytes = 0;
   /** Regions before this one (in `touched`) are warm. */
   private warmCursor = 0;
-  /** The seq of the first record kept. */
-  readonly seqFirst = 1;
+  /** The seq of the first record in the table: the records before it are folded (fold). */
+  private first = 1;
+  /**
+   * Segments wholly before `seqFirst`: their WRITE records the base snapshots still name
+   * (the rest of their data no kept point can show), and the payload bytes of the others
+   * compaction has not dropped yet.
+   */
+  private readonly folded = new Map<number, FoldedSegment>();
+  private foldedBytes = 0;
   /** Runs of seqs whose points retention removed (inclusive, ascending, disjoint). */
   private expiredRuns: Array<[number, number]> = [];
   /** Bumped whenever the expired runs change (replication sends them when they do). */
@@ -192,8 +253,12 @@ export class History {
     this.regions = new Array(Math.ceil(sizeBytes / REGION_BYTES));
   }
 
+  get seqFirst(): number {
+    return this.first;
+  }
+
   get seqLast(): number {
-    return this.seqFirst + this.table.count - 1;
+    return this.first + this.table.count - 1;
   }
 
   get recordCount(): number {
@@ -201,14 +266,14 @@ export class History {
   }
 
   get memoryBytes(): number {
-    return this.table.memoryBytes + this.postingCount * 8 + this.snapshotBytes;
+    return this.table.memoryBytes + this.postingCount * 8 + this.snapshotBytes + this.foldedBytes;
   }
 
   /** Adds the next record (seqs must follow each other). */
   append(entry: HistoryEntry): void {
     assert(entry.seq === this.seqLast + 1, 'history records arrive in seq order without gaps');
     if (entry.type === RecordType.REVERT) {
-      assert(entry.offsetBytes >= 0 && entry.offsetBytes < entry.seq, 'a revert goes back to an earlier seq');
+      assert(entry.offsetBytes >= this.first - 1 && entry.offsetBytes < entry.seq, 'a revert goes back to an earlier seq the history holds');
     } else if (changesContent(entry.type)) {
       const stored = entry.logicalBytes ?? entry.payloadBytes;
       assert(entry.offsetBytes + entry.lengthBytes <= this.sizeBytes && entry.payloadSkip + stored <= Math.max(entry.lengthBytes, stored), 'a change lies within the volume');
@@ -242,11 +307,12 @@ export class History {
   }
 
   timeOf(seq: number): number {
-    return this.table.time[seq - this.seqFirst];
+    assert(seq >= this.first && seq <= this.seqLast, 'seq within history');
+    return this.table.time[seq - this.first];
   }
 
   typeOf(seq: number): number {
-    return this.table.type[seq - this.seqFirst];
+    return this.table.type[seq - this.first];
   }
 
   /**
@@ -273,11 +339,18 @@ export class History {
     return { seqFirst: this.seqFirst + first, entries };
   }
 
-  /** The first record that changed content, or 0 if none did. */
+  /**
+   * The first record that changed content, or 0 if none did; `seqFirst - 1` when records
+   * before the table (folded) did.
+   */
   firstChangeSeq(): number {
+    if (this.first > 1 && this.foldedChanges) return this.first - 1;
     for (let seq = this.seqFirst; seq <= this.seqLast; seq += 1) if (changesContent(this.typeOf(seq))) return seq;
     return 0;
   }
+
+  /** Whether the folded records (before seqFirst) changed content (the base is not empty). */
+  private foldedChanges = false;
 
   /** The last content change at or before `seq` (0 if none). */
   lastChangeAtOrBefore(seq: number): number {
@@ -325,8 +398,7 @@ export class History {
       buckets.push({ fromUs: start, toUs: Math.min(start + stepUs, toUs), writes: 0, bytesWritten: 0, zeroes: 0, bytesZeroed: 0, flushes: 0, reverts: 0 });
     }
     const t = this.table;
-    for (let i = this.lastSeqAtOrBefore(fromUs - 1) + 1 - this.seqFirst; i < t.count && t.time[i] < toUs; i += 1) {
-      if (i < 0) continue;
+    for (let i = Math.max(0, this.lastSeqAtOrBefore(fromUs - 1) + 1 - this.seqFirst); i < t.count && t.time[i] < toUs; i += 1) {
       const bucket = buckets[Math.min(buckets.length - 1, Math.floor((t.time[i] - fromUs) / stepUs))];
       if (isClientWrite(t.type[i], t.flags[i])) {
         // Client writes, whatever they cost to store (zeroes, unchanged bytes).
@@ -403,6 +475,138 @@ export class History {
     return first[1] + 1 <= this.seqLast ? first[1] + 1 : 0;
   }
 
+  /**
+   * Folds the records before `seqNew` — the first of a journal segment, at or before the
+   * oldest kept point — into a base: each region's extents after them become its first
+   * snapshot, and their postings, snapshots and table entries go. Memory then holds the
+   * records of kept history only, plus per folded segment the WRITE records the base still
+   * shows (`foldedSegment`). Points before `seqNew` can no longer be built (they are expired).
+   */
+  fold(seqNew: number): void {
+    // (Up to seqLast + 1: a start folds before it appends the first record of a segment.)
+    assert(seqNew > this.first && seqNew <= this.seqLast + 1, 'a fold stays within the history');
+    const k = seqNew - this.first;
+    const t = this.table;
+    assert(k === t.count || t.segment[k] !== t.segment[k - 1], 'a fold ends at a segment boundary');
+    // A rollback after the fold replays its target: that must not be folded.
+    this.revertSeqs.forEach((revertSeq, i) => assert(revertSeq < seqNew || this.revertTargets[i] >= seqNew, 'no kept rollback goes back into folded records'));
+    // The base of every region with postings before seqNew: its extents after them.
+    let foldedChanges = this.foldedChanges;
+    for (const regionIndex of this.touched) {
+      const history = this.regions[regionIndex]!;
+      const n = history.postingsUpTo(seqNew - 1);
+      if (n === 0) continue;
+      const base = this.regionAt(regionIndex, seqNew - 1)?.used.slice() ?? new Uint32Array(0);
+      this.snapshotBytes -= history.fold(n, base);
+      this.postingCount -= n;
+      foldedChanges = true;
+    }
+    // What the bases show, by journal position.
+    const shown = new Set<number>();
+    for (const regionIndex of this.touched) {
+      const base = this.regions[regionIndex]!.snapshots[0];
+      for (let at = 0; at < base.length; at += EXTENT_STRIDE) {
+        const segment = base[at + 2];
+        if (segment === SEGMENT_ZERO || segment === SEGMENT_ZERO_ALLOCATED || segment === SEGMENT_DROPPED) continue;
+        shown.add(segment * 2 ** 32 + base[at + 3]);
+      }
+    }
+    // Segments folded earlier: records the new bases no longer show become droppable.
+    for (const [segment, folded] of this.folded) this.folded.set(segment, keepShown(folded, segment, shown));
+    // The records folded now, segment by segment.
+    let i = 0;
+    while (i < k) {
+      const segment = t.segment[i];
+      let end = i;
+      while (end < k && t.segment[end] === segment) end += 1;
+      const positions: number[] = [];
+      const seqs: number[] = [];
+      const spans: number[] = [];
+      let droppableBytes = 0;
+      for (let j = i; j < end; j += 1) {
+        if (t.type[j] === RecordType.THINNED) this.thinnedRecords -= 1;
+        if (t.type[j] !== RecordType.WRITE) continue;
+        const span = recordSpan(t.payloadBytes[j]) - RECORD_HEADER_BYTES;
+        if (shown.has(segment * 2 ** 32 + t.payloadPosition[j])) {
+          positions.push(t.payloadPosition[j]);
+          seqs.push(this.first + j);
+          spans.push(span);
+        } else {
+          droppableBytes += span;
+        }
+      }
+      assert(!this.folded.has(segment), 'a segment is folded once');
+      this.folded.set(segment, {
+        seqFirst: this.first + i, seqLast: this.first + end - 1, droppableBytes,
+        positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
+      });
+      i = end;
+    }
+    this.foldedBytes = 0;
+    for (const folded of this.folded.values()) this.foldedBytes += 64 + folded.positions.length * 16;
+    t.dropFirst(k);
+    this.first = seqNew;
+    this.foldedChanges = foldedChanges;
+    // Rollbacks folded are part of the bases now.
+    while (this.revertSeqs.length > 0 && this.revertSeqs[0] < seqNew) {
+      this.revertSeqs.shift();
+      this.revertTargets.shift();
+    }
+  }
+
+  /**
+   * The highest seq a fold may go up to (exclusive) so that no rollback at or after it goes
+   * back before it: `limit` lowered below the target of any such rollback.
+   */
+  foldLimit(limit: number): number {
+    let at = limit;
+    for (let changed = true; changed;) {
+      changed = false;
+      this.revertSeqs.forEach((revertSeq, i) => {
+        if (revertSeq >= at && this.revertTargets[i] < at) {
+          at = this.revertTargets[i];
+          changed = true;
+        }
+      });
+    }
+    return at;
+  }
+
+  /** The segments the table holds, each with the seq of its first record, in order. */
+  segmentStarts(): Array<{ segment: number; seqFirst: number }> {
+    const t = this.table;
+    const starts = [];
+    for (let i = 0; i < t.count;) {
+      const segment = t.segment[i];
+      starts.push({ segment, seqFirst: this.first + i });
+      let low = i;
+      let high = t.count;
+      while (low < high) {
+        const middle = (low + high) >>> 1;
+        if (t.segment[middle] <= segment) low = middle + 1;
+        else high = middle;
+      }
+      i = low;
+    }
+    return starts;
+  }
+
+  /** The folded segment holding `seq` (before seqFirst), or undefined. */
+  foldedSegmentOf(seq: number): number | undefined {
+    for (const [segment, folded] of this.folded) if (seq >= folded.seqFirst && seq <= folded.seqLast) return segment;
+    return undefined;
+  }
+
+  /** A folded segment (wholly before seqFirst), or undefined. */
+  foldedSegment(segment: number): Readonly<FoldedSegment> | undefined {
+    return this.folded.get(segment);
+  }
+
+  /** The folded segments, oldest first. */
+  foldedSegments(): number[] {
+    return [...this.folded.keys()].sort((a, b) => a - b);
+  }
+
   /** The record whose payload is at (segment, payloadPosition) (0 if none): seqs follow journal order. */
   seqOfPayload(segment: number, payloadPosition: number): number {
     const t = this.table;
@@ -413,13 +617,17 @@ export class History {
       if (t.segment[middle] < segment || (t.segment[middle] === segment && t.payloadPosition[middle] < payloadPosition)) low = middle + 1;
       else high = middle;
     }
-    return low < t.count && t.segment[low] === segment && t.payloadPosition[low] === payloadPosition ? this.seqFirst + low : 0;
+    if (low < t.count && t.segment[low] === segment && t.payloadPosition[low] === payloadPosition) return this.seqFirst + low;
+    const folded = this.folded.get(segment);
+    if (!folded) return 0;
+    const at = binarySearch(folded.positions, payloadPosition);
+    return at === -1 ? 0 : folded.seqs[at];
   }
 
   /** Journal bytes of the records stamped at or after `timeUs` (the recent growth rate). */
   journalBytesSince(timeUs: number): number {
     let bytes = 0;
-    for (let i = this.lastSeqAtOrBefore(timeUs - 1) + 1 - this.seqFirst; i < this.table.count; i += 1) bytes += recordSpan(this.table.payloadBytes[i]);
+    for (let i = Math.max(0, this.lastSeqAtOrBefore(timeUs - 1) + 1 - this.seqFirst); i < this.table.count; i += 1) bytes += recordSpan(this.table.payloadBytes[i]);
     return bytes;
   }
 
@@ -445,10 +653,12 @@ export class History {
     const history = this.regions[regionIndex];
     if (!history) return;
     // From `fromSeq` (a kept point: its state is exact, built from the snapshots) or the start.
-    const region = fromSeq > 0 ? this.regionAt(regionIndex, fromSeq) ?? new Region() : new Region();
-    const firstPosting = fromSeq > 0 ? history.postingsUpTo(fromSeq) : 0;
-    let previous = fromSeq;
-    let changed = false;
+    // (Before seqFirst: the base, the state after the folded records.)
+    const start = Math.max(fromSeq, this.first - 1);
+    const region = this.regionAt(regionIndex, start) ?? new Region();
+    const firstPosting = history.postingsUpTo(start);
+    let previous = start;
+    let changed = region.count > 0;
     /** Is a point of `kept` in [from, to)? (binary search: regions x kept points stays cheap) */
     const keptWithin = (from: number, to: number) => {
       let low = 0;
@@ -464,7 +674,8 @@ export class History {
       const entries = region.entries;
       for (let i = 0; i < region.count; i += 1) {
         const segment = entries[i * EXTENT_STRIDE + 2];
-        if (segment === SEGMENT_ZERO || segment === SEGMENT_ZERO_ALLOCATED || segment === SEGMENT_DROPPED) continue;
+        // A folded record's data stays while a base shows it (fold): not the caller's question.
+        if (segment === SEGMENT_ZERO || segment === SEGMENT_ZERO_ALLOCATED || segment === SEGMENT_DROPPED || this.folded.has(segment)) continue;
         const seq = this.seqOfPayload(segment, entries[i * EXTENT_STRIDE + 3]);
         assert(seq !== 0, 'a data extent names a record of the history');
         visible(seq);
@@ -498,7 +709,24 @@ export class History {
     const oldPositions: number[] = [];
     const newPositions: number[] = [];
     const newFields: number[] = [];
-    for (let j = 0; j < moved.length; j += 1) {
+    const folded = this.folded.get(segment);
+    if (folded) {
+      // Only the records a base shows can be named by an extent; the others are all thinned.
+      assert(seqFirst === folded.seqFirst && moved.length === folded.seqLast - folded.seqFirst + 1, 'a folded segment is compacted whole');
+      const positions = new Uint32Array(folded.positions.length);
+      const spans = new Uint32Array(folded.positions.length);
+      for (let j = 0; j < folded.positions.length; j += 1) {
+        const now = moved[folded.seqs[j] - seqFirst];
+        assert(!thinned.has(folded.seqs[j]), 'a record a base shows is not thinned');
+        oldPositions.push(folded.positions[j]);
+        newPositions.push(now.payloadPosition);
+        newFields.push(now.payloadBytes + (now.compressed ? PAYLOAD_COMPRESSED : 0));
+        positions[j] = now.payloadPosition;
+        spans[j] = recordSpan(now.payloadBytes) - RECORD_HEADER_BYTES;
+      }
+      this.folded.set(segment, { ...folded, positions, spans, droppableBytes: 0 });
+    }
+    for (let j = 0; j < (folded ? 0 : moved.length); j += 1) {
       const i = seqFirst + j - this.seqFirst;
       const now = moved[j];
       assert(t.segment[i] === segment, 'relocated records belong to the segment');
@@ -540,7 +768,7 @@ export class History {
       const region = live.region(regionIndex);
       if (region) relocate(region.entries, region.count, true);
     }
-    this.thinnedRecords += thinned.size;
+    if (!folded) this.thinnedRecords += thinned.size;
     this.generation += 1;
   }
 
@@ -549,8 +777,8 @@ export class History {
     const history = this.regions[regionIndex];
     if (!history) return undefined;
     const postings = history.postingsUpTo(seq);
-    if (postings === 0) return undefined;
-    this.buildSnapshots(regionIndex, history, postings);
+    // (No postings yet: the base, which is empty unless records were folded.)
+    if (postings > 0) this.buildSnapshots(regionIndex, history, postings);
     const k = history.snapshotBefore(postings);
     const region = Region.from(history.snapshots[k]);
     for (let i = history.snapshotAt[k]; i < postings; i += 1) {
@@ -730,7 +958,7 @@ export class PointIndex {
   }
 }
 
-function binarySearch(sorted: readonly number[], value: number): number {
+function binarySearch(sorted: ArrayLike<number>, value: number): number {
   let low = 0;
   let high = sorted.length;
   while (low < high) {
@@ -739,4 +967,32 @@ function binarySearch(sorted: readonly number[], value: number): number {
     else high = middle;
   }
   return low < sorted.length && sorted[low] === value ? low : -1;
+}
+
+/** A segment wholly folded (History.fold): what its records still mean to the history. */
+export interface FoldedSegment {
+  seqFirst: number;
+  seqLast: number;
+  /** The WRITE records a region's base shows (payload position ascending): never dropped. */
+  positions: Uint32Array;
+  seqs: Float64Array;
+  /** The bytes dropping each would free (its record less the THINNED header that stays). */
+  spans: Uint32Array;
+  /** The same for the other WRITE records, together: compaction may drop them. */
+  droppableBytes: number;
+}
+
+/** A folded segment's list without the records no base shows any more (their bytes droppable now). */
+function keepShown(folded: FoldedSegment, segment: number, shown: ReadonlySet<number>): FoldedSegment {
+  const keep: number[] = [];
+  let droppableBytes = folded.droppableBytes;
+  for (let j = 0; j < folded.positions.length; j += 1) {
+    if (shown.has(segment * 2 ** 32 + folded.positions[j])) keep.push(j);
+    else droppableBytes += folded.spans[j];
+  }
+  if (keep.length === folded.positions.length) return folded;
+  return {
+    seqFirst: folded.seqFirst, seqLast: folded.seqLast, droppableBytes,
+    positions: Uint32Array.from(keep, (j) => folded.positions[j]), seqs: Float64Array.from(keep, (j) => folded.seqs[j]), spans: Uint32Array.from(keep, (j) => folded.spans[j]),
+  };
 }

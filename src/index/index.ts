@@ -3,5 +3,5 @@ export type { ExtentVisit } from './extent-index.js';
 export { encodeCheckpoint, decodeCheckpoint } from './checkpoint.js';
 export type { CheckpointInfo, CheckpointLoad, CheckpointPosition } from './checkpoint.js';
 export { History, PointIndex, changesContent } from './history.js';
-export type { HistoryEntry, TimelineBucket } from './history.js';
+export type { FoldedSegment, HistoryEntry, TimelineBucket } from './history.js';
 export { Region, lookupRegions } from './extent-index.js';

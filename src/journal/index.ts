@@ -4,7 +4,7 @@ export { RecordType, RecordFlag, RECORD_HEADER_BYTES, crcSeedFor, decodeRecordHe
 export type { RecordHeader, RecordTypeValue } from './record.js';
 export { nodeFileLayer } from './file-layer.js';
 export type { FileLayer, StorageFile } from './file-layer.js';
-export { scanJournal, scanJournalAsync, scanHeaders, scrubJournal, listSegments, segmentPath } from './scanner.js';
+export { scanJournal, scanJournalAsync, scanHeaders, scrubJournal, listSegments, segmentPath, segmentRecordsOnDisk } from './scanner.js';
 export type { JournalPosition, ScannedRecord, BadRecord } from './scanner.js';
 export { SEGMENT_HEADER_BYTES } from './segment.js';
 export { encodeToc, readToc, tocPath } from './toc.js';

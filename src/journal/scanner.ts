@@ -411,6 +411,37 @@ export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'ex
   return { seqLast: expectedSeq - 1, recordsFromTocs, segmentsCovered };
 }
 
+/**
+ * The records `seqFirst`..`seqLast` of one sealed segment (a folded one: the history keeps
+ * no table of them), from its table of contents where that fits, else from its headers.
+ * Anything else than exactly those records is JOURNAL_CORRUPT.
+ */
+export function segmentRecordsOnDisk(options: Pick<ScanOptions, 'files' | 'directory' | 'crcSeed'>, segmentIndex: number, seqFirst: number, seqLast: number, toc: Toc | null): ScannedRecord[] {
+  const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
+  try {
+    const size = file.sizeBytes();
+    const window = new HeaderWindow(file, size);
+    const records: ScannedRecord[] = [];
+    let position = SEGMENT_HEADER_BYTES;
+    let expectedSeq = seqFirst;
+    if (toc && tocFits(toc, window, seqFirst, size, new Set([seqLast + 1]), options.crcSeed)) {
+      records.push(...toc.records);
+      expectedSeq += toc.records.length;
+      position = toc.endPosition;
+    }
+    while (expectedSeq <= seqLast) {
+      const checked = position < size ? checkHeader(window, position, expectedSeq, options.crcSeed) : { ok: false as const, reason: 'segment ends' };
+      if (!checked.ok) throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path} is corrupt at offset ${position} (${checked.reason}; seq ${expectedSeq} of ${seqFirst}..${seqLast} expected there)`);
+      records.push({ header: checked.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(checked.header.payloadBytes), logicalBytes: checked.logicalBytes });
+      expectedSeq += 1;
+      position += recordSpan(checked.header.payloadBytes);
+    }
+    return records;
+  } finally {
+    file.close();
+  }
+}
+
 /** A segment's seqFirst from its header, or null if the header cannot be read or is foreign. */
 function segmentSeqFirst(options: Pick<ScanOptions, 'files' | 'directory' | 'volumeId'>, segmentIndex: number): number | null {
   const file = options.files.open(segmentPath(options.directory, segmentIndex), false);

@@ -248,7 +248,7 @@ export class ReplicationReceiver {
         const candidates = prepared.failbackCandidates;
         await channel.send(jsonFrame(FrameType.WELCOME, {
           protocol: PROTOCOL_VERSION, seqLast: 0, seqDurable: 0, fingerprint: null,
-          candidates: candidates.map((seq) => ({ seq, fingerprint: seq > 0 ? fingerprint(device.history.entry(seq)) : null })),
+          candidates: candidates.map((seq) => ({ seq, fingerprint: seq > 0 ? fingerprint(device.entryAt(seq)) : null })),
         }));
         const chosen = parseJson(await channel.expect(FrameType.STATE, HANDSHAKE_TIMEOUT_MS * 3));
         const common = chosen.commonSeq;
@@ -317,7 +317,7 @@ export class ReplicationReceiver {
     const held = device.lastSeq;
     if (!welcomed) {
       await channel.send(jsonFrame(FrameType.WELCOME, {
-        protocol: PROTOCOL_VERSION, seqLast: held, seqDurable: device.durableSeq, fingerprint: held > 0 ? fingerprint(device.history.entry(held)) : null,
+        protocol: PROTOCOL_VERSION, seqLast: held, seqDurable: device.durableSeq, fingerprint: held > 0 ? fingerprint(device.entryAt(held)) : null,
         image: volumes.replicationView(volume).replica?.image ?? null,
       }));
     }

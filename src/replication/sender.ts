@@ -148,11 +148,14 @@ export class ReplicationLink {
       seqSource = device.lastSeq;
       const behind = seqSource - this.seqAcknowledged;
       if (behind > 0) {
-        const first = device.history.entry(this.seqAcknowledged + 1);
+        const first = device.entryAt(this.seqAcknowledged + 1);
+        // Bytes: those of up to 100k records the history holds, scaled to all (records
+        // folded out of memory are not read back from disk for an estimate).
         let bytes = 0;
-        const counted = Math.min(behind, 100_000);
-        for (let seq = this.seqAcknowledged + 1; seq <= this.seqAcknowledged + counted; seq += 1) bytes += recordSpan(device.history.entry(seq).payloadBytes);
-        lag = { records: behind, bytes: Math.round(bytes * (behind / counted)), seconds: Math.max(0, (Date.now() * 1000 - first.timeUs) / 1e6), oldestUnsent: formatTimeUs(first.timeUs) };
+        const from = Math.max(this.seqAcknowledged + 1, device.history.seqFirst);
+        const counted = Math.min(seqSource - from + 1, 100_000);
+        for (let seq = from; seq < from + counted; seq += 1) bytes += recordSpan(device.history.entry(seq).payloadBytes);
+        lag = { records: behind, bytes: Math.round(bytes * (behind / Math.max(1, counted))), seconds: Math.max(0, (Date.now() * 1000 - first.timeUs) / 1e6), oldestUnsent: formatTimeUs(first.timeUs) };
       }
     } catch {
       // the volume is gone or failed: shown by the state and last error
@@ -251,7 +254,7 @@ export class ReplicationLink {
       // A failback offer: the highest seq whose record both sites hold is where they part.
       const offered = welcome.candidates as Array<{ seq?: unknown; fingerprint?: unknown }>;
       const common = offered.find((candidate) => Number.isSafeInteger(candidate.seq) && (candidate.seq as number) <= device.lastSeq
-        && ((candidate.seq as number) === 0 || fingerprint(device.history.entry(candidate.seq as number)) === candidate.fingerprint));
+        && ((candidate.seq as number) === 0 || fingerprint(device.entryAt(candidate.seq as number)) === candidate.fingerprint));
       if (!common) throw new HindsightError('REPLICATION_REFUSED', 'failback: the receiver offered no seq whose record this volume holds too');
       seqHeld = common.seq as number;
       await channel.send(jsonFrame(FrameType.STATE, { commonSeq: seqHeld }));
@@ -260,7 +263,7 @@ export class ReplicationLink {
     if (seqHeld > device.lastSeq) {
       throw new HindsightError('REPLICATION_REFUSED', `the receiver holds seq ${seqHeld}, beyond this volume's last (${device.lastSeq}): the two have diverged`);
     }
-    if (!Array.isArray(welcome.candidates) && seqHeld > 0 && fingerprint(device.history.entry(seqHeld)) !== welcome.fingerprint) {
+    if (!Array.isArray(welcome.candidates) && seqHeld > 0 && fingerprint(device.entryAt(seqHeld)) !== welcome.fingerprint) {
       throw new HindsightError('REPLICATION_REFUSED', `the receiver's record at seq ${seqHeld} is not this volume's: the two have diverged`);
     }
     this.seqReceived = seqHeld;

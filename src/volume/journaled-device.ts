@@ -13,10 +13,10 @@ import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, changesContent, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
-import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, tocPath } from '../journal/index.js';
-import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, ScannedRecord } from '../journal/index.js';
+import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, segmentRecordsOnDisk, tocPath } from '../journal/index.js';
+import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, RecoveryStart, ScannedRecord } from '../journal/index.js';
 import { compactSegment } from '../journal/compaction.js';
-import { RetentionState, compactionGeneration } from './retention-state.js';
+import { RetentionState, compactionGeneration, foldPlan } from './retention-state.js';
 
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
 /** Errors that came from a base device's read. */
@@ -119,6 +119,8 @@ export class JournaledDevice implements BlockDevice {
   private checkpointSeq = 0;
   /** Sealed segments whose table of contents lists every record. */
   private readonly tocComplete = new Set<number>();
+  /** The records of the folded segment read back last (segmentEntries). */
+  private foldedRecords: { segment: number; seqFirst: number; entries: HistoryEntry[] } | null = null;
   /** Scrub, fsck and compaction read or rewrite whole segments: one at a time. */
   private maintenance: Promise<unknown> = Promise.resolve();
   /** Which points retention removed, and what it reclaimed (retention.json). */
@@ -142,7 +144,7 @@ export class JournaledDevice implements BlockDevice {
     let index = new ExtentIndex(options.sizeBytes);
     let checkpoint: OpenReport['checkpoint'] = 'absent';
     assert(options.segmentBytesMax <= 2 ** 32 - 1, 'journal positions fit the index (u32)');
-    let start = null;
+    let start: RecoveryStart | null = null;
     let timeFirstUs = 0;
     let clientBytesWritten = 0;
     if (bytes) {
@@ -162,14 +164,22 @@ export class JournaledDevice implements BlockDevice {
       }
     }
     const journalOptions = { directory: path.join(options.directory, 'journal'), files: options.files, volumeId: options.volumeId, segmentBytesMax: options.segmentBytesMax, nowUs: options.nowUs };
+    // The history, folded as it loads up to where retention last folded it (History.fold),
+    // so a start needs the memory of the kept history only.
+    const plan = foldPlan(options.files, options.directory);
+    let history = new History(options.sizeBytes);
+    let loading = loadingHistory(history, plan);
     // Replayed records also join the history, after the part behind the checkpoint (read
-    // once recovery has made the journal consistent).
+    // once recovery has made the journal consistent); without a checkpoint, at once.
     const tail: HistoryEntry[] = [];
+    let reverted = false;
     const apply = (record: ScannedRecord) => {
       if (timeFirstUs === 0) timeFirstUs = record.header.timeUs;
       if (isClientWrite(record.header.type, record.header.flags)) clientBytesWritten += record.header.lengthBytes;
       applyRecord(index, record, options.sizeBytes);
-      tail.push(historyEntry(record));
+      if (record.header.type === RecordType.REVERT) reverted = true;
+      if (start === null) loading(historyEntry(record));
+      else tail.push(historyEntry(record));
     };
     let opened;
     try {
@@ -182,24 +192,28 @@ export class JournaledDevice implements BlockDevice {
       timeFirstUs = 0;
       clientBytesWritten = 0;
       tail.length = 0;
+      reverted = false;
+      history = new History(options.sizeBytes);
+      loading = loadingHistory(history, plan);
       checkpoint = `ignored (${(err as Error).message}); index rebuilt from the journal`;
-      opened = Journal.open(journalOptions, null, apply, start.seqLast);
+      const durable = start.seqLast;
+      start = null;
+      opened = Journal.open(journalOptions, null, apply, durable);
     }
     const replayedFrom = checkpoint === 'loaded' && start ? start.from : null;
-    const history = new History(options.sizeBytes);
     let historyFromTocs = 0;
     let tocComplete: number[] = [];
     if (replayedFrom) {
       const scanned = scanHeaders({ directory: journalOptions.directory, files: options.files, volumeId: options.volumeId, crcSeed: crcSeedFor(options.volumeId) }, replayedFrom,
-        (record) => history.append(historyEntry(record)), (segmentIndex) => readToc(options.files, journalOptions.directory, options.volumeId, segmentIndex));
+        (record) => loading(historyEntry(record)), (segmentIndex) => readToc(options.files, journalOptions.directory, options.volumeId, segmentIndex));
       historyFromTocs = scanned.recordsFromTocs;
       tocComplete = scanned.segmentsCovered;
     }
-    for (const entry of tail) history.append(entry);
+    for (const entry of tail) loading(entry);
     // Points retention removed: refused from the first request on (their data may be gone).
     const retention = RetentionState.load(options.files, options.directory, history, options.replica ?? false);
     // A rollback among the replayed records: the live index is what the history says now.
-    if (tail.some((entry) => entry.type === RecordType.REVERT)) index = history.indexAt(history.seqLast);
+    if (reverted) index = history.indexAt(history.seqLast);
     const device = new JournaledDevice(options, opened.journal, index, history, timeFirstUs, { ...opened.report, checkpoint, historyFromTocs }, replayedFrom);
     device.clientBytesWritten = clientBytesWritten;
     device.retention = retention;
@@ -472,12 +486,12 @@ export class JournaledDevice implements BlockDevice {
   async recordsFrom(seqFirst: number, seqMax: number, bytesMax: number): Promise<Buffer[]> {
     if (this.corruption) throw this.corruption;
     assert(seqFirst >= 1 && seqFirst <= seqMax && seqMax <= this.history.seqLast, 'records asked for exist');
-    const first = this.history.entry(seqFirst);
+    const first = this.entryAt(seqFirst);
     const start = first.payloadPosition - payloadOffset(first.payloadBytes);
     const pieces: Array<{ at: number; bytes: number }> = [];
     let end = start;
     for (let seq = seqFirst; seq <= seqMax; seq += 1) {
-      const entry = seq === seqFirst ? first : this.history.entry(seq);
+      const entry = seq === seqFirst ? first : this.entryAt(seq);
       if (entry.segment !== first.segment) break;
       const at = entry.payloadPosition - payloadOffset(entry.payloadBytes);
       if (at !== end || (pieces.length > 0 && at + recordSpan(entry.payloadBytes) - start > bytesMax)) break;
@@ -505,6 +519,9 @@ export class JournaledDevice implements BlockDevice {
     const { header: h } = peek;
     if (changesContent(h.type) && h.type !== RecordType.REVERT && h.offsetBytes + h.lengthBytes > this.sizeBytes) {
       throw new HindsightError('RECORD_INVALID', `a received journal record (seq ${h.seq}) lies beyond the volume's ${this.sizeBytes} bytes`);
+    }
+    if (h.type === RecordType.REVERT && h.offsetBytes < this.history.seqFirst - 1) {
+      throw new HindsightError('RECORD_INVALID', `a received rollback (seq ${h.seq}) goes back to seq ${h.offsetBytes}, before the history this replica keeps (seq ${this.history.seqFirst})`);
     }
     const appended = this.journal.appendRecord(raw);
     const { header } = appended;
@@ -688,7 +705,7 @@ export class JournaledDevice implements BlockDevice {
     const directory = path.join(this.options.directory, 'journal');
     for (const segmentIndex of listSegments(this.options.files, directory)) {
       if (segmentIndex > activeIndex || this.tocComplete.has(segmentIndex)) continue;
-      const records = this.history.segmentRecords(segmentIndex);
+      const records = this.segmentEntries(segmentIndex);
       if (!records) continue;
       const entries = records.entries.filter((entry) => entry.seq <= seqLast).map((entry) => ({
         type: entry.type, flags: entry.flags, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, timeUs: entry.timeUs,
@@ -747,6 +764,71 @@ export class JournaledDevice implements BlockDevice {
   }
 
   /**
+   * A segment's records in seq order: from the history, or for a folded segment (History.fold)
+   * read back from its table of contents or headers on disk (the last one is kept).
+   */
+  segmentEntries(segmentIndex: number): { seqFirst: number; entries: HistoryEntry[] } | null {
+    const inTable = this.history.segmentRecords(segmentIndex);
+    if (inTable) return inTable;
+    const folded = this.history.foldedSegment(segmentIndex);
+    if (!folded) return null;
+    if (this.foldedRecords?.segment !== segmentIndex) {
+      const directory = path.join(this.options.directory, 'journal');
+      let records;
+      try {
+        records = segmentRecordsOnDisk({ files: this.options.files, directory, crcSeed: crcSeedFor(this.options.volumeId) }, segmentIndex, folded.seqFirst, folded.seqLast,
+          readToc(this.options.files, directory, this.options.volumeId, segmentIndex));
+      } catch (err) {
+        if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
+        throw err;
+      }
+      this.foldedRecords = { segment: segmentIndex, seqFirst: folded.seqFirst, entries: records.map(historyEntry) };
+    }
+    return { seqFirst: this.foldedRecords.seqFirst, entries: this.foldedRecords.entries };
+  }
+
+  /** One record as the history knows it, also one folded away (read back from disk). */
+  entryAt(seq: number): HistoryEntry {
+    if (seq >= this.history.seqFirst) return this.history.entry(seq);
+    const segment = this.history.foldedSegmentOf(seq);
+    assert(segment !== undefined, 'a folded seq lies in a folded segment');
+    const records = this.segmentEntries(segment)!;
+    return records.entries[seq - records.seqFirst];
+  }
+
+  /**
+   * Folds the history before the oldest kept point into a base (History.fold), at a segment
+   * boundary, never past `floor` nor back behind a later rollback's target; recorded in
+   * retention.json so the next start folds as it loads. Returns the records folded.
+   */
+  foldHistory(floor = Infinity): Promise<number> {
+    return this.exclusive(async () => {
+      if (this.closed || this.corruption) return 0;
+      const history = this.history;
+      const starts = history.segmentStarts().map((start) => start.seqFirst).filter((seq) => seq > history.seqFirst);
+      const boundaryAtOrBefore = (seq: number) => {
+        let found = 0;
+        for (const first of starts) if (first <= seq) found = first;
+        return found;
+      };
+      let at = boundaryAtOrBefore(Math.min(history.oldestKept(), floor));
+      for (let limited = history.foldLimit(at); at > 0 && limited !== at; limited = history.foldLimit(at)) at = boundaryAtOrBefore(limited);
+      if (at <= history.seqFirst) return 0;
+      const before = history.seqFirst;
+      history.revertSeqs.forEach((revertSeq, i) => {
+        if (revertSeq < at) this.retention.foldedReverts.push([revertSeq, history.revertTargets[i]]);
+      });
+      history.fold(at);
+      // The reclaim analysis' verdicts are per seq - seqFirst: the next run starts afresh.
+      this.retention.verdicts = null;
+      this.retention.lastAnalysis = null;
+      this.retention.foldedBefore = at;
+      await this.retention.save();
+      return at - before;
+    });
+  }
+
+  /**
    * Removes the points of `runs` (ascending seq runs): refused from this instant on, then
    * recorded durably in retention.json. Only durable seqs: a crash must not give an expired
    * seq to a new write.
@@ -764,13 +846,22 @@ export class JournaledDevice implements BlockDevice {
    * survives (compaction.ts). Returns the bytes before and after, or null if the volume
    * closed meanwhile.
    */
-  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>, cancelled: () => boolean = () => false): Promise<{ bytesBefore: number; bytesAfter: number; recordsCompressed: number } | null> {
+  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>, cancelled: () => boolean = () => false, options: { thinUnshown?: boolean } = {}): Promise<{ bytesBefore: number; bytesAfter: number; recordsCompressed: number; recordsThinned: number } | null> {
     return this.exclusive(async () => {
       if (this.closed) return null;
       if (this.corruption) throw this.corruption;
       assert(segmentIndex < this.journal.endPosition.segmentIndex, 'only sealed segments are compacted');
-      const records = this.history.segmentRecords(segmentIndex);
+      const records = this.segmentEntries(segmentIndex);
       assert(records !== null, 'a compacted segment has records');
+      const folded = this.history.foldedSegment(segmentIndex);
+      assert(thinned.size === 0 || !folded, 'a folded segment loses what no base shows, nothing else');
+      if (folded && options.thinUnshown) {
+        // Folded: every WRITE record no base shows goes (their points are long expired).
+        const shown = new Set(folded.positions);
+        const all = new Set<number>();
+        for (const entry of records.entries) if (entry.type === RecordType.WRITE && !shown.has(entry.payloadPosition)) all.add(entry.seq);
+        thinned = all;
+      }
       for (const seq of thinned) assert(this.history.expiredRunOf(seq) !== null, 'only records of expired points are thinned');
       const journalDirectory = path.join(this.options.directory, 'journal');
       let result;
@@ -806,11 +897,12 @@ export class JournaledDevice implements BlockDevice {
         // Same turn: nothing reads between the rename and the moved positions.
         this.journal.installCompacted(segmentIndex, compacted.temporaryPath, compacted.bytesBefore - compacted.bytesAfter);
         this.history.relocateSegment(segmentIndex, records.seqFirst, compacted.moved, thinned, this.index);
+        if (this.foldedRecords?.segment === segmentIndex) this.foldedRecords = null;
         await this.options.files.syncDirectory(journalDirectory);
         this.retention.noteCompacted(segmentIndex, thinned.size, compacted.recordsCompressed, compacted.bytesBefore - compacted.bytesAfter, this.reduce);
         await this.retention.save();
         await this.checkpointOnce();
-        return { bytesBefore: compacted.bytesBefore, bytesAfter: compacted.bytesAfter, recordsCompressed: compacted.recordsCompressed };
+        return { bytesBefore: compacted.bytesBefore, bytesAfter: compacted.bytesAfter, recordsCompressed: compacted.recordsCompressed, recordsThinned: thinned.size };
       });
       this.checkpointChain = install.then(() => undefined, () => undefined);
       return install;
@@ -866,6 +958,24 @@ function isAllZero(data: Buffer): boolean {
 }
 
 /** A replayed record as the history keeps it. */
+/**
+ * Appends loaded records to `history`, folding it (History.fold) at each segment boundary up
+ * to `plan.foldBefore` where no rollback still to come goes back before that boundary (the
+ * folded rollbacks are known beforehand; later ones never go back before the fold).
+ */
+function loadingHistory(history: History, plan: { foldBefore: number; reverts: Array<[number, number]> }): (entry: HistoryEntry) => void {
+  let segment = -1;
+  return (entry) => {
+    if (entry.segment !== segment) {
+      const at = entry.seq;
+      const safe = segment !== -1 && at <= plan.foldBefore && at > history.seqFirst && plan.reverts.every(([revertSeq, target]) => revertSeq < at || target >= at);
+      if (safe && history.foldLimit(at) === at) history.fold(at);
+      segment = entry.segment;
+    }
+    history.append(entry);
+  };
+}
+
 function historyEntry(record: ScannedRecord): HistoryEntry {
   const { header } = record;
   return {

@@ -42,6 +42,8 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
     }
     case 'time': {
       let last = history.lastSeqAtOrBefore(spec.timeUs);
+      // Before the records kept (folded away: History.fold): long expired.
+      if (last === 0 && history.seqFirst > 1) throw expired(volume, asked, history, [1, history.seqFirst - 1]);
       // Thinned out: the kept point before (the volume as it was at the end of that minute,
       // hour or day the policy keeps) — still at or before the time asked.
       const run = last === 0 ? null : history.expiredRunOf(last);
@@ -79,6 +81,8 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
  */
 function sameContentKept(history: History, seq: number): number {
   const change = history.lastChangeAtOrBefore(seq);
+  // The last change was folded away (History.fold): `seq` shows what it left, if kept.
+  if (change === 0 && history.seqFirst > 1) return history.expiredRunOf(seq) === null ? seq : 0;
   return change !== 0 && history.expiredRunOf(change) !== null && history.expiredRunOf(seq) === null ? seq : change;
 }
 

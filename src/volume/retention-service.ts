@@ -45,6 +45,8 @@ export interface RetentionRun {
   recordsThinned: number;
   recordsCompressed: number;
   bytesReclaimed: number;
+  /** Records folded out of memory (History.fold). */
+  recordsFolded: number;
   journalBytes: number;
   durationMs: number;
 }
@@ -143,8 +145,10 @@ export class RetentionService {
       if (more.bytesReclaimed === 0) break;
     }
     if (pointsForced > 0) await device.retention.save();
+    // The records before the oldest kept point leave memory (History.fold).
+    const recordsFolded = this.stopped ? 0 : await device.foldHistory();
     const run: RetentionRun = {
-      volume: name, at: new Date().toISOString(), pointsExpired, pointsForced, ...reclaimed,
+      volume: name, at: new Date().toISOString(), pointsExpired, pointsForced, ...reclaimed, recordsFolded,
       journalBytes: device.stats().bytes, durationMs: Math.round(performance.now() - started),
     };
     device.retention.lastRun = run;

@@ -36,6 +36,13 @@ interface RetentionFile {
   /** Compactions begun: an index checkpoint made in an earlier generation names old positions. */
   compactions?: number;
   recordsCompressed?: number;
+  /**
+   * The history is folded up to here (History.fold): a start folds the records before it as
+   * it loads them. With the rollbacks among them (seq, target), which a start must know
+   * before it meets them.
+   */
+  foldedBefore?: number;
+  foldedReverts?: Array<[number, number]>;
 }
 
 export class RetentionState {
@@ -45,6 +52,9 @@ export class RetentionState {
   compactions = 0;
   lastForced: ForcedExpiry | null = null;
   readonly compressedSegments = new Set<number>();
+  /** The history's fold (History.fold) and the rollbacks it folded: see RetentionFile. */
+  foldedBefore = 1;
+  foldedReverts: Array<[number, number]> = [];
   /** What the last reclaim analysis saw (not persisted): it is not repeated for nothing. */
   lastAnalysis: { expired: number; sealed: number; atMs: number } | null = null;
   /**
@@ -110,6 +120,8 @@ export class RetentionState {
     state.recordsCompressed = Number(parsed.recordsCompressed) || 0;
     state.compactions = Number(parsed.compactions) || 0;
     for (const segment of parsed.compressedSegments ?? []) if (Number.isSafeInteger(segment)) state.compressedSegments.add(segment);
+    state.foldedBefore = history.seqFirst;
+    state.foldedReverts = foldedRevertsOf(parsed);
     return state;
   }
 
@@ -147,6 +159,8 @@ export class RetentionState {
       compressedSegments: [...this.compressedSegments].sort((a, b) => a - b),
       recordsCompressed: this.recordsCompressed,
       compactions: this.compactions,
+      foldedBefore: this.foldedBefore,
+      foldedReverts: this.foldedReverts,
     };
     await this.files.writeFileAtomic(this.file, Buffer.from(`${JSON.stringify(content)}\n`));
     this.savedVersion = version;
@@ -167,5 +181,29 @@ export function compactionGeneration(files: FileLayer, directory: string): numbe
     return bytes ? Number((JSON.parse(bytes.toString('utf8')) as RetentionFile).compactions) || 0 : 0;
   } catch {
     return 0;
+  }
+}
+
+function foldedRevertsOf(parsed: RetentionFile): Array<[number, number]> {
+  const reverts = Array.isArray(parsed.foldedReverts) ? parsed.foldedReverts : [];
+  return reverts.filter((pair) => Array.isArray(pair) && Number.isSafeInteger(pair[0]) && Number.isSafeInteger(pair[1]) && pair[1] < pair[0]);
+}
+
+/**
+ * How far a start may fold the history as it loads it (History.fold), read before the
+ * history exists: the fold retention.json records, never past its oldest kept point; and
+ * the folded rollbacks. Nothing (1) when absent or unreadable (the full load says why).
+ */
+export function foldPlan(files: FileLayer, directory: string): { foldBefore: number; reverts: Array<[number, number]> } {
+  try {
+    const bytes = files.readFile(path.join(directory, RETENTION_FILE));
+    if (!bytes) return { foldBefore: 1, reverts: [] };
+    const parsed = JSON.parse(bytes.toString('utf8')) as RetentionFile;
+    const first = Array.isArray(parsed.expired) ? parsed.expired[0] : undefined;
+    const oldestKept = Array.isArray(first) && first[0] === 1 && Number.isSafeInteger(first[1]) ? first[1] + 1 : 1;
+    const folded = Number.isSafeInteger(parsed.foldedBefore) ? (parsed.foldedBefore as number) : 1;
+    return { foldBefore: Math.max(1, Math.min(folded, oldestKept)), reverts: foldedRevertsOf(parsed) };
+  } catch {
+    return { foldBefore: 1, reverts: [] };
   }
 }

@@ -27,6 +27,8 @@ export interface RetentionReport {
   /** WRITE payloads compressed (compaction compresses a sealed segment once, with reduction on). */
   recordsCompressed: number;
   bytesReclaimed: number;
+  /** Records folded into the history's base (History.fold): their memory freed. */
+  recordsFolded: number;
   /** The oldest point kept after the run (0: none). */
   oldestKeptSeq: number;
   durationMs: number;
@@ -53,7 +55,8 @@ export async function applyRetention(device: JournaledDevice, policy: RetentionP
   const started = performance.now();
   const pointsExpired = await expireByPolicy(device, policy, options);
   const reclaimed = await reclaimSpace(device, options);
-  return { pointsExpired, ...reclaimed, oldestKeptSeq: device.history.oldestKept(), durationMs: Math.round(performance.now() - started) };
+  const recordsFolded = await device.foldHistory();
+  return { pointsExpired, ...reclaimed, recordsFolded, oldestKeptSeq: device.history.oldestKept(), durationMs: Math.round(performance.now() - started) };
 }
 
 /**
@@ -129,7 +132,7 @@ async function reclaimableIf(device: JournaledDevice, going: ReadonlySet<number>
  * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
  * enough can go. Clients keep being served; one segment at a time.
  */
-export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number; thin?: boolean }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs'>> {
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number; thin?: boolean }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs' | 'recordsFolded'>> {
   const history = device.history;
   // A quiet volume may take days to fill its 1 GiB segment: past SEAL_AFTER, what it holds
   // is sealed so it can be compressed and thinned too.
@@ -175,7 +178,24 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     const result = await device.compactSegment(segment.segmentIndex, thinned, cancelled);
     if (!result) break; // the volume is closing
     report.segmentsCompacted += 1;
-    report.recordsThinned += thinned.size;
+    report.recordsThinned += result.recordsThinned;
+    report.recordsCompressed += result.recordsCompressed;
+    report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
+  }
+  // Folded segments (History.fold): what no base shows any more can go.
+  for (const segmentIndex of history.foldedSegments()) {
+    if (cancelled()) break;
+    const folded = history.foldedSegment(segmentIndex)!;
+    const compress = device.compresses && !device.retention.compressedSegments.has(segmentIndex);
+    let shown = 0;
+    for (const bytes of folded.spans) shown += bytes;
+    // (What is left of a folded segment is mostly small: rewriting it is cheap.)
+    const thin = (options.thin ?? true) && folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8));
+    if (!thin && !compress) continue;
+    const result = await device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin });
+    if (!result) break;
+    report.segmentsCompacted += 1;
+    report.recordsThinned += result.recordsThinned;
     report.recordsCompressed += result.recordsCompressed;
     report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
   }

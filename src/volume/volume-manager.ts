@@ -352,10 +352,11 @@ export class VolumeManager {
     if (maxSizeBytes !== null && journalBytes > maxSizeBytes) {
       warnings.push(`the journal (${formatSize(journalBytes)}) exceeds --max-size ${formatSize(maxSizeBytes)}: bookmarks, mounts or the "all" window hold it; older points go ahead of the policy at each run`);
     }
-    // The history's memory grows with every write kept (issue 5 will bound it): say so early.
+    // The history's memory grows with the writes retention keeps (History.fold frees what is
+    // older than the oldest kept point): say so early.
     const historyBytes = device?.stats().historyBytes ?? 0;
     if (historyBytes > HISTORY_BYTES_WARN) {
-      warnings.push(`the history of this volume holds ${formatSize(historyBytes)} of memory and grows with every write (about 70 bytes each); shorter retention tiers do not shrink it yet — plan memory, or delete and re-create old volumes`);
+      warnings.push(`the history of this volume holds ${formatSize(historyBytes)} of memory: about 70 bytes for each write since the oldest point kept — a shorter retention policy (or fewer bookmarks on old points) frees it`);
     }
     const lastForced = state?.lastForced ?? null;
     if (lastForced && Date.parse(lastForced.at) > Date.now() - 86_400_000) {
@@ -498,7 +499,7 @@ export class VolumeManager {
       // Where the shared history ends: segment and position after record `commonSeq`.
       let cut: { segment: number; end: number } | null = null;
       if (commonSeq > 0) {
-        const entry = device.history.entry(commonSeq);
+        const entry = device.entryAt(commonSeq);
         cut = { segment: entry.segment, end: entry.payloadPosition - payloadOffset(entry.payloadBytes) + recordSpan(entry.payloadBytes) };
       }
       if (commonSeq === seqLast) {
@@ -778,6 +779,9 @@ export class VolumeManager {
       return { record, device: null, error: new HindsightError('VOLUME_CORRUPT', `mount "${name}": its volume "${record.volume}" is not online (${source.error?.message ?? 'failed'})`) };
     }
     const history = source.device.history;
+    if (record.seq < history.seqFirst) {
+      return { record, device: null, error: new HindsightError('POINT_EXPIRED', `mount "${name}": its point (seq ${record.seq} at ${formatTimeUs(record.timeUs)}) is older than the history kept for "${record.volume}"; unmount it`) };
+    }
     if (record.seq > history.seqLast || history.timeOf(record.seq) !== record.timeUs) {
       const now = record.seq > history.seqLast ? `the journal ends at seq ${history.seqLast}` : `seq ${record.seq} is now a record of ${formatTimeUs(history.timeOf(record.seq))}`;
       return { record, device: null, error: new HindsightError('POINT_NOT_FOUND', `mount "${name}": its point (seq ${record.seq} at ${formatTimeUs(record.timeUs)}) is not in the history of "${record.volume}" any more (${now}); unmount it`) };

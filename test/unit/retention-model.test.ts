@@ -67,7 +67,7 @@ async function checkPoint(device: JournaledDevice, oracle: PitOracle, seq: numbe
   assert.deepEqual(extents, expectedExtents(expected, 0, SIZE), `${label}: block status of kept point seq ${seq}`);
 }
 
-async function run(seed: number): Promise<{ thinned: number; compressed: number; reclaimed: number; expired: number; kept: number }> {
+async function run(seed: number): Promise<{ thinned: number; compressed: number; reclaimed: number; expired: number; kept: number; folded: number }> {
   const dir = makeTempDir(`retention-${seed}`);
   const rng = new Random(seed);
   const clock = { us: T0 };
@@ -78,6 +78,7 @@ async function run(seed: number): Promise<{ thinned: number; compressed: number;
   let thinned = 0;
   let compressed = 0;
   let reclaimed = 0;
+  let folded = 0;
   try {
     for (let round = 0; round < 14; round += 1) {
       // About 40 minutes of activity per round, in bursts.
@@ -127,6 +128,7 @@ async function run(seed: number): Promise<{ thinned: number; compressed: number;
       thinned += report.recordsThinned;
       compressed += report.recordsCompressed;
       reclaimed += report.bytesReclaimed;
+      folded += report.recordsFolded;
       assert.equal(before - device.stats().bytes, report.bytesReclaimed, `${label}: the journal shrank by what the run reclaimed`);
       await checkRound(device, oracle, pins, clock.us, rng, `${label} round ${round}`);
       if (rng.int(3) === 0) {
@@ -140,7 +142,7 @@ async function run(seed: number): Promise<{ thinned: number; compressed: number;
     const fsck = await device.fsck(false);
     assert.deepEqual(fsck.problems, [], `${label}: fsck after retention`);
     const expired = device.history.expired.reduce((sum, [a, b]) => sum + b - a + 1, 0);
-    return { thinned, compressed, reclaimed, expired, kept: oracle.seqLast - expired };
+    return { thinned, compressed, reclaimed, expired, kept: oracle.seqLast - expired, folded };
   } finally {
     await device.close().catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
@@ -208,7 +210,7 @@ function lastKeptAtOrBefore(history: JournaledDevice['history'], seq: number): n
 const [SEED_FIRST, SEED_COUNT] = (process.env.HINDSIGHT_RETENTION_SEEDS ?? '11:3').split(':').map(Number);
 
 test('retention keeps exactly the points of its policy, byte for byte, and reclaims the rest', { timeout: 90_000 * SEED_COUNT }, async () => {
-  const totals = { thinned: 0, compressed: 0, reclaimed: 0, expired: 0, kept: 0 };
+  const totals = { thinned: 0, compressed: 0, reclaimed: 0, expired: 0, kept: 0, folded: 0 };
   for (let seed = SEED_FIRST; seed < SEED_FIRST + SEED_COUNT; seed += 1) {
     const result = await run(seed).catch((err: unknown) => {
       console.log(`# replay: HINDSIGHT_RETENTION_SEEDS=${seed}:1`);
@@ -218,5 +220,7 @@ test('retention keeps exactly the points of its policy, byte for byte, and recla
   }
   // The test must have exercised what it claims: points expired, payloads reclaimed.
   assert.ok(totals.expired > 1000 && totals.thinned > 200 && totals.compressed > 100 && totals.reclaimed > 4 * MiB, `retention did real work: ${JSON.stringify(totals)}`);
+  // And folded history out of memory (History.fold), checked by every later round and reopen.
+  assert.ok(totals.folded > 500 * SEED_COUNT / 3, `history was folded: ${JSON.stringify(totals)}`);
   console.log(`# retention model: ${JSON.stringify(totals)}`);
 });

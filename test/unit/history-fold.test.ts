@@ -1,0 +1,182 @@
+/**
+ * Folding history (History.fold): a volume written for many simulated hours under a short
+ * retention policy keeps its history memory and its journal bounded — the records before
+ * the oldest kept point leave memory, and the data no kept point can show leaves the disk
+ * (folded segments compacted) — while every kept point stays byte-exact, every older point
+ * is refused, a rollback's target is never folded while the rollback is not, restarts fold
+ * as they load, and folded records can still be read back (replication).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { isHindsightError, parseRetention } from '../../src/core/index.js';
+import { nodeFileLayer } from '../../src/journal/index.js';
+import { JournaledDevice } from '../../src/volume/journaled-device.js';
+import type { JournaledDeviceOptions } from '../../src/volume/journaled-device.js';
+import { PointView } from '../../src/volume/point-view.js';
+import { resolvePoint } from '../../src/volume/points.js';
+import type { BookmarkStore } from '../../src/volume/bookmarks.js';
+import { applyRetention } from '../../src/volume/retention.js';
+import { makeTempDir } from '../helpers/daemon.js';
+import { PitOracle, expectedExtents, firstDifference } from '../helpers/pit-oracle.js';
+import { Random } from '../helpers/random.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SIZE = 4 * MiB;
+const VOLUME_ID = Buffer.from('f01df01df01df01d0123456789abcdef', 'hex');
+const T0 = 1_700_000_000_000_000;
+const MINUTE = 60e6;
+const POLICY = parseRetention('all:5m');
+const NO_BOOKMARKS = { get: () => assert.fail('no bookmarks here') } as unknown as BookmarkStore;
+
+function options(directory: string, clock: { us: number }): JournaledDeviceOptions {
+  return {
+    name: 'fold', directory, sizeBytes: SIZE, volumeId: VOLUME_ID, files: nodeFileLayer,
+    readOnly: false, syncEveryWrite: false, segmentBytesMax: 256 * KiB, checkpointEveryBytes: 512 * KiB,
+    idleCheckpointMs: 0, nowUs: () => clock.us,
+  };
+}
+
+async function checkPoint(device: JournaledDevice, oracle: PitOracle, seq: number, label: string): Promise<void> {
+  const view = new PointView(`p${seq}`, device, seq);
+  const got = Buffer.alloc(SIZE);
+  await view.read(0, got);
+  const expected = oracle.imageAt(seq);
+  const difference = firstDifference(got, expected.data);
+  if (difference !== -1) assert.fail(`${label}: kept point seq ${seq} differs at offset ${difference}`);
+  const extents = (await view.blockStatus(0, SIZE, 1_000_000)).map((e) => ({ lengthBytes: e.lengthBytes, hole: e.hole, zero: e.zero }));
+  assert.deepEqual(extents, expectedExtents(expected, 0, SIZE), `${label}: block status of kept point seq ${seq}`);
+  view.close();
+}
+
+async function checkKept(device: JournaledDevice, oracle: PitOracle, rng: Random, label: string): Promise<void> {
+  const history = device.history;
+  const oldest = history.oldestKept();
+  const kept = [oldest, history.seqLast];
+  for (let i = 0; i < 4; i += 1) {
+    const seq = oldest + rng.int(history.seqLast - oldest + 1);
+    if (history.expiredRunOf(seq) === null) kept.push(seq);
+  }
+  for (const seq of kept) await checkPoint(device, oracle, seq, label);
+  const live = Buffer.alloc(SIZE);
+  await device.read(0, live);
+  assert.equal(firstDifference(live, oracle.liveImage().data), -1, `${label}: live volume`);
+  // Everything before the history kept is refused, by seq and by time.
+  if (history.seqFirst > 1) {
+    for (const seq of [1, history.seqFirst - 1]) {
+      assert.throws(() => resolvePoint('fold', history, NO_BOOKMARKS, `seq:${seq}`), (err) => isHindsightError(err, 'POINT_EXPIRED'), `${label}: seq ${seq} is refused`);
+      assert.throws(() => new PointView('x', device, seq), (err) => isHindsightError(err, 'POINT_EXPIRED') || isHindsightError(err, 'POINT_NOT_FOUND'), `${label}: no view of seq ${seq}`);
+    }
+    const early = new Date((oracle.timeOf(1) + 1000) / 1000).toISOString();
+    assert.throws(() => resolvePoint('fold', history, NO_BOOKMARKS, early), (err) => isHindsightError(err, 'POINT_EXPIRED'), `${label}: ${early} is refused`);
+    assert.equal(resolvePoint('fold', history, NO_BOOKMARKS, 'latest').seq <= history.seqLast, true);
+  }
+}
+
+test('folding keeps history memory and the journal bounded under a short policy; kept points stay exact', { timeout: 240_000 }, async () => {
+  const dir = makeTempDir('hindsight-fold-');
+  const rng = new Random(4242);
+  const clock = { us: T0 };
+  let device = JournaledDevice.open(options(dir, clock));
+  const oracle = new PitOracle(SIZE);
+  const pins = new Set<number>();
+  const memory: number[] = [];
+  const journal: number[] = [];
+  const recordsAt: number[] = [];
+  let folded = 0;
+  let rollback: { seq: number; target: number } | null = null;
+  let rollbackFolded = false;
+  try {
+    // The whole volume written first: later writes only replace live data, so what the
+    // journal must keep stays the same size.
+    for (let at = 0; at < SIZE; at += 256 * KiB) {
+      const data = rng.bytes(256 * KiB, true);
+      await device.write(at, data, { fua: false });
+      oracle.write(at, data, clock.us);
+    }
+    for (let round = 0; round < 36; round += 1) {
+      // Ten minutes: 250 writes, mostly over a hot 512 KiB, some anywhere; a few zeroes.
+      for (let i = 0; i < 250; i += 1) {
+        clock.us += rng.int(4_800_000);
+        const hot = rng.int(8) !== 0;
+        const lengthBytes = 512 * (1 + rng.int(16));
+        const offsetBytes = 512 * rng.int(((hot ? 512 * KiB : SIZE) - lengthBytes) / 512);
+        if (rng.int(20) === 0) {
+          await device.writeZeroes(offsetBytes, lengthBytes, { fua: false, mayTrim: false, fastOnly: false });
+          oracle.zero(offsetBytes, lengthBytes, true, clock.us);
+        } else {
+          const data = rng.bytes(lengthBytes, rng.int(3) === 0);
+          await device.write(offsetBytes, data, { fua: false });
+          oracle.write(offsetBytes, data, clock.us);
+        }
+      }
+      if (round === 14) {
+        // A rollback to the oldest kept point: its target expires before the rollback does.
+        const target = device.history.oldestKept() + 1;
+        const reverted = await device.rollback(target);
+        oracle.revert(target, clock.us);
+        rollback = { seq: reverted.seq, target };
+      }
+      if (round === 3) pins.add(device.history.seqLast); // a bookmark, deleted at round 8
+      if (round === 8) pins.clear();
+      await device.flush();
+      oracle.flush(clock.us);
+      const report = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 2 });
+      folded += report.recordsFolded;
+      const history = device.history;
+      if (rollback && history.seqFirst > rollback.seq) rollbackFolded = true;
+      // While the rollback is in history, its target is too (a replay needs it).
+      if (rollback && history.seqFirst <= rollback.seq) assert.ok(history.seqFirst <= rollback.target + 1, `round ${round}: seqFirst ${history.seqFirst} past the target ${rollback.target} of a kept rollback`);
+      await checkKept(device, oracle, rng, `round ${round}`);
+      memory.push(history.memoryBytes);
+      recordsAt.push(oracle.seqLast);
+      journal.push(device.stats().bytes);
+      if (round % 9 === 8) {
+        // A restart folds as it loads: the same history kept, no more memory.
+        const before = { seqFirst: history.seqFirst, memory: history.memoryBytes };
+        await device.close();
+        if (round % 18 === 8) fs.rmSync(path.join(dir, 'index.ckpt'), { force: true });
+        device = JournaledDevice.open(options(dir, clock));
+        assert.equal(device.history.seqFirst, before.seqFirst, `round ${round}: a restart folds as far as before`);
+        assert.equal(device.history.seqLast, oracle.seqLast, `round ${round}: every record is there`);
+        assert.ok(device.history.memoryBytes <= before.memory * 1.5 + 64 * KiB, `round ${round}: a restart needs no more history memory (${before.memory} -> ${device.history.memoryBytes})`);
+        await checkKept(device, oracle, rng, `round ${round} reopened`);
+      }
+    }
+    const history = device.history;
+    assert.ok(folded > oracle.seqLast * 0.8, `most records were folded (${folded} of ${oracle.seqLast})`);
+    assert.ok(rollback && rollbackFolded, 'the rollback was folded in the end');
+    // Bounded: the last rounds hold no more than the rounds after the bookmark went.
+    const settled = Math.max(...memory.slice(12, 18));
+    const late = Math.max(...memory.slice(-6));
+    assert.ok(late <= settled * 1.5, `history memory stays bounded (${settled} then ${late} bytes; ${memory.join(' ')})`);
+    // The journal: folded data no point shows is dropped (without that it would grow by
+    // about 1 MiB a round). It still grows by the 64-byte THINNED header every write leaves
+    // (seqs stay gap-free in a segment), and as more records are kept whole for the part of
+    // them the volume still shows.
+    const settledJournal = Math.max(...journal.slice(12, 18));
+    const lateJournal = Math.max(...journal.slice(-6));
+    const headers = 64 * (oracle.seqLast - recordsAt[17]);
+    assert.ok(lateJournal <= settledJournal * 1.6 + headers, `the journal stays bounded: folded data no point shows is dropped (${settledJournal} then ${lateJournal} bytes, ${headers} of them headers)`);
+    let droppable = 0;
+    let shown = 0;
+    for (const segment of history.foldedSegments()) {
+      const folded = history.foldedSegment(segment)!;
+      droppable += folded.droppableBytes;
+      for (const bytes of folded.spans) shown += bytes;
+    }
+    assert.ok(droppable <= (droppable + shown) / 4, `folded segments are compacted: ${droppable} bytes droppable, ${shown} shown`);
+    // Folded records can still be read back whole (a replica's first sync from seq 1).
+    assert.equal(device.entryAt(1).seq, 1);
+    const records = await device.recordsFrom(1, history.seqFirst - 1, MiB);
+    assert.ok(records.length > 0, 'records of a folded segment are read back');
+    const fsck = await device.fsck(false);
+    assert.deepEqual(fsck.problems, [], 'fsck after folding');
+    console.log(`# fold: ${folded} of ${oracle.seqLast} records folded; history memory ${memory.map((b) => Math.round(b / KiB)).join(' ')} KiB; journal ${journal.map((b) => Math.round(b / KiB)).join(' ')} KiB`);
+  } finally {
+    await device.close().catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
