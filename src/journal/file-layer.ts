@@ -13,6 +13,8 @@ export interface StorageFile {
   sizeBytes(): number;
   /** Writes all of `buffers` at `position` (throws on error, e.g. ENOSPC). */
   writev(buffers: Buffer[], position: number): void;
+  /** The same in the thread pool: for large writes off the event loop (compaction). */
+  writevAsync(buffers: Buffer[], position: number): Promise<void>;
   /** Reads up to `length` bytes; returns how many were read (fewer only at end of file). */
   read(into: Buffer, intoOffset: number, length: number, position: number): number;
   /** The same in the thread pool: for large reads, so the event loop keeps serving. */
@@ -51,21 +53,22 @@ class NodeFile implements StorageFile {
     let at = position;
     try {
       while (remaining.length > 0) {
-        let written = fs.writevSync(this.fd, remaining, at);
+        const written = fs.writevSync(this.fd, remaining, at);
         at += written;
-        const rest: Buffer[] = [];
-        for (const buffer of remaining) {
-          if (written >= buffer.length) {
-            written -= buffer.length;
-          } else {
-            rest.push(buffer.subarray(written));
-            written = 0;
-          }
-        }
-        remaining = rest;
+        remaining = unwritten(remaining, written);
       }
     } catch (err) {
       throw fromSystemError(err, `writing ${this.path}`);
+    }
+  }
+
+  async writevAsync(buffers: Buffer[], position: number): Promise<void> {
+    let remaining = buffers.filter((buffer) => buffer.length > 0);
+    let at = position;
+    while (remaining.length > 0) {
+      const written = await new Promise<number>((resolve, reject) => fs.writev(this.fd, remaining, at, (err, bytes) => (err ? reject(fromSystemError(err, `writing ${this.path}`)) : resolve(bytes))));
+      at += written;
+      remaining = unwritten(remaining, written);
     }
   }
 
@@ -195,3 +198,18 @@ export const nodeFileLayer: FileLayer = {
     }
   },
 };
+
+/** What is left of `buffers` after a short write of `written` bytes. */
+function unwritten(buffers: Buffer[], written: number): Buffer[] {
+  const rest: Buffer[] = [];
+  let skip = written;
+  for (const buffer of buffers) {
+    if (skip >= buffer.length) {
+      skip -= buffer.length;
+    } else {
+      rest.push(buffer.subarray(skip));
+      skip = 0;
+    }
+  }
+  return rest;
+}

@@ -69,6 +69,10 @@ class CrashAt implements FileLayer {
         this.change(`write ${file}`);
         inner.writev(buffers, position);
       },
+      writevAsync: async (buffers, position) => {
+        this.change(`write ${file}`);
+        await inner.writevAsync(buffers, position);
+      },
       read: (into, intoOffset, length, position) => inner.read(into, intoOffset, length, position),
       readAsync: (into, intoOffset, length, position) => inner.readAsync(into, intoOffset, length, position),
       readv: (buffers, position) => inner.readv(buffers, position),

@@ -435,6 +435,10 @@ class FaultFile implements StorageFile {
     if (data.length > 0) this.inode.perform({ kind: 'write', position, data });
   }
 
+  async writevAsync(buffers: Buffer[], position: number): Promise<void> {
+    this.writev(buffers, position);
+  }
+
   read(into: Buffer, intoOffset: number, length: number, position: number): number {
     this.check('reading');
     return this.inode.current.read(into, intoOffset, length, position);

@@ -52,6 +52,7 @@ class Gate {
       path: file.path,
       sizeBytes: () => file.sizeBytes(),
       writev: (buffers, position) => file.writev(buffers, position),
+      writevAsync: (buffers, position) => file.writevAsync(buffers, position),
       read: (into, intoOffset, length, position) => file.read(into, intoOffset, length, position),
       readv: (buffers, position) => file.readv(buffers, position),
       readAsync: async (into, intoOffset, length, position) => {
