@@ -7,7 +7,10 @@
  * bytes with retention, what the same journal would be without it, points kept, and the time
  * retention took. Markdown to stderr, JSON to stdout.
  *
- *   node --import tsx bench/retention.ts [--days 7] [--writes-per-minute 20]
+ *   node --import tsx bench/retention.ts [--days 7] [--writes-per-minute 20] [--keep POLICY]
+ *
+ * Also reported: the memory the history holds (records before the oldest kept point are
+ * folded out of it: with a policy shorter than the run, it levels off).
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
@@ -28,6 +31,8 @@ function option(name: string, fallback: number): number {
 
 const days = option('days', 7);
 const perMinute = option('writes-per-minute', 20);
+const keepAt = process.argv.indexOf('--keep');
+const keep = keepAt === -1 ? DEFAULT_RETENTION : process.argv[keepAt + 1];
 const SIZE = 4096 * MiB;
 const tmpRoot = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/var/tmp', 'hindsight-retention-'));
 
@@ -50,7 +55,7 @@ async function main(): Promise<void> {
     name: 'week', directory: tmpRoot, sizeBytes: SIZE, volumeId: Buffer.from(randomUUID().replace(/-/g, ''), 'hex'), files: nodeFileLayer,
     readOnly: false, syncEveryWrite: false, segmentBytesMax: 64 * MiB, checkpointEveryBytes: 256 * MiB, idleCheckpointMs: 0, nowUs: () => clock.us,
   });
-  const policy = parseRetention(DEFAULT_RETENTION);
+  const policy = parseRetention(keep);
   let written = 0;
   let withoutRetention = 0;
   let retentionMs = 0;
@@ -100,16 +105,17 @@ async function main(): Promise<void> {
         day: minute / (24 * 60), writtenMiB: written / MiB, withoutRetentionMiB: withoutRetention / MiB, journalMiB: device.stats().bytes / MiB,
         records: history.seqLast, pointsKept: history.seqLast - expired, retentionSeconds: retentionMs / 1000,
         compressed: device.retention.recordsCompressed, thinned: device.retention.recordsThinned,
+        historyMiB: history.memoryBytes / MiB, recordsInMemory: history.seqLast - history.seqFirst + 1,
       });
       process.stderr.write(`day ${rows.length}: ${JSON.stringify(rows[rows.length - 1])}\n`);
     }
   }
   await device.close();
   fs.rmSync(tmpRoot, { recursive: true, force: true });
-  const table = ['| day | written | journal without retention | journal with retention | points kept | records compressed | records thinned | retention time (cumulative) |', '| --- | --- | --- | --- | --- | --- | --- | --- |',
-    ...rows.map((r) => `| ${r.day} | ${r.writtenMiB.toFixed(0)} MiB | ${r.withoutRetentionMiB.toFixed(0)} MiB | ${r.journalMiB.toFixed(0)} MiB (${(r.journalMiB / r.writtenMiB).toFixed(3)} of written) | ${r.pointsKept} of ${r.records} | ${r.compressed} | ${r.thinned} | ${r.retentionSeconds.toFixed(1)} s |`)];
+  const table = ['| day | written | journal without retention | journal with retention | points kept | records compressed | records thinned | history memory (records in it) | retention time (cumulative) |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...rows.map((r) => `| ${r.day} | ${r.writtenMiB.toFixed(0)} MiB | ${r.withoutRetentionMiB.toFixed(0)} MiB | ${r.journalMiB.toFixed(0)} MiB (${(r.journalMiB / r.writtenMiB).toFixed(3)} of written) | ${r.pointsKept} of ${r.records} | ${r.compressed} | ${r.thinned} | ${r.historyMiB.toFixed(1)} MiB (${r.recordsInMemory}) | ${r.retentionSeconds.toFixed(1)} s |`)];
   process.stderr.write(`${table.join('\n')}\n`);
-  process.stdout.write(`${JSON.stringify({ benchmark: 'retention', date: new Date().toISOString(), host: os.hostname(), days, perMinute, policy: DEFAULT_RETENTION, rows }, null, 2)}\n`);
+  process.stdout.write(`${JSON.stringify({ benchmark: 'retention', date: new Date().toISOString(), host: os.hostname(), days, perMinute, policy: keep, rows }, null, 2)}\n`);
 }
 
 main().catch((err: unknown) => {

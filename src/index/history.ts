@@ -233,6 +233,8 @@ export class History {
    * compaction has not dropped yet.
    */
   private readonly folded = new Map<number, FoldedSegment>();
+  /** The folded segments in seq order (journal order). */
+  private readonly foldedOrder: number[] = [];
   private foldedBytes = 0;
   /** Runs of seqs whose points retention removed (inclusive, ascending, disjoint). */
   private expiredRuns: Array<[number, number]> = [];
@@ -490,33 +492,41 @@ export class History {
     assert(k === t.count || t.segment[k] !== t.segment[k - 1], 'a fold ends at a segment boundary');
     // A rollback after the fold replays its target: that must not be folded.
     this.revertSeqs.forEach((revertSeq, i) => assert(revertSeq < seqNew || this.revertTargets[i] >= seqNew, 'no kept rollback goes back into folded records'));
-    // The base of every region with postings before seqNew: its extents after them.
-    let foldedChanges = this.foldedChanges;
+    // First everything is worked out, then the state changes (nothing below can throw
+    // half-way). The base of every region with postings before seqNew: its extents after them.
+    const bases: Array<{ history: RegionHistory; n: number; base: Uint32Array }> = [];
     for (const regionIndex of this.touched) {
       const history = this.regions[regionIndex]!;
       const n = history.postingsUpTo(seqNew - 1);
-      if (n === 0) continue;
-      const base = this.regionAt(regionIndex, seqNew - 1)?.used.slice() ?? new Uint32Array(0);
-      this.snapshotBytes -= history.fold(n, base);
-      this.postingCount -= n;
-      foldedChanges = true;
+      if (n > 0) bases.push({ history, n, base: this.regionAt(regionIndex, seqNew - 1)?.used.slice() ?? new Uint32Array(0) });
     }
-    // What the bases show, by journal position.
-    const shown = new Set<number>();
-    for (const regionIndex of this.touched) {
-      const base = this.regions[regionIndex]!.snapshots[0];
+    // What the bases show, by segment and payload position (a set per segment: one for the
+    // whole volume could pass what a Set holds).
+    const shown = new Map<number, Set<number>>();
+    const note = (base: Uint32Array) => {
       for (let at = 0; at < base.length; at += EXTENT_STRIDE) {
         const segment = base[at + 2];
         if (segment === SEGMENT_ZERO || segment === SEGMENT_ZERO_ALLOCATED || segment === SEGMENT_DROPPED) continue;
-        shown.add(segment * 2 ** 32 + base[at + 3]);
+        let positions = shown.get(segment);
+        if (!positions) shown.set(segment, (positions = new Set()));
+        positions.add(base[at + 3]);
       }
+    };
+    const rebased = new Set(bases.map((entry) => entry.history));
+    for (const entry of bases) note(entry.base);
+    for (const regionIndex of this.touched) {
+      const history = this.regions[regionIndex]!;
+      if (!rebased.has(history)) note(history.snapshots[0]);
     }
     // Segments folded earlier: records the new bases no longer show become droppable.
-    for (const [segment, folded] of this.folded) this.folded.set(segment, keepShown(folded, segment, shown));
+    const updated = new Map<number, FoldedSegment>();
+    for (const [segment, folded] of this.folded) updated.set(segment, keepShown(folded, shown.get(segment)));
     // The records folded now, segment by segment.
-    let i = 0;
-    while (i < k) {
+    let thinnedFolded = 0;
+    const added: number[] = [];
+    for (let i = 0; i < k;) {
       const segment = t.segment[i];
+      const showing = shown.get(segment);
       let end = i;
       while (end < k && t.segment[end] === segment) end += 1;
       const positions: number[] = [];
@@ -524,10 +534,10 @@ export class History {
       const spans: number[] = [];
       let droppableBytes = 0;
       for (let j = i; j < end; j += 1) {
-        if (t.type[j] === RecordType.THINNED) this.thinnedRecords -= 1;
+        if (t.type[j] === RecordType.THINNED) thinnedFolded += 1;
         if (t.type[j] !== RecordType.WRITE) continue;
         const span = recordSpan(t.payloadBytes[j]) - RECORD_HEADER_BYTES;
-        if (shown.has(segment * 2 ** 32 + t.payloadPosition[j])) {
+        if (showing?.has(t.payloadPosition[j])) {
           positions.push(t.payloadPosition[j]);
           seqs.push(this.first + j);
           spans.push(span);
@@ -535,18 +545,28 @@ export class History {
           droppableBytes += span;
         }
       }
-      assert(!this.folded.has(segment), 'a segment is folded once');
-      this.folded.set(segment, {
+      assert(!updated.has(segment), 'a segment is folded once');
+      updated.set(segment, {
         seqFirst: this.first + i, seqLast: this.first + end - 1, droppableBytes,
         positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
       });
+      added.push(segment);
       i = end;
     }
+    // Now the change.
+    for (const { history, n, base } of bases) {
+      this.snapshotBytes -= history.fold(n, base);
+      this.postingCount -= n;
+    }
+    if (bases.length > 0) this.foldedChanges = true;
+    this.folded.clear();
+    for (const [segment, folded] of updated) this.folded.set(segment, folded);
+    this.foldedOrder.push(...added);
+    this.thinnedRecords -= thinnedFolded;
     this.foldedBytes = 0;
     for (const folded of this.folded.values()) this.foldedBytes += 64 + folded.positions.length * 16;
     t.dropFirst(k);
     this.first = seqNew;
-    this.foldedChanges = foldedChanges;
     // Rollbacks folded are part of the bases now.
     while (this.revertSeqs.length > 0 && this.revertSeqs[0] < seqNew) {
       this.revertSeqs.shift();
@@ -593,8 +613,15 @@ export class History {
 
   /** The folded segment holding `seq` (before seqFirst), or undefined. */
   foldedSegmentOf(seq: number): number | undefined {
-    for (const [segment, folded] of this.folded) if (seq >= folded.seqFirst && seq <= folded.seqLast) return segment;
-    return undefined;
+    let low = 0;
+    let high = this.foldedOrder.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.folded.get(this.foldedOrder[middle])!.seqLast < seq) low = middle + 1;
+      else high = middle;
+    }
+    const segment = this.foldedOrder[low];
+    return segment !== undefined && this.folded.get(segment)!.seqFirst <= seq ? segment : undefined;
   }
 
   /** A folded segment (wholly before seqFirst), or undefined. */
@@ -603,8 +630,8 @@ export class History {
   }
 
   /** The folded segments, oldest first. */
-  foldedSegments(): number[] {
-    return [...this.folded.keys()].sort((a, b) => a - b);
+  foldedSegments(): readonly number[] {
+    return this.foldedOrder;
   }
 
   /** The record whose payload is at (segment, payloadPosition) (0 if none): seqs follow journal order. */
@@ -774,6 +801,8 @@ export class History {
 
   /** The extents of one region at `seq` (a fresh copy the caller owns), or undefined if empty. */
   regionAt(regionIndex: number, seq: number): Region | undefined {
+    // Before seqFirst - 1 (the bases) nothing can be built: those records are folded.
+    assert(seq >= this.first - 1, 'a region is built at a seq the history holds');
     const history = this.regions[regionIndex];
     if (!history) return undefined;
     const postings = history.postingsUpTo(seq);
@@ -924,14 +953,12 @@ export class History {
 export class PointIndex {
   /** This view's key prefix in the daemon-wide region cache (core/caches.ts). */
   private readonly owner = ownerPrefix('point');
-  private generation: number;
 
   /** `cache`: the daemon-wide one; tests pass a small one. */
   constructor(private readonly history: History, readonly seq: number, private readonly cache: ByteCache<{ region: { entries: Uint32Array } | undefined }> = regionCache) {
     if (seq < history.seqFirst || seq > history.seqLast) {
       throw new HindsightError('POINT_NOT_FOUND', `seq ${seq} is not in this volume's history (${history.seqFirst}..${history.seqLast})`);
     }
-    this.generation = history.generation;
   }
 
   lookup(offsetBytes: number, lengthBytes: number, visit: (piece: ExtentVisit) => void): void {
@@ -944,12 +971,13 @@ export class PointIndex {
   }
 
   private region(regionIndex: number): Region | undefined {
-    if (this.generation !== this.history.generation) {
-      // Journal positions moved (a segment was compacted): cached regions name old ones.
-      dropOwner(this.cache, this.owner);
-      this.generation = this.history.generation;
+    // Folded away under this view (History.fold): refused, never built from the wrong state.
+    if (this.seq < this.history.seqFirst) {
+      throw new HindsightError('POINT_EXPIRED', `seq ${this.seq} is no longer in this volume's history (it keeps seqs ${this.history.seqFirst}..${this.history.seqLast})`);
     }
-    const key = `${this.owner}${regionIndex}`;
+    // Keys name the history's generation: after a compaction moved journal positions, regions
+    // cached before are not found any more (and age out) — no walk of the whole cache.
+    const key = `${this.owner}${this.history.generation}:${regionIndex}`;
     const hit = this.cache.get(key);
     if (hit) return hit.region as Region | undefined;
     const region = this.history.regionAt(regionIndex, this.seq);
@@ -983,11 +1011,11 @@ export interface FoldedSegment {
 }
 
 /** A folded segment's list without the records no base shows any more (their bytes droppable now). */
-function keepShown(folded: FoldedSegment, segment: number, shown: ReadonlySet<number>): FoldedSegment {
+function keepShown(folded: FoldedSegment, shown: ReadonlySet<number> | undefined): FoldedSegment {
   const keep: number[] = [];
   let droppableBytes = folded.droppableBytes;
   for (let j = 0; j < folded.positions.length; j += 1) {
-    if (shown.has(segment * 2 ** 32 + folded.positions[j])) keep.push(j);
+    if (shown?.has(folded.positions[j])) keep.push(j);
     else droppableBytes += folded.spans[j];
   }
   if (keep.length === folded.positions.length) return folded;

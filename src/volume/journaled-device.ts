@@ -21,6 +21,8 @@ import { RetentionState, compactionGeneration, foldPlan } from './retention-stat
 const ASYNC_READ_BYTES_MIN = 64 * 1024;
 /** Errors that came from a base device's read. */
 const fromBase = new WeakSet<Error>();
+/** A fold (foldHistory) waits until it can drop at least this many records, or a quarter of the table. */
+const FOLD_RECORDS_MIN = 1 << 18;
 /** Regions with at least this many postings since their last snapshot get one at start-up. */
 const HOT_REGION_POSTINGS = 256;
 
@@ -166,7 +168,7 @@ export class JournaledDevice implements BlockDevice {
     const journalOptions = { directory: path.join(options.directory, 'journal'), files: options.files, volumeId: options.volumeId, segmentBytesMax: options.segmentBytesMax, nowUs: options.nowUs };
     // The history, folded as it loads up to where retention last folded it (History.fold),
     // so a start needs the memory of the kept history only.
-    const plan = foldPlan(options.files, options.directory);
+    const plan = foldPlanFor(options);
     let history = new History(options.sizeBytes);
     let loading = loadingHistory(history, plan);
     // Replayed records also join the history, after the part behind the checkpoint (read
@@ -210,6 +212,7 @@ export class JournaledDevice implements BlockDevice {
       tocComplete = scanned.segmentsCovered;
     }
     for (const entry of tail) loading(entry);
+    loading.finish();
     // Points retention removed: refused from the first request on (their data may be gone).
     const retention = RetentionState.load(options.files, options.directory, history, options.replica ?? false);
     // A rollback among the replayed records: the live index is what the history says now.
@@ -460,6 +463,7 @@ export class JournaledDevice implements BlockDevice {
     assert(!this.capabilities.readOnly, 'rollback reaches only writable volumes');
     if (this.corruption) throw this.corruption;
     assert(seq >= 0 && seq <= this.journal.lastSeq, 'rollback target within history');
+    if (seq < this.history.seqFirst - 1) throw new HindsightError('POINT_EXPIRED', `seq ${seq} of volume ${this.name} is older than the history kept (seq ${this.history.seqFirst} on)`);
     const record = this.append(RecordType.REVERT, 0, seq, 0, null);
     this.index = this.history.indexAt(record.seq);
     this.history.snapshotFromLive(this.liveRegion, 'all');
@@ -803,7 +807,9 @@ export class JournaledDevice implements BlockDevice {
    */
   foldHistory(floor = Infinity): Promise<number> {
     return this.exclusive(async () => {
-      if (this.closed || this.corruption) return 0;
+      // A replica does not fold: a rollback it has not received yet may go back before
+      // any seq its mirrored expiry would let it fold to.
+      if (this.closed || this.corruption || this.options.replica) return 0;
       const history = this.history;
       const starts = history.segmentStarts().map((start) => start.seqFirst).filter((seq) => seq > history.seqFirst);
       const boundaryAtOrBefore = (seq: number) => {
@@ -815,13 +821,18 @@ export class JournaledDevice implements BlockDevice {
       for (let limited = history.foldLimit(at); at > 0 && limited !== at; limited = history.foldLimit(at)) at = boundaryAtOrBefore(limited);
       if (at <= history.seqFirst) return 0;
       const before = history.seqFirst;
+      // Worth it once a quarter of the table (or a quarter million records) can go: a fold
+      // walks every region's base.
+      if (at - before < Math.min(FOLD_RECORDS_MIN, (history.seqLast - before + 1) / 4)) return 0;
+      const known = new Set(this.retention.foldedReverts.map(([revertSeq]) => revertSeq));
       history.revertSeqs.forEach((revertSeq, i) => {
-        if (revertSeq < at) this.retention.foldedReverts.push([revertSeq, history.revertTargets[i]]);
+        if (revertSeq < at && !known.has(revertSeq)) this.retention.foldedReverts.push([revertSeq, history.revertTargets[i]]);
       });
       history.fold(at);
-      // The reclaim analysis' verdicts are per seq - seqFirst: the next run starts afresh.
-      this.retention.verdicts = null;
-      this.retention.lastAnalysis = null;
+      // The reclaim analysis' verdicts are per seq - seqFirst: shifted with the fold.
+      const verdicts = this.retention.verdicts;
+      this.retention.verdicts = verdicts && verdicts.upTo >= at ? { ...verdicts, seen: verdicts.seen.slice(at - before) } : null;
+      if (!this.retention.verdicts) this.retention.lastAnalysis = null;
       this.retention.foldedBefore = at;
       await this.retention.save();
       return at - before;
@@ -958,22 +969,36 @@ function isAllZero(data: Buffer): boolean {
 }
 
 /** A replayed record as the history keeps it. */
+/** How far a start may fold (retention.json), and never for a replica (foldHistory). */
+function foldPlanFor(options: Pick<JournaledDeviceOptions, 'files' | 'directory' | 'replica'>): { foldBefore: number; reverts: Array<[number, number]> } {
+  return options.replica ? { foldBefore: 1, reverts: [] } : foldPlan(options.files, options.directory);
+}
+
+/** A start folds once this many records are loaded (and once more at the end). */
+const LOAD_FOLD_RECORDS = 1 << 20;
+
 /**
- * Appends loaded records to `history`, folding it (History.fold) at each segment boundary up
- * to `plan.foldBefore` where no rollback still to come goes back before that boundary (the
- * folded rollbacks are known beforehand; later ones never go back before the fold).
+ * Appends loaded records to `history`, folding it (History.fold) up to `plan.foldBefore`, at
+ * segment boundaries where no rollback still to come goes back before the boundary (the
+ * folded rollbacks are known beforehand; later ones never go back before the fold): whenever
+ * a million records wait, and at the last such boundary once everything is loaded (`finish`).
  */
-function loadingHistory(history: History, plan: { foldBefore: number; reverts: Array<[number, number]> }): (entry: HistoryEntry) => void {
+function loadingHistory(history: History, plan: { foldBefore: number; reverts: Array<[number, number]> }): ((entry: HistoryEntry) => void) & { finish: () => void } {
   let segment = -1;
-  return (entry) => {
+  let safe = 0;
+  const foldToSafe = () => {
+    if (safe > history.seqFirst && history.foldLimit(safe) === safe) history.fold(safe);
+  };
+  const load = (entry: HistoryEntry) => {
     if (entry.segment !== segment) {
       const at = entry.seq;
-      const safe = segment !== -1 && at <= plan.foldBefore && at > history.seqFirst && plan.reverts.every(([revertSeq, target]) => revertSeq < at || target >= at);
-      if (safe && history.foldLimit(at) === at) history.fold(at);
+      if (segment !== -1 && at <= plan.foldBefore && plan.reverts.every(([revertSeq, target]) => revertSeq < at || target >= at)) safe = at;
+      if (history.seqLast - history.seqFirst + 1 >= LOAD_FOLD_RECORDS) foldToSafe();
       segment = entry.segment;
     }
     history.append(entry);
   };
+  return Object.assign(load, { finish: foldToSafe });
 }
 
 function historyEntry(record: ScannedRecord): HistoryEntry {
@@ -1027,11 +1052,13 @@ function mergeExtents(extents: Extent[], extentsMax: number): Extent[] {
 }
 
 /** Scans a volume's whole journal without opening it for service (fsck, failed volumes). */
-export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'directory' | 'files' | 'volumeId' | 'sizeBytes'>):
+export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'directory' | 'files' | 'volumeId' | 'sizeBytes' | 'replica'>):
   Promise<{ records: number; seqLast: number; problems: FsckProblem[]; index: ExtentIndex }> {
   const directory = path.join(options.directory, 'journal');
   let index = new ExtentIndex(options.sizeBytes);
+  // (Folded as a start folds it: a check must not need more memory than the volume.)
   const history = new History(options.sizeBytes);
+  const load = loadingHistory(history, foldPlanFor(options));
   let reverted = false;
   const problems: FsckProblem[] = [];
   const segments = listSegments(options.files, directory);
@@ -1043,7 +1070,7 @@ export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'direc
     onRecord: (record) => {
       try {
         applyRecord(index, record, options.sizeBytes);
-        history.append(historyEntry(record));
+        load(historyEntry(record));
         reverted ||= record.header.type === RecordType.REVERT;
         records += 1;
       } catch (err) {
@@ -1059,6 +1086,7 @@ export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'direc
       message: `${result.bad.reason} (expected seq ${result.bad.expectedSeq})`,
     });
   }
+  load.finish();
   if (reverted && problems.length === 0) index = history.indexAt(history.seqLast);
   return { records, seqLast: result.seqLast, problems, index };
 }

@@ -65,7 +65,8 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
     throw new HindsightError('POINT_NOT_FOUND', `${asked} is beyond the last record of volume "${volume}" (seq ${history.seqLast} at ${formatTimeUs(history.timeOf(history.seqLast))})`);
   }
   if (seq < history.seqFirst) {
-    throw new HindsightError('POINT_EXPIRED', `${asked} is older than the history kept for volume "${volume}" (the oldest point is seq ${history.seqFirst} at ${formatTimeUs(history.timeOf(history.seqFirst))})`);
+    const oldest = history.oldestKept();
+    throw new HindsightError('POINT_EXPIRED', `${asked} is older than the history kept for volume "${volume}" (the oldest point is seq ${oldest} at ${formatTimeUs(history.timeOf(oldest))})`);
   }
   const run = history.expiredRunOf(seq);
   if (run) throw expired(volume, asked, history, run);

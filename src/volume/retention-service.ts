@@ -146,7 +146,7 @@ export class RetentionService {
     }
     if (pointsForced > 0) await device.retention.save();
     // The records before the oldest kept point leave memory (History.fold).
-    const recordsFolded = this.stopped ? 0 : await device.foldHistory();
+    const recordsFolded = this.stopped ? 0 : await device.foldHistory(Math.min(Infinity, ...this.host.pins(name)));
     const run: RetentionRun = {
       volume: name, at: new Date().toISOString(), pointsExpired, pointsForced, ...reclaimed, recordsFolded,
       journalBytes: device.stats().bytes, durationMs: Math.round(performance.now() - started),

@@ -55,7 +55,7 @@ export async function applyRetention(device: JournaledDevice, policy: RetentionP
   const started = performance.now();
   const pointsExpired = await expireByPolicy(device, policy, options);
   const reclaimed = await reclaimSpace(device, options);
-  const recordsFolded = await device.foldHistory();
+  const recordsFolded = await device.foldHistory(Math.min(Infinity, ...options.pins()));
   return { pointsExpired, ...reclaimed, recordsFolded, oldestKeptSeq: device.history.oldestKept(), durationMs: Math.round(performance.now() - started) };
 }
 

@@ -141,6 +141,8 @@ export interface VolumeInfo {
   /** Records in the journal (writes, zeroes, trims, flush markers); seqs run 1..seqLast. */
   records: number;
   seqFirst: number | null;
+  /** The first seq whose record the history holds in memory (the older ones are folded: their points are long expired). */
+  historySeqFirst: number | null;
   seqLast: number | null;
   seqDurable: number | null;
   timeFirst: string | null;
@@ -321,6 +323,7 @@ export class VolumeManager {
       journalSegments: stats?.segments ?? 0,
       records: stats?.records ?? 0,
       seqFirst: hasRecords ? 1 : null,
+      historySeqFirst: hasRecords ? volume.device!.history.seqFirst : null,
       seqLast: hasRecords ? stats!.seqLast : null,
       seqDurable: hasRecords ? stats!.seqDurable : null,
       timeFirst: hasRecords ? time(stats!.timeFirstUs) : null,

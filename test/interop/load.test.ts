@@ -249,4 +249,10 @@ test(`32 connections over 8 volumes for ${SECONDS} s, a slow client and quitters
   }
   assert.ok(fds <= before.fds + 2 + sealed, `descriptors are back (${before.fds} before, ${fds} after, ${sealed} sealed segments may stay open)`);
   assert.ok(samples.length >= 3 && late <= warm + 128, `memory other than history does not grow after warm-up (${warm} MiB, then up to ${late} MiB)`);
+  if (soak) {
+    // Two minutes of history kept: what is older is folded out of memory (History.fold).
+    const warmHistory = samples[warmAt]?.historyMiB ?? 0;
+    const lateHistory = Math.max(...samples.slice(warmAt + 1).map((entry) => entry.historyMiB));
+    assert.ok(lateHistory <= warmHistory * 1.5 + 16, `the history's memory stays bounded (${warmHistory} MiB after warm-up, then up to ${lateHistory} MiB)`);
+  }
 });

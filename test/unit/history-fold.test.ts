@@ -88,6 +88,7 @@ test('folding keeps history memory and the journal bounded under a short policy;
   let folded = 0;
   let rollback: { seq: number; target: number } | null = null;
   let rollbackFolded = false;
+  let stale: PointView | null = null;
   try {
     // The whole volume written first: later writes only replace live data, so what the
     // journal must keep stays the same size.
@@ -118,6 +119,13 @@ test('folding keeps history memory and the journal bounded under a short policy;
         const reverted = await device.rollback(target);
         oracle.revert(target, clock.us);
         rollback = { seq: reverted.seq, target };
+      }
+      if (round === 27) stale = new PointView('stale', device, device.history.oldestKept());
+      if (round === 34 && stale) {
+        // A view nobody pinned, of a point since expired and folded: refused, never served
+        // from the wrong state.
+        assert.ok(device.history.seqFirst > stale.seq, 'the unpinned point was folded');
+        await assert.rejects(stale.read(0, Buffer.alloc(4096)), (err) => isHindsightError(err, 'POINT_EXPIRED'));
       }
       if (round === 3) pins.add(device.history.seqLast); // a bookmark, deleted at round 8
       if (round === 8) pins.clear();
@@ -178,5 +186,60 @@ test('folding keeps history memory and the journal bounded under a short policy;
   } finally {
     await device.close().catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a replica does not fold: a rollback it has not received yet still finds its target; the source folds only behind it', async () => {
+  const clock = { us: T0 };
+  const sourceDir = makeTempDir('hindsight-fold-src-');
+  const replicaDir = makeTempDir('hindsight-fold-rep-');
+  const source = JournaledDevice.open(options(sourceDir, clock));
+  let replica = JournaledDevice.open({ ...options(replicaDir, clock), replica: true, readOnly: true });
+  const oracle = new PitOracle(SIZE);
+  try {
+    const fill = (seed: number) => Buffer.alloc(64 * KiB, seed % 255 + 1);
+    for (let i = 0; i < 40; i += 1) {
+      clock.us += 1e6;
+      await source.write((i % 8) * 64 * KiB, fill(i), { fua: false });
+      oracle.write((i % 8) * 64 * KiB, fill(i), clock.us);
+    }
+    await source.flush();
+    oracle.flush(clock.us);
+    const target = 10;
+    await source.rollback(target);
+    oracle.revert(target, clock.us);
+    for (let i = 0; i < 20; i += 1) {
+      clock.us += 1e6;
+      await source.write((i % 8) * 64 * KiB, fill(100 + i), { fua: false });
+      oracle.write((i % 8) * 64 * KiB, fill(100 + i), clock.us);
+    }
+    await source.flush();
+    oracle.flush(clock.us);
+    await source.expirePoints([[1, 30]]);
+    await source.foldHistory();
+    assert.ok(source.history.seqFirst <= target + 1, `the source folds no further than its rollback's target (seqFirst ${source.history.seqFirst})`);
+    // The replica holds 1..35 and already the expiry (runs travel ahead of records).
+    let seq = 1;
+    const ship = async (upTo: number) => {
+      while (seq <= upTo) {
+        const records = await source.recordsFrom(seq, upTo, MiB);
+        for (const raw of records) replica.appendReplicated(raw);
+        seq += records.length;
+      }
+      await replica.sync();
+    };
+    await ship(35);
+    replica.history.expire([[1, 30]]);
+    assert.equal(await replica.foldHistory(), 0, 'a replica does not fold');
+    await ship(source.lastSeq);
+    assert.equal(replica.lastSeq, source.lastSeq, 'the rollback and what follows arrive');
+    await replica.close();
+    replica = JournaledDevice.open({ ...options(replicaDir, clock), replica: true, readOnly: true });
+    for (const at of [source.lastSeq, 45]) await checkPoint(replica, oracle, at, `replica seq ${at}`);
+  } finally {
+    await source.close().catch(() => undefined);
+    await replica.close().catch(() => undefined);
+    fs.rmSync(sourceDir, { recursive: true, force: true });
+    fs.rmSync(replicaDir, { recursive: true, force: true });
   }
 });
