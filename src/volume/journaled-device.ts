@@ -127,6 +127,8 @@ export class JournaledDevice implements BlockDevice {
   private maintenance: Promise<unknown> = Promise.resolve();
   /** Which points retention removed, and what it reclaimed (retention.json). */
   retention!: RetentionState;
+  /** Another site's replica (until promoted): its history does not fold (foldHistory). */
+  private replica: boolean;
 
   private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, history: History, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
@@ -138,6 +140,7 @@ export class JournaledDevice implements BlockDevice {
     this.capabilities.readOnly = options.readOnly;
     this.checkpointBytes = journal.stats().bytes;
     this.replayedFrom = replayedFrom;
+    this.replica = options.replica ?? false;
   }
 
   static open(options: JournaledDeviceOptions): JournaledDevice {
@@ -272,6 +275,11 @@ export class JournaledDevice implements BlockDevice {
 
   setReadOnly(readOnly: boolean): void {
     this.capabilities.readOnly = readOnly;
+  }
+
+  /** Failover made this replica a volume of its own: from now on its history folds too. */
+  promoted(): void {
+    this.replica = false;
   }
 
   /**
@@ -463,7 +471,7 @@ export class JournaledDevice implements BlockDevice {
     assert(!this.capabilities.readOnly, 'rollback reaches only writable volumes');
     if (this.corruption) throw this.corruption;
     assert(seq >= 0 && seq <= this.journal.lastSeq, 'rollback target within history');
-    if (seq < this.history.seqFirst - 1) throw new HindsightError('POINT_EXPIRED', `seq ${seq} of volume ${this.name} is older than the history kept (seq ${this.history.seqFirst} on)`);
+    if (seq < this.history.seqFirst && this.history.seqFirst > 1) throw new HindsightError('POINT_EXPIRED', `seq ${seq} of volume ${this.name} is older than the history kept (seq ${this.history.seqFirst} on)`);
     const record = this.append(RecordType.REVERT, 0, seq, 0, null);
     this.index = this.history.indexAt(record.seq);
     this.history.snapshotFromLive(this.liveRegion, 'all');
@@ -809,7 +817,7 @@ export class JournaledDevice implements BlockDevice {
     return this.exclusive(async () => {
       // A replica does not fold: a rollback it has not received yet may go back before
       // any seq its mirrored expiry would let it fold to.
-      if (this.closed || this.corruption || this.options.replica) return 0;
+      if (this.closed || this.corruption || this.replica) return 0;
       const history = this.history;
       const starts = history.segmentStarts().map((start) => start.seqFirst).filter((seq) => seq > history.seqFirst);
       const boundaryAtOrBefore = (seq: number) => {
@@ -968,7 +976,6 @@ function isAllZero(data: Buffer): boolean {
   return true;
 }
 
-/** A replayed record as the history keeps it. */
 /** How far a start may fold (retention.json), and never for a replica (foldHistory). */
 function foldPlanFor(options: Pick<JournaledDeviceOptions, 'files' | 'directory' | 'replica'>): { foldBefore: number; reverts: Array<[number, number]> } {
   return options.replica ? { foldBefore: 1, reverts: [] } : foldPlan(options.files, options.directory);

@@ -121,7 +121,9 @@ export class RetentionState {
     state.compactions = Number(parsed.compactions) || 0;
     for (const segment of parsed.compressedSegments ?? []) if (Number.isSafeInteger(segment)) state.compressedSegments.add(segment);
     state.foldedBefore = history.seqFirst;
-    state.foldedReverts = foldedRevertsOf(parsed);
+    state.foldedReverts = replica ? [] : foldedRevertsOf(parsed);
+    // A replica's history is not folded: a fold recorded before (failback) goes at the next save.
+    if (replica && (parsed.foldedBefore ?? 1) > 1) state.savedVersion = -1;
     return state;
   }
 

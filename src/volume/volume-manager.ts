@@ -506,9 +506,12 @@ export class VolumeManager {
         cut = { segment: entry.segment, end: entry.payloadPosition - payloadOffset(entry.payloadBytes) + recordSpan(entry.payloadBytes) };
       }
       if (commonSeq === seqLast) {
-        // Nothing diverged: the same journal continues as a replica.
+        // Nothing diverged: the same journal continues as a replica (whose history does not
+        // fold: retention.json forgets how far it was folded, durably, before anything arrives).
         await this.writeVolumeRecord(name, record);
-        this.volumes.set(name, await this.load(name));
+        const reloaded = await this.load(name);
+        this.volumes.set(name, reloaded);
+        await reloaded.device?.retention.save();
         return { diverged: null };
       }
       const stamp = now.replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
@@ -542,8 +545,11 @@ export class VolumeManager {
             content = `${JSON.stringify({ bookmarks: ((JSON.parse(text) as { bookmarks?: Bookmark[] }).bookmarks ?? []).filter((bookmark) => bookmark.seq <= commonSeq) }, null, 2)}\n`;
           } else {
             // The boundary segment, cut short, takes new records: compressed again later.
-            const state = JSON.parse(text) as { compressedSegments?: number[] };
+            const state = JSON.parse(text) as { compressedSegments?: number[]; foldedBefore?: number; foldedReverts?: unknown };
             state.compressedSegments = (state.compressedSegments ?? []).filter((segment) => cut === null || segment < cut.segment);
+            // A replica's history does not fold (JournaledDevice.foldHistory).
+            delete state.foldedBefore;
+            delete state.foldedReverts;
             content = `${JSON.stringify(state)}\n`;
           }
           await fs.writeFile(path.join(staging, file), content, { flush: true });
@@ -595,6 +601,7 @@ export class VolumeManager {
       await this.writeVolumeRecord(name, record);
       volume.record = record;
       volume.device.setReadOnly(record.readOnly ?? false);
+      volume.device.promoted();
     });
     return promoted.then(async () => {
       const rollback = at === undefined ? null : await this.rollback(name, at, true, clients, detach);
@@ -674,7 +681,7 @@ export class VolumeManager {
     if (!volume.record.id) {
       return { name, state: 'failed', records: 0, journalBytes: 0, indexRebuilt: false, indexCompared: false, problems: [{ kind: 'journal', segment: null, offsetBytes: null, message: volume.error?.message ?? 'volume cannot be read' }] };
     }
-    const verified = await verifyJournal({ directory: this.volumeDir(name), files: nodeFileLayer, volumeId: volumeIdOf(volume.record), sizeBytes: volume.record.sizeBytes });
+    const verified = await verifyJournal({ directory: this.volumeDir(name), files: nodeFileLayer, volumeId: volumeIdOf(volume.record), sizeBytes: volume.record.sizeBytes, replica: volume.record.replica !== undefined });
     const problems = verified.problems.length > 0 ? verified.problems : [{ kind: 'journal' as const, segment: null, offsetBytes: null, message: `journal checks out, but the volume failed to open: ${volume.error?.message}` }];
     return { name, state: 'failed', records: verified.records, journalBytes: 0, indexRebuilt: false, indexCompared: false, problems };
   }

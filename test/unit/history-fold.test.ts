@@ -236,6 +236,12 @@ test('a replica does not fold: a rollback it has not received yet still finds it
     await replica.close();
     replica = JournaledDevice.open({ ...options(replicaDir, clock), replica: true, readOnly: true });
     for (const at of [source.lastSeq, 45]) await checkPoint(replica, oracle, at, `replica seq ${at}`);
+    // Failover: the volume is its own now, and folds (the rollback received is in its history).
+    replica.promoted();
+    replica.history.expire([[1, 55]]);
+    const foldedNow = await replica.foldHistory();
+    assert.ok(foldedNow > 0, `a promoted replica folds (${foldedNow}; oldest kept ${replica.history.oldestKept()}, segments ${JSON.stringify(replica.history.segmentStarts())}, last ${replica.history.seqLast})`);
+    for (const at of [source.lastSeq, 58]) await checkPoint(replica, oracle, at, `promoted seq ${at}`);
   } finally {
     await source.close().catch(() => undefined);
     await replica.close().catch(() => undefined);
