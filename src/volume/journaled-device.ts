@@ -122,7 +122,7 @@ export class JournaledDevice implements BlockDevice {
   /** Sealed segments whose table of contents lists every record. */
   private readonly tocComplete = new Set<number>();
   /** The records of the folded segment read back last (segmentEntries). */
-  private foldedRecords: { segment: number; seqFirst: number; entries: HistoryEntry[] } | null = null;
+  private foldedRecords: { segment: number; seqFirst: number; entries: HistoryEntry[]; usedMs: number } | null = null;
   /** Scrub, fsck and compaction read or rewrite whole segments: one at a time. */
   private maintenance: Promise<unknown> = Promise.resolve();
   /** Which points retention removed, and what it reclaimed (retention.json). */
@@ -717,7 +717,7 @@ export class JournaledDevice implements BlockDevice {
     const directory = path.join(this.options.directory, 'journal');
     for (const segmentIndex of listSegments(this.options.files, directory)) {
       if (segmentIndex > activeIndex || this.tocComplete.has(segmentIndex)) continue;
-      const records = this.segmentEntries(segmentIndex);
+      const records = this.segmentEntries(segmentIndex, false);
       if (!records) continue;
       const entries = records.entries.filter((entry) => entry.seq <= seqLast).map((entry) => ({
         type: entry.type, flags: entry.flags, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, timeUs: entry.timeUs,
@@ -779,11 +779,12 @@ export class JournaledDevice implements BlockDevice {
    * A segment's records in seq order: from the history, or for a folded segment (History.fold)
    * read back from its table of contents or headers on disk (the last one is kept).
    */
-  segmentEntries(segmentIndex: number): { seqFirst: number; entries: HistoryEntry[] } | null {
+  segmentEntries(segmentIndex: number, keep = true): { seqFirst: number; entries: HistoryEntry[] } | null {
     const inTable = this.history.segmentRecords(segmentIndex);
     if (inTable) return inTable;
     const folded = this.history.foldedSegment(segmentIndex);
     if (!folded) return null;
+    if (this.foldedRecords?.segment === segmentIndex) this.foldedRecords.usedMs = Date.now();
     if (this.foldedRecords?.segment !== segmentIndex) {
       const directory = path.join(this.options.directory, 'journal');
       let records;
@@ -794,7 +795,11 @@ export class JournaledDevice implements BlockDevice {
         if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
         throw err;
       }
-      this.foldedRecords = { segment: segmentIndex, seqFirst: folded.seqFirst, entries: records.map(historyEntry) };
+      const loaded = { segment: segmentIndex, seqFirst: folded.seqFirst, entries: records.map(historyEntry), usedMs: Date.now() };
+      // Kept for readers going through it record by record (replication); one-off readers
+      // (compaction, tables of contents) leave nothing behind.
+      if (!keep) return loaded;
+      this.foldedRecords = loaded;
     }
     return { seqFirst: this.foldedRecords.seqFirst, entries: this.foldedRecords.entries };
   }
@@ -817,6 +822,8 @@ export class JournaledDevice implements BlockDevice {
     return this.exclusive(async () => {
       // A replica does not fold: a rollback it has not received yet may go back before
       // any seq its mirrored expiry would let it fold to.
+      // Records of a folded segment read back for replication and unused since: let go.
+      if (this.foldedRecords && Date.now() - this.foldedRecords.usedMs > 30_000) this.foldedRecords = null;
       if (this.closed || this.corruption || this.replica) return 0;
       const history = this.history;
       const starts = history.segmentStarts().map((start) => start.seqFirst).filter((seq) => seq > history.seqFirst);
@@ -870,7 +877,7 @@ export class JournaledDevice implements BlockDevice {
       if (this.closed) return null;
       if (this.corruption) throw this.corruption;
       assert(segmentIndex < this.journal.endPosition.segmentIndex, 'only sealed segments are compacted');
-      const records = this.segmentEntries(segmentIndex);
+      const records = this.segmentEntries(segmentIndex, false);
       assert(records !== null, 'a compacted segment has records');
       const folded = this.history.foldedSegment(segmentIndex);
       assert(thinned.size === 0 || !folded, 'a folded segment loses what no base shows, nothing else');
