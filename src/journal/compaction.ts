@@ -70,19 +70,6 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
   files.remove(temporaryPath);
   const source = files.open(sourcePath, false);
   let target: StorageFile | null = null;
-  /** The copy's last batch, written while the next is prepared (one at a time). */
-  let writing: Promise<void> | null = null;
-  // Work on the event loop is counted between waits; the rest after a slice is as long.
-  let busyMs = 0;
-  let resumed = performance.now();
-  const wait = async <T>(promise: Promise<T>): Promise<T> => {
-    busyMs += performance.now() - resumed;
-    try {
-      return await promise;
-    } finally {
-      resumed = performance.now();
-    }
-  };
   try {
     const bytesBefore = source.sizeBytes();
     target = files.open(temporaryPath, true);
@@ -92,6 +79,7 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     let pendingBytes = header.length;
     let written = 0;
     let at = SEGMENT_HEADER_BYTES;
+    let sliceStarted = performance.now();
     const moved: CompactionResult['moved'] = [];
     let recordsCompressed = 0;
     // The segment is read in windows of READ_WINDOW_BYTES (one read per small record made
@@ -108,7 +96,7 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
         if (length < span) throw damaged(sourcePath, recordPosition, 'record cut short');
         window = Buffer.allocUnsafe(length);
         windowStart = recordPosition;
-        if ((await wait(source.readAsync(window, 0, length, recordPosition))) !== length) throw damaged(sourcePath, recordPosition, 'record cut short');
+        if ((await source.readAsync(window, 0, length, recordPosition)) !== length) throw damaged(sourcePath, recordPosition, 'record cut short');
       }
       const bytes = window.subarray(recordPosition - windowStart, recordPosition - windowStart + span);
       verifyRecord(bytes, record, crcSeed, sourcePath, recordPosition);
@@ -147,32 +135,24 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
         moved.push({ payloadPosition: newRecordPosition + payloadOffset(record.payloadBytes), payloadBytes: record.payloadBytes, compressed });
       }
       at += span;
-      if (pendingBytes >= (options.sliceBytes ?? SLICE_BYTES) || busyMs + performance.now() - resumed >= (options.sliceMs ?? 4)) {
-        if (writing) await wait(writing);
-        writing = target.writevAsync(pending.splice(0), written);
+      if (pendingBytes >= (options.sliceBytes ?? SLICE_BYTES) || performance.now() - sliceStarted >= (options.sliceMs ?? 4)) {
+        // In the thread pool: the event loop serves clients while the batch is written.
+        await target.writevAsync(pending.splice(0), written);
         written += pendingBytes;
         pendingBytes = 0;
-        // Throttled: rest as long as the slice worked on the event loop, so clients keep at
-        // least half of it (the disk serves the copy's reads and writes meanwhile).
-        busyMs += performance.now() - resumed;
-        await new Promise((resolve) => setTimeout(resolve, Math.ceil(busyMs)));
-        busyMs = 0;
-        resumed = performance.now();
-        if (options.cancelled?.()) {
-          await writing.catch(() => undefined);
-          return abandon();
-        }
+        // Throttled: rest as long as the slice took (reads and writes included), so clients
+        // keep at least half of the disk and of the event loop.
+        await new Promise((resolve) => setTimeout(resolve, Math.ceil(performance.now() - sliceStarted)));
+        if (options.cancelled?.()) return abandon();
+        sliceStarted = performance.now();
       }
     }
     if (at !== bytesBefore) throw damaged(sourcePath, at, `the history knows records up to offset ${at}, the segment is ${bytesBefore} bytes`);
-    if (writing) await writing;
     if (pendingBytes > 0) await target.writevAsync(pending, written);
     written += pendingBytes;
     await target.datasync();
     return { temporaryPath, moved, recordsCompressed, bytesBefore, bytesAfter: written };
   } catch (err) {
-    // A write still running must finish before its file is closed (and removed).
-    await (writing as Promise<void> | null)?.catch(() => undefined);
     abandon();
     throw err;
   } finally {
