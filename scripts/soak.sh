@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak (hours, not in CI; CI runs the same test for 15 s, unthrottled): 32 NBD connections over 8 volumes
+# Soak (hours, not in CI; CI runs the same test for 60 s, unthrottled): 32 NBD connections over 8 volumes
 # writing 8 MiB/s in all, keeping 2 minutes of history (so hours fit on the disk),
 # a slow client and quitters, every byte checked against an oracle, the daemon's RSS (less
 # the history it keeps by design) and descriptors sampled: no growth after warm-up.
