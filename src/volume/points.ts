@@ -66,7 +66,8 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
   }
   if (seq < history.seqFirst) {
     const oldest = history.oldestKept();
-    throw new HindsightError('POINT_EXPIRED', `${asked} is older than the history kept for volume "${volume}" (the oldest point is seq ${oldest} at ${formatTimeUs(history.timeOf(oldest))})`);
+    const kept = oldest > 0 ? `the oldest point is seq ${oldest} at ${formatTimeUs(history.timeOf(oldest))}` : 'no point is kept';
+    throw new HindsightError('POINT_EXPIRED', `${asked} is older than the history kept for volume "${volume}" (${kept})`);
   }
   const run = history.expiredRunOf(seq);
   if (run) throw expired(volume, asked, history, run);
