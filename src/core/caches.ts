@@ -4,8 +4,9 @@
  * per volume, 8 busy volumes held 8 × 16 MiB of decompressed frames (the soak, BENCHMARKS.md)
  * and 256 mounts could have held 4 GiB of regions.
  *
- * Keys start with their owner's prefix (`ownerPrefix()`), so an owner whose positions moved
- * (a compaction) or that closed drops exactly its own entries (`dropOwner`).
+ * Keys start with their owner's prefix (`ownerPrefix()`), so an owner that closed, or whose
+ * journal positions a compaction moved, drops exactly its own entries (`dropOwner`); a view
+ * of an old point puts the history's generation in its keys instead (regions are many).
  */
 import { LRUCache } from 'lru-cache';
 import { LIMITS } from './limits.js';

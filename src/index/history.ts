@@ -92,45 +92,35 @@ class RecordTable {
     assert(count >= 0 && count <= this.count, 'drop what the table holds');
     const rest = this.count - count;
     const capacity = Math.max(1024, 2 ** Math.ceil(Math.log2(Math.max(1, rest) * 1.25)));
-    const moved = <T extends Uint8Array | Uint32Array | Float64Array>(array: T): T => {
-      if (capacity < array.length) {
-        const next = new (array.constructor as new (length: number) => T)(capacity);
-        next.set(array.subarray(count, this.count));
-        return next;
-      }
-      array.copyWithin(0, count, this.count);
-      return array;
-    };
-    this.type = moved(this.type);
-    this.flags = moved(this.flags);
-    this.offset = moved(this.offset);
-    this.length = moved(this.length);
-    this.time = moved(this.time);
-    this.segment = moved(this.segment);
-    this.payloadPosition = moved(this.payloadPosition);
-    this.payloadBytes = moved(this.payloadBytes);
-    this.payloadSkip = moved(this.payloadSkip);
-    this.logical = moved(this.logical);
+    this.resize(Math.min(capacity, this.type.length), count);
     this.count = rest;
   }
 
   private grow(): void {
-    const size = this.type.length * 2;
-    const grown = <T extends Uint8Array | Uint32Array | Float64Array>(array: T): T => {
-      const next = new (array.constructor as new (length: number) => T)(size);
-      next.set(array);
+    this.resize(this.type.length * 2, 0);
+  }
+
+  /** Every column with room for `capacity` records, keeping records `from`..count-1 first. */
+  private resize(capacity: number, from: number): void {
+    const resized = <T extends Uint8Array | Uint32Array | Float64Array>(array: T): T => {
+      if (capacity === array.length) {
+        array.copyWithin(0, from, this.count);
+        return array;
+      }
+      const next = new (array.constructor as new (length: number) => T)(capacity);
+      next.set(array.subarray(from, this.count));
       return next;
     };
-    this.type = grown(this.type);
-    this.flags = grown(this.flags);
-    this.offset = grown(this.offset);
-    this.length = grown(this.length);
-    this.time = grown(this.time);
-    this.segment = grown(this.segment);
-    this.payloadPosition = grown(this.payloadPosition);
-    this.payloadBytes = grown(this.payloadBytes);
-    this.payloadSkip = grown(this.payloadSkip);
-    this.logical = grown(this.logical);
+    this.type = resized(this.type);
+    this.flags = resized(this.flags);
+    this.offset = resized(this.offset);
+    this.length = resized(this.length);
+    this.time = resized(this.time);
+    this.segment = resized(this.segment);
+    this.payloadPosition = resized(this.payloadPosition);
+    this.payloadBytes = resized(this.payloadBytes);
+    this.payloadSkip = resized(this.payloadSkip);
+    this.logical = resized(this.logical);
   }
 }
 
@@ -235,6 +225,8 @@ export class History {
   private readonly folded = new Map<number, FoldedSegment>();
   /** The folded segments in seq order (journal order). */
   private readonly foldedOrder: number[] = [];
+  /** Whether the folded records changed content (some base is not empty). */
+  private foldedChanges = false;
   private foldedBytes = 0;
   /** Runs of seqs whose points retention removed (inclusive, ascending, disjoint). */
   private expiredRuns: Array<[number, number]> = [];
@@ -350,9 +342,6 @@ export class History {
     for (let seq = this.seqFirst; seq <= this.seqLast; seq += 1) if (changesContent(this.typeOf(seq))) return seq;
     return 0;
   }
-
-  /** Whether the folded records (before seqFirst) changed content (the base is not empty). */
-  private foldedChanges = false;
 
   /** The last content change at or before `seq` (0 if none). */
   lastChangeAtOrBefore(seq: number): number {
@@ -752,28 +741,29 @@ export class History {
         spans[j] = recordSpan(now.payloadBytes) - RECORD_HEADER_BYTES;
       }
       this.folded.set(segment, { ...folded, positions, spans, droppableBytes: 0 });
-    }
-    for (let j = 0; j < (folded ? 0 : moved.length); j += 1) {
-      const i = seqFirst + j - this.seqFirst;
-      const now = moved[j];
-      assert(t.segment[i] === segment, 'relocated records belong to the segment');
-      if (t.type[i] === RecordType.WRITE) {
-        oldPositions.push(t.payloadPosition[i]);
-        newPositions.push(thinned.has(seqFirst + j) ? -1 : now.payloadPosition);
-        newFields.push(now.payloadBytes + (now.compressed ? PAYLOAD_COMPRESSED : 0));
-      }
-      t.payloadPosition[i] = now.payloadPosition;
-      if (thinned.has(seqFirst + j)) {
-        assert(t.type[i] === RecordType.WRITE, 'only WRITE records are thinned');
-        t.type[i] = RecordType.THINNED;
-        t.flags[i] &= ~RecordFlag.COMPRESSED; // as compaction writes the record
-        t.payloadBytes[i] = 0;
-        t.payloadSkip[i] = 0;
-        t.logical[i] = 0;
-      } else if (t.type[i] === RecordType.WRITE) {
-        assert(now.compressed || now.payloadBytes === t.payloadBytes[i], 'a payload moves whole unless compressed');
-        t.payloadBytes[i] = now.payloadBytes;
-        if (now.compressed) t.flags[i] |= RecordFlag.COMPRESSED;
+    } else {
+      for (let j = 0; j < moved.length; j += 1) {
+        const i = seqFirst + j - this.seqFirst;
+        const now = moved[j];
+        assert(t.segment[i] === segment, 'relocated records belong to the segment');
+        if (t.type[i] === RecordType.WRITE) {
+          oldPositions.push(t.payloadPosition[i]);
+          newPositions.push(thinned.has(seqFirst + j) ? -1 : now.payloadPosition);
+          newFields.push(now.payloadBytes + (now.compressed ? PAYLOAD_COMPRESSED : 0));
+        }
+        t.payloadPosition[i] = now.payloadPosition;
+        if (thinned.has(seqFirst + j)) {
+          assert(t.type[i] === RecordType.WRITE, 'only WRITE records are thinned');
+          t.type[i] = RecordType.THINNED;
+          t.flags[i] &= ~RecordFlag.COMPRESSED; // as compaction writes the record
+          t.payloadBytes[i] = 0;
+          t.payloadSkip[i] = 0;
+          t.logical[i] = 0;
+        } else if (t.type[i] === RecordType.WRITE) {
+          assert(now.compressed || now.payloadBytes === t.payloadBytes[i], 'a payload moves whole unless compressed');
+          t.payloadBytes[i] = now.payloadBytes;
+          if (now.compressed) t.flags[i] |= RecordFlag.COMPRESSED;
+        }
       }
     }
     const relocate = (entries: Uint32Array, count: number, isLive = false) => {

@@ -820,10 +820,10 @@ export class JournaledDevice implements BlockDevice {
    */
   foldHistory(floor = Infinity): Promise<number> {
     return this.exclusive(async () => {
-      // A replica does not fold: a rollback it has not received yet may go back before
-      // any seq its mirrored expiry would let it fold to.
       // Records of a folded segment read back for replication and unused since: let go.
       if (this.foldedRecords && Date.now() - this.foldedRecords.usedMs > 30_000) this.foldedRecords = null;
+      // A replica does not fold: a rollback it has not received yet may go back before
+      // any seq its mirrored expiry would let it fold to.
       if (this.closed || this.corruption || this.replica) return 0;
       const history = this.history;
       const starts = history.segmentStarts().map((start) => start.seqFirst).filter((seq) => seq > history.seqFirst);
@@ -848,7 +848,6 @@ export class JournaledDevice implements BlockDevice {
       const verdicts = this.retention.verdicts;
       this.retention.verdicts = verdicts && verdicts.upTo >= at ? { ...verdicts, seen: verdicts.seen.slice(at - before) } : null;
       if (!this.retention.verdicts) this.retention.lastAnalysis = null;
-      this.retention.foldedBefore = at;
       await this.retention.save();
       return at - before;
     });

@@ -136,10 +136,7 @@ export class RetentionService {
       device.retention.noteForced({ at: new Date().toISOString(), ...details });
       this.host.event(name, 'warn', 'the journal exceeds --max-size: the oldest points were removed ahead of the retention policy', details);
       const more = await reclaimSpace(device, { cancelled });
-      reclaimed.segmentsCompacted += more.segmentsCompacted;
-      reclaimed.recordsThinned += more.recordsThinned;
-      reclaimed.recordsCompressed += more.recordsCompressed;
-      reclaimed.bytesReclaimed += more.bytesReclaimed;
+      for (const key of ['segmentsCompacted', 'recordsThinned', 'recordsCompressed', 'bytesReclaimed'] as const) reclaimed[key] += more[key];
       // Nothing freed: the rest is live data or not yet sealed. Removing more points would
       // destroy history for nothing; the warning says the cap is not met.
       if (more.bytesReclaimed === 0) break;

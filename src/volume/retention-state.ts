@@ -52,8 +52,7 @@ export class RetentionState {
   compactions = 0;
   lastForced: ForcedExpiry | null = null;
   readonly compressedSegments = new Set<number>();
-  /** The history's fold (History.fold) and the rollbacks it folded: see RetentionFile. */
-  foldedBefore = 1;
+  /** The rollbacks the history's fold took in (History.fold; the fold itself is history.seqFirst): see RetentionFile. */
   foldedReverts: Array<[number, number]> = [];
   /** What the last reclaim analysis saw (not persisted): it is not repeated for nothing. */
   lastAnalysis: { expired: number; sealed: number; atMs: number } | null = null;
@@ -120,7 +119,6 @@ export class RetentionState {
     state.recordsCompressed = Number(parsed.recordsCompressed) || 0;
     state.compactions = Number(parsed.compactions) || 0;
     for (const segment of parsed.compressedSegments ?? []) if (Number.isSafeInteger(segment)) state.compressedSegments.add(segment);
-    state.foldedBefore = history.seqFirst;
     state.foldedReverts = replica ? [] : foldedRevertsOf(parsed);
     // A replica's history is not folded: a fold recorded before (failback) goes at the next save.
     if (replica && (parsed.foldedBefore ?? 1) > 1) state.savedVersion = -1;
@@ -161,7 +159,7 @@ export class RetentionState {
       compressedSegments: [...this.compressedSegments].sort((a, b) => a - b),
       recordsCompressed: this.recordsCompressed,
       compactions: this.compactions,
-      foldedBefore: this.foldedBefore,
+      foldedBefore: this.history.seqFirst,
       foldedReverts: this.foldedReverts,
     };
     await this.files.writeFileAtomic(this.file, Buffer.from(`${JSON.stringify(content)}\n`));

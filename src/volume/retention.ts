@@ -128,11 +128,14 @@ async function reclaimableIf(device: JournaledDevice, going: ReadonlySet<number>
   return bytes;
 }
 
+/** What one reclaim step did. */
+export type ReclaimReport = Pick<RetentionReport, 'segmentsCompacted' | 'recordsThinned' | 'recordsCompressed' | 'bytesReclaimed'>;
+
 /**
  * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
- * enough can go. Clients keep being served; one segment at a time.
+ * enough can go (folded ones too). Clients keep being served; one segment at a time.
  */
-export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number; thin?: boolean }): Promise<Omit<RetentionReport, 'pointsExpired' | 'oldestKeptSeq' | 'durationMs' | 'recordsFolded'>> {
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number; thin?: boolean }): Promise<ReclaimReport> {
   const history = device.history;
   // A quiet volume may take days to fill its 1 GiB segment: past SEAL_AFTER, what it holds
   // is sealed so it can be compressed and thinned too.
@@ -177,10 +180,7 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     // Compacted anyway (to compress): whatever can go, goes.
     const result = await device.compactSegment(segment.segmentIndex, thinned, cancelled);
     if (!result) break; // the volume is closing
-    report.segmentsCompacted += 1;
-    report.recordsThinned += result.recordsThinned;
-    report.recordsCompressed += result.recordsCompressed;
-    report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
+    addCompaction(report, result);
   }
   // Folded segments (History.fold): what no base shows any more can go.
   for (const segmentIndex of history.foldedSegments()) {
@@ -194,12 +194,17 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     if (!thin && !compress) continue;
     const result = await device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin });
     if (!result) break;
-    report.segmentsCompacted += 1;
-    report.recordsThinned += result.recordsThinned;
-    report.recordsCompressed += result.recordsCompressed;
-    report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
+    addCompaction(report, result);
   }
   return report;
+}
+
+/** Counts one compaction in a run's report. */
+function addCompaction(report: ReclaimReport, result: { recordsThinned: number; recordsCompressed: number; bytesBefore: number; bytesAfter: number }): void {
+  report.segmentsCompacted += 1;
+  report.recordsThinned += result.recordsThinned;
+  report.recordsCompressed += result.recordsCompressed;
+  report.bytesReclaimed += result.bytesBefore - result.bytesAfter;
 }
 
 /**
