@@ -720,7 +720,7 @@ export class History {
    * payload becomes SEGMENT_DROPPED (only snapshots of expired points can: a kept point
    * never shows a thinned record).
    */
-  relocateSegment(segment: number, seqFirst: number, moved: ReadonlyArray<{ payloadPosition: number; payloadBytes: number; compressed: boolean }>, thinned: ReadonlySet<number>, live: ExtentIndex): void {
+  relocateSegment(segment: number, seqFirst: number, moved: ReadonlyArray<{ payloadPosition: number; payloadBytes: number; compressed: boolean; packed?: boolean }>, thinned: ReadonlySet<number>, live: ExtentIndex): void {
     const t = this.table;
     const oldPositions: number[] = [];
     const newPositions: number[] = [];
@@ -752,6 +752,8 @@ export class History {
           newFields.push(now.payloadBytes + (now.compressed ? PAYLOAD_COMPRESSED : 0));
         }
         t.payloadPosition[i] = now.payloadPosition;
+        // Where its header is now: in a pack, or its own (flags in memory only).
+        t.flags[i] = now.packed ? t.flags[i] | RecordFlag.PACKED : t.flags[i] & ~RecordFlag.PACKED;
         if (thinned.has(seqFirst + j)) {
           assert(t.type[i] === RecordType.WRITE, 'only WRITE records are thinned');
           t.type[i] = RecordType.THINNED;

@@ -13,12 +13,14 @@
  * and a temporary file that the next open removes.
  */
 import { HindsightError, assert } from '../core/index.js';
-import { firstBadChunk } from './chunk-crc.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
-import { RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordType, decodeRecordHeader, encodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc } from './record.js';
-import { encodeChunkTable } from './chunk-crc.js';
+import { RECORD_HEADER_BYTES, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordSpan, spanOf } from './record.js';
+import type { RecordHeader } from './record.js';
+import { chunkTableBytes, encodeChunkTable } from './chunk-crc.js';
+import { PackBuilder, packable, standaloneRecord } from './pack.js';
+import type { PackInput } from './pack.js';
+import { checkRecordBytes, segmentPath, segmentRecordsOnDisk } from './scanner.js';
 import { encodeContainer } from './container.js';
-import { segmentPath } from './scanner.js';
 import { SEGMENT_HEADER_BYTES } from './segment.js';
 
 export const COMPACT_SUFFIX = '.compact';
@@ -34,7 +36,7 @@ export interface CompactionRecord {
 export interface CompactionResult {
   temporaryPath: string;
   /** Where each record's payload now is, in the order given (and its container, if compressed now). */
-  moved: Array<{ payloadPosition: number; payloadBytes: number; compressed: boolean }>;
+  moved: Array<{ payloadPosition: number; payloadBytes: number; compressed: boolean; packed: boolean }>;
   /** WRITE payloads compressed by this compaction. */
   recordsCompressed: number;
   bytesBefore: number;
@@ -53,15 +55,22 @@ export interface CompactionOptions {
   compress?: boolean;
   /** Work on the event loop between rests (compression is CPU): default 4 ms. */
   sliceMs?: number;
+  /** Pack small records (pack.ts): default true. */
+  pack?: boolean;
 }
 
 const SLICE_BYTES = 8 * 1024 * 1024;
 const READ_WINDOW_BYTES = 4 * 1024 * 1024;
-const PADDING = Buffer.alloc(RECORD_ALIGN_BYTES);
+
+/** A record of the source segment, verified: its header and body (views of a read window). */
+interface SourceRecord extends PackInput {
+  payloadPosition: number;
+}
 
 /**
  * Writes `segmentIndex` again as NNNNNNNN.seg.compact, with the records in `thinned`
- * reduced to THINNED headers. `records` lists every record of the segment in seq order.
+ * reduced to THINNED records and small records packed (pack.ts). `records` lists every
+ * record of the segment in seq order, as the history knows them.
  */
 export async function compactSegment(options: CompactionOptions, segmentIndex: number, records: readonly CompactionRecord[], thinned: ReadonlySet<number>): Promise<CompactionResult | null> {
   const { files, directory, crcSeed } = options;
@@ -82,57 +91,66 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     let sliceStarted = performance.now();
     const moved: CompactionResult['moved'] = [];
     let recordsCompressed = 0;
+    const pack = new PackBuilder();
+    const emit = (buffers: Buffer[], span: number) => {
+      pending.push(...buffers);
+      pendingBytes += span;
+    };
+    // A pack of one record is smaller written as the record itself.
+    const flushPack = () => {
+      if (pack.count === 1) {
+        const [only] = pack.drain();
+        const standalone = standaloneRecord(only, crcSeed);
+        moved.push({ payloadPosition: written + pendingBytes + payloadOffset(only.header.payloadBytes), payloadBytes: only.header.payloadBytes, compressed: isCompressed(only.header), packed: false });
+        emit(standalone.buffers, standalone.span);
+      } else if (pack.count > 1) {
+        const packed = pack.headers;
+        const { buffers, span, payloadPositions } = pack.take(written + pendingBytes, crcSeed);
+        packed.forEach((h, i) => moved.push({ payloadPosition: payloadPositions[i], payloadBytes: h.payloadBytes, compressed: isCompressed(h), packed: true }));
+        emit(buffers, span);
+      }
+    };
     // The segment is read in windows of READ_WINDOW_BYTES (one read per small record made
     // compacting 4 KiB writes wait on the thread pool: 21 MiB/s); a window is never reused,
     // since the records copied as they are stay views of it until written.
-    let window = Buffer.alloc(0);
+    let window: Buffer = Buffer.alloc(0);
     let windowStart = 0;
-    for (const record of records) {
-      const recordPosition = record.payloadPosition - payloadOffset(record.payloadBytes);
-      assert(recordPosition === at, 'the records given follow each other through the segment');
-      const span = recordSpan(record.payloadBytes);
-      if (recordPosition + span > windowStart + window.length) {
-        const length = Math.min(Math.max(span, READ_WINDOW_BYTES), bytesBefore - recordPosition);
-        if (length < span) throw damaged(sourcePath, recordPosition, 'record cut short');
-        window = Buffer.allocUnsafe(length);
-        windowStart = recordPosition;
-        if ((await source.readAsync(window, 0, length, recordPosition)) !== length) throw damaged(sourcePath, recordPosition, 'record cut short');
-      }
-      const bytes = window.subarray(recordPosition - windowStart, recordPosition - windowStart + span);
-      verifyRecord(bytes, record, crcSeed, sourcePath, recordPosition);
-      const newRecordPosition = written + pendingBytes;
-      const check = decodeRecordHeader(bytes);
-      assert(check.ok, 'a verified record has a sound header');
-      const header = check.header;
-      const compressed = (header.flags & RecordFlag.COMPRESSED) !== 0;
-      if (thinned.has(record.seq)) {
-        assert(record.type === RecordType.WRITE, 'only WRITE records are thinned');
-        const thin = Buffer.alloc(RECORD_HEADER_BYTES);
-        encodeRecordHeader(thin, { ...header, type: RecordType.THINNED, flags: header.flags & ~RecordFlag.COMPRESSED, payloadBytes: 0, payloadSkip: 0 }, null, crcSeed);
-        pending.push(thin);
-        pendingBytes += thin.length;
-        moved.push({ payloadPosition: newRecordPosition + payloadOffset(0), payloadBytes: 0, compressed: false });
-      } else if (options.compress && header.type === RecordType.WRITE && !compressed && header.payloadBytes >= 1024) {
-        const payload = bytes.subarray(payloadOffset(header.payloadBytes), payloadOffset(header.payloadBytes) + header.payloadBytes);
-        const container = encodeContainer(payload);
-        if (container) {
-          const table = encodeChunkTable(container, crcSeed);
-          const head = Buffer.alloc(RECORD_HEADER_BYTES);
-          encodeRecordHeader(head, { ...header, flags: header.flags | RecordFlag.COMPRESSED, payloadBytes: container.length }, table, crcSeed);
-          const padding = recordSpan(container.length) - payloadOffset(container.length) - container.length;
-          pending.push(head, table, container, PADDING.subarray(0, padding));
-          pendingBytes += recordSpan(container.length);
-          moved.push({ payloadPosition: newRecordPosition + payloadOffset(container.length), payloadBytes: container.length, compressed: true });
-          recordsCompressed += 1;
-        } else {
-          pending.push(bytes);
-          pendingBytes += span;
-          moved.push({ payloadPosition: newRecordPosition + payloadOffset(record.payloadBytes), payloadBytes: record.payloadBytes, compressed: false });
+    let next = 0;
+    while (at < bytesBefore) {
+      if (at + RECORD_HEADER_BYTES > windowStart + window.length) ({ window, windowStart } = await readWindow(source, at, RECORD_HEADER_BYTES, bytesBefore, sourcePath));
+      const peek = decodeRecordHeader(window.subarray(at - windowStart, at - windowStart + RECORD_HEADER_BYTES));
+      if (!peek.ok) throw damaged(sourcePath, at, peek.reason);
+      const span = spanOf(peek.header);
+      if (at + span > windowStart + window.length) ({ window, windowStart } = await readWindow(source, at, span, bytesBefore, sourcePath));
+      const bytes = window.subarray(at - windowStart, at - windowStart + span);
+      for (const found of verifiedRecords(bytes, at, crcSeed, sourcePath)) {
+        const record = records[next];
+        next += 1;
+        if (!record || found.header.seq !== record.seq || found.header.type !== record.type || found.header.payloadBytes !== record.payloadBytes || found.payloadPosition !== record.payloadPosition) {
+          throw damaged(sourcePath, at, `record seq ${found.header.seq} is not the one the history knows (${record ? `seq ${record.seq}` : 'none'})`);
         }
-      } else {
-        pending.push(bytes);
-        pendingBytes += span;
-        moved.push({ payloadPosition: newRecordPosition + payloadOffset(record.payloadBytes), payloadBytes: record.payloadBytes, compressed });
+        let out: PackInput = found;
+        if (thinned.has(record.seq)) {
+          assert(record.type === RecordType.WRITE, 'only WRITE records are thinned');
+          out = { header: { ...found.header, type: RecordType.THINNED, flags: found.header.flags & ~RecordFlag.COMPRESSED, payloadBytes: 0, payloadSkip: 0 }, table: null, payload: null };
+        } else if (options.compress && found.header.type === RecordType.WRITE && !isCompressed(found.header) && found.header.payloadBytes >= 1024) {
+          const container = encodeContainer(found.payload!);
+          if (container) {
+            out = { header: { ...found.header, flags: found.header.flags | RecordFlag.COMPRESSED, payloadBytes: container.length }, table: encodeChunkTable(container, crcSeed), payload: container, logicalBytes: found.payload!.length };
+            recordsCompressed += 1;
+          }
+        }
+        if (options.pack !== false && packable(out.header)) {
+          if (!pack.add(out)) {
+            flushPack();
+            assert(pack.add(out), 'a packable record fits an empty pack');
+          }
+        } else {
+          flushPack();
+          const standalone = standaloneRecord(out, crcSeed);
+          moved.push({ payloadPosition: written + pendingBytes + payloadOffset(out.header.payloadBytes), payloadBytes: out.header.payloadBytes, compressed: isCompressed(out.header), packed: false });
+          emit(standalone.buffers, standalone.span);
+        }
       }
       at += span;
       if (pendingBytes >= (options.sliceBytes ?? SLICE_BYTES) || performance.now() - sliceStarted >= (options.sliceMs ?? 4)) {
@@ -147,7 +165,8 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
         sliceStarted = performance.now();
       }
     }
-    if (at !== bytesBefore) throw damaged(sourcePath, at, `the history knows records up to offset ${at}, the segment is ${bytesBefore} bytes`);
+    if (next !== records.length) throw damaged(sourcePath, at, `the history knows ${records.length} records, the segment holds ${next}`);
+    flushPack();
     if (pendingBytes > 0) await target.writevAsync(pending, written);
     written += pendingBytes;
     await target.datasync();
@@ -168,24 +187,47 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
   }
 }
 
+function isCompressed(header: RecordHeader): boolean {
+  return header.type === RecordType.WRITE && (header.flags & RecordFlag.COMPRESSED) !== 0;
+}
+
+/** A fresh window of the source from `at`: at least `need` bytes (else the segment is cut short). */
+async function readWindow(source: StorageFile, at: number, need: number, size: number, sourcePath: string): Promise<{ window: Buffer; windowStart: number }> {
+  const length = Math.min(Math.max(need, READ_WINDOW_BYTES), size - at);
+  if (length < need) throw damaged(sourcePath, at, 'record cut short');
+  const window: Buffer = Buffer.allocUnsafe(length);
+  if ((await source.readAsync(window, 0, length, at)) !== length) throw damaged(sourcePath, at, 'record cut short');
+  return { window, windowStart: at };
+}
+
+/**
+ * The record(s) in `bytes` (one record, or a PACK and all it holds), each verified — header
+ * and entry CRCs, every payload chunk, a compressed payload's container — with views of its
+ * body.
+ */
+function verifiedRecords(bytes: Buffer, position: number, crcSeed: number, file: string): SourceRecord[] {
+  const check = checkRecordBytes(bytes, crcSeed, position);
+  if (!check.ok) throw damaged(file, position, check.reason);
+  if (check.packed) {
+    return check.packed.map((record) => {
+      const at = record.payloadPosition - position;
+      const tableBytes = chunkTableBytes(record.header.payloadBytes);
+      const payload = record.header.payloadBytes > 0 ? bytes.subarray(at, at + record.header.payloadBytes) : null;
+      return { ...record, table: payload ? bytes.subarray(at - tableBytes, at) : null, payload };
+    });
+  }
+  const { header } = check;
+  const tableBytes = chunkTableBytes(header.payloadBytes);
+  const payload = header.payloadBytes > 0 ? bytes.subarray(RECORD_HEADER_BYTES + tableBytes, RECORD_HEADER_BYTES + tableBytes + header.payloadBytes) : null;
+  return [{
+    header, table: payload ? bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + tableBytes) : null, payload,
+    logicalBytes: check.logicalBytes, payloadPosition: position + payloadOffset(header.payloadBytes),
+  }];
+}
+
 /** Removes compaction files a crash left behind (the segment they were made from is intact). */
 export function removeCompactionLeftovers(files: FileLayer, directory: string): void {
   for (const name of files.list(directory)) if (name.endsWith(COMPACT_SUFFIX)) files.remove(`${directory}/${name}`);
-}
-
-function verifyRecord(bytes: Buffer, record: CompactionRecord, crcSeed: number, file: string, position: number): void {
-  const check = decodeRecordHeader(bytes);
-  if (!check.ok) throw damaged(file, position, check.reason);
-  const { header } = check;
-  if (header.seq !== record.seq || header.type !== record.type || header.payloadBytes !== record.payloadBytes) throw damaged(file, position, `record seq ${header.seq} is not the one the history knows (seq ${record.seq})`);
-  const tableBytes = payloadOffset(header.payloadBytes) - RECORD_HEADER_BYTES;
-  const table = tableBytes > 0 ? bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + tableBytes) : null;
-  if (recordCrc(bytes, table, crcSeed) !== storedCrc(bytes)) throw damaged(file, position, 'record checksum mismatch');
-  if (table) {
-    const payload = bytes.subarray(RECORD_HEADER_BYTES + tableBytes, RECORD_HEADER_BYTES + tableBytes + header.payloadBytes);
-    const bad = firstBadChunk(payload, 0, header.payloadBytes, table, crcSeed);
-    if (bad !== -1) throw damaged(file, position, `payload chunk ${bad} fails its checksum`);
-  }
 }
 
 function readExactly(file: StorageFile, into: Buffer, position: number): void {
@@ -194,4 +236,46 @@ function readExactly(file: StorageFile, into: Buffer, position: number): void {
 
 function damaged(file: string, position: number, why: string): HindsightError {
   return new HindsightError('JOURNAL_CORRUPT', `journal ${file} is corrupt at offset ${position} (${why}); compaction stopped, the volume is not served (run hindsight fsck)`);
+}
+
+/**
+ * Segment `segmentIndex` (whose first record is `seqFirst`) copied to `toPath` up to and
+ * including record `seqLast` (a failback's last common record), made durable: the bytes as
+ * they are, except a pack holding records after `seqLast` — its records up to `seqLast` are
+ * written as records of their own, each checked, and the rest of the pack left out.
+ */
+export async function copySegmentPrefix(options: Pick<CompactionOptions, 'files' | 'directory' | 'crcSeed'>, segmentIndex: number, seqFirst: number, seqLast: number, toPath: string): Promise<void> {
+  const { files, crcSeed } = options;
+  const records = segmentRecordsOnDisk(options, segmentIndex, seqFirst, seqLast, null);
+  const last = records[records.length - 1];
+  assert(last !== undefined && last.header.seq === seqLast, 'the segment holds the last record copied');
+  const packed = (last.header.flags & RecordFlag.PACKED) !== 0;
+  const copyEnd = packed ? last.recordPosition : last.recordPosition + recordSpan(last.header.payloadBytes);
+  const source = files.open(segmentPath(options.directory, segmentIndex), false);
+  const target = files.open(toPath, true);
+  try {
+    const buffer = Buffer.allocUnsafe(READ_WINDOW_BYTES);
+    for (let at = 0; at < copyEnd;) {
+      const length = Math.min(buffer.length, copyEnd - at);
+      if ((await source.readAsync(buffer, 0, length, at)) !== length) throw damaged(source.path, at, 'segment cut short');
+      await target.writevAsync([buffer.subarray(0, length)], at);
+      at += length;
+    }
+    let at = copyEnd;
+    for (const record of packed ? records.filter((r) => r.recordPosition === last.recordPosition) : []) {
+      const { header } = record;
+      const tableBytes = chunkTableBytes(header.payloadBytes);
+      const body = Buffer.allocUnsafe(tableBytes + header.payloadBytes);
+      if ((await source.readAsync(body, 0, body.length, record.payloadPosition - tableBytes)) !== body.length) throw damaged(source.path, record.payloadPosition, 'record cut short');
+      const { buffers, span } = standaloneRecord({ header, table: tableBytes > 0 ? body.subarray(0, tableBytes) : null, payload: header.payloadBytes > 0 ? body.subarray(tableBytes) : null }, crcSeed);
+      const check = checkRecordBytes(Buffer.concat(buffers), crcSeed);
+      if (!check.ok) throw damaged(source.path, record.payloadPosition, `packed seq ${header.seq}: ${check.reason}`);
+      await target.writevAsync(buffers, at);
+      at += span;
+    }
+    await target.datasync();
+  } finally {
+    source.close();
+    target.close();
+  }
 }

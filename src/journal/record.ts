@@ -37,6 +37,12 @@ export const RecordType = {
    * point the policy keeps, so no kept point shows it. Header only (seq, time, range).
    */
   THINNED: 8,
+  /**
+   * Compacted segments only (pack.ts): the records seq..seq+length-1 packed together, each
+   * with a short entry instead of a header of its own. `offset` holds the bytes after this
+   * header (entry table and bodies), `length` the count of records.
+   */
+  PACK: 9,
 } as const;
 export type RecordTypeValue = (typeof RecordType)[keyof typeof RecordType];
 
@@ -48,6 +54,12 @@ export const RecordFlag = {
   CLIENT_WRITE: 1 << 2,
   /** WRITE records: the payload is a compressed container (container.ts), written by compaction. */
   COMPRESSED: 1 << 3,
+  /**
+   * Never on disk: in memory, a record read from a PACK (pack.ts) — its header is an entry of
+   * the pack, not at `payload position - payloadOffset`, and its body (chunk table, payload)
+   * follows the previous record's without padding.
+   */
+  PACKED: 1 << 7,
 } as const;
 
 /** Records that stand for a client WRITE (whatever was stored for it). */
@@ -79,6 +91,20 @@ export function recordSpan(payloadBytes: number): number {
   return alignUp(payloadOffset(payloadBytes) + payloadBytes);
 }
 
+/** Bytes the record whose header this is occupies (a PACK: all the records it holds). */
+export function spanOf(header: RecordHeader): number {
+  return header.type === RecordType.PACK ? alignUp(RECORD_HEADER_BYTES + header.offsetBytes) : recordSpan(header.payloadBytes);
+}
+
+/** The body of a record: its chunk table and payload. */
+export function bodyBytes(payloadBytes: number): number {
+  return chunkTableBytes(payloadBytes) + payloadBytes;
+}
+
+/** The most records a PACK holds, and the most bytes after its header (pack.ts). */
+export const PACK_RECORDS_MAX = 4096;
+export const PACK_BYTES_MAX = 4 * 1024 * 1024;
+
 /** Where the payload starts within its record: after the header and the chunk table. */
 export function payloadOffset(payloadBytes: number): number {
   return RECORD_HEADER_BYTES + chunkTableBytes(payloadBytes);
@@ -93,7 +119,9 @@ export function alignUp(bytes: number): number {
 export function encodeRecordHeader(out: Buffer, header: RecordHeader, table: Buffer | null, crcSeed: number): void {
   assert(out.length >= RECORD_HEADER_BYTES, 'header buffer is large enough');
   assert(KNOWN_TYPES.has(header.type), 'record type is known');
-  assert((table?.length ?? 0) === chunkTableBytes(header.payloadBytes), 'chunk table matches the payload');
+  // (A PACK's CRC covers its entry table where a WRITE's covers its chunk table.)
+  const tableBytes = header.type === RecordType.PACK ? header.lengthBytes * PACK_ENTRY_BYTES : chunkTableBytes(header.payloadBytes);
+  assert((table?.length ?? 0) === tableBytes, 'chunk table matches the payload');
   out.writeUInt32LE(RECORD_MAGIC, 0);
   out.writeUInt8(header.type, 4);
   out.writeUInt8(header.flags, 5);
@@ -139,15 +167,30 @@ export function decodeRecordHeader(bytes: Buffer): HeaderCheck {
     seqDurable: readU64(bytes, 40),
     payloadSkip: bytes.readUInt32LE(52),
   };
+  if (type === RecordType.PACK) {
+    const count = header.lengthBytes;
+    const sound = header.flags === 0 && header.payloadBytes === 0 && header.payloadSkip === 0 && count >= 1 && count <= PACK_RECORDS_MAX &&
+      header.offsetBytes >= count * PACK_ENTRY_BYTES && header.offsetBytes <= PACK_BYTES_MAX;
+    return sound ? { ok: true, header } : { ok: false, reason: 'pack record with unsound sizes' };
+  }
+  const why = unfit(header);
+  return why === null ? { ok: true, header } : { ok: false, reason: why };
+}
+
+/** Bytes of one entry in a PACK's table (pack.ts). */
+export const PACK_ENTRY_BYTES = 28;
+
+/** Why a (non-PACK) record's sizes do not fit its type, or null when they do. */
+export function unfit(header: RecordHeader): string | null {
   const skip = header.payloadSkip ?? 0;
-  const fits = type === RecordType.WRITE
+  const fits = header.type === RecordType.WRITE
     ? header.payloadBytes > 0 && skip + header.payloadBytes <= header.lengthBytes
     : header.payloadBytes === 0 && skip === 0;
-  if (!fits) return { ok: false, reason: 'payload length does not fit the record type' };
-  if (type === RecordType.REVERT && (header.lengthBytes !== 0 || header.offsetBytes >= header.seq)) {
-    return { ok: false, reason: 'revert record does not go back to an earlier seq' };
+  if (!fits) return 'payload length does not fit the record type';
+  if (header.type === RecordType.REVERT && (header.lengthBytes !== 0 || header.offsetBytes >= header.seq)) {
+    return 'revert record does not go back to an earlier seq';
   }
-  return { ok: true, header };
+  return null;
 }
 
 export function crcSeedFor(volumeId: Buffer): number {

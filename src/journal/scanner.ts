@@ -7,8 +7,10 @@ import path from 'node:path';
 import { HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
 import {
-  RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordCrc, recordSpan, storedCrc,
+  PACK_ENTRY_BYTES, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordCrc, spanOf, storedCrc,
 } from './record.js';
+import { decodePack } from './pack.js';
+import type { PackedRecord } from './pack.js';
 import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, firstBadChunk } from './chunk-crc.js';
 import type { RecordHeader } from './record.js';
 import { SEGMENT_HEADER_BYTES, decodeSegmentHeader, parseSegmentFileName } from './segment.js';
@@ -167,9 +169,9 @@ function* scanSegment(file: StorageFile, segmentIndex: number, start: number, fi
       const atStart = segmentIndex === options.from.segmentIndex && position === options.from.position;
       return bad(position, `seq ${check.header.seq} where ${expectedSeq} was expected`, expectedSeq, atStart);
     }
-    options.onRecord({ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(check.header.payloadBytes), logicalBytes: check.logicalBytes });
-    expectedSeq += 1;
-    const span = recordSpan(check.header.payloadBytes);
+    for (const record of recordsOf(check, segmentIndex, position)) options.onRecord(record);
+    expectedSeq += recordCount(check.header);
+    const span = spanOf(check.header);
     position += span;
     sinceYield += span;
     if (sinceYield >= SCAN_YIELD_BYTES) {
@@ -180,7 +182,19 @@ function* scanSegment(file: StorageFile, segmentIndex: number, start: number, fi
   return { position, expectedSeq, bad: null };
 }
 
-type RecordCheck = { ok: true; header: RecordHeader; logicalBytes?: number } | { ok: false; reason: string };
+/** A checked record: a PACK's header comes with the records it holds. */
+type RecordCheck = { ok: true; header: RecordHeader; logicalBytes?: number; packed?: PackedRecord[] } | { ok: false; reason: string };
+
+/** How many seqs the record whose header this is stands for. */
+function recordCount(header: RecordHeader): number {
+  return header.type === RecordType.PACK ? header.lengthBytes : 1;
+}
+
+/** The records a checked record stands for: itself, or those of a pack (sharing its position). */
+function recordsOf(check: RecordCheck & { ok: true }, segmentIndex: number, position: number): ScannedRecord[] {
+  if (check.packed) return check.packed.map((record) => ({ ...record, segmentIndex, recordPosition: position }));
+  return [{ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(check.header.payloadBytes), logicalBytes: check.logicalBytes }];
+}
 
 /** A compressed WRITE's logical length from its container's first bytes, checked against its range. */
 function logicalOf(header: RecordHeader, head: Buffer | null): RecordCheck {
@@ -198,8 +212,13 @@ export function readRecordAt(file: StorageFile, position: number, size: number, 
   file.read(scratch, 0, RECORD_HEADER_BYTES, position);
   const decoded = decodeRecordHeader(scratch);
   if (!decoded.ok) return decoded;
+  if (position + spanOf(decoded.header) > size) return { ok: false, reason: 'record payload truncated' };
+  if (decoded.header.type === RecordType.PACK) {
+    const body = Buffer.allocUnsafe(decoded.header.offsetBytes);
+    file.read(body, 0, body.length, position + RECORD_HEADER_BYTES);
+    return checkPack(scratch, decoded.header, body, position, crcSeed, true);
+  }
   const payloadBytes = decoded.header.payloadBytes;
-  if (position + recordSpan(payloadBytes) > size) return { ok: false, reason: 'record payload truncated' };
   if (payloadBytes === 0) {
     if (recordCrc(scratch, null, crcSeed) !== storedCrc(scratch)) return { ok: false, reason: 'record checksum mismatch' };
     return decoded;
@@ -217,9 +236,16 @@ export function readRecordAt(file: StorageFile, position: number, size: number, 
  * Fully checks one record held in memory (header, sizes, CRC seeded by the volume, chunk
  * table against the payload): a record received from a peer site, or read whole.
  */
-export function checkRecordBytes(bytes: Buffer, crcSeed: number): RecordCheck & { span?: number } {
+export function checkRecordBytes(bytes: Buffer, crcSeed: number, packAt?: number): RecordCheck {
   const decoded = decodeRecordHeader(bytes);
   if (!decoded.ok) return decoded;
+  if (decoded.header.type === RecordType.PACK) {
+    // Packs exist only in compacted segments (read with `packAt`, where the pack lies in its
+    // segment): records travel one by one.
+    if (packAt === undefined) return { ok: false, reason: 'a pack record where single records are expected' };
+    if (bytes.length < RECORD_HEADER_BYTES + decoded.header.offsetBytes) return { ok: false, reason: 'record payload truncated' };
+    return checkPack(bytes, decoded.header, bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + decoded.header.offsetBytes), packAt, crcSeed, true);
+  }
   const payloadBytes = decoded.header.payloadBytes;
   const end = payloadOffset(payloadBytes) + payloadBytes;
   if (bytes.length < end) return { ok: false, reason: 'record payload truncated' };
@@ -312,8 +338,8 @@ export async function scrubJournal(options: Omit<ScanOptions, 'onRecord' | 'from
           break;
         }
         assert(check.ok, 'a record without a problem checked out');
-        expectedSeq += 1;
-        position += recordSpan(check.header.payloadBytes);
+        expectedSeq += recordCount(check.header);
+        position += spanOf(check.header);
         const sliceMs = performance.now() - sliceStart;
         if (sliceMs >= SCRUB_SLICE_MS) {
           await new Promise<void>((resolve) => setTimeout(resolve, Math.ceil(sliceMs * SCRUB_DUTY / (1 - SCRUB_DUTY))));
@@ -391,7 +417,10 @@ export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'ex
       }
       while (position < limit) {
         let checked = checkHeader(window, position, expectedSeq, options.crcSeed);
-        if (checked.ok && laterFirsts.has(expectedSeq)) checked = readRecordAt(file, position, size, scratch, options.crcSeed);
+        const count = checked.ok ? recordCount(checked.header) : 1;
+        if (checked.ok && [...laterFirsts].some((first) => first >= expectedSeq && first < expectedSeq + count)) {
+          checked = readRecordAt(file, position, size, scratch, options.crcSeed);
+        }
         if (!checked.ok) {
           const continuation = findContinuation(options, { segmentIndex, position, reason: checked.reason, expectedSeq, startMismatch: false });
           if (continuation === null || continuation > until.segmentIndex) {
@@ -400,9 +429,9 @@ export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'ex
           skipBelow = continuation;
           break;
         }
-        onRecord({ header: checked.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(checked.header.payloadBytes), logicalBytes: checked.logicalBytes });
-        expectedSeq += 1;
-        position += recordSpan(checked.header.payloadBytes);
+        for (const record of recordsOf(checked, segmentIndex, position)) onRecord(record);
+        expectedSeq += recordCount(checked.header);
+        position += spanOf(checked.header);
       }
     } finally {
       file.close();
@@ -432,9 +461,10 @@ export function segmentRecordsOnDisk(options: Pick<ScanOptions, 'files' | 'direc
     while (expectedSeq <= seqLast) {
       const checked = position < size ? checkHeader(window, position, expectedSeq, options.crcSeed) : { ok: false as const, reason: 'segment ends' };
       if (!checked.ok) throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path} is corrupt at offset ${position} (${checked.reason}; seq ${expectedSeq} of ${seqFirst}..${seqLast} expected there)`);
-      records.push({ header: checked.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(checked.header.payloadBytes), logicalBytes: checked.logicalBytes });
-      expectedSeq += 1;
-      position += recordSpan(checked.header.payloadBytes);
+      // (A pack may go on past seqLast: a failback's cut.)
+      records.push(...recordsOf(checked, segmentIndex, position).filter((record) => record.header.seq <= seqLast));
+      expectedSeq += recordCount(checked.header);
+      position += spanOf(checked.header);
     }
     return records;
   } finally {
@@ -476,6 +506,12 @@ function checkHeader(window: HeaderWindow, position: number, expectedSeq: number
   if (!first) return { ok: false, reason: 'record header truncated' };
   const decoded = decodeRecordHeader(first);
   if (!decoded.ok) return decoded;
+  if (decoded.header.type === RecordType.PACK) {
+    if (decoded.header.seq !== expectedSeq) return { ok: false, reason: `seq ${decoded.header.seq} where ${expectedSeq} was expected` };
+    const entries = window.slice(position, RECORD_HEADER_BYTES + decoded.header.lengthBytes * PACK_ENTRY_BYTES);
+    if (!entries) return { ok: false, reason: 'pack entry table truncated' };
+    return checkPack(entries, decoded.header, entries.subarray(RECORD_HEADER_BYTES), position, crcSeed, false);
+  }
   const tableBytes = chunkTableBytes(decoded.header.payloadBytes);
   const whole = window.slice(position, RECORD_HEADER_BYTES + tableBytes);
   if (!whole) return { ok: false, reason: 'chunk table truncated' };
@@ -494,4 +530,32 @@ function checkHeader(window: HeaderWindow, position: number, expectedSeq: number
     return { ok: false, reason: 'payload chunk 0 checksum mismatch' };
   }
   return logicalOf(decoded.header, firstChunk.subarray(0, 8));
+}
+
+/**
+ * A PACK (pack.ts): its CRC over the header and entry table, its entries; with `whole` (the
+ * body holds everything after the header), every packed payload against its chunk table and
+ * a compressed one's container against its entry's logical bytes.
+ */
+function checkPack(headerBytes: Buffer, header: RecordHeader, body: Buffer, position: number, crcSeed: number, whole: boolean): RecordCheck {
+  const entries = body.subarray(0, header.lengthBytes * PACK_ENTRY_BYTES);
+  if (recordCrc(headerBytes, entries, crcSeed) !== storedCrc(headerBytes)) return { ok: false, reason: 'record checksum mismatch' };
+  const decoded = decodePack(header, Buffer.from(entries), position);
+  if (!decoded.ok) return decoded;
+  if (whole) {
+    const base = position + RECORD_HEADER_BYTES;
+    for (const record of decoded.records) {
+      const { payloadBytes } = record.header;
+      if (payloadBytes === 0) continue;
+      const at = record.payloadPosition - base;
+      const table = body.subarray(at - chunkTableBytes(payloadBytes), at);
+      const payload = body.subarray(at, at + payloadBytes);
+      const bad = firstBadChunk(payload, 0, payloadBytes, table, crcSeed);
+      if (bad !== -1) return { ok: false, reason: `payload chunk ${bad} of packed seq ${record.header.seq} checksum mismatch` };
+      if (record.logicalBytes !== undefined && containerLogicalBytes(payload.subarray(0, 8)) !== record.logicalBytes) {
+        return { ok: false, reason: `packed seq ${record.header.seq}: its container does not match its entry` };
+      }
+    }
+  }
+  return { ok: true, header, packed: decoded.records };
 }

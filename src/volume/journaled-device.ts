@@ -13,7 +13,7 @@ import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, changesContent, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
-import { CheckpointMismatch, Journal, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, segmentRecordsOnDisk, tocPath } from '../journal/index.js';
+import { CheckpointMismatch, Journal, chunkTableBytes, standaloneRecord, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, segmentRecordsOnDisk, tocPath } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, RecoveryStart, ScannedRecord } from '../journal/index.js';
 import { compactSegment } from '../journal/compaction.js';
 import { RetentionState, compactionGeneration, foldPlan } from './retention-state.js';
@@ -499,20 +499,37 @@ export class JournaledDevice implements BlockDevice {
     if (this.corruption) throw this.corruption;
     assert(seqFirst >= 1 && seqFirst <= seqMax && seqMax <= this.history.seqLast, 'records asked for exist');
     const first = this.entryAt(seqFirst);
-    const start = first.payloadPosition - payloadOffset(first.payloadBytes);
-    const pieces: Array<{ at: number; bytes: number }> = [];
+    // One read: records of their own follow each other; packed ones (compacted segments)
+    // are read as their bodies, which follow each other within a pack, and sent as records
+    // of their own (header from the history, chunk table and payload as stored).
+    const packed = (first.flags & RecordFlag.PACKED) !== 0;
+    const startOf = (entry: HistoryEntry) => packed ? entry.payloadPosition - chunkTableBytes(entry.payloadBytes) : entry.payloadPosition - payloadOffset(entry.payloadBytes);
+    const endOf = (entry: HistoryEntry) => packed ? entry.payloadPosition + entry.payloadBytes : startOf(entry) + recordSpan(entry.payloadBytes);
+    const start = startOf(first);
+    const pieces: Array<{ entry: HistoryEntry; at: number; bytes: number }> = [];
     let end = start;
     for (let seq = seqFirst; seq <= seqMax; seq += 1) {
       const entry = seq === seqFirst ? first : this.entryAt(seq);
-      if (entry.segment !== first.segment) break;
-      const at = entry.payloadPosition - payloadOffset(entry.payloadBytes);
-      if (at !== end || (pieces.length > 0 && at + recordSpan(entry.payloadBytes) - start > bytesMax)) break;
-      pieces.push({ at: at - start, bytes: payloadOffset(entry.payloadBytes) + entry.payloadBytes });
-      end = at + recordSpan(entry.payloadBytes);
+      if (entry.segment !== first.segment || ((entry.flags & RecordFlag.PACKED) !== 0) !== packed) break;
+      const at = startOf(entry);
+      if (at !== end || (pieces.length > 0 && endOf(entry) - start > bytesMax)) break;
+      pieces.push({ entry, at: at - start, bytes: packed ? endOf(entry) - at : payloadOffset(entry.payloadBytes) + entry.payloadBytes });
+      end = endOf(entry);
     }
     try {
-      const span = await this.journal.readSpan(first.segment, start, end - start);
-      return pieces.map((piece, i) => this.journal.checkedRecord(span.subarray(piece.at, piece.at + piece.bytes), seqFirst + i, first.segment, start + piece.at));
+      const span = end > start ? await this.journal.readSpan(first.segment, start, end - start) : Buffer.alloc(0);
+      return pieces.map((piece, i) => {
+        let bytes = span.subarray(piece.at, piece.at + piece.bytes);
+        if (packed) {
+          const { entry } = piece;
+          const tableBytes = chunkTableBytes(entry.payloadBytes);
+          bytes = Buffer.concat(standaloneRecord({
+            header: { type: entry.type as RecordTypeValue, flags: entry.flags, seq: entry.seq, timeUs: entry.timeUs, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, payloadBytes: entry.payloadBytes, seqDurable: 0, payloadSkip: entry.payloadSkip },
+            table: tableBytes > 0 ? bytes.subarray(0, tableBytes) : null, payload: entry.payloadBytes > 0 ? bytes.subarray(tableBytes) : null,
+          }, crcSeedFor(this.options.volumeId)).buffers);
+        }
+        return this.journal.checkedRecord(bytes, seqFirst + i, first.segment, start + piece.at);
+      });
     } catch (err) {
       if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
       throw err;
@@ -719,6 +736,11 @@ export class JournaledDevice implements BlockDevice {
       if (segmentIndex > activeIndex || this.tocComplete.has(segmentIndex)) continue;
       const records = this.segmentEntries(segmentIndex, false);
       if (!records) continue;
+      // A compacted segment's packs are its table of contents (read pack by pack at start).
+      if (records.entries.some((entry) => (entry.flags & RecordFlag.PACKED) !== 0)) {
+        if (segmentIndex < activeIndex) this.tocComplete.add(segmentIndex);
+        continue;
+      }
       const entries = records.entries.filter((entry) => entry.seq <= seqLast).map((entry) => ({
         type: entry.type, flags: entry.flags, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, timeUs: entry.timeUs,
         recordPosition: entry.payloadPosition - payloadOffset(entry.payloadBytes), payloadBytes: entry.payloadBytes, payloadSkip: entry.payloadSkip,

@@ -11,7 +11,8 @@ import path from 'node:path';
 import { DEFAULT_RETENTION, HindsightError, LIMITS, assert, formatSize, formatTimeUs, fromSystemError, keepAllUs, parsePoint, parseRetention, retentionHorizonUs } from '../core/index.js';
 import type { BlockDevice } from '../core/index.js';
 import type { TimelineBucket } from '../index/index.js';
-import { RecordType, listSegments, nodeFileLayer, payloadOffset, recordSpan, segmentPath, tocPath } from '../journal/index.js';
+import { RecordType, crcSeedFor, listSegments, nodeFileLayer, segmentPath, tocPath } from '../journal/index.js';
+import { copySegmentPrefix } from '../journal/compaction.js';
 import { BookmarkStore } from './bookmarks.js';
 import type { Bookmark } from './bookmarks.js';
 import { JournaledDevice, verifyJournal } from './journaled-device.js';
@@ -500,10 +501,10 @@ export class VolumeManager {
       // Closing waits for a compaction being installed: positions are final after it.
       await device.close();
       // Where the shared history ends: segment and position after record `commonSeq`.
-      let cut: { segment: number; end: number } | null = null;
+      let cut: { segment: number; seqFirst: number } | null = null;
       if (commonSeq > 0) {
-        const entry = device.entryAt(commonSeq);
-        cut = { segment: entry.segment, end: entry.payloadPosition - payloadOffset(entry.payloadBytes) + recordSpan(entry.payloadBytes) };
+        const segment = device.entryAt(commonSeq).segment;
+        cut = { segment, seqFirst: device.segmentEntries(segment, false)!.seqFirst };
       }
       if (commonSeq === seqLast) {
         // Nothing diverged: the same journal continues as a replica (whose history does not
@@ -534,7 +535,7 @@ export class VolumeManager {
             // Its table of contents too (the same records): no full read at the first open.
             await fs.link(tocPath(oldJournal, segment), tocPath(newJournal, segment)).catch(() => undefined);
           } else if (segment === cut!.segment) {
-            await copyPrefix(from, to, cut!.end);
+            await copySegmentPrefix({ files: nodeFileLayer, directory: oldJournal, crcSeed: crcSeedFor(volumeIdOf(volume.record)) }, segment, cut!.seqFirst, commonSeq, to);
           }
         }
         for (const file of ['retention.json', 'bookmarks.json']) {
@@ -1014,24 +1015,6 @@ async function writeRecord(directory: string, record: VolumeRecord): Promise<voi
 }
 
 /** Copies the first `bytes` of `from` to a new file `to`, durably. */
-async function copyPrefix(from: string, to: string, bytes: number): Promise<void> {
-  const source = await fs.open(from, 'r');
-  const target = await fs.open(to, 'wx');
-  try {
-    const buffer = Buffer.allocUnsafe(4 * 1024 * 1024);
-    for (let at = 0; at < bytes;) {
-      const { bytesRead } = await source.read(buffer, 0, Math.min(buffer.length, bytes - at), at);
-      if (bytesRead === 0) throw new HindsightError('JOURNAL_CORRUPT', `${from} ends at ${at}, before ${bytes}`);
-      await target.write(buffer, 0, bytesRead, at);
-      at += bytesRead;
-    }
-    await target.datasync();
-  } finally {
-    await source.close();
-    await target.close();
-  }
-}
-
 /** Bytes allocated on disk under a directory (st_blocks), recursively. */
 async function diskUsage(directory: string): Promise<number> {
   let total = 0;

@@ -1,0 +1,182 @@
+/**
+ * Packs (docs/FORMAT.md, "Packed records"): in a compacted segment, consecutive small records
+ * share one PACK record. Its 56-byte header (type PACK, the first record's seq and time, the
+ * count in `length`, the bytes after the header in `offset`, the highest `seqDurable` of the
+ * records) is followed by a table of 28-byte entries, one per record, then every record's
+ * body — chunk table, then payload — back to back, with no padding between them. The header's
+ * CRC covers the entry table; each body's chunk table covers its payload as in a record of
+ * its own. So a read finds a packed payload's chunk CRCs right before it, as everywhere, and
+ * a 4 KiB write costs 32 bytes of metadata instead of 64.
+ *
+ * Entry, 28 bytes: `u32` offset (low 32 bits), `u32` offset high 18 bits | flags << 18 |
+ * type << 26, `u32` time since the previous record's (µs; the first record's: since the
+ * pack's, so 0), `u32` length, `u32` payload bytes, `u32` payload skip, `u32` logical bytes
+ * (a COMPRESSED WRITE: the bytes its container stands for; 0 otherwise).
+ */
+import { assert } from '../core/index.js';
+import {
+  PACK_BYTES_MAX, PACK_ENTRY_BYTES, PACK_RECORDS_MAX, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordType, bodyBytes, encodeRecordHeader, payloadOffset, recordSpan, unfit,
+} from './record.js';
+import type { RecordHeader, RecordTypeValue } from './record.js';
+import { chunkTableBytes } from './chunk-crc.js';
+
+const OFFSET_HIGH_BITS = 18;
+const OFFSET_HIGH_MASK = (1 << OFFSET_HIGH_BITS) - 1;
+const TIME_DELTA_MAX = 0xffffffff;
+const PADDING = Buffer.alloc(RECORD_ALIGN_BYTES);
+/** Records with a longer body stand alone: packing them would save next to nothing. */
+export const PACKED_BODY_BYTES_MAX = 64 * 1024 + 64;
+
+/** A record to pack: its header and body (null without payload). */
+export interface PackInput {
+  header: RecordHeader;
+  table: Buffer | null;
+  payload: Buffer | null;
+  logicalBytes?: number;
+}
+
+/** A record read from a pack: its header (flag PACKED set), where its payload is. */
+export interface PackedRecord {
+  header: RecordHeader;
+  payloadPosition: number;
+  logicalBytes?: number;
+}
+
+/** Whether a record may go into a pack at all. */
+export function packable(header: RecordHeader): boolean {
+  return header.type !== RecordType.PACK && bodyBytes(header.payloadBytes) <= PACKED_BODY_BYTES_MAX && header.offsetBytes < 2 ** 50;
+}
+
+/** Collects records for one pack: `add` says false when one more would not fit. */
+export class PackBuilder {
+  private readonly records: PackInput[] = [];
+  private bodies = 0;
+
+  get count(): number {
+    return this.records.length;
+  }
+
+  /** The headers of the records collected so far. */
+  get headers(): RecordHeader[] {
+    return this.records.map((record) => record.header);
+  }
+
+  add(record: PackInput): boolean {
+    assert(packable(record.header), 'only packable records are packed');
+    const last = this.records[this.records.length - 1];
+    if (last) {
+      if (this.records.length >= PACK_RECORDS_MAX) return false;
+      if ((this.records.length + 1) * PACK_ENTRY_BYTES + this.bodies + bodyBytes(record.header.payloadBytes) > PACK_BYTES_MAX) return false;
+      if (record.header.seq !== last.header.seq + 1 || record.header.timeUs - last.header.timeUs > TIME_DELTA_MAX) return false;
+    }
+    this.records.push(record);
+    this.bodies += bodyBytes(record.header.payloadBytes);
+    return true;
+  }
+
+  /** Empties the builder: its records, to be written some other way. */
+  drain(): PackInput[] {
+    this.bodies = 0;
+    return this.records.splice(0);
+  }
+
+  /**
+   * The pack as buffers to write at `position` (padding included), and where each record's
+   * payload lands; the builder is empty after.
+   */
+  take(position: number, crcSeed: number): { buffers: Buffer[]; span: number; payloadPositions: number[] } {
+    const bodies = this.bodies;
+    const records = this.drain();
+    assert(records.length > 0, 'a pack holds records');
+    const entries = Buffer.alloc(records.length * PACK_ENTRY_BYTES);
+    const buffers: Buffer[] = [Buffer.alloc(RECORD_HEADER_BYTES), entries];
+    const payloadPositions: number[] = [];
+    let at = position + RECORD_HEADER_BYTES + entries.length;
+    let previousUs = records[0].header.timeUs;
+    let seqDurable = 0;
+    records.forEach((record, i) => {
+      const { header } = record;
+      const e = i * PACK_ENTRY_BYTES;
+      const flags = header.flags & ~RecordFlag.PACKED;
+      entries.writeUInt32LE(header.offsetBytes % 0x100000000, e);
+      entries.writeUInt32LE((Math.floor(header.offsetBytes / 0x100000000) | (flags << OFFSET_HIGH_BITS) | (header.type << 26)) >>> 0, e + 4);
+      entries.writeUInt32LE(header.timeUs - previousUs, e + 8);
+      entries.writeUInt32LE(header.lengthBytes, e + 12);
+      entries.writeUInt32LE(header.payloadBytes, e + 16);
+      entries.writeUInt32LE(header.payloadSkip ?? 0, e + 20);
+      entries.writeUInt32LE(record.logicalBytes ?? 0, e + 24);
+      previousUs = header.timeUs;
+      seqDurable = Math.max(seqDurable, header.seqDurable);
+      if (header.payloadBytes > 0) {
+        assert(record.table !== null && record.payload !== null && record.payload.length === header.payloadBytes, 'a payload comes with its chunk table');
+        buffers.push(record.table, record.payload);
+        at += record.table.length;
+        payloadPositions.push(at);
+        at += header.payloadBytes;
+      } else {
+        payloadPositions.push(at);
+      }
+    });
+    const first = records[0].header;
+    const bodyEnd = RECORD_HEADER_BYTES + entries.length + bodies;
+    const span = Math.ceil(bodyEnd / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
+    encodeRecordHeader(buffers[0], {
+      type: RecordType.PACK, flags: 0, seq: first.seq, timeUs: first.timeUs, offsetBytes: entries.length + bodies, lengthBytes: records.length,
+      payloadBytes: 0, seqDurable, payloadSkip: 0,
+    }, entries, crcSeed);
+    if (span > bodyEnd) buffers.push(Buffer.alloc(span - bodyEnd));
+    return { buffers, span, payloadPositions };
+  }
+}
+
+/** One record on its own (not packed): header (flag PACKED dropped), chunk table, payload, padding. */
+export function standaloneRecord(record: PackInput, crcSeed: number): { buffers: Buffer[]; span: number } {
+  const head = Buffer.alloc(RECORD_HEADER_BYTES);
+  const header = { ...record.header, flags: record.header.flags & ~RecordFlag.PACKED };
+  encodeRecordHeader(head, header, record.table, crcSeed);
+  const buffers: Buffer[] = [head];
+  if (record.table && record.payload) buffers.push(record.table, record.payload);
+  const span = recordSpan(header.payloadBytes);
+  const padding = span - payloadOffset(header.payloadBytes) - header.payloadBytes;
+  if (padding > 0) buffers.push(PADDING.subarray(0, padding));
+  return { buffers, span };
+}
+
+/**
+ * The records of the PACK whose (checked) header is `pack`, at `position`, from its entry
+ * table (whose CRC the caller checked with the header): each entry checked as a record
+ * header would be, and the bodies must fill the pack exactly.
+ */
+export function decodePack(pack: RecordHeader, entries: Buffer, position: number): { ok: true; records: PackedRecord[] } | { ok: false; reason: string } {
+  assert(pack.type === RecordType.PACK && entries.length === pack.lengthBytes * PACK_ENTRY_BYTES, 'the entry table of this pack');
+  const records: PackedRecord[] = [];
+  let at = position + RECORD_HEADER_BYTES + entries.length;
+  const end = position + RECORD_HEADER_BYTES + pack.offsetBytes;
+  let timeUs = pack.timeUs;
+  for (let i = 0; i < pack.lengthBytes; i += 1) {
+    const e = i * PACK_ENTRY_BYTES;
+    const high = entries.readUInt32LE(e + 4);
+    const type = high >>> 26;
+    const flags = (high >>> OFFSET_HIGH_BITS) & 0xff;
+    timeUs += entries.readUInt32LE(e + 8);
+    const header: RecordHeader = {
+      type: type as RecordTypeValue, flags: flags | RecordFlag.PACKED, seq: pack.seq + i, timeUs,
+      offsetBytes: (high & OFFSET_HIGH_MASK) * 0x100000000 + entries.readUInt32LE(e), lengthBytes: entries.readUInt32LE(e + 12),
+      payloadBytes: entries.readUInt32LE(e + 16), seqDurable: pack.seqDurable, payloadSkip: entries.readUInt32LE(e + 20),
+    };
+    const logical = entries.readUInt32LE(e + 24);
+    if (type < RecordType.WRITE || type >= RecordType.PACK || (flags & RecordFlag.PACKED) !== 0) return { ok: false, reason: `packed record ${i} has type ${type}, flags ${flags}` };
+    const why = unfit(header);
+    if (why !== null) return { ok: false, reason: `packed record ${i}: ${why}` };
+    const compressed = type === RecordType.WRITE && (flags & RecordFlag.COMPRESSED) !== 0;
+    if (compressed !== (logical > 0) || (compressed && (header.payloadSkip ?? 0) + logical > header.lengthBytes)) {
+      return { ok: false, reason: `packed record ${i} has unsound logical bytes` };
+    }
+    at += chunkTableBytes(header.payloadBytes);
+    records.push({ header, payloadPosition: at, logicalBytes: compressed ? logical : undefined });
+    at += header.payloadBytes;
+    if (at > end) return { ok: false, reason: 'packed bodies overrun the pack' };
+  }
+  if (at !== end) return { ok: false, reason: 'packed bodies do not fill the pack' };
+  return { ok: true, records };
+}
