@@ -23,7 +23,7 @@
  */
 import { HindsightError, assert, dropOwner, ownerPrefix, regionCache } from '../core/index.js';
 import type { ByteCache } from '../core/index.js';
-import { RECORD_HEADER_BYTES, RecordFlag, RecordType, isClientWrite, recordSpan } from '../journal/record.js';
+import { RecordFlag, RecordType, isClientWrite, storedSpan, thinnableBytes } from '../journal/record.js';
 import { EXTENT_STRIDE, ExtentIndex, PAYLOAD_COMPRESSED, REGION_BYTES, Region, SEGMENT_DROPPED, SEGMENT_ZERO, SEGMENT_ZERO_ALLOCATED, lookupRegions } from './extent-index.js';
 import type { ExtentVisit } from './extent-index.js';
 
@@ -525,7 +525,7 @@ export class History {
       for (let j = i; j < end; j += 1) {
         if (t.type[j] === RecordType.THINNED) thinnedFolded += 1;
         if (t.type[j] !== RecordType.WRITE) continue;
-        const span = recordSpan(t.payloadBytes[j]) - RECORD_HEADER_BYTES;
+        const span = thinnableBytes(t.payloadBytes[j], t.flags[j]);
         if (showing?.has(t.payloadPosition[j])) {
           positions.push(t.payloadPosition[j]);
           seqs.push(this.first + j);
@@ -643,7 +643,7 @@ export class History {
   /** Journal bytes of the records stamped at or after `timeUs` (the recent growth rate). */
   journalBytesSince(timeUs: number): number {
     let bytes = 0;
-    for (let i = Math.max(0, this.lastSeqAtOrBefore(timeUs - 1) + 1 - this.seqFirst); i < this.table.count; i += 1) bytes += recordSpan(this.table.payloadBytes[i]);
+    for (let i = Math.max(0, this.lastSeqAtOrBefore(timeUs - 1) + 1 - this.seqFirst); i < this.table.count; i += 1) bytes += storedSpan(this.table.payloadBytes[i], this.table.flags[i]);
     return bytes;
   }
 
@@ -738,7 +738,7 @@ export class History {
         newPositions.push(now.payloadPosition);
         newFields.push(now.payloadBytes + (now.compressed ? PAYLOAD_COMPRESSED : 0));
         positions[j] = now.payloadPosition;
-        spans[j] = recordSpan(now.payloadBytes) - RECORD_HEADER_BYTES;
+        spans[j] = thinnableBytes(now.payloadBytes, now.packed ? RecordFlag.PACKED : 0);
       }
       this.folded.set(segment, { ...folded, positions, spans, droppableBytes: 0 });
     } else {

@@ -263,7 +263,8 @@ export async function copySegmentPrefix(options: Pick<CompactionOptions, 'files'
     }
     let at = copyEnd;
     for (const record of packed ? records.filter((r) => r.recordPosition === last.recordPosition) : []) {
-      const { header } = record;
+      // (A packed record's seqDurable is its pack's, which may name seqs past the cut.)
+      const header = { ...record.header, seqDurable: Math.min(record.header.seqDurable, seqLast) };
       const tableBytes = chunkTableBytes(header.payloadBytes);
       const body = Buffer.allocUnsafe(tableBytes + header.payloadBytes);
       if ((await source.readAsync(body, 0, body.length, record.payloadPosition - tableBytes)) !== body.length) throw damaged(source.path, record.payloadPosition, 'record cut short');

@@ -1,6 +1,6 @@
 export { Journal, CheckpointMismatch } from './journal.js';
 export type { JournalOptions, RecoveryStart, RecoveryReport, AppendedRecord, JournalStats, PayloadPiece } from './journal.js';
-export { RecordType, RecordFlag, RECORD_HEADER_BYTES, crcSeedFor, decodeRecordHeader, isClientWrite, payloadOffset, recordSpan } from './record.js';
+export { RecordType, RecordFlag, PACK_ENTRY_BYTES, RECORD_HEADER_BYTES, crcSeedFor, decodeRecordHeader, isClientWrite, payloadOffset, recordSpan } from './record.js';
 export type { RecordHeader, RecordTypeValue } from './record.js';
 export { nodeFileLayer } from './file-layer.js';
 export type { FileLayer, StorageFile } from './file-layer.js';

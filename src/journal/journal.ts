@@ -206,7 +206,7 @@ export class Journal {
     const syncFrom = Math.min(tail?.segmentIndex ?? Infinity, cutFrom);
     const unsyncedAtOpen = segments.filter((index) => index >= syncFrom && index !== activeIndex);
     const journal = new Journal(options, {
-      activeIndex, activeFile, activeSize, seqLast: result.seqLast, seqDurable: claims.seqDurable, unsyncedAtOpen, timeLastUs, bytesBeforeActive, segmentCount: segments.length,
+      activeIndex, activeFile, activeSize, seqLast: result.seqLast, seqDurable: Math.min(claims.seqDurable, result.seqLast), unsyncedAtOpen, timeLastUs, bytesBeforeActive, segmentCount: segments.length,
     });
     return { journal, report: { recordsReplayed: replayed, tornTail } };
   }
@@ -544,8 +544,7 @@ export class Journal {
   private verify(file: StorageFile, piece: PayloadPiece, plan: ReadPlan, data: Buffer, table: Buffer): void {
     const bad = firstBadChunk(data, plan.firstChunk, piece.payloadBytes, table, this.crcSeed);
     if (bad === -1) return;
-    const recordPosition = piece.payloadPosition - payloadOffset(piece.payloadBytes);
-    throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path}: payload chunk ${bad} of the record at offset ${recordPosition} fails its checksum; the data is not served (run hindsight fsck)`);
+    throw new HindsightError('JOURNAL_CORRUPT', `journal ${file.path}: payload chunk ${bad} of the record payload at offset ${piece.payloadPosition} fails its checksum; the data is not served (run hindsight fsck)`);
   }
 
   /** Reads after close (a view or job outliving its volume) are refused, never reopen files. */

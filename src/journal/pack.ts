@@ -67,7 +67,8 @@ export class PackBuilder {
     if (last) {
       if (this.records.length >= PACK_RECORDS_MAX) return false;
       if ((this.records.length + 1) * PACK_ENTRY_BYTES + this.bodies + bodyBytes(record.header.payloadBytes) > PACK_BYTES_MAX) return false;
-      if (record.header.seq !== last.header.seq + 1 || record.header.timeUs - last.header.timeUs > TIME_DELTA_MAX) return false;
+      const stepUs = record.header.timeUs - last.header.timeUs;
+      if (record.header.seq !== last.header.seq + 1 || stepUs < 0 || stepUs > TIME_DELTA_MAX) return false;
     }
     this.records.push(record);
     this.bodies += bodyBytes(record.header.payloadBytes);
@@ -158,7 +159,9 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
     const high = entries.readUInt32LE(e + 4);
     const type = high >>> 26;
     const flags = (high >>> OFFSET_HIGH_BITS) & 0xff;
-    timeUs += entries.readUInt32LE(e + 8);
+    const stepUs = entries.readUInt32LE(e + 8);
+    if (i === 0 && stepUs !== 0) return { ok: false, reason: 'the first packed record is not at the pack\'s time' };
+    timeUs += stepUs;
     const header: RecordHeader = {
       type: type as RecordTypeValue, flags: flags | RecordFlag.PACKED, seq: pack.seq + i, timeUs,
       offsetBytes: (high & OFFSET_HIGH_MASK) * 0x100000000 + entries.readUInt32LE(e), lengthBytes: entries.readUInt32LE(e + 12),

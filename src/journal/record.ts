@@ -101,6 +101,16 @@ export function bodyBytes(payloadBytes: number): number {
   return chunkTableBytes(payloadBytes) + payloadBytes;
 }
 
+/** Journal bytes a record takes, as the history knows it (flags: PACKED or not), padding included. */
+export function storedSpan(payloadBytes: number, flags: number): number {
+  return (flags & RecordFlag.PACKED) !== 0 ? PACK_ENTRY_BYTES + bodyBytes(payloadBytes) : recordSpan(payloadBytes);
+}
+
+/** Journal bytes a WRITE record would free if thinned (what stays: its header or entry). */
+export function thinnableBytes(payloadBytes: number, flags: number): number {
+  return (flags & RecordFlag.PACKED) !== 0 ? bodyBytes(payloadBytes) : recordSpan(payloadBytes) - RECORD_HEADER_BYTES;
+}
+
 /** The most records a PACK holds, and the most bytes after its header (pack.ts). */
 export const PACK_RECORDS_MAX = 4096;
 export const PACK_BYTES_MAX = 4 * 1024 * 1024;

@@ -269,6 +269,7 @@ export function checkRecordBytes(bytes: Buffer, crcSeed: number, packAt?: number
 export function durableClaimAfter(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, bad: JournalPosition): number {
   let claimed = 0;
   const scratch = Buffer.alloc(RECORD_HEADER_BYTES);
+  if (soundPackAt(options, bad, scratch)) return Infinity;
   for (const segmentIndex of listSegments(options.files, options.directory).filter((index) => index >= bad.segmentIndex)) {
     const file = options.files.open(segmentPath(options.directory, segmentIndex), false);
     try {
@@ -283,6 +284,25 @@ export function durableClaimAfter(options: Omit<ScanOptions, 'onRecord' | 'from'
     }
   }
   return claimed;
+}
+
+/**
+ * Whether a PACK whose header and entry table check out lies at `at`: packs are written only
+ * by compaction, whole and synced before they replace a segment, so one that fails further
+ * (a payload) is damage, never a torn write — whatever follows it.
+ */
+function soundPackAt(options: Pick<ScanOptions, 'files' | 'directory' | 'crcSeed'>, at: JournalPosition, scratch: Buffer): boolean {
+  const file = options.files.open(segmentPath(options.directory, at.segmentIndex), false);
+  try {
+    if (file.read(scratch, 0, RECORD_HEADER_BYTES, at.position) < RECORD_HEADER_BYTES) return false;
+    const decoded = decodeRecordHeader(scratch);
+    if (!decoded.ok || decoded.header.type !== RecordType.PACK) return false;
+    const entries = Buffer.alloc(decoded.header.lengthBytes * PACK_ENTRY_BYTES);
+    if (file.read(entries, 0, entries.length, at.position + RECORD_HEADER_BYTES) < entries.length) return false;
+    return recordCrc(scratch, entries, options.crcSeed) === storedCrc(scratch);
+  } finally {
+    file.close();
+  }
 }
 
 const SEARCH_WINDOW_BYTES = 8 * 1024 * 1024;
@@ -418,7 +438,7 @@ export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'ex
       while (position < limit) {
         let checked = checkHeader(window, position, expectedSeq, options.crcSeed);
         const count = checked.ok ? recordCount(checked.header) : 1;
-        if (checked.ok && [...laterFirsts].some((first) => first >= expectedSeq && first < expectedSeq + count)) {
+        if (checked.ok && (count === 1 ? laterFirsts.has(expectedSeq) : [...laterFirsts].some((first) => first >= expectedSeq && first < expectedSeq + count))) {
           checked = readRecordAt(file, position, size, scratch, options.crcSeed);
         }
         if (!checked.ok) {
@@ -492,9 +512,14 @@ function tocFits(toc: Toc, window: HeaderWindow, expectedSeq: number, limit: num
   if (!last || toc.seqFirst !== expectedSeq || toc.endPosition > limit || toc.records[0].recordPosition !== SEGMENT_HEADER_BYTES) return false;
   // A possible cut point inside: read the segment itself, payloads checked there.
   for (const first of laterFirsts) if (first >= toc.seqFirst && first <= last.header.seq) return false;
-  const actual = checkHeader(window, last.recordPosition, last.header.seq, crcSeed);
+  // A packed last record: its pack's header and entries, read and checked, must list it.
+  let first = toc.records.length - 1;
+  while (first > 0 && toc.records[first - 1].recordPosition === last.recordPosition) first -= 1;
+  const actual = checkHeader(window, last.recordPosition, toc.seqFirst + first, crcSeed);
   if (!actual.ok) return false;
-  const a = actual.header;
+  const found = actual.packed ? actual.packed.find((record) => record.header.seq === last.header.seq) : { header: actual.header, payloadPosition: last.recordPosition + payloadOffset(actual.header.payloadBytes) };
+  if (!found || found.payloadPosition !== last.payloadPosition || (actual.packed !== undefined) !== ((last.header.flags & RecordFlag.PACKED) !== 0)) return false;
+  const a = found.header;
   const listed = last.header;
   return a.type === listed.type && a.flags === listed.flags && a.offsetBytes === listed.offsetBytes && a.lengthBytes === listed.lengthBytes &&
     a.timeUs === listed.timeUs && a.payloadBytes === listed.payloadBytes && (a.payloadSkip ?? 0) === (listed.payloadSkip ?? 0);

@@ -13,7 +13,7 @@ import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, changesContent, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
-import { CheckpointMismatch, Journal, chunkTableBytes, standaloneRecord, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, segmentRecordsOnDisk, tocPath } from '../journal/index.js';
+import { CheckpointMismatch, Journal, PACK_ENTRY_BYTES, RECORD_HEADER_BYTES, chunkTableBytes, standaloneRecord, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, segmentRecordsOnDisk, tocPath } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, RecoveryStart, ScannedRecord } from '../journal/index.js';
 import { compactSegment } from '../journal/compaction.js';
 import { RetentionState, compactionGeneration, foldPlan } from './retention-state.js';
@@ -736,14 +736,11 @@ export class JournaledDevice implements BlockDevice {
       if (segmentIndex > activeIndex || this.tocComplete.has(segmentIndex)) continue;
       const records = this.segmentEntries(segmentIndex, false);
       if (!records) continue;
-      // A compacted segment's packs are its table of contents (read pack by pack at start).
-      if (records.entries.some((entry) => (entry.flags & RecordFlag.PACKED) !== 0)) {
-        if (segmentIndex < activeIndex) this.tocComplete.add(segmentIndex);
-        continue;
-      }
-      const entries = records.entries.filter((entry) => entry.seq <= seqLast).map((entry) => ({
+      const listed = records.entries.filter((entry) => entry.seq <= seqLast);
+      const positions = recordPositions(listed);
+      const entries = listed.map((entry, i) => ({
         type: entry.type, flags: entry.flags, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, timeUs: entry.timeUs,
-        recordPosition: entry.payloadPosition - payloadOffset(entry.payloadBytes), payloadBytes: entry.payloadBytes, payloadSkip: entry.payloadSkip,
+        recordPosition: positions[i], payloadBytes: entry.payloadBytes, payloadSkip: entry.payloadSkip,
         logicalBytes: (entry.flags & RecordFlag.COMPRESSED) !== 0 ? entry.logicalBytes ?? 0 : 0,
       }));
       if (entries.length === 0) continue;
@@ -1002,6 +999,33 @@ function isAllZero(data: Buffer): boolean {
     if (!data.subarray(at, end).equals(ZERO_SLICE.subarray(0, end - at))) return false;
   }
   return true;
+}
+
+/**
+ * Where each record's header is, for a table of contents: a record of its own's is before its
+ * chunk table; packed records (flag PACKED) whose bodies follow each other share a pack, whose
+ * header and entries come before the first body (the bodies of two packs never touch: the
+ * second pack's header and entries lie between).
+ */
+function recordPositions(entries: readonly HistoryEntry[]): number[] {
+  const positions: number[] = [];
+  for (let i = 0; i < entries.length;) {
+    const entry = entries[i];
+    if ((entry.flags & RecordFlag.PACKED) === 0) {
+      positions.push(entry.payloadPosition - payloadOffset(entry.payloadBytes));
+      i += 1;
+      continue;
+    }
+    let end = i + 1;
+    let bodyEnd = entry.payloadPosition + entry.payloadBytes;
+    while (end < entries.length && (entries[end].flags & RecordFlag.PACKED) !== 0 && entries[end].payloadPosition - chunkTableBytes(entries[end].payloadBytes) === bodyEnd) {
+      bodyEnd = entries[end].payloadPosition + entries[end].payloadBytes;
+      end += 1;
+    }
+    const packPosition = entry.payloadPosition - chunkTableBytes(entry.payloadBytes) - (end - i) * PACK_ENTRY_BYTES - RECORD_HEADER_BYTES;
+    for (; i < end; i += 1) positions.push(packPosition);
+  }
+  return positions;
 }
 
 /** How far a start may fold (retention.json), and never for a replica (foldHistory). */

@@ -15,8 +15,8 @@
  */
 import { expiringRuns, keepAllUs } from '../core/index.js';
 import type { RetentionPolicy } from '../core/index.js';
-import { RecordType, RECORD_HEADER_BYTES } from '../journal/index.js';
-import { recordSpan } from '../journal/record.js';
+import { RecordType } from '../journal/index.js';
+import { storedSpan, thinnableBytes } from '../journal/record.js';
 import type { JournaledDevice } from './journaled-device.js';
 
 export interface RetentionReport {
@@ -122,7 +122,7 @@ async function reclaimableIf(device: JournaledDevice, going: ReadonlySet<number>
     for (const entry of segment.entries) {
       if (entry.type !== RecordType.WRITE || entry.seq > upTo || visible[entry.seq - history.seqFirst] === 1) continue;
       if (history.expiredRunOf(entry.seq) === null && !going.has(entry.seq)) continue;
-      bytes += recordSpan(entry.payloadBytes) - RECORD_HEADER_BYTES;
+      bytes += thinnableBytes(entry.payloadBytes, entry.flags);
     }
   }
   return bytes;
@@ -169,11 +169,11 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     let reclaimable = 0;
     let bytes = 0;
     for (const entry of segment.entries) {
-      bytes += recordSpan(entry.payloadBytes);
+      bytes += storedSpan(entry.payloadBytes, entry.flags);
       if (visible === null || entry.type !== RecordType.WRITE || entry.seq > upTo || visible.at(entry.seq)) continue;
       if (history.expiredRunOf(entry.seq) === null) continue;
       thinned.add(entry.seq);
-      reclaimable += recordSpan(entry.payloadBytes) - RECORD_HEADER_BYTES;
+      reclaimable += thinnableBytes(entry.payloadBytes, entry.flags);
     }
     const worth = thinned.size > 0 && reclaimable >= Math.max(RECLAIM_BYTES_MIN, bytes * (options.reclaimShareMin ?? 1 / 8));
     if (!worth && !compress) continue;

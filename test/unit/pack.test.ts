@@ -202,12 +202,31 @@ test('compaction packs small records: 4 KiB random writes cost at most 1% more; 
   assert.deepEqual(scanned(replicaDir).map(identity), identities, 'and holds the same records');
   await replica.close();
 
+  // Tables of contents list packed records: a reopen takes the history from them, the same
+  // history a scan of the packs gives.
+  const entries = (d: JournaledDevice) => {
+    const out: string[] = [];
+    for (let seq = 1; seq <= d.lastSeq; seq += 1) {
+      const e = d.history.entry(seq);
+      out.push(`${e.seq}/${e.type}/${e.flags}/${e.segment}/${e.payloadPosition}/${e.payloadBytes}/${e.payloadSkip}/${e.logicalBytes ?? 0}/${e.timeUs}/${e.offsetBytes}/${e.lengthBytes}`);
+    }
+    return out;
+  };
+  const known = entries(device);
+  await device.checkpoint();
+  await device.close();
+  device = JournaledDevice.open(options(dir, clock));
+  assert.ok(device.openReport.historyFromTocs > 3000, `the history came from tables of contents (${device.openReport.historyFromTocs} records)`);
+  assert.deepEqual(entries(device), known, 'tables of contents give the history a scan gives');
+  await checkReads(device, image, images, 'after a reopen from tables of contents');
+
   // A reopen without checkpoint nor tables of contents reads the packs themselves.
   await device.close();
   const journal = path.join(dir, 'journal');
   for (const name of fs.readdirSync(journal)) if (name.endsWith('.toc')) fs.rmSync(path.join(journal, name));
   fs.rmSync(path.join(dir, 'index.ckpt'), { force: true });
   device = JournaledDevice.open(options(dir, clock));
+  assert.deepEqual(entries(device), known, 'the packs give the history the tables gave');
   await checkReads(device, image, images, 'after a reopen from the journal alone');
   assert.deepEqual((await device.fsck(false)).problems, [], 'fsck is clean');
   await device.scrub();
@@ -300,9 +319,31 @@ test('a failback cut inside a pack keeps exactly the records up to the common se
     const copied = scanned(target);
     assert.deepEqual(copied.map(identity), inSegment.filter((r) => r.header.seq <= cut.header.seq).map(identity), `cut at seq ${cut.header.seq}`);
     const reopened = JournaledDevice.open(options(target, { ...clock }));
+    // (A packed record's seqDurable is its pack's: the cut must not claim seqs it lacks.)
+    assert.ok(reopened.durableSeq <= reopened.lastSeq, `cut at seq ${cut.header.seq}: durable ${reopened.durableSeq}, last ${reopened.lastSeq}`);
     const expected = [...images.entries()].filter(([seq]) => seq <= cut.header.seq).pop();
     if (expected) assert.ok((await readPoint(reopened, expected[0])).equals(expected[1]), `cut at seq ${cut.header.seq}: point seq ${expected[0]} reads as it was`);
     await reopened.close();
   }
   assert.ok(cutInPack, 'a cut inside a pack was tried');
+});
+
+test('a damaged last pack is corruption, not a torn tail: no start cuts durable records', async (t) => {
+  const dir = makeTempDir('hindsight-pack-last-');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const clock = { us: 1_700_000_000_000_000 };
+  const device = JournaledDevice.open(options(dir, clock));
+  await randomPages(device, new Random(21), 300, Buffer.alloc(SIZE));
+  await device.seal();
+  await reclaimSpace(device, { sliceMs: 1 });
+  await device.close();
+  // The last pack of the journal, nothing after it claiming it durable, no checkpoint.
+  const last = scanned(dir).filter((r) => (r.header.flags & RecordFlag.PACKED) !== 0 && r.header.payloadBytes > 0).pop()!;
+  const file = segmentPath(path.join(dir, 'journal'), last.segmentIndex);
+  const bytes = fs.readFileSync(file);
+  bytes[last.payloadPosition + 7] ^= 0x10;
+  fs.writeFileSync(file, bytes);
+  fs.rmSync(path.join(dir, 'index.ckpt'), { force: true });
+  assert.throws(() => JournaledDevice.open(options(dir, clock)), (err) => isHindsightError(err, 'JOURNAL_CORRUPT'));
+  assert.equal(fs.readFileSync(file).length, bytes.length, 'nothing was cut');
 });
