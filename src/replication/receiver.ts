@@ -397,6 +397,10 @@ export class ReplicationReceiver {
             if (state.expired !== undefined) volumes.expireReplicated(volume, checkRuns(state.expired));
             if (state.image !== undefined) await volumes.setReplicaImage(volume, checkImage(state.image));
             if (state.bookmarks !== undefined) await volumes.bookmarksReplicated(volume, checkBookmarks(state.bookmarks));
+            if (state.foldBefore !== undefined) {
+              if (!Number.isSafeInteger(state.foldBefore) || (state.foldBefore as number) < 0) throw new HindsightError('PROTOCOL_ERROR', 'STATE: foldBefore is not a seq');
+              volumes.foldLimitReplicated(volume, state.foldBefore as number);
+            }
             break;
           }
           case FrameType.HEARTBEAT: {

@@ -330,6 +330,7 @@ export class ReplicationLink {
     if (image) await channel.send(jsonFrame(FrameType.STATE, { image: { seq: image.seq, kept: image.kept } }));
     const expiry = new ExpirySent();
     let sentBookmarks = '';
+    let sentFoldBefore = 0;
     let skipCompression = 0;
     let nextSendMs = 0;
     while (!this.stopped && !this.config.paused) {
@@ -390,6 +391,12 @@ export class ReplicationLink {
       if (marks !== sentBookmarks) {
         await channel.send(encodeFrame(FrameType.STATE, Buffer.from(marks), true));
         sentBookmarks = marks;
+      }
+      // How far the receiver may fold its history: no rollback here goes back before it.
+      const foldBefore = device.foldLimitForReplicas();
+      if (foldBefore > sentFoldBefore) {
+        await channel.send(jsonFrame(FrameType.STATE, { foldBefore }));
+        sentFoldBefore = foldBefore;
       }
     }
   }

@@ -127,8 +127,10 @@ export class JournaledDevice implements BlockDevice {
   private maintenance: Promise<unknown> = Promise.resolve();
   /** Which points retention removed, and what it reclaimed (retention.json). */
   retention!: RetentionState;
-  /** Another site's replica (until promoted): its history does not fold (foldHistory). */
+  /** Another site's replica (until promoted): its history folds only as its source allows (foldHistory). */
   private replica: boolean;
+  /** A replica: how far its source said it may fold (setReplicaFoldLimit); not kept across restarts. */
+  private replicaFoldLimit = 0;
 
   private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, history: History, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
@@ -841,9 +843,11 @@ export class JournaledDevice implements BlockDevice {
     return this.exclusive(async () => {
       // Records of a folded segment read back for replication and unused since: let go.
       if (this.foldedRecords && Date.now() - this.foldedRecords.usedMs > 30_000) this.foldedRecords = null;
-      // A replica does not fold: a rollback it has not received yet may go back before
-      // any seq its mirrored expiry would let it fold to.
-      if (this.closed || this.corruption || this.replica) return 0;
+      if (this.closed || this.corruption) return 0;
+      // A replica folds only as far as its source says no rollback, made or to come, goes
+      // back (replicaFoldLimit): one it has not received yet may go back before any seq its
+      // mirrored expiry would let it fold to.
+      if (this.replica) floor = Math.min(floor, this.replicaFoldLimit);
       const history = this.history;
       const starts = history.segmentStarts().map((start) => start.seqFirst).filter((seq) => seq > history.seqFirst);
       const boundaryAtOrBefore = (seq: number) => {
@@ -870,6 +874,22 @@ export class JournaledDevice implements BlockDevice {
       await this.retention.save();
       return at - before;
     });
+  }
+
+  /**
+   * How far a replica of this volume may fold its history (replication's STATE `foldBefore`):
+   * no rollback here, made or to come, goes back before it — rollbacks already made are
+   * taken into account (History.foldLimit), later ones can only go back to kept points, and
+   * points only ever expire. 0: not at all.
+   */
+  foldLimitForReplicas(): number {
+    const oldest = this.history.oldestKept();
+    return oldest > 1 ? this.history.foldLimit(oldest) : 0;
+  }
+
+  /** A replica: its source's foldLimitForReplicas (it only grows). */
+  setReplicaFoldLimit(seq: number): void {
+    this.replicaFoldLimit = Math.max(this.replicaFoldLimit, seq);
   }
 
   /**
@@ -1028,9 +1048,13 @@ function recordPositions(entries: readonly HistoryEntry[]): number[] {
   return positions;
 }
 
-/** How far a start may fold (retention.json), and never for a replica (foldHistory). */
-function foldPlanFor(options: Pick<JournaledDeviceOptions, 'files' | 'directory' | 'replica'>): { foldBefore: number; reverts: Array<[number, number]> } {
-  return options.replica ? { foldBefore: 1, reverts: [] } : foldPlan(options.files, options.directory);
+/**
+ * How far a start may fold: as far as the volume had (retention.json) — for a replica too, which
+ * folded only as far as its source allowed (a failback, which makes a volume a replica, drops
+ * the fold it had as a source).
+ */
+function foldPlanFor(options: Pick<JournaledDeviceOptions, 'files' | 'directory'>): { foldBefore: number; reverts: Array<[number, number]> } {
+  return foldPlan(options.files, options.directory);
 }
 
 /** A start folds once this many records are loaded (and once more at the end). */

@@ -19,7 +19,8 @@ export interface RetentionTarget {
   /**
    * false for a replica: it compresses but does not thin — a rollback its source made may
    * not have arrived yet, and could show again what looks unused here (its source thins,
-   * and the thinned records arrive as such).
+   * and the thinned records arrive as such). It does drop what its folded segments no longer
+   * show: it folds only where its source says no rollback goes back (foldHistory).
    */
   thin?: boolean;
 }

@@ -119,9 +119,9 @@ export class RetentionState {
     state.recordsCompressed = Number(parsed.recordsCompressed) || 0;
     state.compactions = Number(parsed.compactions) || 0;
     for (const segment of parsed.compressedSegments ?? []) if (Number.isSafeInteger(segment)) state.compressedSegments.add(segment);
-    state.foldedReverts = replica ? [] : foldedRevertsOf(parsed);
-    // A replica's history is not folded: a fold recorded before (failback) goes at the next save.
-    if (replica && (parsed.foldedBefore ?? 1) > 1) state.savedVersion = -1;
+    // (A replica folds too, as far as its source allows; a failback drops the fold a volume
+    // had before it became a replica.)
+    state.foldedReverts = foldedRevertsOf(parsed);
     return state;
   }
 

@@ -190,7 +190,8 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     let shown = 0;
     for (const bytes of folded.spans) shown += bytes;
     // (What is left of a folded segment is mostly small: rewriting it is cheap.)
-    const thin = (options.thin ?? true) && folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8));
+    // (A replica too: it folds only where no rollback of its source can go back.)
+    const thin = folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8));
     if (!thin && !compress) continue;
     const result = await device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin });
     if (!result) break;

@@ -444,6 +444,11 @@ export class VolumeManager {
     if (fresh.length > 0) device.history.expire(fresh);
   }
 
+  /** How far a replica may fold its history, as its source says (JournaledDevice.setReplicaFoldLimit). */
+  foldLimitReplicated(name: string, seq: number): void {
+    this.replicaDevice(name).setReplicaFoldLimit(seq);
+  }
+
   /** Saves a replica's expired runs if they changed since the last save. */
   saveReplicatedExpiry(name: string): Promise<void> {
     return this.serialise(async () => {
@@ -507,12 +512,15 @@ export class VolumeManager {
         cut = { segment, seqFirst: device.segmentEntries(segment, false)!.seqFirst };
       }
       if (commonSeq === seqLast) {
-        // Nothing diverged: the same journal continues as a replica (whose history does not
-        // fold: retention.json forgets how far it was folded, durably, before anything arrives).
+        // Nothing diverged: the same journal continues as a replica, unfolded (it folds again
+        // as far as its new source allows: its own fold may have gone past a point the new
+        // source keeps and could roll back to).
+        const retentionFile = path.join(this.volumeDir(name), 'retention.json');
+        const text = await fs.readFile(retentionFile, 'utf8').catch(() => null);
+        if (text !== null) await nodeFileLayer.writeFileAtomic(retentionFile, Buffer.from(withoutFold(text)));
         await this.writeVolumeRecord(name, record);
         const reloaded = await this.load(name);
         this.volumes.set(name, reloaded);
-        await reloaded.device?.retention.save();
         return { diverged: null };
       }
       const stamp = now.replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
@@ -546,11 +554,8 @@ export class VolumeManager {
             content = `${JSON.stringify({ bookmarks: ((JSON.parse(text) as { bookmarks?: Bookmark[] }).bookmarks ?? []).filter((bookmark) => bookmark.seq <= commonSeq) }, null, 2)}\n`;
           } else {
             // The boundary segment, cut short, takes new records: compressed again later.
-            const state = JSON.parse(text) as { compressedSegments?: number[]; foldedBefore?: number; foldedReverts?: unknown };
+            const state = JSON.parse(withoutFold(text)) as { compressedSegments?: number[] };
             state.compressedSegments = (state.compressedSegments ?? []).filter((segment) => cut === null || segment < cut.segment);
-            // A replica's history does not fold (JournaledDevice.foldHistory).
-            delete state.foldedBefore;
-            delete state.foldedReverts;
             content = `${JSON.stringify(state)}\n`;
           }
           await fs.writeFile(path.join(staging, file), content, { flush: true });
@@ -1015,6 +1020,17 @@ async function writeRecord(directory: string, record: VolumeRecord): Promise<voi
 }
 
 /** Copies the first `bytes` of `from` to a new file `to`, durably. */
+/**
+ * retention.json's text without the fold it records (a volume becoming a replica by failback:
+ * it folds again only as far as its new source allows, JournaledDevice.foldHistory).
+ */
+function withoutFold(text: string): string {
+  const state = JSON.parse(text) as { foldedBefore?: number; foldedReverts?: unknown };
+  delete state.foldedBefore;
+  delete state.foldedReverts;
+  return `${JSON.stringify(state)}\n`;
+}
+
 /** Bytes allocated on disk under a directory (st_blocks), recursively. */
 async function diskUsage(directory: string): Promise<number> {
   let total = 0;

@@ -189,7 +189,7 @@ test('folding keeps history memory and the journal bounded under a short policy;
   }
 });
 
-test('a replica does not fold: a rollback it has not received yet still finds its target; the source folds only behind it', async () => {
+test('a replica folds only as far as its source allows: a rollback it has not received yet still finds its target; the source folds only behind it', async () => {
   const clock = { us: T0 };
   const sourceDir = makeTempDir('hindsight-fold-src-');
   const replicaDir = makeTempDir('hindsight-fold-rep-');
@@ -230,12 +230,30 @@ test('a replica does not fold: a rollback it has not received yet still finds it
     };
     await ship(35);
     replica.history.expire([[1, 30]]);
-    assert.equal(await replica.foldHistory(), 0, 'a replica does not fold');
+    assert.equal(await replica.foldHistory(), 0, 'a replica does not fold without its source\'s word');
+    // The source's word (replication's STATE foldBefore) takes its rollback into account.
+    const limit = source.foldLimitForReplicas();
+    assert.ok(limit > 0 && limit <= target, `the source lets replicas fold only up to its rollback's target (${limit})`);
+    replica.setReplicaFoldLimit(limit);
+    await replica.foldHistory();
+    assert.ok(replica.history.seqFirst <= target + 1, `the replica folds no further (seqFirst ${replica.history.seqFirst})`);
     await ship(source.lastSeq);
     assert.equal(replica.lastSeq, source.lastSeq, 'the rollback and what follows arrive');
     await replica.close();
     replica = JournaledDevice.open({ ...options(replicaDir, clock), replica: true, readOnly: true });
     for (const at of [source.lastSeq, 45]) await checkPoint(replica, oracle, at, `replica seq ${at}`);
+    // Past the rollback, the source lets it fold further; a restart folds as far again.
+    await source.expirePoints([[31, 45]]);
+    replica.history.expire([[31, 45]]);
+    replica.setReplicaFoldLimit(source.foldLimitForReplicas());
+    const foldedReplica = await replica.foldHistory();
+    assert.ok(foldedReplica > 0 && replica.history.seqFirst > target + 1 && replica.history.seqFirst <= 46, `the replica folds as its source allows (${foldedReplica} records, seqFirst ${replica.history.seqFirst})`);
+    const replicaFirst = replica.history.seqFirst;
+    for (const at of [source.lastSeq, 50]) await checkPoint(replica, oracle, at, `folded replica seq ${at}`);
+    await replica.close();
+    replica = JournaledDevice.open({ ...options(replicaDir, clock), replica: true, readOnly: true });
+    assert.equal(replica.history.seqFirst, replicaFirst, 'a replica folds as it loads, as far as before');
+    for (const at of [source.lastSeq, 50]) await checkPoint(replica, oracle, at, `reopened replica seq ${at}`);
     // Failover: the volume is its own now, and folds (the rollback received is in its history).
     replica.promoted();
     replica.history.expire([[1, 55]]);

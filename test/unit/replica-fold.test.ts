@@ -1,0 +1,119 @@
+/**
+ * A replica's history folds (issue 5): over a real replication link (in process), the source
+ * tells its replica how far no rollback of its can go back (STATE foldBefore), and the
+ * replica's retention run folds that far — its history memory bounded like its source's —
+ * while every point it keeps reads as the source's, and a restart folds as far again.
+ */
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { pino } from 'pino';
+import { ReplicationService } from '../../src/replication/index.js';
+import { VolumeManager } from '../../src/volume/index.js';
+import { makeTempDir } from '../helpers/daemon.js';
+import { Random } from '../helpers/random.js';
+
+const KiB = 1024;
+const SIZE = 1024 * KiB;
+const KEY = crypto.randomBytes(32).toString('hex');
+
+interface Site {
+  dir: string;
+  volumes: VolumeManager;
+  replication: ReplicationService;
+  port: number;
+}
+
+async function site(dir: string, lines: string[], listenPort = 0): Promise<Site> {
+  const pskFile = path.join(dir, 'replication.psk');
+  fs.writeFileSync(pskFile, `${lines.join('\n')}\n`, { mode: 0o600 });
+  const volumes = new VolumeManager({ dataDir: path.join(dir, 'data'), syncEveryWrite: false, retentionIntervalMs: 0, segmentBytesMax: 128 * KiB });
+  await volumes.open();
+  const replication = ReplicationService.load({ dataDir: path.join(dir, 'data'), volumes, log: pino({ level: 'silent' }), pskFile, clients: () => 0 });
+  const { port } = await replication.start('127.0.0.1', listenPort);
+  return { dir, volumes, replication, port };
+}
+
+async function close(one: Site): Promise<void> {
+  await one.replication.close();
+  await one.volumes.close();
+}
+
+async function caughtUp(source: Site, replica: Site): Promise<void> {
+  const target = source.volumes.replicationView('v').device.lastSeq;
+  const deadline = Date.now() + 30_000;
+  while (!replica.volumes.names().includes('v') || replica.volumes.replicationView('v').device.durableSeq < target) {
+    assert.ok(Date.now() < deadline, `the link stalled: ${JSON.stringify(source.replication.list().outgoing)}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+async function image(one: Site, seq?: number): Promise<Buffer> {
+  const out = Buffer.alloc(SIZE);
+  if (seq === undefined) {
+    await one.volumes.device('v')!.read(0, out);
+  } else {
+    const view = one.volumes.view('v', seq);
+    try {
+      await view.read(0, out);
+    } finally {
+      view.close();
+    }
+  }
+  return out;
+}
+
+test('a replica folds its history as far as its source allows, over the wire; kept points stay the source\'s', { timeout: 120_000 }, async (t) => {
+  const sourceDir = makeTempDir('hindsight-rfold-a-');
+  const replicaDir = makeTempDir('hindsight-rfold-b-');
+  t.after(() => {
+    fs.rmSync(sourceDir, { recursive: true, force: true });
+    fs.rmSync(replicaDir, { recursive: true, force: true });
+  });
+  const source = await site(sourceDir, [`siteA:${KEY}`]);
+  let replica = await site(replicaDir, [`siteB:${crypto.randomBytes(32).toString('hex')}`, `siteA:${KEY}`]);
+  try {
+    await source.volumes.create('v', SIZE, { keep: 'all:1s' });
+    await replica.replication.accept('v', 'siteA');
+    await source.replication.replicate({ volume: 'v', to: `127.0.0.1:${replica.port}`, initial: 'history' });
+    const rng = new Random(3);
+    const device = source.volumes.device('v')!;
+    const writes = async (count: number) => {
+      for (let i = 0; i < count; i += 1) await device.write(16 * KiB * rng.int(SIZE / (16 * KiB)), rng.bytes(16 * KiB), { fua: i % 10 === 9 });
+      await device.flush();
+    };
+    await writes(400);
+    await caughtUp(source, replica);
+    const replicaDevice = () => replica.volumes.replicationView('v').device;
+    await replica.volumes.thin('v');
+    assert.equal(replicaDevice().history.seqFirst, 1, 'nothing expired yet: the replica holds its whole history');
+
+    // The source's points older than a second expire; it folds, and tells its replica.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await writes(20);
+    const run = await source.volumes.thin('v');
+    assert.ok(run.recordsFolded > 0, `the source folds (${JSON.stringify(run)})`);
+    await writes(5); // a batch, after which the word goes
+    await caughtUp(source, replica);
+    const kept = source.volumes.replicationView('v').device.history.oldestKept();
+    const replicaRun = await replica.volumes.thin('v');
+    const folded = replicaDevice().history.seqFirst;
+    assert.ok(replicaRun.recordsFolded > 0 && folded > 1 && folded <= kept, `the replica folds up to its oldest kept point (${JSON.stringify(replicaRun)}; seqFirst ${folded}, oldest kept ${kept})`);
+    assert.ok((await image(replica)).equals(await image(source)), 'the replica reads as its source');
+    assert.ok((await image(replica, kept)).equals(await image(source, kept)), `the oldest kept point (seq ${kept}) reads as its source's`);
+
+    // A restart folds as it loads, as far as before; the link goes on.
+    await close(replica);
+    replica = await site(replicaDir, [`siteB:${crypto.randomBytes(32).toString('hex')}`, `siteA:${KEY}`], replica.port);
+    assert.equal(replicaDevice().history.seqFirst, folded, 'the replica folds as far again as it loads');
+    await writes(10);
+    await caughtUp(source, replica);
+    assert.ok((await image(replica)).equals(await image(source)), 'after the restart too');
+    assert.deepEqual((await replica.volumes.fsck('v', false)).problems, [], 'the replica\'s journal checks out');
+  } finally {
+    await close(source);
+    await close(replica).catch(() => undefined);
+  }
+});
