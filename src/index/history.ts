@@ -474,6 +474,32 @@ export class History {
    * shows (`foldedSegment`). Points before `seqNew` can no longer be built (they are expired).
    */
   fold(seqNew: number): void {
+    const steps = this.foldSteps(seqNew);
+    while (!steps.next().done);
+  }
+
+  /**
+   * The same, letting other work run while it works out what to fold (rebuilding every
+   * region's base can take a second on a large volume): it yields to the event loop every
+   * `sliceMs`. Records keep arriving meanwhile (only after the fold point, so nothing it
+   * works out changes); the caller keeps compaction out. False if, meanwhile, a rollback
+   * went back into what was to be folded (nothing changed then).
+   */
+  async foldAsync(seqNew: number, sliceMs = 5): Promise<boolean> {
+    const steps = this.foldSteps(seqNew);
+    let sliceStart = performance.now();
+    for (;;) {
+      const step = steps.next();
+      if (step.done) return step.value;
+      if (performance.now() - sliceStart >= sliceMs) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        sliceStart = performance.now();
+      }
+    }
+  }
+
+  /** fold as steps: it yields (nothing) between regions and segments worked out, then changes the state at once. */
+  private *foldSteps(seqNew: number): Generator<void, boolean> {
     // (Up to seqLast + 1: a start folds before it appends the first record of a segment.)
     assert(seqNew > this.first && seqNew <= this.seqLast + 1, 'a fold stays within the history');
     const k = seqNew - this.first;
@@ -484,10 +510,13 @@ export class History {
     // First everything is worked out, then the state changes (nothing below can throw
     // half-way). The base of every region with postings before seqNew: its extents after them.
     const bases: Array<{ history: RegionHistory; n: number; base: Uint32Array }> = [];
-    for (const regionIndex of this.touched) {
+    // (Regions touched from now on hold no record before seqNew.)
+    const touched = [...this.touched];
+    for (const regionIndex of touched) {
       const history = this.regions[regionIndex]!;
       const n = history.postingsUpTo(seqNew - 1);
       if (n > 0) bases.push({ history, n, base: this.regionAt(regionIndex, seqNew - 1)?.used.slice() ?? new Uint32Array(0) });
+      yield;
     }
     // What the bases show, by segment and payload position (a set per segment: one for the
     // whole volume could pass what a Set holds).
@@ -502,11 +531,15 @@ export class History {
       }
     };
     const rebased = new Set(bases.map((entry) => entry.history));
-    for (const entry of bases) note(entry.base);
-    for (const regionIndex of this.touched) {
+    for (const entry of bases) {
+      note(entry.base);
+      yield;
+    }
+    for (const regionIndex of touched) {
       const history = this.regions[regionIndex]!;
       if (!rebased.has(history)) note(history.snapshots[0]);
     }
+    yield;
     // Segments folded earlier: records the new bases no longer show become droppable.
     const updated = new Map<number, FoldedSegment>();
     for (const [segment, folded] of this.folded) updated.set(segment, keepShown(folded, shown.get(segment)));
@@ -541,8 +574,10 @@ export class History {
       });
       added.push(segment);
       i = end;
+      yield;
     }
-    // Now the change.
+    // Now the change — unless a rollback, meanwhile, went back into what was to go.
+    for (let i = 0; i < this.revertSeqs.length; i += 1) if (this.revertSeqs[i] >= seqNew && this.revertTargets[i] < seqNew) return false;
     for (const { history, n, base } of bases) {
       this.snapshotBytes -= history.fold(n, base);
       this.postingCount -= n;
@@ -561,6 +596,7 @@ export class History {
       this.revertSeqs.shift();
       this.revertTargets.shift();
     }
+    return true;
   }
 
   /**

@@ -863,10 +863,14 @@ export class JournaledDevice implements BlockDevice {
       // walks every region's base.
       if (at - before < Math.min(FOLD_RECORDS_MIN, (history.seqLast - before + 1) / 4)) return 0;
       const known = new Set(this.retention.foldedReverts.map(([revertSeq]) => revertSeq));
+      const folding: Array<[number, number]> = [];
       history.revertSeqs.forEach((revertSeq, i) => {
-        if (revertSeq < at && !known.has(revertSeq)) this.retention.foldedReverts.push([revertSeq, history.revertTargets[i]]);
+        if (revertSeq < at && !known.has(revertSeq)) folding.push([revertSeq, history.revertTargets[i]]);
       });
-      history.fold(at);
+      // Clients go on meanwhile (a large volume's fold can take a second); a rollback into
+      // what was to go (a pinned point) calls it off.
+      if (!(await history.foldAsync(at))) return 0;
+      this.retention.foldedReverts.push(...folding);
       // The reclaim analysis' verdicts are per seq - seqFirst: shifted with the fold.
       const verdicts = this.retention.verdicts;
       this.retention.verdicts = verdicts && verdicts.upTo >= at ? { ...verdicts, seen: verdicts.seen.slice(at - before) } : null;

@@ -11,7 +11,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { isHindsightError, parseRetention } from '../../src/core/index.js';
-import { nodeFileLayer } from '../../src/journal/index.js';
+import { RecordType, nodeFileLayer } from '../../src/journal/index.js';
+import { History } from '../../src/index/index.js';
 import { JournaledDevice } from '../../src/volume/journaled-device.js';
 import type { JournaledDeviceOptions } from '../../src/volume/journaled-device.js';
 import { PointView } from '../../src/volume/point-view.js';
@@ -266,4 +267,48 @@ test('a replica folds only as far as its source allows: a rollback it has not re
     fs.rmSync(sourceDir, { recursive: true, force: true });
     fs.rmSync(replicaDir, { recursive: true, force: true });
   }
+});
+
+/** A history of `records` 4 KiB writes over `regions` 4 MiB regions, 500 records a segment. */
+function syntheticHistory(records: number, regions: number, rng: Random): History {
+  const history = new History(regions * 4 * MiB);
+  for (let seq = 1; seq <= records; seq += 1) {
+    const segment = Math.floor((seq - 1) / 500) + 1;
+    history.append({
+      seq, type: RecordType.WRITE, flags: 0, offsetBytes: rng.int(regions * 1024) * 4096, lengthBytes: 4096, timeUs: T0 + seq,
+      segment, payloadPosition: 64 + ((seq - 1) % 500) * 4160 + 60, payloadBytes: 4096, payloadSkip: 0,
+    });
+  }
+  return history;
+}
+
+test('a fold lets other work run while it works out the bases, ends as a fold at once would, and is called off by a rollback into it', async () => {
+  const [a, b] = [syntheticHistory(20_000, 64, new Random(8)), syntheticHistory(20_000, 64, new Random(8))];
+  const seqNew = 15_001;
+  a.fold(seqNew);
+  let turns = 0;
+  let spinning = true;
+  const spin = () => {
+    turns += 1;
+    if (spinning) setImmediate(spin);
+  };
+  setImmediate(spin);
+  assert.equal(await b.foldAsync(seqNew, 0), true);
+  spinning = false;
+  assert.ok(turns >= 64, `other work ran between regions (${turns} turns)`);
+  assert.equal(b.seqFirst, a.seqFirst);
+  assert.equal(b.memoryBytes, a.memoryBytes);
+  for (let region = 0; region < 64; region += 1) {
+    for (const seq of [seqNew - 1, 17_000, 20_000]) assert.deepEqual(b.regionAt(region, seq)?.used, a.regionAt(region, seq)?.used, `region ${region} at seq ${seq}`);
+  }
+  assert.deepEqual(b.foldedSegments(), a.foldedSegments());
+  for (const segment of a.foldedSegments()) assert.deepEqual(b.foldedSegment(segment), a.foldedSegment(segment));
+
+  // A rollback into the records being folded, while the fold works: nothing is folded.
+  const c = syntheticHistory(20_000, 64, new Random(8));
+  const folding = c.foldAsync(seqNew, 0);
+  c.append({ seq: 20_001, type: RecordType.REVERT, flags: 0, offsetBytes: 14_000, lengthBytes: 0, timeUs: T0 + 20_001, segment: 41, payloadPosition: 120, payloadBytes: 0, payloadSkip: 0 });
+  assert.equal(await folding, false);
+  assert.equal(c.seqFirst, 1, 'nothing folded');
+  assert.ok(c.regionAt(0, 14_500) !== undefined || c.regionAt(1, 14_500) !== undefined, 'old points still build');
 });
