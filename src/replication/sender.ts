@@ -342,6 +342,13 @@ export class ReplicationLink {
       }
       const target = device.durableSeq;
       await heartbeat();
+      // How far the receiver may fold its history: no rollback it has not received, made or
+      // to come, goes back before it (idle too: a restarted receiver hears it again).
+      const foldBefore = device.foldLimitForReplicas(cursor - 1);
+      if (foldBefore > sentFoldBefore) {
+        await channel.send(jsonFrame(FrameType.STATE, { foldBefore }));
+        sentFoldBefore = foldBefore;
+      }
       if (cursor > target) {
         await this.sleep(IDLE_POLL_MS);
         continue;
@@ -392,12 +399,7 @@ export class ReplicationLink {
         await channel.send(encodeFrame(FrameType.STATE, Buffer.from(marks), true));
         sentBookmarks = marks;
       }
-      // How far the receiver may fold its history: no rollback here goes back before it.
-      const foldBefore = device.foldLimitForReplicas();
-      if (foldBefore > sentFoldBefore) {
-        await channel.send(jsonFrame(FrameType.STATE, { foldBefore }));
-        sentFoldBefore = foldBefore;
-      }
+
     }
   }
 

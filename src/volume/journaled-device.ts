@@ -282,6 +282,7 @@ export class JournaledDevice implements BlockDevice {
   /** Failover made this replica a volume of its own: from now on its history folds too. */
   promoted(): void {
     this.replica = false;
+    this.retention.replica = false;
   }
 
   /**
@@ -881,14 +882,16 @@ export class JournaledDevice implements BlockDevice {
   }
 
   /**
-   * How far a replica of this volume may fold its history (replication's STATE `foldBefore`):
-   * no rollback here, made or to come, goes back before it — rollbacks already made are
-   * taken into account (History.foldLimit), later ones can only go back to kept points, and
-   * points only ever expire. 0: not at all.
+   * How far a replica holding the records up to `sentUpTo` may fold its history
+   * (replication's STATE `foldBefore`): no rollback it has not received, made or to come,
+   * goes back before it — every rollback after `sentUpTo` is taken into account
+   * (History.foldLimit), later ones can only go back to kept points, and points only ever
+   * expire (those it received, its own fold takes into account). 0: not at all.
    */
-  foldLimitForReplicas(): number {
+  foldLimitForReplicas(sentUpTo: number): number {
     const oldest = this.history.oldestKept();
-    return oldest > 1 ? this.history.foldLimit(oldest) : 0;
+    const limit = Math.min(oldest, sentUpTo + 1);
+    return limit > 1 ? this.history.foldLimit(limit) : 0;
   }
 
   /** A replica: its source's foldLimitForReplicas (it only grows). */
@@ -1053,12 +1056,11 @@ function recordPositions(entries: readonly HistoryEntry[]): number[] {
 }
 
 /**
- * How far a start may fold: as far as the volume had (retention.json) — for a replica too, which
- * folded only as far as its source allowed (a failback, which makes a volume a replica, drops
- * the fold it had as a source).
+ * How far a start may fold: as far as the volume had (retention.json) — a replica only as far
+ * as it folded as a replica, as its source allowed (foldPlan).
  */
-function foldPlanFor(options: Pick<JournaledDeviceOptions, 'files' | 'directory'>): { foldBefore: number; reverts: Array<[number, number]> } {
-  return foldPlan(options.files, options.directory);
+function foldPlanFor(options: Pick<JournaledDeviceOptions, 'files' | 'directory' | 'replica'>): { foldBefore: number; reverts: Array<[number, number]> } {
+  return foldPlan(options.files, options.directory, options.replica ?? false);
 }
 
 /** A start folds once this many records are loaded (and once more at the end). */

@@ -43,6 +43,11 @@ interface RetentionFile {
    */
   foldedBefore?: number;
   foldedReverts?: Array<[number, number]>;
+  /**
+   * The fold was made by a replica, as far as its source allowed: only then does a replica
+   * fold as far at start (a fold made as a source may go past what a new source keeps).
+   */
+  foldedAsReplica?: boolean;
 }
 
 export class RetentionState {
@@ -70,6 +75,9 @@ export class RetentionState {
   /** history.expiredVersion when retention.json was last written (or read). */
   private savedVersion = -1;
 
+  /** A replica (until promoted): its folds are made as its source allows (RetentionFile.foldedAsReplica). */
+  replica = false;
+
   private constructor(private readonly files: FileLayer, private readonly file: string, private readonly history: History) {}
 
   /**
@@ -80,6 +88,7 @@ export class RetentionState {
   static load(files: FileLayer, directory: string, history: History, replica = false): RetentionState {
     const file = path.join(directory, RETENTION_FILE);
     const state = new RetentionState(files, file, history);
+    state.replica = replica;
     const bytes = files.readFile(file);
     if (bytes === null) {
       if (history.thinnedRecords > 0) throw corrupt(file, `missing, but the journal holds ${history.thinnedRecords} thinned records`);
@@ -119,9 +128,11 @@ export class RetentionState {
     state.recordsCompressed = Number(parsed.recordsCompressed) || 0;
     state.compactions = Number(parsed.compactions) || 0;
     for (const segment of parsed.compressedSegments ?? []) if (Number.isSafeInteger(segment)) state.compressedSegments.add(segment);
-    // (A replica folds too, as far as its source allows; a failback drops the fold a volume
-    // had before it became a replica.)
-    state.foldedReverts = foldedRevertsOf(parsed);
+    // A replica folds as far as its source allows; a fold it did not make as a replica (it was
+    // a source before a failback) is not its own: it goes at the next save.
+    const ownFold = !replica || parsed.foldedAsReplica === true;
+    state.foldedReverts = ownFold ? foldedRevertsOf(parsed) : [];
+    if (!ownFold && (parsed.foldedBefore ?? 1) > 1) state.savedVersion = -1;
     return state;
   }
 
@@ -161,6 +172,7 @@ export class RetentionState {
       compactions: this.compactions,
       foldedBefore: this.history.seqFirst,
       foldedReverts: this.foldedReverts,
+      ...(this.replica ? { foldedAsReplica: true } : {}),
     };
     await this.files.writeFileAtomic(this.file, Buffer.from(`${JSON.stringify(content)}\n`));
     this.savedVersion = version;
@@ -191,14 +203,16 @@ function foldedRevertsOf(parsed: RetentionFile): Array<[number, number]> {
 
 /**
  * How far a start may fold the history as it loads it (History.fold), read before the
- * history exists: the fold retention.json records, never past its oldest kept point; and
- * the folded rollbacks. Nothing (1) when absent or unreadable (the full load says why).
+ * history exists: the fold retention.json records (a replica's: only one it made as a
+ * replica), never past its oldest kept point; and the folded rollbacks. Nothing (1) when absent or unreadable (the full load says why).
  */
-export function foldPlan(files: FileLayer, directory: string): { foldBefore: number; reverts: Array<[number, number]> } {
+export function foldPlan(files: FileLayer, directory: string, replica = false): { foldBefore: number; reverts: Array<[number, number]> } {
   try {
     const bytes = files.readFile(path.join(directory, RETENTION_FILE));
     if (!bytes) return { foldBefore: 1, reverts: [] };
     const parsed = JSON.parse(bytes.toString('utf8')) as RetentionFile;
+    // A replica folds only as far as it folded as one (RetentionFile.foldedAsReplica).
+    if (replica && parsed.foldedAsReplica !== true) return { foldBefore: 1, reverts: [] };
     const first = Array.isArray(parsed.expired) ? parsed.expired[0] : undefined;
     const oldestKept = Array.isArray(first) && first[0] === 1 && Number.isSafeInteger(first[1]) ? first[1] + 1 : 1;
     const folded = Number.isSafeInteger(parsed.foldedBefore) ? (parsed.foldedBefore as number) : 1;

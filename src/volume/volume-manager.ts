@@ -1019,7 +1019,6 @@ async function writeRecord(directory: string, record: VolumeRecord): Promise<voi
   await fs.writeFile(path.join(directory, 'volume.json'), `${JSON.stringify(record, null, 2)}\n`, { flush: true });
 }
 
-/** Copies the first `bytes` of `from` to a new file `to`, durably. */
 /**
  * retention.json's text without the fold it records (a volume becoming a replica by failback:
  * it folds again only as far as its new source allows, JournaledDevice.foldHistory).

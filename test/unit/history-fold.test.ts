@@ -232,8 +232,11 @@ test('a replica folds only as far as its source allows: a rollback it has not re
     await ship(35);
     replica.history.expire([[1, 30]]);
     assert.equal(await replica.foldHistory(), 0, 'a replica does not fold without its source\'s word');
-    // The source's word (replication's STATE foldBefore) takes its rollback into account.
-    const limit = source.foldLimitForReplicas();
+    // The source's word (replication's STATE foldBefore) takes its rollback into account,
+    // even once the source expired the points past it: the replica has not received it yet.
+    await source.expirePoints([[31, 50]]);
+    assert.ok(source.history.oldestKept() > 42, 'the rollback (seq 42) lies before the source\'s oldest kept point');
+    const limit = source.foldLimitForReplicas(35);
     assert.ok(limit > 0 && limit <= target, `the source lets replicas fold only up to its rollback's target (${limit})`);
     replica.setReplicaFoldLimit(limit);
     await replica.foldHistory();
@@ -243,24 +246,28 @@ test('a replica folds only as far as its source allows: a rollback it has not re
     await replica.close();
     replica = JournaledDevice.open({ ...options(replicaDir, clock), replica: true, readOnly: true });
     for (const at of [source.lastSeq, 45]) await checkPoint(replica, oracle, at, `replica seq ${at}`);
-    // Past the rollback, the source lets it fold further; a restart folds as far again.
-    await source.expirePoints([[31, 45]]);
-    replica.history.expire([[31, 45]]);
-    replica.setReplicaFoldLimit(source.foldLimitForReplicas());
+    // The rollback received, the source lets it fold further; a restart folds as far again.
+    replica.history.expire([[31, 50]]);
+    replica.setReplicaFoldLimit(source.foldLimitForReplicas(source.lastSeq));
     const foldedReplica = await replica.foldHistory();
-    assert.ok(foldedReplica > 0 && replica.history.seqFirst > target + 1 && replica.history.seqFirst <= 46, `the replica folds as its source allows (${foldedReplica} records, seqFirst ${replica.history.seqFirst})`);
+    assert.ok(foldedReplica > 0 && replica.history.seqFirst > target + 1 && replica.history.seqFirst <= 51, `the replica folds as its source allows (${foldedReplica} records, seqFirst ${replica.history.seqFirst})`);
     const replicaFirst = replica.history.seqFirst;
-    for (const at of [source.lastSeq, 50]) await checkPoint(replica, oracle, at, `folded replica seq ${at}`);
+    for (const at of [source.lastSeq, 55]) await checkPoint(replica, oracle, at, `folded replica seq ${at}`);
     await replica.close();
     replica = JournaledDevice.open({ ...options(replicaDir, clock), replica: true, readOnly: true });
     assert.equal(replica.history.seqFirst, replicaFirst, 'a replica folds as it loads, as far as before');
-    for (const at of [source.lastSeq, 50]) await checkPoint(replica, oracle, at, `reopened replica seq ${at}`);
+    for (const at of [source.lastSeq, 55]) await checkPoint(replica, oracle, at, `reopened replica seq ${at}`);
     // Failover: the volume is its own now, and folds (the rollback received is in its history).
     replica.promoted();
-    replica.history.expire([[1, 55]]);
+    replica.history.expire([[1, 59]]);
     const foldedNow = await replica.foldHistory();
     assert.ok(foldedNow > 0, `a promoted replica folds (${foldedNow}; oldest kept ${replica.history.oldestKept()}, segments ${JSON.stringify(replica.history.segmentStarts())}, last ${replica.history.seqLast})`);
-    for (const at of [source.lastSeq, 58]) await checkPoint(replica, oracle, at, `promoted seq ${at}`);
+    for (const at of [source.lastSeq, 61]) await checkPoint(replica, oracle, at, `promoted seq ${at}`);
+    // Made a replica again (a failback): the fold it made as a source is not a replica's.
+    await replica.close();
+    replica = JournaledDevice.open({ ...options(replicaDir, clock), replica: true, readOnly: true });
+    assert.equal(replica.history.seqFirst, 1, 'a fold made as a source: a replica loads unfolded');
+    for (const at of [source.lastSeq, 61]) await checkPoint(replica, oracle, at, `a replica again, seq ${at}`);
   } finally {
     await source.close().catch(() => undefined);
     await replica.close().catch(() => undefined);
