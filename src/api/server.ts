@@ -126,6 +126,8 @@ export function buildApi(context: ApiContext): FastifyInstance {
     replication: replicationSummary(context),
     connections: context.nbd.connections().length,
     memory: memoryView(),
+    /** Disk space held back for compaction on a full disk (DATA/reserve). */
+    reserveBytes: context.volumes.reserveBytes,
   }));
 
   app.get('/api/v1/volumes', async () => {

@@ -959,6 +959,7 @@ export class JournaledDevice implements BlockDevice {
           await this.retention.save();
         } catch (err) {
           this.retention.compactions -= 1; // not durable: checkpoints keep the old generation
+          this.options.files.remove(compacted.temporaryPath); // (its space: the disk may be full)
           throw err;
         }
         this.options.files.remove(path.join(this.options.directory, 'index.ckpt'));

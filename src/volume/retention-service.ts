@@ -34,6 +34,10 @@ export interface RetentionHost {
   /** Runs `work` serialised with the commands that resolve and pin points. */
   serialise<T>(work: () => Promise<T>): Promise<T>;
   event(name: string, level: 'info' | 'warn', message: string, details: Record<string, unknown>): void;
+  /** Lets the daemon's space reserve go (SpaceReserve): whether that made room. */
+  releaseReserve?(): boolean;
+  /** Makes the space reserve again, as far as there is room (after each run). */
+  ensureReserve?(): Promise<void>;
 }
 
 export interface RetentionRun {
@@ -120,7 +124,12 @@ export class RetentionService {
     const pointsExpired = await this.host.serialise(() => expireByPolicy(device, policy, options));
     // In the background the reclaim analysis (a replay of the history) runs at most every
     // ANALYSE_EVERY_MS; on demand, now.
-    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled, analyseEveryMs: onDemand ? undefined : ANALYSE_EVERY_MS, thin });
+    const onNoSpace = () => {
+      const freed = this.host.releaseReserve?.() ?? false;
+      if (freed) this.host.event(name, 'warn', 'the disk is full: the space reserve was let go so that compaction could free space', {});
+      return freed;
+    };
+    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled, analyseEveryMs: onDemand ? undefined : ANALYSE_EVERY_MS, thin, onNoSpace });
     let pointsForced = 0;
     for (let round = 0; maxSizeBytes !== null && device.stats().bytes > maxSizeBytes && round < FORCED_ROUNDS_MAX && !this.stopped; round += 1) {
       // Only points whose data lies in sealed segments: going, they can free space.
@@ -136,7 +145,7 @@ export class RetentionService {
       };
       device.retention.noteForced({ at: new Date().toISOString(), ...details });
       this.host.event(name, 'warn', 'the journal exceeds --max-size: the oldest points were removed ahead of the retention policy', details);
-      const more = await reclaimSpace(device, { cancelled });
+      const more = await reclaimSpace(device, { cancelled, onNoSpace });
       for (const key of ['segmentsCompacted', 'recordsThinned', 'recordsCompressed', 'bytesReclaimed'] as const) reclaimed[key] += more[key];
       // Nothing freed: the rest is live data or not yet sealed. Removing more points would
       // destroy history for nothing; the warning says the cap is not met.
@@ -150,6 +159,8 @@ export class RetentionService {
       journalBytes: device.stats().bytes, durationMs: Math.round(performance.now() - started),
     };
     device.retention.lastRun = run;
+    // The reserve again, as far as there is room now (a smaller one on a full disk).
+    await this.host.ensureReserve?.().catch(() => undefined);
     if (maxSizeBytes !== null && run.journalBytes > maxSizeBytes) {
       this.host.event(name, 'warn', 'the journal still exceeds --max-size: bookmarks, mounts or the policy\'s "all" window hold the rest', { journalBytes: run.journalBytes, maxSizeBytes });
     }

@@ -13,7 +13,7 @@
  * Which records are visible at which kept point comes from replaying each region's history
  * (History.visibleWrites) in slices, so clients keep being served meanwhile.
  */
-import { expiringRuns, keepAllUs } from '../core/index.js';
+import { expiringRuns, isHindsightError, keepAllUs } from '../core/index.js';
 import type { RetentionPolicy } from '../core/index.js';
 import { RecordType } from '../journal/index.js';
 import { storedSpan, thinnableBytes } from '../journal/record.js';
@@ -135,7 +135,15 @@ export type ReclaimReport = Pick<RetentionReport, 'segmentsCompacted' | 'records
  * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
  * enough can go (folded ones too). Clients keep being served; one segment at a time.
  */
-export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & { nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number; thin?: boolean }): Promise<ReclaimReport> {
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & {
+  nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number; thin?: boolean;
+  /**
+   * A compaction that frees space found no room for its copy: make some (let the daemon's
+   * reserve go, SpaceReserve) and say whether any was made; it is then tried once more.
+   * Other compactions without room (compression only) are skipped.
+   */
+  onNoSpace?: () => boolean;
+}): Promise<ReclaimReport> {
   const history = device.history;
   // A quiet volume may take days to fill its 1 GiB segment: past SEAL_AFTER, what it holds
   // is sealed so it can be compressed and thinned too.
@@ -178,7 +186,8 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     const worth = thinned.size > 0 && reclaimable >= Math.max(RECLAIM_BYTES_MIN, bytes * (options.reclaimShareMin ?? 1 / 8));
     if (!worth && !compress) continue;
     // Compacted anyway (to compress): whatever can go, goes.
-    const result = await device.compactSegment(segment.segmentIndex, thinned, cancelled);
+    const result = await roomy(() => device.compactSegment(segment.segmentIndex, thinned, cancelled), thinned.size > 0);
+    if (result === 'no room') continue;
     if (!result) break; // the volume is closing
     addCompaction(report, result);
   }
@@ -193,11 +202,28 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     // (A replica too: it folds only where no rollback of its source can go back.)
     const thin = folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8));
     if (!thin && !compress) continue;
-    const result = await device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin });
+    const result = await roomy(() => device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin }), thin);
+    if (result === 'no room') continue;
     if (!result) break;
     addCompaction(report, result);
   }
   return report;
+
+  /** A compaction, tried again once room is made if it frees space; 'no room' if it still finds none. */
+  async function roomy<T>(compact: () => Promise<T>, freesSpace: boolean): Promise<T | 'no room'> {
+    try {
+      return await compact();
+    } catch (err) {
+      if (!isHindsightError(err, 'NO_SPACE')) throw err;
+      if (!freesSpace || !options.onNoSpace?.()) return 'no room';
+    }
+    try {
+      return await compact();
+    } catch (err) {
+      if (isHindsightError(err, 'NO_SPACE')) return 'no room';
+      throw err;
+    }
+  }
 }
 
 /** Counts one compaction in a run's report. */

@@ -24,6 +24,7 @@ import { PointView } from './point-view.js';
 import { resolvePoint } from './points.js';
 import type { ResolvedPoint } from './points.js';
 import { RetentionService } from './retention-service.js';
+import { SpaceReserve } from './space-reserve.js';
 import type { RetentionRun } from './retention-service.js';
 import type { ForcedExpiry } from './retention-state.js';
 
@@ -194,6 +195,8 @@ export class VolumeManager {
   /** Seqs in use by commands and jobs (a restore running, a mount being made): kept as points. */
   private readonly pinned = new Map<string, Map<number, number>>();
   private readonly retention: RetentionService;
+  /** Room for compaction when the disk is full (space-reserve.ts). */
+  private readonly reserve: SpaceReserve;
 
   constructor(private readonly options: VolumeManagerOptions) {
     this.volumesDir = path.join(options.dataDir, 'volumes');
@@ -215,7 +218,25 @@ export class VolumeManager {
       pins: (name) => this.pinsOf(name),
       serialise: (work) => this.serialise(work),
       event: (name, level, message, details) => this.onRetentionEvent(name, level, message, details),
+      releaseReserve: () => this.reserve.release() > 0,
+      ensureReserve: () => this.reserve.ensure(this.reserveWanted()),
     }, options.retentionIntervalMs ?? 60_000);
+    this.reserve = new SpaceReserve(path.join(options.dataDir, 'reserve'));
+  }
+
+  /**
+   * How large the space reserve should be: the largest copy a compaction may write (a
+   * segment), as far as any volume's journal reaches that size.
+   */
+  private reserveWanted(): number {
+    let largest = 0;
+    for (const volume of this.volumes.values()) largest = Math.max(largest, volume.device?.stats().bytes ?? 0);
+    return Math.min(this.options.segmentBytesMax ?? LIMITS.journalSegmentBytesMax, largest);
+  }
+
+  /** Bytes the space reserve holds (status). */
+  get reserveBytes(): number {
+    return this.reserve.bytes;
   }
 
   /** Starts applying retention policies in the background. */
