@@ -20,7 +20,7 @@ import { chunkTableBytes, encodeChunkTable } from './chunk-crc.js';
 import { PackBuilder, packable, standaloneRecord } from './pack.js';
 import type { PackInput } from './pack.js';
 import { checkRecordBytes, segmentPath, segmentRecordsOnDisk } from './scanner.js';
-import { encodeContainer } from './container.js';
+import { compressPieces } from './compress-pool.js';
 import { SEGMENT_HEADER_BYTES } from './segment.js';
 
 export const COMPACT_SUFFIX = '.compact';
@@ -66,6 +66,18 @@ const READ_WINDOW_BYTES = 4 * 1024 * 1024;
 interface SourceRecord extends PackInput {
   payloadPosition: number;
 }
+
+/** Records of one read window on their way through compaction (compactSegment). */
+interface Batch {
+  items: Array<{ found: SourceRecord; thin: boolean; piece: number }>;
+  /** [offset, length] in `window` of the payloads to compress. */
+  pieces: Array<[number, number]>;
+  window: Buffer;
+  compressed: Promise<Array<Buffer | null>> | null;
+}
+
+/** Windows whose payloads compress at once (each in a worker thread of its own). */
+const COMPRESSING_WINDOWS_MAX = 2;
 
 /**
  * Writes `segmentIndex` again as NNNNNNNN.seg.compact, with the records in `thinned`
@@ -116,29 +128,28 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     let window: Buffer = Buffer.alloc(0);
     let windowStart = 0;
     let next = 0;
-    while (at < bytesBefore) {
-      if (at + RECORD_HEADER_BYTES > windowStart + window.length) ({ window, windowStart } = await readWindow(source, at, RECORD_HEADER_BYTES, bytesBefore, sourcePath));
-      const peek = decodeRecordHeader(window.subarray(at - windowStart, at - windowStart + RECORD_HEADER_BYTES));
-      if (!peek.ok) throw damaged(sourcePath, at, peek.reason);
-      const span = spanOf(peek.header);
-      if (at + span > windowStart + window.length) ({ window, windowStart } = await readWindow(source, at, span, bytesBefore, sourcePath));
-      const bytes = window.subarray(at - windowStart, at - windowStart + span);
-      for (const found of verifiedRecords(bytes, at, crcSeed, sourcePath)) {
-        const record = records[next];
-        next += 1;
-        if (!record || found.header.seq !== record.seq || found.header.type !== record.type || found.header.payloadBytes !== record.payloadBytes || found.payloadPosition !== record.payloadPosition) {
-          throw damaged(sourcePath, at, `record seq ${found.header.seq} is not the one the history knows (${record ? `seq ${record.seq}` : 'none'})`);
-        }
+    // The records read from one window, in order, each with what becomes of it; the payloads
+    // to compress go to worker threads a window at a time (compress-pool.ts), while the next
+    // window is read and checked. Emitted in order as their compression completes.
+    let batch: Batch = { items: [], pieces: [], window, compressed: null };
+    const inflight: Batch[] = [];
+    let waitedMs = 0;
+    let stopped = false;
+    const settle = async (done: Batch): Promise<void> => {
+      let containers: Array<Buffer | null> = [];
+      if (done.compressed) {
+        const waitStart = performance.now();
+        containers = await done.compressed;
+        waitedMs += performance.now() - waitStart;
+      }
+      for (const { found, thin, piece } of done.items) {
         let out: PackInput = found;
-        if (thinned.has(record.seq)) {
-          assert(record.type === RecordType.WRITE, 'only WRITE records are thinned');
+        const container = piece >= 0 ? containers[piece] : null;
+        if (thin) {
           out = { header: { ...found.header, type: RecordType.THINNED, flags: found.header.flags & ~RecordFlag.COMPRESSED, payloadBytes: 0, payloadSkip: 0 }, table: null, payload: null };
-        } else if (options.compress && found.header.type === RecordType.WRITE && !isCompressed(found.header) && found.header.payloadBytes >= 1024) {
-          const container = encodeContainer(found.payload!);
-          if (container) {
-            out = { header: { ...found.header, flags: found.header.flags | RecordFlag.COMPRESSED, payloadBytes: container.length }, table: encodeChunkTable(container, crcSeed), payload: container, logicalBytes: found.payload!.length };
-            recordsCompressed += 1;
-          }
+        } else if (container) {
+          out = { header: { ...found.header, flags: found.header.flags | RecordFlag.COMPRESSED, payloadBytes: container.length }, table: encodeChunkTable(container, crcSeed), payload: container, logicalBytes: found.payload!.length };
+          recordsCompressed += 1;
         }
         if (options.pack !== false && packable(out.header)) {
           if (!pack.add(out)) {
@@ -152,19 +163,63 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
           emit(standalone.buffers, standalone.span);
         }
       }
-      at += span;
       if (pendingBytes >= (options.sliceBytes ?? SLICE_BYTES) || performance.now() - sliceStarted >= (options.sliceMs ?? 4)) {
         // In the thread pool: the event loop serves clients while the batch is written.
-        await target.writevAsync(pending.splice(0), written);
+        await target!.writevAsync(pending.splice(0), written);
         written += pendingBytes;
         pendingBytes = 0;
-        // Throttled: rest as long as the slice took (reads and writes included), so clients
-        // keep at least half of the disk and of the event loop.
-        await new Promise((resolve) => setTimeout(resolve, Math.ceil(performance.now() - sliceStarted)));
-        if (options.cancelled?.()) return abandon();
+        // Throttled: rest as long as the slice took (reads and writes included, not the wait
+        // for compression in other threads), so clients keep at least half of the disk and
+        // of the event loop.
+        await new Promise((resolve) => setTimeout(resolve, Math.ceil(Math.max(0, performance.now() - sliceStarted - waitedMs))));
+        if (options.cancelled?.()) stopped = true;
         sliceStarted = performance.now();
+        waitedMs = 0;
       }
+    };
+    /** The batch so far goes to compression; the oldest ones in flight are settled. */
+    const submit = async (): Promise<void> => {
+      if (batch.items.length > 0) {
+        if (batch.pieces.length > 0) {
+          batch.compressed = compressPieces(batch.window, batch.pieces);
+          batch.compressed.catch(() => undefined); // (awaited when settled)
+        }
+        inflight.push(batch);
+      }
+      while (inflight.length > COMPRESSING_WINDOWS_MAX || (inflight.length > 0 && !inflight[0].compressed)) await settle(inflight.shift()!);
+    };
+    const newWindow = async (need: number) => {
+      await submit();
+      ({ window, windowStart } = await readWindow(source, at, need, bytesBefore, sourcePath));
+      batch = { items: [], pieces: [], window, compressed: null };
+    };
+    while (at < bytesBefore && !stopped) {
+      if (at + RECORD_HEADER_BYTES > windowStart + window.length) await newWindow(RECORD_HEADER_BYTES);
+      const peek = decodeRecordHeader(window.subarray(at - windowStart, at - windowStart + RECORD_HEADER_BYTES));
+      if (!peek.ok) throw damaged(sourcePath, at, peek.reason);
+      const span = spanOf(peek.header);
+      if (at + span > windowStart + window.length) await newWindow(span);
+      const bytes = window.subarray(at - windowStart, at - windowStart + span);
+      for (const found of verifiedRecords(bytes, at, crcSeed, sourcePath)) {
+        const record = records[next];
+        next += 1;
+        if (!record || found.header.seq !== record.seq || found.header.type !== record.type || found.header.payloadBytes !== record.payloadBytes || found.payloadPosition !== record.payloadPosition) {
+          throw damaged(sourcePath, at, `record seq ${found.header.seq} is not the one the history knows (${record ? `seq ${record.seq}` : 'none'})`);
+        }
+        const thin = thinned.has(record.seq);
+        assert(!thin || record.type === RecordType.WRITE, 'only WRITE records are thinned');
+        let piece = -1;
+        if (!thin && options.compress && found.header.type === RecordType.WRITE && !isCompressed(found.header) && found.header.payloadBytes >= 1024) {
+          piece = batch.pieces.length;
+          batch.pieces.push([found.payload!.byteOffset - window.byteOffset, found.payload!.length]);
+        }
+        batch.items.push({ found, thin, piece });
+      }
+      at += span;
     }
+    await submit();
+    while (inflight.length > 0 && !stopped) await settle(inflight.shift()!);
+    if (stopped) return abandon();
     if (next !== records.length) throw damaged(sourcePath, at, `the history knows ${records.length} records, the segment holds ${next}`);
     flushPack();
     if (pendingBytes > 0) await target.writevAsync(pending, written);

@@ -13,7 +13,7 @@
  * Which records are visible at which kept point comes from replaying each region's history
  * (History.visibleWrites) in slices, so clients keep being served meanwhile.
  */
-import { expiringRuns, isHindsightError, keepAllUs } from '../core/index.js';
+import { HindsightError, expiringRuns, isHindsightError, keepAllUs } from '../core/index.js';
 import type { RetentionPolicy } from '../core/index.js';
 import { RecordType } from '../journal/index.js';
 import { storedSpan, thinnableBytes } from '../journal/record.js';
@@ -150,6 +150,8 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
   const active = device.activeSegment();
   if (options.nowUs !== undefined && active.timeFirstUs !== null && active.bytes >= SEAL_BYTES_MIN && options.nowUs - active.timeFirstUs >= SEAL_AFTER_US) await device.seal();
   const report = { segmentsCompacted: 0, recordsThinned: 0, recordsCompressed: 0, bytesReclaimed: 0 };
+  /** The last compaction that found no room for its copy (a full disk). */
+  let noRoom: HindsightError | null = null;
   const expired = history.expired;
   const lastExpired = expired.length > 0 ? expired[expired.length - 1][1] : 0;
   // Past the last expired seq every point is kept: every record there is needed.
@@ -207,21 +209,22 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     if (!result) break;
     addCompaction(report, result);
   }
+  // Compactions without room are tried again at the next run; a run that freed nothing at all
+  // fails with the full disk (the volume shows it).
+  if (noRoom) device.retention.lastAnalysis = null; // (the next run looks again)
+  if (noRoom && report.bytesReclaimed === 0) throw noRoom;
   return report;
 
   /** A compaction, tried again once room is made if it frees space; 'no room' if it still finds none. */
   async function roomy<T>(compact: () => Promise<T>, freesSpace: boolean): Promise<T | 'no room'> {
-    try {
-      return await compact();
-    } catch (err) {
-      if (!isHindsightError(err, 'NO_SPACE')) throw err;
-      if (!freesSpace || !options.onNoSpace?.()) return 'no room';
-    }
-    try {
-      return await compact();
-    } catch (err) {
-      if (isHindsightError(err, 'NO_SPACE')) return 'no room';
-      throw err;
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await compact();
+      } catch (err) {
+        if (!isHindsightError(err, 'NO_SPACE')) throw err;
+        noRoom = err;
+        if (attempt > 0 || !freesSpace || !options.onNoSpace?.()) return 'no room';
+      }
     }
   }
 }
