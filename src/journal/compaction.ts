@@ -57,6 +57,13 @@ export interface CompactionOptions {
   sliceMs?: number;
   /** Pack small records (pack.ts): default true. */
   pack?: boolean;
+  /**
+   * Folded history (every point expired, no record's time or range needed any more): runs of
+   * thinned records share one pack entry each (flag RUN).
+   */
+  runs?: boolean;
+  /** A seq no run takes (a failover's: failback finds the common seq by its record). */
+  exact?: number;
 }
 
 const SLICE_BYTES = 8 * 1024 * 1024;
@@ -103,7 +110,7 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     let sliceStarted = performance.now();
     const moved: CompactionResult['moved'] = [];
     let recordsCompressed = 0;
-    const pack = new PackBuilder();
+    const pack = new PackBuilder(options.runs ?? false, options.exact);
     const emit = (buffers: Buffer[], span: number) => {
       pending.push(...buffers);
       pendingBytes += span;
@@ -179,6 +186,8 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     };
     /** The batch so far goes to compression; the oldest ones in flight are settled. */
     const submit = async (): Promise<void> => {
+      while (inflight.length >= COMPRESSING_WINDOWS_MAX && !stopped) await settle(inflight.shift()!);
+      if (stopped) return;
       if (batch.items.length > 0) {
         if (batch.pieces.length > 0) {
           batch.compressed = compressPieces(batch.window, batch.pieces);
@@ -186,7 +195,7 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
         }
         inflight.push(batch);
       }
-      while (inflight.length > COMPRESSING_WINDOWS_MAX || (inflight.length > 0 && !inflight[0].compressed)) await settle(inflight.shift()!);
+      while (inflight.length > 0 && !inflight[0].compressed && !stopped) await settle(inflight.shift()!);
     };
     const newWindow = async (need: number) => {
       await submit();

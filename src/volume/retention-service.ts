@@ -160,7 +160,7 @@ export class RetentionService {
     };
     device.retention.lastRun = run;
     // The reserve again, as far as there is room now (a smaller one on a full disk).
-    await this.host.ensureReserve?.().catch(() => undefined);
+    if (!this.stopped) await this.host.ensureReserve?.().catch(() => undefined);
     if (maxSizeBytes !== null && run.journalBytes > maxSizeBytes) {
       this.host.event(name, 'warn', 'the journal still exceeds --max-size: bookmarks, mounts or the policy\'s "all" window hold the rest', { journalBytes: run.journalBytes, maxSizeBytes });
     }

@@ -15,7 +15,7 @@
  */
 import { HindsightError, expiringRuns, isHindsightError, keepAllUs } from '../core/index.js';
 import type { RetentionPolicy } from '../core/index.js';
-import { RecordType } from '../journal/index.js';
+import { PACK_ENTRY_BYTES, RecordType } from '../journal/index.js';
 import { storedSpan, thinnableBytes } from '../journal/record.js';
 import type { JournaledDevice } from './journaled-device.js';
 
@@ -150,7 +150,7 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
   const active = device.activeSegment();
   if (options.nowUs !== undefined && active.timeFirstUs !== null && active.bytes >= SEAL_BYTES_MIN && options.nowUs - active.timeFirstUs >= SEAL_AFTER_US) await device.seal();
   const report = { segmentsCompacted: 0, recordsThinned: 0, recordsCompressed: 0, bytesReclaimed: 0 };
-  /** The last compaction that found no room for its copy (a full disk). */
+  /** The last compaction that would have freed space but found no room for its copy. */
   let noRoom: HindsightError | null = null;
   const expired = history.expired;
   const lastExpired = expired.length > 0 ? expired[expired.length - 1][1] : 0;
@@ -201,8 +201,10 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     let shown = 0;
     for (const bytes of folded.spans) shown += bytes;
     // (What is left of a folded segment is mostly small: rewriting it is cheap.)
-    // (A replica too: it folds only where no rollback of its source can go back.)
-    const thin = folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8));
+    // (A replica too: it folds only where no rollback of its source can go back.) Its
+    // thinned records' entries go too, a run of them becoming one (RUN).
+    const thin = folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8)) ||
+      folded.thinned * PACK_ENTRY_BYTES >= RUNS_BYTES_MIN;
     if (!thin && !compress) continue;
     const result = await roomy(() => device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin }), thin);
     if (result === 'no room') continue;
@@ -211,7 +213,10 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
   }
   // Compactions without room are tried again at the next run; a run that freed nothing at all
   // fails with the full disk (the volume shows it).
-  if (noRoom) device.retention.lastAnalysis = null; // (the next run looks again)
+  // Compactions that would free space but found no room: the next run looks again, and a
+  // run that freed nothing fails with the full disk (the volume shows it). Those that would
+  // only compress wait for room.
+  if (noRoom) device.retention.lastAnalysis = null;
   if (noRoom && report.bytesReclaimed === 0) throw noRoom;
   return report;
 
@@ -222,12 +227,15 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
         return await compact();
       } catch (err) {
         if (!isHindsightError(err, 'NO_SPACE')) throw err;
-        noRoom = err;
+        if (freesSpace) noRoom = err;
         if (attempt > 0 || !freesSpace || !options.onNoSpace?.()) return 'no room';
       }
     }
   }
 }
+
+/** A folded segment is written again for the runs its thinned records make once they free this much. */
+const RUNS_BYTES_MIN = 64 * 1024;
 
 /** Counts one compaction in a run's report. */
 function addCompaction(report: ReclaimReport, result: { recordsThinned: number; recordsCompressed: number; bytesBefore: number; bytesAfter: number }): void {

@@ -13,11 +13,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isHindsightError, parseRetention } from '../../src/core/index.js';
+import { fromSystemError, isHindsightError, parseRetention } from '../../src/core/index.js';
 import type { FileLayer, StorageFile } from '../../src/journal/index.js';
 import { JournaledDevice } from '../../src/volume/journaled-device.js';
 import { PointView } from '../../src/volume/point-view.js';
-import { applyRetention } from '../../src/volume/retention.js';
+import { applyRetention, expireByPolicy, reclaimSpace } from '../../src/volume/retention.js';
 import { FaultFs } from '../helpers/fault-fs.js';
 import { PitOracle, firstDifference } from '../helpers/pit-oracle.js';
 import { Random } from '../helpers/random.js';
@@ -317,5 +317,50 @@ test('a disk full during compaction leaves that segment for the next run: no lef
   const report = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16 });
   assert.ok(report.segmentsCompacted > 0, 'the next run compacts it');
   await check(device, oracle, device.history.seqLast, pins, rng, 'after the next run');
+  await device.close();
+});
+
+test('a disk full after a compaction is in place (its checkpoint) is no compaction without room: nothing is tried twice, nothing lost', async () => {
+  const files = new FaultFs({ seed: 4343 });
+  let thinning = false;
+  let renamed = false;
+  let failed = 0;
+  // The first index checkpoint written after a thinning compaction's rename finds the disk full.
+  const full = new Proxy(files, {
+    get(target, property) {
+      if (property === 'rename') return (from: string, to: string) => {
+        if (from.endsWith('.compact')) renamed = thinning;
+        return target.rename(from, to);
+      };
+      if (property === 'writeFileAtomic') return async (file: string, data: Buffer) => {
+        if (renamed && failed === 0 && file.endsWith('index.ckpt')) {
+          failed += 1;
+          throw fromSystemError(Object.assign(new Error('ENOSPC'), { code: 'ENOSPC', syscall: 'write', path: file }), `writing ${file}`);
+        }
+        return target.writeFileAtomic(file, data);
+      };
+      const value = (target as unknown as Record<string | symbol, unknown>)[property];
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  }) as FaultFs;
+  const clock = { us: 1_700_000_000_000_000 };
+  const device = open(full, clock);
+  const oracle = new PitOracle(SIZE);
+  const rng = new Random(4343);
+  const pins = new Set<number>();
+  await write(device, oracle, rng, clock, 600, pins);
+  clock.us += 120 * MINUTE;
+  const compact = device.compactSegment.bind(device);
+  device.compactSegment = (segmentIndex, thinned, cancelled, options) => {
+    thinning = thinned.size > 0;
+    return compact(segmentIndex, thinned, cancelled, options);
+  };
+  let released = 0;
+  await expireByPolicy(device, POLICY, { pins: () => pins, nowUs: clock.us });
+  const report = await reclaimSpace(device, { sliceMs: 1, reclaimShareMin: 1 / 16, onNoSpace: () => (released += 1) > 0 });
+  assert.equal(failed, 1, 'the checkpoint after a compaction found the disk full');
+  assert.equal(released, 0, 'no room was asked for: the compaction was in place');
+  assert.ok(report.segmentsCompacted > 0 && report.bytesReclaimed > 0, `the run went on (${JSON.stringify(report)})`);
+  await check(device, oracle, device.history.seqLast, pins, rng, 'after a checkpoint found the disk full');
   await device.close();
 });
