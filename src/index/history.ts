@@ -555,10 +555,8 @@ export class History {
       const seqs: number[] = [];
       const spans: number[] = [];
       let droppableBytes = 0;
-      let thinned = 0;
       for (let j = i; j < end; j += 1) {
         if (t.type[j] === RecordType.THINNED) thinnedFolded += 1;
-        if (t.type[j] === RecordType.THINNED && (t.flags[j] & RecordFlag.RUN) === 0) thinned += 1;
         if (t.type[j] !== RecordType.WRITE) continue;
         const span = thinnableBytes(t.payloadBytes[j], t.flags[j]);
         if (showing?.has(t.payloadPosition[j])) {
@@ -571,7 +569,7 @@ export class History {
       }
       assert(!updated.has(segment), 'a segment is folded once');
       updated.set(segment, {
-        seqFirst: this.first + i, seqLast: this.first + end - 1, droppableBytes, thinned,
+        seqFirst: this.first + i, seqLast: this.first + end - 1, droppableBytes,
         positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
       });
       added.push(segment);
@@ -778,8 +776,7 @@ export class History {
         positions[j] = now.payloadPosition;
         spans[j] = thinnableBytes(now.payloadBytes, now.packed ? RecordFlag.PACKED : 0);
       }
-      // (Its thinned records are in runs now, but for single ones between other records.)
-      this.folded.set(segment, { ...folded, positions, spans, droppableBytes: 0, thinned: 0 });
+      this.folded.set(segment, { ...folded, positions, spans, droppableBytes: 0 });
     } else {
       for (let j = 0; j < moved.length; j += 1) {
         const i = seqFirst + j - this.seqFirst;
@@ -1039,8 +1036,6 @@ export interface FoldedSegment {
   spans: Uint32Array;
   /** The same for the other WRITE records, together: compaction may drop them. */
   droppableBytes: number;
-  /** THINNED records not in runs yet (compaction of folded history makes runs of them: RUN). */
-  thinned: number;
 }
 
 /** A folded segment's list without the records no base shows any more (their bytes droppable now). */
@@ -1053,7 +1048,7 @@ function keepShown(folded: FoldedSegment, shown: ReadonlySet<number> | undefined
   }
   if (keep.length === folded.positions.length) return folded;
   return {
-    seqFirst: folded.seqFirst, seqLast: folded.seqLast, droppableBytes, thinned: folded.thinned,
+    seqFirst: folded.seqFirst, seqLast: folded.seqLast, droppableBytes,
     positions: Uint32Array.from(keep, (j) => folded.positions[j]), seqs: Float64Array.from(keep, (j) => folded.seqs[j]), spans: Uint32Array.from(keep, (j) => folded.spans[j]),
   };
 }

@@ -57,13 +57,6 @@ export interface CompactionOptions {
   sliceMs?: number;
   /** Pack small records (pack.ts): default true. */
   pack?: boolean;
-  /**
-   * Folded history (every point expired, no record's time or range needed any more): runs of
-   * thinned records share one pack entry each (flag RUN).
-   */
-  runs?: boolean;
-  /** A seq no run takes (a failover's: failback finds the common seq by its record). */
-  exact?: number;
 }
 
 const SLICE_BYTES = 8 * 1024 * 1024;
@@ -110,7 +103,7 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     let sliceStarted = performance.now();
     const moved: CompactionResult['moved'] = [];
     let recordsCompressed = 0;
-    const pack = new PackBuilder(options.runs ?? false, options.exact);
+    const pack = new PackBuilder();
     const emit = (buffers: Buffer[], span: number) => {
       pending.push(...buffers);
       pendingBytes += span;

@@ -47,18 +47,10 @@ export function packable(header: RecordHeader): boolean {
   return header.type !== RecordType.PACK && bodyBytes(header.payloadBytes) <= PACKED_BODY_BYTES_MAX && header.offsetBytes < 2 ** 50;
 }
 
-/**
- * Collects records for one pack: `add` says false when one more would not fit. With `runs`
- * (folded history), consecutive THINNED records share one entry (flag RUN).
- */
+/** Collects records for one pack: `add` says false when one more would not fit. */
 export class PackBuilder {
   private readonly records: PackInput[] = [];
-  /** The pack's entries: each stands for `count` records from `first` (more than one: a run). */
-  private readonly slots: Array<{ first: number; count: number }> = [];
   private bodies = 0;
-
-  /** `exact`: a seq no run takes. */
-  constructor(private readonly runs = false, private readonly exact?: number) {}
 
   get count(): number {
     return this.records.length;
@@ -72,21 +64,13 @@ export class PackBuilder {
   add(record: PackInput): boolean {
     assert(packable(record.header), 'only packable records are packed');
     const last = this.records[this.records.length - 1];
-    const slot = this.slots[this.slots.length - 1];
     if (last) {
+      if (this.records.length >= PACK_RECORDS_MAX) return false;
+      if ((this.records.length + 1) * PACK_ENTRY_BYTES + this.bodies + bodyBytes(record.header.payloadBytes) > PACK_BYTES_MAX) return false;
       const stepUs = record.header.timeUs - last.header.timeUs;
       if (record.header.seq !== last.header.seq + 1 || stepUs < 0 || stepUs > TIME_DELTA_MAX) return false;
     }
-    const runnable = (header: RecordHeader) => header.type === RecordType.THINNED && header.seq !== this.exact;
-    const joins = this.runs && slot !== undefined && runnable(record.header) && runnable(this.records[slot.first].header) &&
-      record.header.timeUs - this.records[slot.first].header.timeUs <= TIME_DELTA_MAX;
-    if (!joins && last) {
-      if (this.slots.length >= PACK_RECORDS_MAX) return false;
-      if ((this.slots.length + 1) * PACK_ENTRY_BYTES + this.bodies + bodyBytes(record.header.payloadBytes) > PACK_BYTES_MAX) return false;
-    }
     this.records.push(record);
-    if (joins) slot.count += 1;
-    else this.slots.push({ first: this.records.length - 1, count: 1 });
     this.bodies += bodyBytes(record.header.payloadBytes);
     return true;
   }
@@ -94,7 +78,6 @@ export class PackBuilder {
   /** Empties the builder: its records, to be written some other way. */
   drain(): PackInput[] {
     this.bodies = 0;
-    this.slots.length = 0;
     return this.records.splice(0);
   }
 
@@ -104,32 +87,18 @@ export class PackBuilder {
    */
   take(position: number, crcSeed: number): { buffers: Buffer[]; span: number; payloadPositions: number[] } {
     const bodies = this.bodies;
-    const slots = [...this.slots];
     const records = this.drain();
     assert(records.length > 0, 'a pack holds records');
-    const entries = Buffer.alloc(slots.length * PACK_ENTRY_BYTES);
+    const entries = Buffer.alloc(records.length * PACK_ENTRY_BYTES);
     const buffers: Buffer[] = [Buffer.alloc(RECORD_HEADER_BYTES), entries];
     const payloadPositions: number[] = [];
     let at = position + RECORD_HEADER_BYTES + entries.length;
     let previousUs = records[0].header.timeUs;
     let seqDurable = 0;
-    slots.forEach(({ first, count }, i) => {
-      const record = records[first];
+    records.forEach((record, i) => {
       const { header } = record;
       const e = i * PACK_ENTRY_BYTES;
-      for (let k = first; k < first + count; k += 1) seqDurable = Math.max(seqDurable, records[k].header.seqDurable);
-      if (count > 1) {
-        // A run: the first record's time, the last one's as logical bytes (a step).
-        const lastUs = records[first + count - 1].header.timeUs;
-        entries.writeUInt32LE(((RecordFlag.RUN << OFFSET_HIGH_BITS) | (RecordType.THINNED << 26)) >>> 0, e + 4);
-        entries.writeUInt32LE(header.timeUs - previousUs, e + 8);
-        entries.writeUInt32LE(count, e + 12);
-        entries.writeUInt32LE(lastUs - header.timeUs, e + 24);
-        previousUs = lastUs;
-        for (let k = 0; k < count; k += 1) payloadPositions.push(at);
-        return;
-      }
-      const flags = header.flags & ~(RecordFlag.PACKED | RecordFlag.RUN);
+      const flags = header.flags & ~RecordFlag.PACKED;
       entries.writeUInt32LE(header.offsetBytes % 0x100000000, e);
       entries.writeUInt32LE((Math.floor(header.offsetBytes / 0x100000000) | (flags << OFFSET_HIGH_BITS) | (header.type << 26)) >>> 0, e + 4);
       entries.writeUInt32LE(header.timeUs - previousUs, e + 8);
@@ -138,6 +107,7 @@ export class PackBuilder {
       entries.writeUInt32LE(header.payloadSkip ?? 0, e + 20);
       entries.writeUInt32LE(record.logicalBytes ?? 0, e + 24);
       previousUs = header.timeUs;
+      seqDurable = Math.max(seqDurable, header.seqDurable);
       if (header.payloadBytes > 0) {
         assert(record.table !== null && record.payload !== null && record.payload.length === header.payloadBytes, 'a payload comes with its chunk table');
         buffers.push(record.table, record.payload);
@@ -152,8 +122,8 @@ export class PackBuilder {
     const bodyEnd = RECORD_HEADER_BYTES + entries.length + bodies;
     const span = Math.ceil(bodyEnd / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
     encodeRecordHeader(buffers[0], {
-      type: RecordType.PACK, flags: 0, seq: first.seq, timeUs: first.timeUs, offsetBytes: entries.length + bodies, lengthBytes: slots.length,
-      payloadBytes: records.length, seqDurable, payloadSkip: 0,
+      type: RecordType.PACK, flags: 0, seq: first.seq, timeUs: first.timeUs, offsetBytes: entries.length + bodies, lengthBytes: records.length,
+      payloadBytes: 0, seqDurable, payloadSkip: 0,
     }, entries, crcSeed);
     if (span > bodyEnd) buffers.push(Buffer.alloc(span - bodyEnd));
     return { buffers, span, payloadPositions };
@@ -163,7 +133,7 @@ export class PackBuilder {
 /** One record on its own (not packed): header (flag PACKED dropped), chunk table, payload, padding. */
 export function standaloneRecord(record: PackInput, crcSeed: number): { buffers: Buffer[]; span: number } {
   const head = Buffer.alloc(RECORD_HEADER_BYTES);
-  const header = { ...record.header, flags: record.header.flags & ~(RecordFlag.PACKED | RecordFlag.RUN) };
+  const header = { ...record.header, flags: record.header.flags & ~RecordFlag.PACKED };
   encodeRecordHeader(head, header, record.table, crcSeed);
   const buffers: Buffer[] = [head];
   if (record.table && record.payload) buffers.push(record.table, record.payload);
@@ -184,7 +154,6 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
   let at = position + RECORD_HEADER_BYTES + entries.length;
   const end = position + RECORD_HEADER_BYTES + pack.offsetBytes;
   let timeUs = pack.timeUs;
-  let seq = pack.seq;
   for (let i = 0; i < pack.lengthBytes; i += 1) {
     const e = i * PACK_ENTRY_BYTES;
     const high = entries.readUInt32LE(e + 4);
@@ -193,44 +162,24 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
     const stepUs = entries.readUInt32LE(e + 8);
     if (i === 0 && stepUs !== 0) return { ok: false, reason: 'the first packed record is not at the pack\'s time' };
     timeUs += stepUs;
-    const offsetBytes = (high & OFFSET_HIGH_MASK) * 0x100000000 + entries.readUInt32LE(e);
-    const lengthBytes = entries.readUInt32LE(e + 12);
-    const payloadBytes = entries.readUInt32LE(e + 16);
-    const payloadSkip = entries.readUInt32LE(e + 20);
-    const logical = entries.readUInt32LE(e + 24);
-    if ((flags & RecordFlag.RUN) !== 0) {
-      // A run of thinned records: `length` of them, the last `logical` µs after the first.
-      if (type !== RecordType.THINNED || flags !== RecordFlag.RUN || offsetBytes !== 0 || payloadBytes !== 0 || payloadSkip !== 0 || lengthBytes < 2) {
-        return { ok: false, reason: `packed run ${i} is unsound` };
-      }
-      for (let k = 0; k < lengthBytes; k += 1) {
-        const header: RecordHeader = {
-          type: RecordType.THINNED, flags: RecordFlag.RUN | RecordFlag.PACKED, seq, timeUs: k === 0 ? timeUs : timeUs + logical,
-          offsetBytes: 0, lengthBytes: 0, payloadBytes: 0, seqDurable: pack.seqDurable, payloadSkip: 0,
-        };
-        records.push({ header, payloadPosition: at });
-        seq += 1;
-      }
-      timeUs += logical;
-      continue;
-    }
     const header: RecordHeader = {
-      type: type as RecordTypeValue, flags: flags | RecordFlag.PACKED, seq, timeUs, offsetBytes, lengthBytes, payloadBytes, seqDurable: pack.seqDurable, payloadSkip,
+      type: type as RecordTypeValue, flags: flags | RecordFlag.PACKED, seq: pack.seq + i, timeUs,
+      offsetBytes: (high & OFFSET_HIGH_MASK) * 0x100000000 + entries.readUInt32LE(e), lengthBytes: entries.readUInt32LE(e + 12),
+      payloadBytes: entries.readUInt32LE(e + 16), seqDurable: pack.seqDurable, payloadSkip: entries.readUInt32LE(e + 20),
     };
-    seq += 1;
+    const logical = entries.readUInt32LE(e + 24);
     if (type < RecordType.WRITE || type >= RecordType.PACK || (flags & RecordFlag.PACKED) !== 0) return { ok: false, reason: `packed record ${i} has type ${type}, flags ${flags}` };
     const why = unfit(header);
     if (why !== null) return { ok: false, reason: `packed record ${i}: ${why}` };
     const compressed = type === RecordType.WRITE && (flags & RecordFlag.COMPRESSED) !== 0;
-    if (compressed !== (logical > 0) || (compressed && payloadSkip + logical > lengthBytes)) {
+    if (compressed !== (logical > 0) || (compressed && (header.payloadSkip ?? 0) + logical > header.lengthBytes)) {
       return { ok: false, reason: `packed record ${i} has unsound logical bytes` };
     }
-    at += chunkTableBytes(payloadBytes);
+    at += chunkTableBytes(header.payloadBytes);
     records.push({ header, payloadPosition: at, logicalBytes: compressed ? logical : undefined });
-    at += payloadBytes;
+    at += header.payloadBytes;
     if (at > end) return { ok: false, reason: 'packed bodies overrun the pack' };
   }
   if (at !== end) return { ok: false, reason: 'packed bodies do not fill the pack' };
-  if (records.length !== (pack.payloadBytes || pack.lengthBytes)) return { ok: false, reason: `the pack holds ${records.length} records, its header says ${pack.payloadBytes || pack.lengthBytes}` };
   return { ok: true, records };
 }

@@ -38,10 +38,9 @@ export const RecordType = {
    */
   THINNED: 8,
   /**
-   * Compacted segments only (pack.ts): records from seq on packed together, each with a short
-   * entry instead of a header of its own (or runs of thinned records sharing one). `offset`
-   * holds the bytes after this header (entry table and bodies), `length` the count of
-   * entries, `payload bytes` the count of records (0: one per entry).
+   * Compacted segments only (pack.ts): the records seq..seq+length-1 packed together, each
+   * with a short entry instead of a header of its own. `offset` holds the bytes after this
+   * header (entry table and bodies), `length` the count of records.
    */
   PACK: 9,
 } as const;
@@ -61,13 +60,6 @@ export const RecordFlag = {
    * follows the previous record's without padding.
    */
   PACKED: 1 << 7,
-  /**
-   * A THINNED entry of a PACK that stands for `length` consecutive thinned records of folded
-   * history (compacted once folded: their own times and ranges are gone; the first has the
-   * entry's time, the others the run's last time, their ranges are empty). In memory, on
-   * each record read from one.
-   */
-  RUN: 1 << 6,
 } as const;
 
 /** Records that stand for a client WRITE (whatever was stored for it). */
@@ -187,7 +179,7 @@ export function decodeRecordHeader(bytes: Buffer): HeaderCheck {
   };
   if (type === RecordType.PACK) {
     const count = header.lengthBytes;
-    const sound = header.flags === 0 && (header.payloadBytes === 0 || header.payloadBytes >= count) && header.payloadSkip === 0 && count >= 1 && count <= PACK_RECORDS_MAX &&
+    const sound = header.flags === 0 && header.payloadBytes === 0 && header.payloadSkip === 0 && count >= 1 && count <= PACK_RECORDS_MAX &&
       header.offsetBytes >= count * PACK_ENTRY_BYTES && header.offsetBytes <= PACK_BYTES_MAX;
     return sound ? { ok: true, header } : { ok: false, reason: 'pack record with unsound sizes' };
   }

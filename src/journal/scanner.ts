@@ -187,7 +187,7 @@ type RecordCheck = { ok: true; header: RecordHeader; logicalBytes?: number; pack
 
 /** How many seqs the record whose header this is stands for. */
 function recordCount(header: RecordHeader): number {
-  return header.type === RecordType.PACK ? header.payloadBytes || header.lengthBytes : 1;
+  return header.type === RecordType.PACK ? header.lengthBytes : 1;
 }
 
 /** The records a checked record stands for: itself, or those of a pack (sharing its position). */

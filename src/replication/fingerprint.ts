@@ -15,6 +15,6 @@ export function fingerprint(entry: HistoryEntry): string {
   bytes.writeDoubleLE(entry.offsetBytes, 16);
   bytes.writeDoubleLE(entry.lengthBytes, 24);
   bytes.writeUInt8(entry.type === RecordType.THINNED ? RecordType.WRITE : entry.type, 32);
-  bytes.writeUInt8(entry.flags & ~(RecordFlag.COMPRESSED | RecordFlag.PACKED | RecordFlag.RUN), 33);
+  bytes.writeUInt8(entry.flags & ~(RecordFlag.COMPRESSED | RecordFlag.PACKED), 33);
   return `${entry.seq}:${crc32c(bytes).toString(16).padStart(8, '0')}`;
 }

@@ -55,12 +55,6 @@ export interface JournaledDeviceOptions {
   base?: BlockDevice;
   /** The volume is another site's replica: its retention state mirrors the source's (RetentionState.load). */
   replica?: boolean;
-  /**
-   * The seq at which this volume, a replica before, was failed over: its record keeps its own
-   * time and range in folded history (no run of thinned records takes it), so that a
-   * failback finds the histories' common seq by it (replication's fingerprints).
-   */
-  promotedSeq?: number;
 }
 
 /** Where each piece of a range lives: the live index, or the index at a point in history. */
@@ -137,8 +131,6 @@ export class JournaledDevice implements BlockDevice {
   private replica: boolean;
   /** A replica: how far its source said it may fold (setReplicaFoldLimit); not kept across restarts. */
   private replicaFoldLimit = 0;
-  /** JournaledDeviceOptions.promotedSeq. */
-  private promotedSeq: number | undefined;
 
   private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, history: History, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
@@ -151,7 +143,6 @@ export class JournaledDevice implements BlockDevice {
     this.checkpointBytes = journal.stats().bytes;
     this.replayedFrom = replayedFrom;
     this.replica = options.replica ?? false;
-    this.promotedSeq = options.promotedSeq;
   }
 
   static open(options: JournaledDeviceOptions): JournaledDevice {
@@ -288,9 +279,8 @@ export class JournaledDevice implements BlockDevice {
     this.capabilities.readOnly = readOnly;
   }
 
-  /** Failover (at seq `seq`) made this replica a volume of its own: from now on its history folds too. */
-  promoted(seq: number): void {
-    this.promotedSeq = seq;
+  /** Failover made this replica a volume of its own: from now on its history folds too. */
+  promoted(): void {
     this.replica = false;
     this.retention.replica = false;
   }
@@ -749,11 +739,6 @@ export class JournaledDevice implements BlockDevice {
       if (segmentIndex > activeIndex || this.tocComplete.has(segmentIndex)) continue;
       const records = this.segmentEntries(segmentIndex, false);
       if (!records) continue;
-      // Runs of thinned records (folded history) have no entry each: the packs are short enough.
-      if (records.entries.some((entry) => (entry.flags & RecordFlag.RUN) !== 0)) {
-        if (segmentIndex < activeIndex) this.tocComplete.add(segmentIndex);
-        continue;
-      }
       const listed = records.entries.filter((entry) => entry.seq <= seqLast);
       const positions = recordPositions(listed);
       const entries = listed.map((entry, i) => ({
@@ -952,10 +937,7 @@ export class JournaledDevice implements BlockDevice {
       const journalDirectory = path.join(this.options.directory, 'journal');
       let result;
       try {
-        result = await compactSegment({
-          files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed || cancelled(), compress: this.reduce,
-          runs: folded !== undefined && options.thinUnshown === true, exact: this.promotedSeq,
-        },
+        result = await compactSegment({ files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed || cancelled(), compress: this.reduce },
           segmentIndex, records.entries, thinned);
       } catch (err) {
         if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);

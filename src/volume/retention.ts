@@ -15,7 +15,7 @@
  */
 import { HindsightError, expiringRuns, isHindsightError, keepAllUs } from '../core/index.js';
 import type { RetentionPolicy } from '../core/index.js';
-import { PACK_ENTRY_BYTES, RecordType } from '../journal/index.js';
+import { RecordType } from '../journal/index.js';
 import { storedSpan, thinnableBytes } from '../journal/record.js';
 import type { JournaledDevice } from './journaled-device.js';
 
@@ -201,10 +201,8 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     let shown = 0;
     for (const bytes of folded.spans) shown += bytes;
     // (What is left of a folded segment is mostly small: rewriting it is cheap.)
-    // (A replica too: it folds only where no rollback of its source can go back.) Its
-    // thinned records' entries go too, a run of them becoming one (RUN).
-    const thin = folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8)) ||
-      folded.thinned * PACK_ENTRY_BYTES >= RUNS_BYTES_MIN;
+    // (A replica too: it folds only where no rollback of its source can go back.)
+    const thin = folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8));
     if (!thin && !compress) continue;
     const result = await roomy(() => device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin }), thin);
     if (result === 'no room') continue;
@@ -233,9 +231,6 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     }
   }
 }
-
-/** A folded segment is written again for the runs its thinned records make once they free this much. */
-const RUNS_BYTES_MIN = 64 * 1024;
 
 /** Counts one compaction in a run's report. */
 function addCompaction(report: ReclaimReport, result: { recordsThinned: number; recordsCompressed: number; bytesBefore: number; bytesAfter: number }): void {

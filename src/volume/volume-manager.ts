@@ -628,7 +628,7 @@ export class VolumeManager {
       await this.writeVolumeRecord(name, record);
       volume.record = record;
       volume.device.setReadOnly(record.readOnly ?? false);
-      volume.device.promoted(record.promoted!.seq);
+      volume.device.promoted();
     });
     return promoted.then(async () => {
       const rollback = at === undefined ? null : await this.rollback(name, at, true, clients, detach);
@@ -1003,7 +1003,6 @@ export class VolumeManager {
         readOnly: (record.readOnly ?? false) || record.replica !== undefined,
         reduce: record.reduce ?? true,
         replica: record.replica !== undefined,
-        promotedSeq: record.promoted?.seq,
         syncEveryWrite: this.options.syncEveryWrite,
         segmentBytesMax: this.options.segmentBytesMax ?? LIMITS.journalSegmentBytesMax,
         checkpointEveryBytes: LIMITS.indexCheckpointEveryBytes,

@@ -154,34 +154,6 @@ test('a pack round-trips its records, and its entries are checked', () => {
   assert.equal(decodePack(header.header, bad, 1000).ok, false);
 });
 
-test('runs of thinned records share one entry (folded history), and a seq kept exact stays out of them', () => {
-  const builder = new PackBuilder(true, 15);
-  const base = { flags: 0, seqDurable: 3, payloadSkip: 0, offsetBytes: 8192, lengthBytes: 4096, payloadBytes: 0 };
-  const thinned = (seq: number, timeUs: number) => ({ header: { ...base, type: RecordType.THINNED, seq, timeUs }, table: null, payload: null });
-  for (let seq = 10; seq <= 13; seq += 1) assert.ok(builder.add(thinned(seq, 1e15 + seq * 10)));
-  assert.ok(builder.add({ header: { ...base, type: RecordType.WRITE, seq: 14, timeUs: 1e15 + 140, payloadBytes: 100, lengthBytes: 100 }, table: Buffer.alloc(4), payload: Buffer.alloc(100, 1) }));
-  for (let seq = 15; seq <= 18; seq += 1) assert.ok(builder.add(thinned(seq, 1e15 + seq * 10)));
-  const { buffers, payloadPositions } = builder.take(0, CRC_SEED);
-  const bytes = Buffer.concat(buffers);
-  const header = decodeRecordHeader(bytes);
-  assert.ok(header.ok);
-  assert.equal(header.header.lengthBytes, 4, 'entries: a run of 4, the write, seq 15 on its own, a run of 3');
-  assert.equal(header.header.payloadBytes, 9, 'records');
-  const decoded = decodePack(header.header, bytes.subarray(56, 56 + 4 * 28), 0);
-  assert.ok(decoded.ok, decoded.ok ? '' : decoded.reason);
-  assert.deepEqual(decoded.records.map((r) => r.header.seq), [10, 11, 12, 13, 14, 15, 16, 17, 18]);
-  assert.deepEqual(decoded.records.map((r) => r.payloadPosition), payloadPositions);
-  const run = decoded.records.slice(0, 4);
-  assert.ok(run.every((r) => r.header.type === RecordType.THINNED && (r.header.flags & RecordFlag.RUN) !== 0 && r.header.lengthBytes === 0));
-  assert.deepEqual(run.map((r) => r.header.timeUs), [1e15 + 100, 1e15 + 130, 1e15 + 130, 1e15 + 130], 'the first and last times of a run');
-  const exact = decoded.records[5].header;
-  assert.ok((exact.flags & RecordFlag.RUN) === 0 && exact.offsetBytes === 8192 && exact.timeUs === 1e15 + 150, 'the seq kept exact keeps its time and range');
-  assert.deepEqual(decoded.records.slice(6).map((r) => r.header.timeUs), [1e15 + 160, 1e15 + 180, 1e15 + 180]);
-  // A header that miscounts its records is refused.
-  const miscounted = { ...header.header, payloadBytes: 8 };
-  assert.equal(decodePack(miscounted, bytes.subarray(56, 56 + 4 * 28), 0).ok, false);
-});
-
 test('compaction packs small records: 4 KiB random writes cost at most 1% more; every read and point stays exact', async (t) => {
   const dir = makeTempDir('hindsight-pack-');
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
