@@ -14,10 +14,10 @@
  */
 import { HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
-import { RECORD_HEADER_BYTES, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordSpan, spanOf } from './record.js';
+import { RECORD_HEADER_BYTES, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordSpan, spanOf, isCompressedWrite } from './record.js';
 import type { RecordHeader } from './record.js';
 import { chunkTableBytes, encodeChunkTable } from './chunk-crc.js';
-import { PackBuilder, packable, standaloneRecord } from './pack.js';
+import { PackBuilder, packable, standaloneRecord, unpackedRecord } from './pack.js';
 import type { PackInput } from './pack.js';
 import { checkRecordBytes, segmentPath, segmentRecordsOnDisk } from './scanner.js';
 import { compressPieces } from './compress-pool.js';
@@ -55,8 +55,6 @@ export interface CompactionOptions {
   compress?: boolean;
   /** Work on the event loop between rests (compression is CPU): default 4 ms. */
   sliceMs?: number;
-  /** Pack small records (pack.ts): default true. */
-  pack?: boolean;
 }
 
 const SLICE_BYTES = 8 * 1024 * 1024;
@@ -108,13 +106,15 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
       pending.push(...buffers);
       pendingBytes += span;
     };
+    const emitStandalone = (record: PackInput) => {
+      const standalone = standaloneRecord(record, crcSeed);
+      moved.push({ payloadPosition: written + pendingBytes + payloadOffset(record.header.payloadBytes), payloadBytes: record.header.payloadBytes, compressed: isCompressed(record.header), packed: false });
+      emit(standalone.buffers, standalone.span);
+    };
     // A pack of one record is smaller written as the record itself.
     const flushPack = () => {
       if (pack.count === 1) {
-        const [only] = pack.drain();
-        const standalone = standaloneRecord(only, crcSeed);
-        moved.push({ payloadPosition: written + pendingBytes + payloadOffset(only.header.payloadBytes), payloadBytes: only.header.payloadBytes, compressed: isCompressed(only.header), packed: false });
-        emit(standalone.buffers, standalone.span);
+        emitStandalone(pack.drain()[0]);
       } else if (pack.count > 1) {
         const packed = pack.headers;
         const { buffers, span, payloadPositions } = pack.take(written + pendingBytes, crcSeed);
@@ -151,16 +151,14 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
           out = { header: { ...found.header, flags: found.header.flags | RecordFlag.COMPRESSED, payloadBytes: container.length }, table: encodeChunkTable(container, crcSeed), payload: container, logicalBytes: found.payload!.length };
           recordsCompressed += 1;
         }
-        if (options.pack !== false && packable(out.header)) {
+        if (packable(out.header)) {
           if (!pack.add(out)) {
             flushPack();
             assert(pack.add(out), 'a packable record fits an empty pack');
           }
         } else {
           flushPack();
-          const standalone = standaloneRecord(out, crcSeed);
-          moved.push({ payloadPosition: written + pendingBytes + payloadOffset(out.header.payloadBytes), payloadBytes: out.header.payloadBytes, compressed: isCompressed(out.header), packed: false });
-          emit(standalone.buffers, standalone.span);
+          emitStandalone(out);
         }
       }
       if (pendingBytes >= (options.sliceBytes ?? SLICE_BYTES) || performance.now() - sliceStarted >= (options.sliceMs ?? 4)) {
@@ -245,7 +243,7 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
 }
 
 function isCompressed(header: RecordHeader): boolean {
-  return header.type === RecordType.WRITE && (header.flags & RecordFlag.COMPRESSED) !== 0;
+  return isCompressedWrite(header.type, header.flags);
 }
 
 /** A fresh window of the source from `at`: at least `need` bytes (else the segment is cut short). */
@@ -325,11 +323,11 @@ export async function copySegmentPrefix(options: Pick<CompactionOptions, 'files'
       const tableBytes = chunkTableBytes(header.payloadBytes);
       const body = Buffer.allocUnsafe(tableBytes + header.payloadBytes);
       if ((await source.readAsync(body, 0, body.length, record.payloadPosition - tableBytes)) !== body.length) throw damaged(source.path, record.payloadPosition, 'record cut short');
-      const { buffers, span } = standaloneRecord({ header, table: tableBytes > 0 ? body.subarray(0, tableBytes) : null, payload: header.payloadBytes > 0 ? body.subarray(tableBytes) : null }, crcSeed);
-      const check = checkRecordBytes(Buffer.concat(buffers), crcSeed);
+      const bytes = unpackedRecord(header, body, crcSeed);
+      const check = checkRecordBytes(bytes, crcSeed);
       if (!check.ok) throw damaged(source.path, record.payloadPosition, `packed seq ${header.seq}: ${check.reason}`);
-      await target.writevAsync(buffers, at);
-      at += span;
+      await target.writevAsync([bytes], at);
+      at += bytes.length;
     }
     await target.datasync();
   } finally {

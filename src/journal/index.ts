@@ -7,7 +7,7 @@ export type { FileLayer, StorageFile } from './file-layer.js';
 export { scanJournal, scanJournalAsync, scanHeaders, scrubJournal, listSegments, segmentPath, segmentRecordsOnDisk } from './scanner.js';
 export type { JournalPosition, ScannedRecord, BadRecord } from './scanner.js';
 export { SEGMENT_HEADER_BYTES } from './segment.js';
-export { standaloneRecord } from './pack.js';
+export { unpackedRecord } from './pack.js';
 export { chunkTableBytes } from './chunk-crc.js';
 export { encodeToc, readToc, tocPath } from './toc.js';
 export type { Toc, TocEntry } from './toc.js';

@@ -15,8 +15,7 @@
  */
 import { assert } from '../core/index.js';
 import {
-  PACK_BYTES_MAX, PACK_ENTRY_BYTES, PACK_RECORDS_MAX, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordType, bodyBytes, encodeRecordHeader, payloadOffset, recordSpan, unfit,
-} from './record.js';
+  PACK_BYTES_MAX, PACK_ENTRY_BYTES, PACK_RECORDS_MAX, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordType, bodyBytes, encodeRecordHeader, payloadOffset, recordSpan, unfit, isCompressedWrite } from './record.js';
 import type { RecordHeader, RecordTypeValue } from './record.js';
 import { chunkTableBytes } from './chunk-crc.js';
 
@@ -144,6 +143,17 @@ export function standaloneRecord(record: PackInput, crcSeed: number): { buffers:
 }
 
 /**
+ * A packed record as a record of its own, from its header and its body as stored (chunk
+ * table, then payload): what replication sends, and what a failback's cut inside a pack keeps.
+ */
+export function unpackedRecord(header: RecordHeader, body: Buffer, crcSeed: number): Buffer {
+  const tableBytes = chunkTableBytes(header.payloadBytes);
+  assert(body.length === tableBytes + header.payloadBytes, 'the body of this record');
+  const hasPayload = header.payloadBytes > 0;
+  return Buffer.concat(standaloneRecord({ header, table: hasPayload ? body.subarray(0, tableBytes) : null, payload: hasPayload ? body.subarray(tableBytes) : null }, crcSeed).buffers);
+}
+
+/**
  * The records of the PACK whose (checked) header is `pack`, at `position`, from its entry
  * table (whose CRC the caller checked with the header): each entry checked as a record
  * header would be, and the bodies must fill the pack exactly.
@@ -171,7 +181,7 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
     if (type < RecordType.WRITE || type >= RecordType.PACK || (flags & RecordFlag.PACKED) !== 0) return { ok: false, reason: `packed record ${i} has type ${type}, flags ${flags}` };
     const why = unfit(header);
     if (why !== null) return { ok: false, reason: `packed record ${i}: ${why}` };
-    const compressed = type === RecordType.WRITE && (flags & RecordFlag.COMPRESSED) !== 0;
+    const compressed = isCompressedWrite(type, flags);
     if (compressed !== (logical > 0) || (compressed && (header.payloadSkip ?? 0) + logical > header.lengthBytes)) {
       return { ok: false, reason: `packed record ${i} has unsound logical bytes` };
     }

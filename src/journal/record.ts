@@ -67,6 +67,11 @@ export function isClientWrite(type: number, flags: number): boolean {
   return type === RecordType.WRITE || type === RecordType.UNCHANGED || type === RecordType.THINNED || (type === RecordType.ZERO && (flags & RecordFlag.CLIENT_WRITE) !== 0);
 }
 
+/** A WRITE whose payload is a compressed container (container.ts). */
+export function isCompressedWrite(type: number, flags: number): boolean {
+  return type === RecordType.WRITE && (flags & RecordFlag.COMPRESSED) !== 0;
+}
+
 export interface RecordHeader {
   type: RecordTypeValue;
   flags: number;

@@ -7,8 +7,7 @@ import path from 'node:path';
 import { HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
 import {
-  PACK_ENTRY_BYTES, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordCrc, spanOf, storedCrc,
-} from './record.js';
+  PACK_ENTRY_BYTES, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordCrc, spanOf, storedCrc, isCompressedWrite } from './record.js';
 import { decodePack } from './pack.js';
 import type { PackedRecord } from './pack.js';
 import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, firstBadChunk } from './chunk-crc.js';
@@ -545,7 +544,7 @@ function checkHeader(window: HeaderWindow, position: number, expectedSeq: number
   if (decoded.header.seq !== expectedSeq) return { ok: false, reason: `seq ${decoded.header.seq} where ${expectedSeq} was expected` };
   // A compressed payload's logical length is in its container's first bytes: their chunk
   // is checked against the table first, so a damaged length never shapes the history.
-  const compressed = decoded.header.type === RecordType.WRITE && (decoded.header.flags & RecordFlag.COMPRESSED) !== 0;
+  const compressed = isCompressedWrite(decoded.header.type, decoded.header.flags);
   if (!compressed) return decoded;
   // (Copied first: the next slice may refill the window under `whole`.)
   const chunkCrc = Buffer.from(whole.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + 4));

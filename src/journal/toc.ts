@@ -10,7 +10,7 @@ import { crc32c } from '@node-rs/crc32';
 import { assert } from '../core/index.js';
 import path from 'node:path';
 import type { FileLayer } from './file-layer.js';
-import { PACK_ENTRY_BYTES, PACK_RECORDS_MAX, RECORD_HEADER_BYTES, RecordFlag, RecordType, alignUp, payloadOffset, recordSpan } from './record.js';
+import { PACK_ENTRY_BYTES, PACK_RECORDS_MAX, RECORD_HEADER_BYTES, RecordFlag, RecordType, alignUp, payloadOffset, recordSpan, isCompressedWrite } from './record.js';
 import { chunkTableBytes } from './chunk-crc.js';
 import type { RecordTypeValue } from './record.js';
 import type { ScannedRecord } from './scanner.js';
@@ -131,7 +131,7 @@ export function decodeToc(bytes: Buffer, volumeId: Buffer, segmentIndex: number)
     const flags = bytes.readUInt8(at + 1);
     const payloadBytes = bytes.readUInt32LE(at + 28);
     const logical = bytes.readUInt32LE(at + 36);
-    const compressed = type === RecordType.WRITE && (flags & RecordFlag.COMPRESSED) !== 0;
+    const compressed = isCompressedWrite(type, flags);
     if (!KNOWN_TYPES.has(type) || type === RecordType.PACK || compressed !== (logical > 0)) return null;
     records.push({
       header: {

@@ -13,7 +13,7 @@ import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, changesContent, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
-import { CheckpointMismatch, Journal, PACK_ENTRY_BYTES, RECORD_HEADER_BYTES, chunkTableBytes, standaloneRecord, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, segmentRecordsOnDisk, tocPath } from '../journal/index.js';
+import { CheckpointMismatch, Journal, PACK_ENTRY_BYTES, RECORD_HEADER_BYTES, chunkTableBytes, unpackedRecord, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, segmentRecordsOnDisk, tocPath } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, RecoveryStart, ScannedRecord } from '../journal/index.js';
 import { compactSegment } from '../journal/compaction.js';
 import { RetentionState, compactionGeneration, foldPlan } from './retention-state.js';
@@ -525,11 +525,8 @@ export class JournaledDevice implements BlockDevice {
         let bytes = span.subarray(piece.at, piece.at + piece.bytes);
         if (packed) {
           const { entry } = piece;
-          const tableBytes = chunkTableBytes(entry.payloadBytes);
-          bytes = Buffer.concat(standaloneRecord({
-            header: { type: entry.type as RecordTypeValue, flags: entry.flags, seq: entry.seq, timeUs: entry.timeUs, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, payloadBytes: entry.payloadBytes, seqDurable: 0, payloadSkip: entry.payloadSkip },
-            table: tableBytes > 0 ? bytes.subarray(0, tableBytes) : null, payload: entry.payloadBytes > 0 ? bytes.subarray(tableBytes) : null,
-          }, crcSeedFor(this.options.volumeId)).buffers);
+          const header = { type: entry.type as RecordTypeValue, flags: entry.flags, seq: entry.seq, timeUs: entry.timeUs, offsetBytes: entry.offsetBytes, lengthBytes: entry.lengthBytes, payloadBytes: entry.payloadBytes, seqDurable: 0, payloadSkip: entry.payloadSkip };
+          bytes = unpackedRecord(header, bytes, crcSeedFor(this.options.volumeId));
         }
         return this.journal.checkedRecord(bytes, seqFirst + i, first.segment, start + piece.at);
       });

@@ -13,8 +13,8 @@
  * Which records are visible at which kept point comes from replaying each region's history
  * (History.visibleWrites) in slices, so clients keep being served meanwhile.
  */
-import { HindsightError, expiringRuns, isHindsightError, keepAllUs } from '../core/index.js';
-import type { RetentionPolicy } from '../core/index.js';
+import { expiringRuns, isHindsightError, keepAllUs } from '../core/index.js';
+import type { HindsightError, RetentionPolicy } from '../core/index.js';
 import { RecordType } from '../journal/index.js';
 import { storedSpan, thinnableBytes } from '../journal/record.js';
 import type { JournaledDevice } from './journaled-device.js';
@@ -209,8 +209,6 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     if (!result) break;
     addCompaction(report, result);
   }
-  // Compactions without room are tried again at the next run; a run that freed nothing at all
-  // fails with the full disk (the volume shows it).
   // Compactions that would free space but found no room: the next run looks again, and a
   // run that freed nothing fails with the full disk (the volume shows it). Those that would
   // only compress wait for room.
