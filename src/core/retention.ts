@@ -83,13 +83,21 @@ export function granularityAt(policy: RetentionPolicy, ageUs: number): number {
  * point in the `all` window, the last record of each interval of a tier's granularity,
  * every seq in `pins` (bookmarks, mounts, rollback targets, running jobs) and the last
  * record. Returns the runs of seqs it does not keep (inclusive, ascending): those points
- * expire. Record times never go backwards along seq.
+ * expire. Record times never go backwards along seq. `expiredThrough(seq)`: the last seq of
+ * a stretch from `seq` known expired already (seq - 1 if none), stepped over whole.
  */
-export function expiringRuns(policy: RetentionPolicy, nowUs: number, timeOf: (seq: number) => number, seqFirst: number, seqLast: number, pins: ReadonlySet<number>): Array<[number, number]> {
+export function expiringRuns(policy: RetentionPolicy, nowUs: number, timeOf: (seq: number) => number, seqFirst: number, seqLast: number, pins: ReadonlySet<number>,
+  expiredThrough: (seq: number) => number = (seq) => seq - 1): Array<[number, number]> {
   const runs: Array<[number, number]> = [];
   let runStart = 0;
   let seq = seqFirst;
   for (; seq <= seqLast; seq += 1) {
+    const through = Math.min(expiredThrough(seq), seqLast - 1);
+    if (through >= seq) {
+      if (runStart === 0) runStart = seq;
+      seq = through;
+      continue;
+    }
     const time = timeOf(seq);
     const granularity = granularityAt(policy, nowUs - time);
     if (granularity === 0) break; // from here on every point is kept (times only grow)

@@ -96,6 +96,22 @@ class RecordTable {
     this.count = rest;
   }
 
+  /** Removes the records at `slots` (ascending, distinct): the later ones move down. */
+  remove(slots: ArrayLike<number>): void {
+    if (slots.length === 0) return;
+    const columns = [this.type, this.flags, this.offset, this.length, this.time, this.segment, this.payloadPosition, this.payloadBytes, this.payloadSkip, this.logical];
+    let to = slots[0];
+    for (let k = 0; k < slots.length; k += 1) {
+      const from = slots[k] + 1;
+      const end = k + 1 < slots.length ? slots[k + 1] : this.count;
+      if (end > from) for (const column of columns) column.copyWithin(to, from, end);
+      to += end - from;
+    }
+    this.count = to;
+    // Mostly empty now: the arrays shrink (as after a fold).
+    if (this.count * 4 < this.type.length && this.type.length > 1024) this.dropFirst(0);
+  }
+
   private grow(): void {
     this.resize(this.type.length * 2, 0);
   }
@@ -124,6 +140,142 @@ class RecordTable {
   }
 }
 
+/** A stretch of records collapsed out of the table (History.collapse), as it stands for them. */
+interface Span {
+  first: number;
+  count: number;
+  segment: number;
+  timeFirst: number;
+  timeLast: number;
+  /** THINNED records among them (History.thinnedRecords counts them). */
+  thinned: number;
+  /** Client writes among them (THINNED, UNCHANGED) and the bytes they wrote; FLUSH records. */
+  writes: number;
+  bytesWritten: number;
+  flushes: number;
+}
+
+/**
+ * The collapsed stretches, ascending by seq, never across a segment boundary, each at least
+ * two records (a span costs 60 bytes; a record's row 42, plus 8 for each posting). `slot[k]`: the table slot of the first record after span k (those before it,
+ * less the collapsed ones).
+ */
+class Spans {
+  length = 0;
+  /** Records collapsed, in all spans. */
+  total = 0;
+  first = new Float64Array(0);
+  count = new Uint32Array(0);
+  segment = new Uint32Array(0);
+  slot = new Float64Array(0);
+  timeFirst = new Float64Array(0);
+  timeLast = new Float64Array(0);
+  thinned = new Uint32Array(0);
+  writes = new Uint32Array(0);
+  bytesWritten = new Float64Array(0);
+  flushes = new Uint32Array(0);
+
+  get memoryBytes(): number {
+    return this.first.length * 60;
+  }
+
+  get(k: number): Span {
+    return {
+      first: this.first[k], count: this.count[k], segment: this.segment[k], timeFirst: this.timeFirst[k], timeLast: this.timeLast[k],
+      thinned: this.thinned[k], writes: this.writes[k], bytesWritten: this.bytesWritten[k], flushes: this.flushes[k],
+    };
+  }
+
+  end(k: number): number {
+    return this.first[k] + this.count[k] - 1;
+  }
+
+  /** The last span starting at or before `seq` (-1 if none). */
+  atOrBefore(seq: number): number {
+    if (this.length === 0 || seq < this.first[0]) return -1;
+    if (seq >= this.first[this.length - 1]) return this.length - 1;
+    return countBelow(this.first, this.length, seq, true) - 1;
+  }
+
+  /** The first span whose slot is above `slot` (length if none). */
+  slotAbove(slot: number): number {
+    return countBelow(this.slot, this.length, slot, true);
+  }
+
+  /** Adds a span after all others, before table slot `slot`. */
+  push(span: Span, slot: number): void {
+    if (this.length === this.first.length) this.setAll(this.list(), Math.max(16, this.length * 2));
+    const k = this.length;
+    this.length += 1;
+    this.write(k, span, slot);
+    this.total += span.count;
+  }
+
+  /** Adds a record of `seq` at the end of the last span. */
+  extendLast(seq: number, timeUs: number, type: number, lengthBytes: number): void {
+    const k = this.length - 1;
+    assert(this.end(k) === seq - 1, 'a span grows by the next seq');
+    this.count[k] += 1;
+    this.timeLast[k] = timeUs;
+    this.total += 1;
+    if (type === RecordType.THINNED) this.thinned[k] += 1;
+    if (type === RecordType.THINNED || type === RecordType.UNCHANGED) {
+      this.writes[k] += 1;
+      this.bytesWritten[k] += lengthBytes;
+    }
+    if (type === RecordType.FLUSH) this.flushes[k] += 1;
+  }
+
+  list(): Span[] {
+    const spans: Span[] = [];
+    for (let k = 0; k < this.length; k += 1) spans.push(this.get(k));
+    return spans;
+  }
+
+  /** Replaces every span (ascending, disjoint); slots follow from the table's first seq. */
+  replace(spans: readonly Span[], seqFirst: number): void {
+    this.setAll(spans, Math.max(16, spans.length));
+    let collapsed = 0;
+    for (let k = 0; k < spans.length; k += 1) {
+      collapsed += spans[k].count;
+      this.slot[k] = spans[k].first + spans[k].count - seqFirst - collapsed;
+    }
+  }
+
+  private setAll(spans: readonly Span[], capacity: number): void {
+    const slots = this.slot.slice(0, this.length);
+    this.first = new Float64Array(capacity);
+    this.count = new Uint32Array(capacity);
+    this.segment = new Uint32Array(capacity);
+    this.slot = new Float64Array(capacity);
+    this.timeFirst = new Float64Array(capacity);
+    this.timeLast = new Float64Array(capacity);
+    this.thinned = new Uint32Array(capacity);
+    this.writes = new Uint32Array(capacity);
+    this.bytesWritten = new Float64Array(capacity);
+    this.flushes = new Uint32Array(capacity);
+    this.length = spans.length;
+    this.total = 0;
+    spans.forEach((span, k) => {
+      this.write(k, span, slots[k] ?? 0);
+      this.total += span.count;
+    });
+  }
+
+  private write(k: number, span: Span, slot: number): void {
+    this.first[k] = span.first;
+    this.count[k] = span.count;
+    this.segment[k] = span.segment;
+    this.slot[k] = slot;
+    this.timeFirst[k] = span.timeFirst;
+    this.timeLast[k] = span.timeLast;
+    this.thinned[k] = span.thinned;
+    this.writes[k] = span.writes;
+    this.bytesWritten[k] = span.bytesWritten;
+    this.flushes[k] = span.flushes;
+  }
+}
+
 class RegionHistory {
   seqs = new Float64Array(4);
   count = 0;
@@ -145,14 +297,7 @@ class RegionHistory {
 
   /** How many postings have seq <= `seq`. */
   postingsUpTo(seq: number): number {
-    let low = 0;
-    let high = this.count;
-    while (low < high) {
-      const middle = (low + high) >>> 1;
-      if (this.seqs[middle] <= seq) low = middle + 1;
-      else high = middle;
-    }
-    return low;
+    return countBelow(this.seqs, this.count, seq, true);
   }
 
   /**
@@ -182,16 +327,56 @@ class RegionHistory {
     return freed;
   }
 
+  /**
+   * Removes the postings of `seqs` (ascending; records collapsed: History.collapse) — each
+   * replayed nothing (THINNED), so every snapshot keeps its state, now after fewer postings.
+   * Snapshots closer together than a replay needs then go, except the first and those right
+   * after a revert (`isRevert`). Returns the snapshot bytes freed.
+   */
+  remove(seqs: ArrayLike<number>, isRevert: (seq: number) => boolean): number {
+    const low = this.postingsUpTo(seqs[0] - 1);
+    const high = this.postingsUpTo(seqs[seqs.length - 1]);
+    /** Posting indexes removed (ascending). */
+    const gone: number[] = [];
+    let to = low;
+    for (let i = low, j = 0; i < high; i += 1) {
+      while (j < seqs.length && seqs[j] < this.seqs[i]) j += 1;
+      if (j < seqs.length && seqs[j] === this.seqs[i]) gone.push(i);
+      else this.seqs[to++] = this.seqs[i];
+    }
+    if (gone.length === 0) return 0;
+    this.seqs.copyWithin(to, high, this.count);
+    this.count -= gone.length;
+    const goneBefore = (at: number) => countBelow(gone, gone.length, at);
+    this.warmAt -= goneBefore(this.warmAt);
+    const at: number[] = [0];
+    const kept: Uint32Array[] = [this.snapshots[0]];
+    let freed = 0;
+    for (let k = 1; k < this.snapshotAt.length; k += 1) {
+      const was = this.snapshotAt[k];
+      const now = was - goneBefore(was);
+      const lastAt = at[at.length - 1];
+      const gap = Math.max(SNAPSHOT_POSTINGS_MIN, kept[kept.length - 1].length / EXTENT_STRIDE);
+      const afterRevert = now > 0 && isRevert(this.seqs[now - 1]);
+      // Taken right after a removed posting, it shows that write (its extents dropped since):
+      // not the state at the seqs between the posting before and that one, kept points among them.
+      const afterRemoved = goneBefore(was) > goneBefore(was - 1);
+      if (afterRemoved || now === lastAt || (now - lastAt < gap && !afterRevert)) {
+        freed += this.snapshots[k].byteLength;
+        continue;
+      }
+      at.push(now);
+      kept.push(this.snapshots[k]);
+    }
+    this.snapshotAt = at;
+    this.snapshots = kept;
+    return freed;
+  }
+
   /** The last snapshot taken after at most `postings` postings. */
   snapshotBefore(postings: number): number {
-    let low = 0;
-    let high = this.snapshotAt.length - 1;
-    while (low < high) {
-      const middle = (low + high + 1) >>> 1;
-      if (this.snapshotAt[middle] <= postings) low = middle;
-      else high = middle - 1;
-    }
-    return low;
+    // (The first, at 0, is always one.)
+    return Math.max(0, countBelow(this.snapshotAt, this.snapshotAt.length, postings, true) - 1);
   }
 }
 
@@ -206,8 +391,21 @@ export interface TimelineBucket {
   reverts: number;
 }
 
+/** typeOf a record collapsed out of the table: an expired point that changed no content. */
+export const COLLAPSED = 0;
+
+function joinSpans(a: Span, b: Span): Span {
+  assert(a.first + a.count === b.first && a.segment === b.segment, 'spans joined follow each other in one segment');
+  return {
+    first: a.first, count: a.count + b.count, segment: a.segment, timeFirst: a.timeFirst, timeLast: b.timeLast,
+    thinned: a.thinned + b.thinned, writes: a.writes + b.writes, bytesWritten: a.bytesWritten + b.bytesWritten, flushes: a.flushes + b.flushes,
+  };
+}
+
 export class History {
   private readonly table = new RecordTable();
+  /** Stretches of records collapsed out of the table (collapseSegment): not in `table`. */
+  private readonly spans = new Spans();
   private readonly regions: Array<RegionHistory | undefined>;
   /** Regions with at least one posting, in the order first touched. */
   private readonly touched: number[] = [];
@@ -252,20 +450,32 @@ export class History {
   }
 
   get seqLast(): number {
-    return this.first + this.table.count - 1;
+    return this.first + this.table.count + this.spans.total - 1;
   }
 
+  /** Records in the table (collapsed ones are not). */
   get recordCount(): number {
     return this.table.count;
   }
 
-  get memoryBytes(): number {
-    return this.table.memoryBytes + this.postingCount * 8 + this.snapshotBytes + this.foldedBytes;
+  /** Records collapsed out of the table (collapseSegment). */
+  get collapsedCount(): number {
+    return this.spans.total;
   }
 
-  /** Adds the next record (seqs must follow each other). */
-  append(entry: HistoryEntry): void {
+  get memoryBytes(): number {
+    return this.table.memoryBytes + this.spans.memoryBytes + this.postingCount * 8 + this.snapshotBytes + this.foldedBytes;
+  }
+
+  /**
+   * Adds the next record (seqs must follow each other). `collapse` (a start loading the
+   * journal): a THINNED record — an expired point whose data went, retention-state.ts checks
+   * — joins the span before it, or makes one with a THINNED record right before it, instead
+   * of taking a row.
+   */
+  append(entry: HistoryEntry, collapse = false): void {
     assert(entry.seq === this.seqLast + 1, 'history records arrive in seq order without gaps');
+    if (collapse && entry.type === RecordType.THINNED && this.collapseOnLoad(entry)) return;
     if (entry.type === RecordType.REVERT) {
       assert(entry.offsetBytes >= this.first - 1 && entry.offsetBytes < entry.seq, 'a revert goes back to an earlier seq the history holds');
     } else if (changesContent(entry.type)) {
@@ -290,47 +500,86 @@ export class History {
     }
   }
 
+  /** A record of the table (a collapsed one is read from the journal: JournaledDevice.entryAt). */
   entry(seq: number): HistoryEntry {
     assert(seq >= this.seqFirst && seq <= this.seqLast, 'seq within history');
     const t = this.table;
-    const i = seq - this.seqFirst;
+    const i = this.slotOf(seq);
+    assert(i !== -1, 'a collapsed record is read from the journal');
     return {
       seq, type: t.type[i], flags: t.flags[i], offsetBytes: t.offset[i], lengthBytes: t.length[i], timeUs: t.time[i],
       segment: t.segment[i], payloadPosition: t.payloadPosition[i], payloadBytes: t.payloadBytes[i], payloadSkip: t.payloadSkip[i], logicalBytes: t.logical[i],
     };
   }
 
+  /**
+   * A record's time. A collapsed record's is not kept: it is taken as spread evenly over its
+   * span (exact for a span's first and last record) — an expired point's, for messages.
+   */
   timeOf(seq: number): number {
     assert(seq >= this.first && seq <= this.seqLast, 'seq within history');
-    return this.table.time[seq - this.first];
+    const slot = this.slotOf(seq);
+    if (slot !== -1) return this.table.time[slot];
+    const k = this.spans.atOrBefore(seq);
+    const s = this.spans;
+    return s.count[k] === 1 ? s.timeFirst[k] : s.timeFirst[k] + Math.floor((s.timeLast[k] - s.timeFirst[k]) * (seq - s.first[k]) / (s.count[k] - 1));
   }
 
+  /** A record's type; COLLAPSED for one collapsed out of the table (no content change). */
   typeOf(seq: number): number {
-    return this.table.type[seq - this.first];
+    const slot = this.slotOf(seq);
+    return slot === -1 ? COLLAPSED : this.table.type[slot];
+  }
+
+  /** The last seq of the span holding `seq` (collapsed: expired points), or seq - 1 if it is a row. */
+  collapsedThrough(seq: number): number {
+    const k = this.spans.atOrBefore(seq);
+    return k !== -1 && seq <= this.spans.end(k) ? this.spans.end(k) : seq - 1;
+  }
+
+  /** Whether `seq` (in the history) was collapsed out of the table: its entry is on disk only. */
+  isCollapsed(seq: number): boolean {
+    return seq >= this.first && seq <= this.seqLast && this.slotOf(seq) === -1;
+  }
+
+  /** The journal segment holding `seq` (in the history). */
+  segmentOf(seq: number): number {
+    const slot = this.slotOf(seq);
+    return slot === -1 ? this.spans.segment[this.spans.atOrBefore(seq)] : this.table.segment[slot];
+  }
+
+  /** A record's payload bytes as stored (0 for a collapsed one: it has none). */
+  payloadBytesOf(seq: number): number {
+    const slot = this.slotOf(seq);
+    return slot === -1 ? 0 : this.table.payloadBytes[slot];
   }
 
   /**
-   * The records kept in one journal segment (seqs run through segments in order), for its
-   * table of contents; null if none.
+   * One journal segment's records (seqs run through segments in order): its seq range, the
+   * time of its first record, and the entries of those in the table — all of them unless
+   * some were collapsed (`complete` false: the journal has the rest). Null if none.
    */
-  segmentRecords(segmentIndex: number): { seqFirst: number; entries: HistoryEntry[] } | null {
+  segmentRecords(segmentIndex: number): { seqFirst: number; seqLast: number; timeFirstUs: number; complete: boolean; entries: HistoryEntry[] } | null {
     const t = this.table;
-    const firstAtOrAfter = (segment: number) => {
-      let low = 0;
-      let high = t.count;
-      while (low < high) {
-        const middle = (low + high) >>> 1;
-        if (t.segment[middle] < segment) low = middle + 1;
-        else high = middle;
-      }
-      return low;
-    };
-    const first = firstAtOrAfter(segmentIndex);
-    const end = firstAtOrAfter(segmentIndex + 1);
-    if (first >= end) return null;
+    const s = this.spans;
+    const first = countBelow(t.segment, t.count, segmentIndex);
+    const end = countBelow(t.segment, t.count, segmentIndex + 1);
+    const spanFirst = countBelow(s.segment, s.length, segmentIndex);
+    const spanEnd = countBelow(s.segment, s.length, segmentIndex + 1);
+    if (first >= end && spanFirst >= spanEnd) return null;
     const entries: HistoryEntry[] = [];
-    for (let i = first; i < end; i += 1) entries.push(this.entry(this.seqFirst + i));
-    return { seqFirst: this.seqFirst + first, entries };
+    this.forRows(first, end - 1, (_slot, seq) => {
+      entries.push(this.entry(seq));
+    });
+    let seqFirst = entries.length > 0 ? entries[0].seq : Infinity;
+    let seqLast = entries.length > 0 ? entries[entries.length - 1].seq : 0;
+    let timeFirstUs = entries.length > 0 ? entries[0].timeUs : Infinity;
+    if (spanFirst < spanEnd) {
+      if (s.first[spanFirst] < seqFirst) timeFirstUs = s.timeFirst[spanFirst];
+      seqFirst = Math.min(seqFirst, s.first[spanFirst]);
+      seqLast = Math.max(seqLast, s.end(spanEnd - 1));
+    }
+    return { seqFirst, seqLast, timeFirstUs, complete: spanFirst >= spanEnd, entries };
   }
 
   /**
@@ -339,26 +588,41 @@ export class History {
    */
   firstChangeSeq(): number {
     if (this.first > 1 && this.foldedChanges) return this.first - 1;
-    for (let seq = this.seqFirst; seq <= this.seqLast; seq += 1) if (changesContent(this.typeOf(seq))) return seq;
-    return 0;
+    let found = 0;
+    this.forRows(0, this.table.count - 1, (slot, seq) => {
+      if (!changesContent(this.table.type[slot])) return true;
+      found = seq;
+      return false;
+    });
+    return found;
   }
 
   /** The last content change at or before `seq` (0 if none). */
   lastChangeAtOrBefore(seq: number): number {
-    for (let at = Math.min(seq, this.seqLast); at >= this.seqFirst; at -= 1) if (changesContent(this.typeOf(at))) return at;
+    for (let slot = this.slotAtOrBefore(seq); slot >= 0; slot -= 1) if (changesContent(this.table.type[slot])) return this.seqOfSlot(slot);
     return 0;
   }
 
-  /** The last record at or before `timeUs` (0 if none); record times never go backwards. */
+  /**
+   * The last record at or before `timeUs` (0 if none); record times never go backwards. In a
+   * span (collapsed records: expired points), by the times timeOf gives them.
+   */
   lastSeqAtOrBefore(timeUs: number): number {
-    let low = 0;
-    let high = this.table.count;
-    while (low < high) {
-      const middle = (low + high) >>> 1;
-      if (this.table.time[middle] <= timeUs) low = middle + 1;
-      else high = middle;
+    const low = countBelow(this.table.time, this.table.count, timeUs, true);
+    let found = low === 0 ? this.first - 1 : this.seqOfSlot(low - 1);
+    // Spans right after it (before the next row) may hold later records at or before timeUs.
+    for (let k = this.spans.atOrBefore(found + 1); k !== -1 && k < this.spans.length && this.spans.first[k] === found + 1; k += 1) {
+      if (this.spans.timeFirst[k] > timeUs) break;
+      let l = this.spans.first[k];
+      let h = this.spans.end(k);
+      while (l < h) {
+        const m = Math.ceil((l + h) / 2);
+        if (this.timeOf(m) <= timeUs) l = m;
+        else h = m - 1;
+      }
+      found = l;
     }
-    return low === 0 ? 0 : this.seqFirst + low - 1;
+    return found < this.first ? 0 : found;
   }
 
   /**
@@ -370,14 +634,24 @@ export class History {
     const first = Math.max(this.seqFirst, this.lastSeqAtOrBefore(fromUs - 1) + 1);
     const last = this.lastSeqAtOrBefore(toUs);
     const found: number[] = [];
+    if (last < first) return found;
     // Points retention removed are not offered (nor do they hide a kept one right after).
+    // (Collapsed records are expired ones: only rows are looked at.)
     const kept = (seq: number) => this.expiredRunOf(seq) === null;
-    const wanted = (seq: number) => this.typeOf(seq) === type && kept(seq) && (seq === this.seqFirst || this.typeOf(seq - 1) !== type || !kept(seq - 1));
+    const wanted = (slot: number, seq: number) => this.table.type[slot] === type && kept(seq) && (seq === this.seqFirst || this.typeOf(seq - 1) !== type || !kept(seq - 1));
+    const firstSlot = this.slotAtOrBefore(first - 1) + 1;
+    const lastSlot = this.slotAtOrBefore(last);
     if (newest) {
-      for (let seq = last; seq >= first && found.length < limit; seq -= 1) if (wanted(seq)) found.push(seq);
+      for (let slot = lastSlot; slot >= firstSlot && found.length < limit; slot -= 1) {
+        const seq = this.seqOfSlot(slot);
+        if (wanted(slot, seq)) found.push(seq);
+      }
       return found.reverse();
     }
-    for (let seq = first; seq <= last && found.length < limit; seq += 1) if (wanted(seq)) found.push(seq);
+    this.forRows(firstSlot, lastSlot, (slot, seq) => {
+      if (wanted(slot, seq)) found.push(seq);
+      return found.length < limit;
+    });
     return found;
   }
 
@@ -389,8 +663,37 @@ export class History {
       buckets.push({ fromUs: start, toUs: Math.min(start + stepUs, toUs), writes: 0, bytesWritten: 0, zeroes: 0, bytesZeroed: 0, flushes: 0, reverts: 0 });
     }
     const t = this.table;
-    for (let i = Math.max(0, this.lastSeqAtOrBefore(fromUs - 1) + 1 - this.seqFirst); i < t.count && t.time[i] < toUs; i += 1) {
-      const bucket = buckets[Math.min(buckets.length - 1, Math.floor((t.time[i] - fromUs) / stepUs))];
+    const bucketOf = (timeUs: number) => buckets[Math.min(buckets.length - 1, Math.floor((timeUs - fromUs) / stepUs))];
+    // Collapsed records (spans) count where timeOf puts them: spread evenly over the span.
+    const s = this.spans;
+    for (let k = 0; k < s.length; k += 1) {
+      if (s.timeLast[k] < fromUs || s.timeFirst[k] >= toUs) continue;
+      const span = s.get(k);
+      for (let at = span.first; at <= span.first + span.count - 1;) {
+        const time = this.timeOf(at);
+        // The records of the span with the same bucket as `at`: up to the last at or before its end.
+        const bucketEnd = time < fromUs ? fromUs : fromUs + (Math.floor((time - fromUs) / stepUs) + 1) * stepUs;
+        let l = at;
+        let h = span.first + span.count - 1;
+        while (l < h) {
+          const m = Math.ceil((l + h) / 2);
+          if (this.timeOf(m) < bucketEnd) l = m;
+          else h = m - 1;
+        }
+        const n = l - at + 1;
+        if (time >= fromUs && time < toUs) {
+          const bucket = bucketOf(time);
+          const share = n / span.count;
+          bucket.writes += Math.round(span.writes * share);
+          bucket.bytesWritten += Math.round(span.bytesWritten * share);
+          bucket.flushes += Math.round(span.flushes * share);
+        }
+        at = l + 1;
+        if (time >= toUs) break;
+      }
+    }
+    for (let i = this.slotAtOrBefore(this.lastSeqAtOrBefore(fromUs - 1)) + 1; i < t.count && t.time[i] < toUs; i += 1) {
+      const bucket = bucketOf(t.time[i]);
       if (isClientWrite(t.type[i], t.flags[i])) {
         // Client writes, whatever they cost to store (zeroes, unchanged bytes).
         bucket.writes += 1;
@@ -458,6 +761,23 @@ export class History {
     return run && run[0] <= seq ? run : null;
   }
 
+  /** A THINNED record (data reclaimed) whose point is not expired, or 0 — none should be. */
+  thinnedNotExpired(): number {
+    const s = this.spans;
+    for (let k = 0; k < s.length; k += 1) {
+      if (s.thinned[k] === 0) continue;
+      const run = this.expiredRunOf(s.first[k]);
+      if (run === null || run[1] < s.end(k)) return run === null ? s.first[k] : run[1] + 1;
+    }
+    let found = 0;
+    this.forRows(0, this.table.count - 1, (slot, seq) => {
+      if (this.table.type[slot] !== RecordType.THINNED || this.expiredRunOf(seq) !== null) return true;
+      found = seq;
+      return false;
+    });
+    return found;
+  }
+
   /** The oldest seq whose point is kept (0 if none). */
   oldestKept(): number {
     if (this.seqLast < this.seqFirst) return 0;
@@ -502,9 +822,12 @@ export class History {
   private *foldSteps(seqNew: number): Generator<void, boolean> {
     // (Up to seqLast + 1: a start folds before it appends the first record of a segment.)
     assert(seqNew > this.first && seqNew <= this.seqLast + 1, 'a fold stays within the history');
-    const k = seqNew - this.first;
     const t = this.table;
-    assert(k === t.count || t.segment[k] !== t.segment[k - 1], 'a fold ends at a segment boundary');
+    const s = this.spans;
+    /** Rows and spans before seqNew (spans never cross a segment boundary, nor the fold's). */
+    const k = this.slotAtOrBefore(seqNew - 1) + 1;
+    const spansBefore = s.atOrBefore(seqNew - 1) + 1;
+    assert(seqNew === this.seqLast + 1 || this.segmentOf(seqNew) !== this.segmentOf(seqNew - 1), 'a fold ends at a segment boundary');
     // A rollback after the fold replays its target: that must not be folded.
     this.revertSeqs.forEach((revertSeq, i) => assert(revertSeq < seqNew || this.revertTargets[i] >= seqNew, 'no kept rollback goes back into folded records'));
     // First everything is worked out, then the state changes (nothing below can throw
@@ -546,11 +869,13 @@ export class History {
     // The records folded now, segment by segment.
     let thinnedFolded = 0;
     const added: number[] = [];
-    for (let i = 0; i < k;) {
-      const segment = t.segment[i];
+    for (let i = 0, c = 0; i < k || c < spansBefore;) {
+      const segment = Math.min(i < k ? t.segment[i] : Infinity, c < spansBefore ? s.segment[c] : Infinity);
       const showing = shown.get(segment);
       let end = i;
       while (end < k && t.segment[end] === segment) end += 1;
+      let spanEnd = c;
+      while (spanEnd < spansBefore && s.segment[spanEnd] === segment) spanEnd += 1;
       const positions: number[] = [];
       const seqs: number[] = [];
       const spans: number[] = [];
@@ -561,19 +886,22 @@ export class History {
         const span = thinnableBytes(t.payloadBytes[j], t.flags[j]);
         if (showing?.has(t.payloadPosition[j])) {
           positions.push(t.payloadPosition[j]);
-          seqs.push(this.first + j);
+          seqs.push(this.seqOfSlot(j));
           spans.push(span);
         } else {
           droppableBytes += span;
         }
       }
+      for (let j = c; j < spanEnd; j += 1) thinnedFolded += s.thinned[j];
       assert(!updated.has(segment), 'a segment is folded once');
       updated.set(segment, {
-        seqFirst: this.first + i, seqLast: this.first + end - 1, droppableBytes,
-        positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
+        seqFirst: Math.min(i < end ? this.seqOfSlot(i) : Infinity, c < spanEnd ? s.first[c] : Infinity),
+        seqLast: Math.max(i < end ? this.seqOfSlot(end - 1) : 0, c < spanEnd ? s.end(spanEnd - 1) : 0),
+        droppableBytes, positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
       });
       added.push(segment);
       i = end;
+      c = spanEnd;
       yield;
     }
     // Now the change — unless a rollback, meanwhile, went back into what was to go.
@@ -590,6 +918,7 @@ export class History {
     this.foldedBytes = 0;
     for (const folded of this.folded.values()) this.foldedBytes += 64 + folded.positions.length * 16;
     t.dropFirst(k);
+    s.replace(s.list().slice(spansBefore), seqNew);
     this.first = seqNew;
     // Rollbacks folded are part of the bases now.
     while (this.revertSeqs.length > 0 && this.revertSeqs[0] < seqNew) {
@@ -620,18 +949,13 @@ export class History {
   /** The segments the table holds, each with the seq of its first record, in order. */
   segmentStarts(): Array<{ segment: number; seqFirst: number }> {
     const t = this.table;
+    const s = this.spans;
     const starts = [];
-    for (let i = 0; i < t.count;) {
-      const segment = t.segment[i];
-      starts.push({ segment, seqFirst: this.first + i });
-      let low = i;
-      let high = t.count;
-      while (low < high) {
-        const middle = (low + high) >>> 1;
-        if (t.segment[middle] <= segment) low = middle + 1;
-        else high = middle;
-      }
-      i = low;
+    for (let i = 0, c = 0; i < t.count || c < s.length;) {
+      const segment = Math.min(i < t.count ? t.segment[i] : Infinity, c < s.length ? s.segment[c] : Infinity);
+      starts.push({ segment, seqFirst: Math.min(i < t.count && t.segment[i] === segment ? this.seqOfSlot(i) : Infinity, c < s.length && s.segment[c] === segment ? s.first[c] : Infinity) });
+      i = countBelow(t.segment, t.count, segment, true);
+      while (c < s.length && s.segment[c] <= segment) c += 1;
     }
     return starts;
   }
@@ -669,7 +993,11 @@ export class History {
       if (t.segment[middle] < segment || (t.segment[middle] === segment && t.payloadPosition[middle] < payloadPosition)) low = middle + 1;
       else high = middle;
     }
-    if (low < t.count && t.segment[low] === segment && t.payloadPosition[low] === payloadPosition) return this.seqFirst + low;
+    // (Records without payload may share the position: the WRITE is the one.)
+    while (low < t.count && t.segment[low] === segment && t.payloadPosition[low] === payloadPosition) {
+      if (t.type[low] === RecordType.WRITE) return this.seqOfSlot(low);
+      low += 1;
+    }
     const folded = this.folded.get(segment);
     if (!folded) return 0;
     const at = binarySearch(folded.positions, payloadPosition);
@@ -679,7 +1007,15 @@ export class History {
   /** Journal bytes of the records stamped at or after `timeUs` (the recent growth rate). */
   journalBytesSince(timeUs: number): number {
     let bytes = 0;
-    for (let i = Math.max(0, this.lastSeqAtOrBefore(timeUs - 1) + 1 - this.seqFirst); i < this.table.count; i += 1) bytes += storedSpan(this.table.payloadBytes[i], this.table.flags[i]);
+    for (let i = this.slotAtOrBefore(this.lastSeqAtOrBefore(timeUs - 1)) + 1; i < this.table.count; i += 1) bytes += storedSpan(this.table.payloadBytes[i], this.table.flags[i]);
+    // Collapsed records, those at or after timeUs: a packed entry each (most spans are in
+    // compacted segments; a start collapses thinned records of others, 64 bytes each).
+    const s = this.spans;
+    const lastBefore = s.length > 0 ? this.lastSeqAtOrBefore(timeUs - 1) : 0;
+    for (let k = s.length - 1; k >= 0 && s.timeLast[k] >= timeUs; k -= 1) {
+      const before = Math.max(s.first[k] - 1, Math.min(s.end(k), lastBefore));
+      bytes += (s.end(k) - before) * storedSpan(0, RecordFlag.PACKED);
+    }
     return bytes;
   }
 
@@ -713,13 +1049,7 @@ export class History {
     let changed = region.count > 0;
     /** Is a point of `kept` in [from, to)? (binary search: regions x kept points stays cheap) */
     const keptWithin = (from: number, to: number) => {
-      let low = 0;
-      let high = kept.length;
-      while (low < high) {
-        const middle = (low + high) >>> 1;
-        if (kept[middle] < from) low = middle + 1;
-        else high = middle;
-      }
+      const low = countBelow(kept, kept.length, from);
       return low < kept.length && kept[low] < to;
     };
     const mark = () => {
@@ -779,7 +1109,9 @@ export class History {
       this.folded.set(segment, { ...folded, positions, spans, droppableBytes: 0 });
     } else {
       for (let j = 0; j < moved.length; j += 1) {
-        const i = seqFirst + j - this.seqFirst;
+        const i = this.slotOf(seqFirst + j);
+        // (Collapsed: no extent names it, nothing in memory says where it is.)
+        if (i === -1) continue;
         const now = moved[j];
         assert(t.segment[i] === segment, 'relocated records belong to the segment');
         if (t.type[i] === RecordType.WRITE) {
@@ -825,6 +1157,169 @@ export class History {
     }
     if (!folded) this.thinnedRecords += thinned.size;
     this.generation += 1;
+    if (!folded) this.collapseSegments(segment, segment);
+  }
+
+  // ---- collapsed records --------------------------------------------------------------
+
+  /**
+   * Collapses the records of segments `fromSegment..toSegment` that no kept point needs a row for: expired points
+   * that changed no content (THINNED, UNCHANGED, FLUSH, a deleted bookmark's) — each stretch
+   * of two or more of them (or one next to a span) becomes a span, their rows and postings
+   * go. Points in them are refused as expired anyway; their headers stay in the journal
+   * (JournaledDevice.entryAt reads them back for replication).
+   */
+  collapseSegments(fromSegment: number, toSegment: number): void {
+    const t = this.table;
+    const spans = this.spans.list();
+    let mineFirst = spans.findIndex((span) => span.segment >= fromSegment);
+    if (mineFirst === -1) mineFirst = spans.length;
+    let mineEnd = mineFirst;
+    while (mineEnd < spans.length && spans[mineEnd].segment <= toSegment) mineEnd += 1;
+    const rowFirst = countBelow(t.segment, t.count, fromSegment);
+    const rowEnd = countBelow(t.segment, t.count, toSegment + 1);
+    /** The segment of the stretch being gathered (stretches never cross one's end). */
+    let segment = -1;
+    const merged: Span[] = [];
+    /** Rows removed (ascending), and by region the seqs of the THINNED ones' postings. */
+    const removed: number[] = [];
+    const postings = new Map<number, number[]>();
+    // Stretches of collapsible rows and spans between the rows that stay.
+    let rows: Array<{ slot: number; seq: number }> = [];
+    let joined: Span[] = [];
+    const close = () => {
+      if (joined.length > 1 || (joined.length > 0 && rows.length > 0) || rows.length >= 2) {
+        const span: Span = { first: Infinity, count: 0, segment, timeFirst: Infinity, timeLast: -Infinity, thinned: 0, writes: 0, bytesWritten: 0, flushes: 0 };
+        for (const other of joined) {
+          span.first = Math.min(span.first, other.first);
+          span.count += other.count;
+          span.timeFirst = Math.min(span.timeFirst, other.timeFirst);
+          span.timeLast = Math.max(span.timeLast, other.timeLast);
+          span.thinned += other.thinned;
+          span.writes += other.writes;
+          span.bytesWritten += other.bytesWritten;
+          span.flushes += other.flushes;
+        }
+        for (const { slot, seq } of rows) {
+          const type = t.type[slot];
+          span.first = Math.min(span.first, seq);
+          span.count += 1;
+          span.timeFirst = Math.min(span.timeFirst, t.time[slot]);
+          span.timeLast = Math.max(span.timeLast, t.time[slot]);
+          if (type === RecordType.THINNED) span.thinned += 1;
+          if (type === RecordType.THINNED || type === RecordType.UNCHANGED) {
+            span.writes += 1;
+            span.bytesWritten += t.length[slot];
+          }
+          if (type === RecordType.FLUSH) span.flushes += 1;
+          removed.push(slot);
+          // A THINNED row posted as the WRITE it was (somewhere in its range).
+          if (type === RecordType.THINNED && t.length[slot] > 0) {
+            const lastRegion = Math.floor((t.offset[slot] + t.length[slot] - 1) / REGION_BYTES);
+            for (let regionIndex = Math.floor(t.offset[slot] / REGION_BYTES); regionIndex <= lastRegion; regionIndex += 1) {
+              let seqs = postings.get(regionIndex);
+              if (!seqs) postings.set(regionIndex, (seqs = []));
+              seqs.push(seq);
+            }
+          }
+        }
+        merged.push(span);
+      } else {
+        merged.push(...joined);
+      }
+      rows = [];
+      joined = [];
+    };
+    const enter = (at: number) => {
+      if (at !== segment) close();
+      segment = at;
+    };
+    let c = mineFirst;
+    this.forRows(rowFirst, rowEnd - 1, (slot, seq) => {
+      for (; c < mineEnd && spans[c].first < seq; c += 1) {
+        enter(spans[c].segment);
+        joined.push(spans[c]);
+      }
+      enter(t.segment[slot]);
+      if (!changesContent(t.type[slot]) && this.expiredRunOf(seq) !== null) rows.push({ slot, seq });
+      else close();
+    });
+    for (; c < mineEnd; c += 1) {
+      enter(spans[c].segment);
+      joined.push(spans[c]);
+    }
+    close();
+    if (removed.length === 0) return;
+    // Postings first (a revert among them is found by its row), then rows and spans.
+    for (const [regionIndex, seqs] of postings) {
+      const history = this.regions[regionIndex];
+      if (!history || history.count === 0) continue;
+      const before = history.count;
+      this.snapshotBytes -= history.remove(seqs, (seq) => this.typeOf(seq) === RecordType.REVERT);
+      this.postingCount -= before - history.count;
+    }
+    this.table.remove(removed);
+    this.spans.replace([...spans.slice(0, mineFirst), ...merged, ...spans.slice(mineEnd)], this.first);
+  }
+
+  /** A start's THINNED record: into a span if it can be (append). */
+  private collapseOnLoad(entry: HistoryEntry): boolean {
+    const s = this.spans;
+    const t = this.table;
+    const k = s.length - 1;
+    if (k >= 0 && s.end(k) === entry.seq - 1 && s.segment[k] === entry.segment && s.slot[k] === t.count) {
+      s.extendLast(entry.seq, entry.timeUs, entry.type, entry.lengthBytes);
+      this.thinnedRecords += 1;
+      return true;
+    }
+    // The row before it a THINNED record of the same segment: both make a span.
+    const last = t.count - 1;
+    if (last < 0 || t.type[last] !== RecordType.THINNED || t.segment[last] !== entry.segment || (k >= 0 && s.end(k) >= entry.seq - 1)) return false;
+    s.push({ first: entry.seq - 1, count: 1, segment: entry.segment, timeFirst: t.time[last], timeLast: t.time[last], thinned: 1, writes: 1, bytesWritten: t.length[last], flushes: 0 }, last);
+    t.count -= 1;
+    s.extendLast(entry.seq, entry.timeUs, entry.type, entry.lengthBytes);
+    this.thinnedRecords += 1;
+    return true;
+  }
+
+  /** The table slot of `seq`, or -1 if it was collapsed. */
+  private slotOf(seq: number): number {
+    const s = this.spans;
+    const k = s.atOrBefore(seq);
+    if (k === -1) return seq - this.first;
+    const end = s.first[k] + s.count[k];
+    return seq < end ? -1 : s.slot[k] + (seq - end);
+  }
+
+  /** The seq of the record in table slot `slot`. */
+  private seqOfSlot(slot: number): number {
+    const s = this.spans;
+    // The last span before the slot's record (several may end at the same slot: the last).
+    const k = s.slotAbove(slot) - 1;
+    return k === -1 ? this.first + slot : s.first[k] + s.count[k] + (slot - s.slot[k]);
+  }
+
+  /** The slot of the last row at or before `seq` (-1 if none). */
+  private slotAtOrBefore(seq: number): number {
+    if (seq < this.first) return -1;
+    if (seq > this.seqLast) return this.table.count - 1;
+    const slot = this.slotOf(seq);
+    return slot !== -1 ? slot : this.spans.slot[this.spans.atOrBefore(seq)] - 1;
+  }
+
+  /** Calls `visit` for the rows `fromSlot..toSlot` in order with their seqs, until it returns false. */
+  private forRows(fromSlot: number, toSlot: number, visit: (slot: number, seq: number) => boolean | void): void {
+    if (fromSlot > toSlot) return;
+    const s = this.spans;
+    let k = s.slotAbove(fromSlot);
+    let seq = this.seqOfSlot(fromSlot);
+    for (let slot = fromSlot; slot <= toSlot; slot += 1) {
+      if (slot > fromSlot) {
+        seq += 1;
+        for (; k < s.length && s.slot[k] === slot; k += 1) seq += s.count[k];
+      }
+      if (visit(slot, seq) === false) return;
+    }
   }
 
   /** The extents of one region at `seq` (a fresh copy the caller owns), or undefined if empty. */
@@ -948,7 +1443,8 @@ export class History {
   }
 
   private apply(region: Region, regionIndex: number, seq: number): void {
-    const i = seq - this.seqFirst;
+    const i = this.slotOf(seq);
+    assert(i !== -1, 'a posting names a row');
     const t = this.table;
     const type = t.type[i];
     if (type === RecordType.REVERT) {
@@ -1012,6 +1508,18 @@ export class PointIndex {
     this.cache.set(key, { region });
     return region;
   }
+}
+
+/** How many of the first `count` of `sorted` (ascending) are below `value` (`orEqual`: at most it). */
+function countBelow(sorted: ArrayLike<number>, count: number, value: number, orEqual = false): number {
+  let low = 0;
+  let high = count;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (sorted[middle] < value || (orEqual && sorted[middle] === value)) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
 function binarySearch(sorted: ArrayLike<number>, value: number): number {

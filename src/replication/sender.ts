@@ -148,13 +148,15 @@ export class ReplicationLink {
       seqSource = device.lastSeq;
       const behind = seqSource - this.seqAcknowledged;
       if (behind > 0) {
-        const first = device.entryAt(this.seqAcknowledged + 1);
+        const oldest = this.seqAcknowledged + 1;
+        // (Its time: from memory unless folded away; a collapsed record's is near enough.)
+        const first = { timeUs: oldest >= device.history.seqFirst ? device.history.timeOf(oldest) : device.entryAt(oldest).timeUs };
         // Bytes: those of up to 100k records the history holds, scaled to all (records
         // folded out of memory are not read back from disk for an estimate).
         let bytes = 0;
         const from = Math.max(this.seqAcknowledged + 1, device.history.seqFirst);
         const counted = Math.min(seqSource - from + 1, 100_000);
-        for (let seq = from; seq < from + counted; seq += 1) bytes += recordSpan(device.history.entry(seq).payloadBytes);
+        for (let seq = from; seq < from + counted; seq += 1) bytes += recordSpan(device.history.payloadBytesOf(seq));
         lag = { records: behind, bytes: Math.round(bytes * (behind / Math.max(1, counted))), seconds: Math.max(0, (Date.now() * 1000 - first.timeUs) / 1e6), oldestUnsent: formatTimeUs(first.timeUs) };
       }
     } catch {

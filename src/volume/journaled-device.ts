@@ -122,7 +122,7 @@ export class JournaledDevice implements BlockDevice {
   /** Sealed segments whose table of contents lists every record. */
   private readonly tocComplete = new Set<number>();
   /** The records of the folded segment read back last (segmentEntries). */
-  private foldedRecords: { segment: number; seqFirst: number; entries: HistoryEntry[]; usedMs: number } | null = null;
+  private foldedRecords: { segment: number; seqFirst: number; seqLast: number; entries: HistoryEntry[]; usedMs: number } | null = null;
   /** Scrub, fsck and compaction read or rewrite whole segments: one at a time. */
   private maintenance: Promise<unknown> = Promise.resolve();
   /** Which points retention removed, and what it reclaimed (retention.json). */
@@ -174,8 +174,10 @@ export class JournaledDevice implements BlockDevice {
     // The history, folded as it loads up to where retention last folded it (History.fold),
     // so a start needs the memory of the kept history only.
     const plan = foldPlanFor(options);
+    const journalSegments = listSegments(options.files, path.join(options.directory, 'journal'));
+    const lastSegment = journalSegments.length > 0 ? journalSegments[journalSegments.length - 1] : 0;
     let history = new History(options.sizeBytes);
-    let loading = loadingHistory(history, plan);
+    let loading = loadingHistory(history, plan, lastSegment);
     // Replayed records also join the history, after the part behind the checkpoint (read
     // once recovery has made the journal consistent); without a checkpoint, at once.
     const tail: HistoryEntry[] = [];
@@ -201,7 +203,7 @@ export class JournaledDevice implements BlockDevice {
       tail.length = 0;
       reverted = false;
       history = new History(options.sizeBytes);
-      loading = loadingHistory(history, plan);
+      loading = loadingHistory(history, plan, lastSegment);
       checkpoint = `ignored (${(err as Error).message}); index rebuilt from the journal`;
       const durable = start.seqLast;
       start = null;
@@ -220,6 +222,10 @@ export class JournaledDevice implements BlockDevice {
     loading.finish();
     // Points retention removed: refused from the first request on (their data may be gone).
     const retention = RetentionState.load(options.files, options.directory, history, options.replica ?? false);
+    // Expired points that changed nothing (flushes, thinned writes) leave the table: memory
+    // follows the points kept, not the writes (History.collapseSegments). Sealed segments only
+    // (see loadingHistory).
+    if (opened.journal.endPosition.segmentIndex > 0) history.collapseSegments(0, opened.journal.endPosition.segmentIndex - 1);
     // A rollback among the replayed records: the live index is what the history says now.
     if (reverted) index = history.indexAt(history.seqLast);
     const device = new JournaledDevice(options, opened.journal, index, history, timeFirstUs, { ...opened.report, checkpoint, historyFromTocs }, replayedFrom);
@@ -775,14 +781,17 @@ export class JournaledDevice implements BlockDevice {
   activeSegment(): { bytes: number; timeFirstUs: number | null } {
     const position = this.journal.endPosition;
     const records = this.history.segmentRecords(position.segmentIndex);
-    return { bytes: position.position, timeFirstUs: records ? records.entries[0].timeUs : null };
+    return { bytes: position.position, timeFirstUs: records ? records.timeFirstUs : null };
   }
 
   get durableSeq(): number {
     return this.journal.durableSeq;
   }
 
-  /** The segments compaction may rewrite, with their records (seq order). */
+  /**
+   * The segments compaction may rewrite, with their records in the history's table (seq
+   * order; collapsed ones — expired points that changed nothing — are not among them).
+   */
   sealedSegments(): Array<{ segmentIndex: number; seqFirst: number; entries: HistoryEntry[] }> {
     const active = this.journal.endPosition.segmentIndex;
     const segments = [];
@@ -796,15 +805,19 @@ export class JournaledDevice implements BlockDevice {
 
   /**
    * A segment's records in seq order: from the history, or for a folded segment (History.fold)
-   * read back from its table of contents or headers on disk (the last one is kept).
+   * or one with records collapsed (History.collapseSegments) read back from its table of
+   * contents or headers on disk (the last one is kept).
    */
   segmentEntries(segmentIndex: number, keep = true): { seqFirst: number; entries: HistoryEntry[] } | null {
     const inTable = this.history.segmentRecords(segmentIndex);
-    if (inTable) return inTable;
-    const folded = this.history.foldedSegment(segmentIndex);
+    if (inTable?.complete) return inTable;
+    // (Only sealed segments have collapsed records: their records stay as read.)
+    assert(!inTable || segmentIndex < this.journal.endPosition.segmentIndex, 'the segment appended to has all its records in the history');
+    const folded = inTable ?? this.history.foldedSegment(segmentIndex);
     if (!folded) return null;
-    if (this.foldedRecords?.segment === segmentIndex) this.foldedRecords.usedMs = Date.now();
-    if (this.foldedRecords?.segment !== segmentIndex) {
+    const cached = this.foldedRecords?.segment === segmentIndex && this.foldedRecords.seqLast === folded.seqLast;
+    if (cached) this.foldedRecords!.usedMs = Date.now();
+    if (!cached) {
       const directory = path.join(this.options.directory, 'journal');
       let records;
       try {
@@ -814,19 +827,19 @@ export class JournaledDevice implements BlockDevice {
         if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
         throw err;
       }
-      const loaded = { segment: segmentIndex, seqFirst: folded.seqFirst, entries: records.map(historyEntry), usedMs: Date.now() };
+      const loaded = { segment: segmentIndex, seqFirst: folded.seqFirst, seqLast: folded.seqLast, entries: records.map(historyEntry), usedMs: Date.now() };
       // Kept for readers going through it record by record (replication); one-off readers
       // (compaction, tables of contents) leave nothing behind.
       if (!keep) return loaded;
       this.foldedRecords = loaded;
     }
-    return { seqFirst: this.foldedRecords.seqFirst, entries: this.foldedRecords.entries };
+    return { seqFirst: this.foldedRecords!.seqFirst, entries: this.foldedRecords!.entries };
   }
 
-  /** One record as the history knows it, also one folded away (read back from disk). */
+  /** One record as the history knows it, also one folded or collapsed away (read back from disk). */
   entryAt(seq: number): HistoryEntry {
-    if (seq >= this.history.seqFirst) return this.history.entry(seq);
-    const segment = this.history.foldedSegmentOf(seq);
+    if (seq >= this.history.seqFirst && !this.history.isCollapsed(seq)) return this.history.entry(seq);
+    const segment = seq >= this.history.seqFirst ? this.history.segmentOf(seq) : this.history.foldedSegmentOf(seq);
     assert(segment !== undefined, 'a folded seq lies in a folded segment');
     const records = this.segmentEntries(segment)!;
     return records.entries[seq - records.seqFirst];
@@ -906,6 +919,26 @@ export class JournaledDevice implements BlockDevice {
     assert(runs[runs.length - 1][1] <= this.journal.durableSeq, 'only durable seqs expire');
     this.history.expire(runs);
     await this.retention.save();
+    await this.collapseExpired(runs);
+  }
+
+  /**
+   * Collapses what points expiring in `runs` leave without use in memory (flushes, unchanged
+   * writes, thinned ones: History.collapseSegments), in the sealed segments they lie in —
+   * compaction does so for the segments it rewrites, but one may never be rewritten again.
+   * Kept out of a fold (which counts the table's rows while it yields).
+   */
+  collapseExpired(runs: ReadonlyArray<readonly [number, number]>): Promise<void> {
+    return this.exclusive(async () => {
+      const history = this.history;
+      const first = Math.max(runs[0][0], history.seqFirst);
+      const last = Math.min(runs[runs.length - 1][1], history.seqLast);
+      if (this.closed || this.corruption || first > last) return;
+      const sealedBefore = this.journal.endPosition.segmentIndex;
+      const from = history.segmentOf(first);
+      const to = Math.min(history.segmentOf(last), sealedBefore - 1);
+      if (from <= to) history.collapseSegments(from, to);
+    });
   }
 
   /**
@@ -1078,7 +1111,7 @@ const LOAD_FOLD_RECORDS = 1 << 20;
  * folded rollbacks are known beforehand; later ones never go back before the fold): whenever
  * a million records wait, and at the last such boundary once everything is loaded (`finish`).
  */
-function loadingHistory(history: History, plan: { foldBefore: number; reverts: Array<[number, number]> }): ((entry: HistoryEntry) => void) & { finish: () => void } {
+function loadingHistory(history: History, plan: { foldBefore: number; reverts: Array<[number, number]> }, lastSegment: number): ((entry: HistoryEntry) => void) & { finish: () => void } {
   let segment = -1;
   let safe = 0;
   const foldToSafe = () => {
@@ -1091,7 +1124,10 @@ function loadingHistory(history: History, plan: { foldBefore: number; reverts: A
       if (history.seqLast - history.seqFirst + 1 >= LOAD_FOLD_RECORDS) foldToSafe();
       segment = entry.segment;
     }
-    history.append(entry);
+    // THINNED records collapse as they load (History.append), but not in the last segment:
+    // the one appended to goes on growing, read back from disk it would be a moving target
+    // (the start collapses them once it is sealed: collapseSegments).
+    history.append(entry, entry.segment < lastSegment);
   };
   return Object.assign(load, { finish: foldToSafe });
 }
@@ -1153,10 +1189,10 @@ export async function verifyJournal(options: Pick<JournaledDeviceOptions, 'direc
   let index = new ExtentIndex(options.sizeBytes);
   // (Folded as a start folds it: a check must not need more memory than the volume.)
   const history = new History(options.sizeBytes);
-  const load = loadingHistory(history, foldPlanFor(options));
+  const segments = listSegments(options.files, directory);
+  const load = loadingHistory(history, foldPlanFor(options), segments.length > 0 ? segments[segments.length - 1] : 0);
   let reverted = false;
   const problems: FsckProblem[] = [];
-  const segments = listSegments(options.files, directory);
   if (segments.length === 0) return { records: 0, seqLast: 0, problems, index };
   let records = 0;
   const result = await scanJournalAsync({

@@ -35,7 +35,8 @@ export function resolvePoint(volume: string, history: History, bookmarks: Bookma
       const bookmark = bookmarks.get(spec.name);
       seq = bookmark.seq;
       // A bookmark names a record: the same seq with another time is not its point.
-      if (seq <= history.seqLast && seq >= history.seqFirst && history.timeOf(seq) !== bookmark.timeUs) {
+      // (An expired one is refused as such below: a collapsed record's time is not kept.)
+      if (seq <= history.seqLast && seq >= history.seqFirst && history.expiredRunOf(seq) === null && history.timeOf(seq) !== bookmark.timeUs) {
         throw new HindsightError('POINT_NOT_FOUND', `bookmark "${spec.name}" names seq ${seq} at ${formatTimeUs(bookmark.timeUs)}, but seq ${seq} of volume "${volume}" is a record of ${formatTimeUs(history.timeOf(seq))}: its point is gone`);
       }
       break;

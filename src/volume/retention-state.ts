@@ -118,9 +118,8 @@ export class RetentionState {
     if (history.thinnedRecords > 0) {
       // Data goes only after its points expired (durably): a thinned record outside the
       // expired runs means a point that looks kept but misses data.
-      for (let seq = history.seqFirst; seq <= history.seqLast; seq += 1) {
-        if (history.typeOf(seq) === RecordType.THINNED && history.expiredRunOf(seq) === null) throw corrupt(file, `does not list seq ${seq}, whose data retention reclaimed, as expired`);
-      }
+      const seq = history.thinnedNotExpired();
+      if (seq !== 0) throw corrupt(file, `does not list seq ${seq}, whose data retention reclaimed, as expired`);
     }
     state.recordsThinned = Number(parsed.recordsThinned) || 0;
     state.bytesReclaimed = Number(parsed.bytesReclaimed) || 0;

@@ -67,7 +67,8 @@ export async function expireByPolicy(device: JournaledDevice, policy: RetentionP
   const history = device.history;
   const { pins, durable } = await expiryGround(device, options);
   const expiredBefore = countExpired(history.expired);
-  const runs = durable >= history.seqFirst ? expiringRuns(policy, options.nowUs, (seq) => history.timeOf(seq), history.seqFirst, durable, pins) : [];
+  const runs = durable >= history.seqFirst ? expiringRuns(policy, options.nowUs, (seq) => history.timeOf(seq), history.seqFirst, durable, pins,
+    (seq) => history.collapsedThrough(seq)) : [];
   await device.expirePoints(runs);
   return countExpired(history.expired) - expiredBefore;
 }

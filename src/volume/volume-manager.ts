@@ -462,7 +462,10 @@ export class VolumeManager {
       const run = device.history.expiredRunOf(a);
       return !(run && run[1] >= b);
     });
-    if (fresh.length > 0) device.history.expire(fresh);
+    if (fresh.length > 0) {
+      device.history.expire(fresh);
+      void device.collapseExpired(fresh).catch(() => undefined);
+    }
   }
 
   /** How far a replica may fold its history, as its source says (JournaledDevice.setReplicaFoldLimit). */
@@ -818,6 +821,9 @@ export class VolumeManager {
     const history = source.device.history;
     if (record.seq < history.seqFirst) {
       return { record, device: null, error: new HindsightError('POINT_EXPIRED', `mount "${name}": its point (seq ${record.seq} at ${formatTimeUs(record.timeUs)}) is older than the history kept for "${record.volume}"; unmount it`) };
+    }
+    if (record.seq <= history.seqLast && history.expiredRunOf(record.seq) !== null) {
+      return { record, device: null, error: new HindsightError('POINT_EXPIRED', `mount "${name}": its point (seq ${record.seq} at ${formatTimeUs(record.timeUs)}) was removed by the retention policy of "${record.volume}"; unmount it`) };
     }
     if (record.seq > history.seqLast || history.timeOf(record.seq) !== record.timeUs) {
       const now = record.seq > history.seqLast ? `the journal ends at seq ${history.seqLast}` : `seq ${record.seq} is now a record of ${formatTimeUs(history.timeOf(record.seq))}`;

@@ -59,7 +59,11 @@ function keptNaively(policy: RetentionPolicy, oracle: PitOracle, seq: number, du
 async function checkPoint(device: JournaledDevice, oracle: PitOracle, seq: number, label: string): Promise<void> {
   const view = new PointView(`p${seq}`, device, seq);
   const got = Buffer.alloc(SIZE);
-  await view.read(0, got);
+  try {
+    await view.read(0, got);
+  } catch (err) {
+    throw new Error(`${label}: kept point seq ${seq}: ${(err as Error).message}`);
+  }
   const expected = oracle.imageAt(seq);
   const difference = firstDifference(got, expected.data);
   if (difference !== -1) assert.fail(`${label}: kept point seq ${seq} differs at offset ${difference}`);
@@ -67,7 +71,7 @@ async function checkPoint(device: JournaledDevice, oracle: PitOracle, seq: numbe
   assert.deepEqual(extents, expectedExtents(expected, 0, SIZE), `${label}: block status of kept point seq ${seq}`);
 }
 
-async function run(seed: number): Promise<{ thinned: number; compressed: number; reclaimed: number; expired: number; kept: number; folded: number }> {
+async function run(seed: number): Promise<{ thinned: number; compressed: number; reclaimed: number; expired: number; kept: number; folded: number; collapsed: number }> {
   const dir = makeTempDir(`retention-${seed}`);
   const rng = new Random(seed);
   const clock = { us: T0 };
@@ -79,6 +83,7 @@ async function run(seed: number): Promise<{ thinned: number; compressed: number;
   let compressed = 0;
   let reclaimed = 0;
   let folded = 0;
+  let collapsed = 0;
   try {
     for (let round = 0; round < 14; round += 1) {
       // About 40 minutes of activity per round, in bursts.
@@ -131,6 +136,7 @@ async function run(seed: number): Promise<{ thinned: number; compressed: number;
       folded += report.recordsFolded;
       assert.equal(before - device.stats().bytes, report.bytesReclaimed, `${label}: the journal shrank by what the run reclaimed`);
       await checkRound(device, oracle, pins, clock.us, rng, `${label} round ${round}`);
+      collapsed = Math.max(collapsed, device.history.collapsedCount);
       if (rng.int(3) === 0) {
         await device.close();
         if (rng.int(2) === 0) fs.rmSync(path.join(dir, 'index.ckpt'), { force: true });
@@ -142,7 +148,7 @@ async function run(seed: number): Promise<{ thinned: number; compressed: number;
     const fsck = await device.fsck(false);
     assert.deepEqual(fsck.problems, [], `${label}: fsck after retention`);
     const expired = device.history.expired.reduce((sum, [a, b]) => sum + b - a + 1, 0);
-    return { thinned, compressed, reclaimed, expired, kept: oracle.seqLast - expired, folded };
+    return { thinned, compressed, reclaimed, expired, kept: oracle.seqLast - expired, folded, collapsed };
   } finally {
     await device.close().catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
@@ -169,6 +175,14 @@ async function checkRound(device: JournaledDevice, oracle: PitOracle, pins: Set<
   const sample = new Set<number>([kept[0], kept[kept.length - 1], ...[...pins].filter((s) => s <= durable).slice(-8), ...[...revertTargets].filter((s) => s > 0 && !history.expiredRunOf(s)).slice(-4), ...afterReverts]);
   for (let i = 0; i < 8; i += 1) sample.add(kept[rng.int(kept.length)]);
   for (const seq of sample) await checkPoint(device, oracle, seq, label);
+  // Collapsed records (expired, no content changed) read back from the journal as they were.
+  for (const [a, b] of history.expired.slice(-6)) {
+    for (const seq of [a, b, a + rng.int(b - a + 1)]) {
+      if (seq < history.seqFirst || !history.isCollapsed(seq)) continue;
+      const entry = device.entryAt(seq);
+      assert.ok(entry.seq === seq && entry.timeUs === oracle.timeOf(seq), `${label}: collapsed seq ${seq} reads back from the journal`);
+    }
+  }
   // Expired points are refused, by seq and when viewed.
   const expiredSeqs = history.expired.flatMap(([a, b]) => [a, b, a + rng.int(b - a + 1)]);
   for (const seq of expiredSeqs.slice(-12)) {
@@ -210,7 +224,7 @@ function lastKeptAtOrBefore(history: JournaledDevice['history'], seq: number): n
 const [SEED_FIRST, SEED_COUNT] = (process.env.HINDSIGHT_RETENTION_SEEDS ?? '11:3').split(':').map(Number);
 
 test('retention keeps exactly the points of its policy, byte for byte, and reclaims the rest', { timeout: 90_000 * SEED_COUNT }, async () => {
-  const totals = { thinned: 0, compressed: 0, reclaimed: 0, expired: 0, kept: 0, folded: 0 };
+  const totals = { thinned: 0, compressed: 0, reclaimed: 0, expired: 0, kept: 0, folded: 0, collapsed: 0 };
   for (let seed = SEED_FIRST; seed < SEED_FIRST + SEED_COUNT; seed += 1) {
     const result = await run(seed).catch((err: unknown) => {
       console.log(`# replay: HINDSIGHT_RETENTION_SEEDS=${seed}:1`);
@@ -222,5 +236,7 @@ test('retention keeps exactly the points of its policy, byte for byte, and recla
   assert.ok(totals.expired > 1000 && totals.thinned > 200 && totals.compressed > 100 && totals.reclaimed > 4 * MiB, `retention did real work: ${JSON.stringify(totals)}`);
   // And folded history out of memory (History.fold), checked by every later round and reopen.
   assert.ok(totals.folded > 500 * SEED_COUNT / 3, `history was folded: ${JSON.stringify(totals)}`);
+  // And collapsed expired records out of its table (History.collapseSegments).
+  assert.ok(totals.collapsed > 100 * SEED_COUNT / 3, `records were collapsed: ${JSON.stringify(totals)}`);
   console.log(`# retention model: ${JSON.stringify(totals)}`);
 });
