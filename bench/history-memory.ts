@@ -42,6 +42,17 @@ async function main(): Promise<void> {
     readOnly: false, syncEveryWrite: false, segmentBytesMax: 16 * MiB, checkpointEveryBytes: 256 * MiB, idleCheckpointMs: 0, nowUs: () => clock.us,
   });
   const policy = parseRetention(keep);
+  // The longest single collapse (synchronous: it holds the event loop), where the commit has one.
+  let collapseMaxMs = 0;
+  const history = device.history as JournaledDevice['history'] & { collapseSegments?: (from: number, to: number) => void };
+  const collapse = history.collapseSegments?.bind(history);
+  if (collapse) {
+    history.collapseSegments = (from: number, to: number) => {
+      const t = performance.now();
+      collapse(from, to);
+      collapseMaxMs = Math.max(collapseMaxMs, performance.now() - t);
+    };
+  }
   const pages = Array.from({ length: hotPages }, () => randomBytes(4096));
   const rows: Array<Record<string, number>> = [];
   const started = performance.now();
@@ -68,15 +79,15 @@ async function main(): Promise<void> {
         hour: second / 3600, records: history.seqLast, pointsKept: history.seqLast - expired, recordsInSpan: span,
         rows: history.recordCount, collapsed: history.collapsedCount ?? 0, historyMiB: history.memoryBytes / MiB,
         bytesPerRecordInSpan: history.memoryBytes / span, journalMiB: device.stats().bytes / MiB, retentionSeconds: retentionMs / 1000,
-        elapsedSeconds: (performance.now() - started) / 1000,
+        elapsedSeconds: (performance.now() - started) / 1000, collapseMaxMs,
       });
       process.stderr.write(`hour ${rows.length}: ${JSON.stringify(rows[rows.length - 1])}\n`);
     }
   }
   await device.close();
   fs.rmSync(tmpRoot, { recursive: true, force: true });
-  const table = ['| hour | records | points kept | records in the span | table rows | history memory | bytes per record in the span | retention time (cumulative) |', '| --- | --- | --- | --- | --- | --- | --- | --- |',
-    ...rows.map((r) => `| ${r.hour} | ${r.records} | ${r.pointsKept} | ${r.recordsInSpan} | ${r.rows} | ${r.historyMiB.toFixed(1)} MiB | ${r.bytesPerRecordInSpan.toFixed(1)} | ${r.retentionSeconds.toFixed(1)} s |`)];
+  const table = ['| hour | records | points kept | records in the span | table rows | history memory | bytes per record in the span | retention time (cumulative) | longest collapse |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...rows.map((r) => `| ${r.hour} | ${r.records} | ${r.pointsKept} | ${r.recordsInSpan} | ${r.rows} | ${r.historyMiB.toFixed(1)} MiB | ${r.bytesPerRecordInSpan.toFixed(1)} | ${r.retentionSeconds.toFixed(1)} s | ${r.collapseMaxMs.toFixed(1)} ms |`)];
   process.stderr.write(`${table.join('\n')}\n`);
   process.stdout.write(`${JSON.stringify({ benchmark: 'history-memory', date: new Date().toISOString(), host: os.hostname(), hours, perSecond, hotPages, policy: keep, rows }, null, 2)}\n`);
 }

@@ -20,6 +20,11 @@
  *
  * Mounting a point is therefore O(1): a PointIndex only remembers the seq, and materialises
  * (and caches, bounded) the regions a client actually reads.
+ *
+ * Memory follows the points kept, not the writes: records before the oldest kept point are
+ * folded into a base (fold), and inside the span, expired records that changed no content
+ * (thinned writes, flushes, unchanged writes) leave the table for spans (collapseSegments):
+ * rows are then found through a seq→slot map, and their entries are on disk only.
  */
 import { HindsightError, assert, dropOwner, ownerPrefix, regionCache } from '../core/index.js';
 import type { ByteCache } from '../core/index.js';
@@ -108,8 +113,8 @@ class RecordTable {
       to += end - from;
     }
     this.count = to;
-    // Mostly empty now: the arrays shrink (as after a fold).
-    if (this.count * 4 < this.type.length && this.type.length > 1024) this.dropFirst(0);
+    // Much emptier now: the arrays shrink to what they hold and a quarter more.
+    if (this.type.length > 1024 && this.count * 1.5 < this.type.length) this.resize(Math.max(1024, Math.ceil(this.count * 1.25)), 0);
   }
 
   private grow(): void {
@@ -204,10 +209,9 @@ class Spans {
 
   /** Adds a span after all others, before table slot `slot`. */
   push(span: Span, slot: number): void {
-    if (this.length === this.first.length) this.setAll(this.list(), Math.max(16, this.length * 2));
-    const k = this.length;
+    if (this.length === this.first.length) this.reserve(Math.max(16, this.length * 2));
     this.length += 1;
-    this.write(k, span, slot);
+    this.write(this.length - 1, span, slot);
     this.total += span.count;
   }
 
@@ -226,40 +230,48 @@ class Spans {
     if (type === RecordType.FLUSH) this.flushes[k] += 1;
   }
 
-  list(): Span[] {
-    const spans: Span[] = [];
-    for (let k = 0; k < this.length; k += 1) spans.push(this.get(k));
-    return spans;
-  }
-
-  /** Replaces every span (ascending, disjoint); slots follow from the table's first seq. */
-  replace(spans: readonly Span[], seqFirst: number): void {
-    this.setAll(spans, Math.max(16, spans.length));
+  /**
+   * Spans `from..to-1` give way to `replacement` (ascending, between their neighbours), in
+   * place; the slots from there on are worked out again from the table's first seq.
+   */
+  splice(from: number, to: number, replacement: readonly Span[], seqFirst: number): void {
+    const length = this.length - (to - from) + replacement.length;
+    if (length > this.first.length) this.reserve(Math.max(16, length * 2));
+    for (const column of this.columns()) column.copyWithin(from + replacement.length, to, this.length);
+    this.length = length;
+    replacement.forEach((span, i) => this.write(from + i, span, 0));
     let collapsed = 0;
-    for (let k = 0; k < spans.length; k += 1) {
-      collapsed += spans[k].count;
-      this.slot[k] = spans[k].first + spans[k].count - seqFirst - collapsed;
+    for (let k = 0; k < from; k += 1) collapsed += this.count[k];
+    for (let k = from; k < length; k += 1) {
+      collapsed += this.count[k];
+      this.slot[k] = this.first[k] + this.count[k] - seqFirst - collapsed;
     }
+    this.total = collapsed;
+    // Mostly empty now: the arrays shrink.
+    if (this.first.length > 64 && length * 4 < this.first.length) this.reserve(Math.max(16, Math.ceil(length * 1.25)));
   }
 
-  private setAll(spans: readonly Span[], capacity: number): void {
-    const slots = this.slot.slice(0, this.length);
-    this.first = new Float64Array(capacity);
-    this.count = new Uint32Array(capacity);
-    this.segment = new Uint32Array(capacity);
-    this.slot = new Float64Array(capacity);
-    this.timeFirst = new Float64Array(capacity);
-    this.timeLast = new Float64Array(capacity);
-    this.thinned = new Uint32Array(capacity);
-    this.writes = new Uint32Array(capacity);
-    this.bytesWritten = new Float64Array(capacity);
-    this.flushes = new Uint32Array(capacity);
-    this.length = spans.length;
-    this.total = 0;
-    spans.forEach((span, k) => {
-      this.write(k, span, slots[k] ?? 0);
-      this.total += span.count;
-    });
+  private columns(): Array<Float64Array | Uint32Array> {
+    return [this.first, this.count, this.segment, this.slot, this.timeFirst, this.timeLast, this.thinned, this.writes, this.bytesWritten, this.flushes];
+  }
+
+  /** Every column with room for `capacity` spans (at least those there are). */
+  private reserve(capacity: number): void {
+    const resized = <T extends Float64Array | Uint32Array>(column: T): T => {
+      const next = new (column.constructor as new (length: number) => T)(capacity);
+      next.set(column.subarray(0, this.length));
+      return next;
+    };
+    this.first = resized(this.first);
+    this.count = resized(this.count);
+    this.segment = resized(this.segment);
+    this.slot = resized(this.slot);
+    this.timeFirst = resized(this.timeFirst);
+    this.timeLast = resized(this.timeLast);
+    this.thinned = resized(this.thinned);
+    this.writes = resized(this.writes);
+    this.bytesWritten = resized(this.bytesWritten);
+    this.flushes = resized(this.flushes);
   }
 
   private write(k: number, span: Span, slot: number): void {
@@ -665,10 +677,11 @@ export class History {
     const t = this.table;
     const bucketOf = (timeUs: number) => buckets[Math.min(buckets.length - 1, Math.floor((timeUs - fromUs) / stepUs))];
     // Collapsed records (spans) count where timeOf puts them: spread evenly over the span.
+    // (Rounded as running totals, so that a span's records add up whatever the buckets.)
     const s = this.spans;
-    for (let k = 0; k < s.length; k += 1) {
-      if (s.timeLast[k] < fromUs || s.timeFirst[k] >= toUs) continue;
+    for (let k = countBelow(s.timeLast, s.length, fromUs); k < s.length && s.timeFirst[k] < toUs; k += 1) {
       const span = s.get(k);
+      const upTo = (records: number, total: number) => Math.round((total * records) / span.count);
       for (let at = span.first; at <= span.first + span.count - 1;) {
         const time = this.timeOf(at);
         // The records of the span with the same bucket as `at`: up to the last at or before its end.
@@ -683,10 +696,10 @@ export class History {
         const n = l - at + 1;
         if (time >= fromUs && time < toUs) {
           const bucket = bucketOf(time);
-          const share = n / span.count;
-          bucket.writes += Math.round(span.writes * share);
-          bucket.bytesWritten += Math.round(span.bytesWritten * share);
-          bucket.flushes += Math.round(span.flushes * share);
+          const before = at - span.first;
+          bucket.writes += upTo(before + n, span.writes) - upTo(before, span.writes);
+          bucket.bytesWritten += upTo(before + n, span.bytesWritten) - upTo(before, span.bytesWritten);
+          bucket.flushes += upTo(before + n, span.flushes) - upTo(before, span.flushes);
         }
         at = l + 1;
         if (time >= toUs) break;
@@ -918,7 +931,7 @@ export class History {
     this.foldedBytes = 0;
     for (const folded of this.folded.values()) this.foldedBytes += 64 + folded.positions.length * 16;
     t.dropFirst(k);
-    s.replace(s.list().slice(spansBefore), seqNew);
+    s.splice(0, spansBefore, [], seqNew);
     this.first = seqNew;
     // Rollbacks folded are part of the bases now.
     while (this.revertSeqs.length > 0 && this.revertSeqs[0] < seqNew) {
@@ -1171,11 +1184,10 @@ export class History {
    */
   collapseSegments(fromSegment: number, toSegment: number): void {
     const t = this.table;
-    const spans = this.spans.list();
-    let mineFirst = spans.findIndex((span) => span.segment >= fromSegment);
-    if (mineFirst === -1) mineFirst = spans.length;
-    let mineEnd = mineFirst;
-    while (mineEnd < spans.length && spans[mineEnd].segment <= toSegment) mineEnd += 1;
+    /** The spans of those segments. */
+    const mineFirst = countBelow(this.spans.segment, this.spans.length, fromSegment);
+    const mineEnd = countBelow(this.spans.segment, this.spans.length, toSegment + 1);
+    const spans = Array.from({ length: mineEnd - mineFirst }, (_, i) => this.spans.get(mineFirst + i));
     const rowFirst = countBelow(t.segment, t.count, fromSegment);
     const rowEnd = countBelow(t.segment, t.count, toSegment + 1);
     /** The segment of the stretch being gathered (stretches never cross one's end). */
@@ -1234,9 +1246,9 @@ export class History {
       if (at !== segment) close();
       segment = at;
     };
-    let c = mineFirst;
+    let c = 0;
     this.forRows(rowFirst, rowEnd - 1, (slot, seq) => {
-      for (; c < mineEnd && spans[c].first < seq; c += 1) {
+      for (; c < spans.length && spans[c].first < seq; c += 1) {
         enter(spans[c].segment);
         joined.push(spans[c]);
       }
@@ -1244,7 +1256,7 @@ export class History {
       if (!changesContent(t.type[slot]) && this.expiredRunOf(seq) !== null) rows.push({ slot, seq });
       else close();
     });
-    for (; c < mineEnd; c += 1) {
+    for (; c < spans.length; c += 1) {
       enter(spans[c].segment);
       joined.push(spans[c]);
     }
@@ -1259,7 +1271,7 @@ export class History {
       this.postingCount -= before - history.count;
     }
     this.table.remove(removed);
-    this.spans.replace([...spans.slice(0, mineFirst), ...merged, ...spans.slice(mineEnd)], this.first);
+    this.spans.splice(mineFirst, mineEnd, merged, this.first);
   }
 
   /** A start's THINNED record: into a span if it can be (append). */

@@ -88,6 +88,9 @@ export async function expireOldest(device: JournaledDevice, policy: RetentionPol
   const allFromUs = options.nowUs - keepAllUs(policy);
   const candidates: number[] = [];
   for (let seq = history.seqFirst; seq < durable; seq += 1) {
+    // (Collapsed records are expired points: stepped over.)
+    seq = Math.max(seq, history.collapsedThrough(seq) + 1);
+    if (seq >= durable) break;
     if (history.timeOf(seq) >= allFromUs && keepAllUs(policy) > 0) break;
     if (!pins.has(seq) && history.expiredRunOf(seq) === null) candidates.push(seq);
   }

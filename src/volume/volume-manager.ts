@@ -377,11 +377,11 @@ export class VolumeManager {
     if (maxSizeBytes !== null && journalBytes > maxSizeBytes) {
       warnings.push(`the journal (${formatSize(journalBytes)}) exceeds --max-size ${formatSize(maxSizeBytes)}: bookmarks, mounts or the "all" window hold it; older points go ahead of the policy at each run`);
     }
-    // The history's memory grows with the writes retention keeps (History.fold frees what is
-    // older than the oldest kept point): say so early.
+    // The history's memory grows with the writes kept points show (History.fold frees what is
+    // older than the oldest kept point, collapseSegments the rest no kept point needs): say so early.
     const historyBytes = device?.stats().historyBytes ?? 0;
     if (historyBytes > HISTORY_BYTES_WARN) {
-      warnings.push(`the history of this volume holds ${formatSize(historyBytes)} of memory: about 70 bytes for each write since the oldest point kept — a shorter retention policy (or fewer bookmarks on old points) frees it`);
+      warnings.push(`the history of this volume holds ${formatSize(historyBytes)} of memory: about 70 bytes for each write since the oldest point kept that a kept point still shows — a shorter retention policy, coarser tiers (or fewer bookmarks on old points) free it`);
     }
     const lastForced = state?.lastForced ?? null;
     if (lastForced && Date.parse(lastForced.at) > Date.now() - 86_400_000) {
