@@ -29,6 +29,23 @@ const CONNECTIONS_MAX = 64;
 /** TLS handshakes in progress from one address (each may take up to HANDSHAKE_TIMEOUT_MS). */
 const HANDSHAKES_PER_ADDRESS_MAX = 8;
 
+/**
+ * What limits count a peer by: an IPv4 address (also one mapped into IPv6) as it is, an IPv6
+ * address by its /64 — one host, or one customer, usually gets a whole /64.
+ */
+export function addressGroup(address: string): string {
+  const bare = address.split('%')[0];
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(bare);
+  if (mapped) return mapped[1];
+  if (!net.isIPv6(bare)) return address;
+  const groups = (part: string) => (part === '' ? [] : part.split(':').flatMap((group) => (group.includes('.') ? ['0', '0'] : [group])));
+  const [head, tail] = bare.includes('::') ? bare.split('::') : [bare, ''];
+  const before = groups(head);
+  const after = groups(tail);
+  const full = [...before, ...Array<string>(8 - before.length - after.length).fill('0'), ...after];
+  return `${full.slice(0, 4).map((group) => parseInt(group, 16).toString(16)).join(':')}::/64`;
+}
+
 export interface IncomingConfig {
   volume: string;
   /** The PSK identity allowed to send it. */
@@ -99,8 +116,9 @@ export class ReplicationReceiver {
     const server = tls.createServer({ ...this.deps.credentials.serverOptions(), handshakeTimeout: HANDSHAKE_TIMEOUT_MS });
     server.maxConnections = CONNECTIONS_MAX;
     server.on('connection', (socket: net.Socket) => {
-      // Handshakes not finished yet, per address: one host cannot take every slot.
-      const address = socket.remoteAddress ?? '';
+      // Handshakes not finished yet, per address (an IPv6 host's whole /64: it has that
+      // many addresses): one host cannot take every slot.
+      const address = addressGroup(socket.remoteAddress ?? '');
       const pending = this.handshaking.get(address) ?? 0;
       if (pending >= HANDSHAKES_PER_ADDRESS_MAX) {
         socket.destroy();
