@@ -171,3 +171,25 @@ test('what a waiting read decodes is not cached under a key a compaction gave to
   assert.ok(got.equals(b.subarray(0, 4096)), 'B reads as B, not as A');
   assert.equal(corruption(), null);
 });
+
+test('compression tasks from many compactions at once: the pool holds a bounded few, the rest wait uncopied, every result is right', async () => {
+  const { compressPieces, compressionBacklog } = await import('../../src/journal/compress-pool.js');
+  const text = Buffer.from('select value from table where key = 42 order by page;\n'.repeat(20_000));
+  const windows = Array.from({ length: 40 }, (_, i) => Buffer.concat([Buffer.from(`window ${i}\n`), text]));
+  let most = 0;
+  const running = windows.map((window) => compressPieces(window, [[0, 65536], [65536, 65536]]));
+  const watch = setInterval(() => {
+    most = Math.max(most, compressionBacklog().inPool);
+  }, 1);
+  most = Math.max(most, compressionBacklog().inPool);
+  assert.ok(compressionBacklog().waiting > 0, 'the tasks past the bound wait');
+  const results = await Promise.all(running);
+  clearInterval(watch);
+  assert.ok(most <= compressionBacklog().inPoolMax, `at most ${compressionBacklog().inPoolMax} tasks with the pool (${most})`);
+  results.forEach((containers, i) => {
+    containers.forEach((container, j) => {
+      // (The worker encodes as this thread would: the same container, byte for byte.)
+      assert.ok(container?.equals(encodeContainer(windows[i].subarray(j * 65536, (j + 1) * 65536))!), `window ${i} piece ${j} is its own container`);
+    });
+  });
+});
