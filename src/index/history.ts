@@ -791,6 +791,16 @@ export class History {
     return found;
   }
 
+  /**
+   * The last seq at or before `seq` whose point is kept — its state exact — or 0 if none is
+   * (folded away: a base is the state at an expired point).
+   */
+  keptAtOrBefore(seq: number): number {
+    let at = Math.min(seq, this.seqLast);
+    for (let run = this.expiredRunOf(at); run !== null && at >= this.first; run = this.expiredRunOf(at)) at = run[0] - 1;
+    return at >= this.first ? at : 0;
+  }
+
   /** The oldest seq whose point is kept (0 if none). */
   oldestKept(): number {
     if (this.seqLast < this.seqFirst) return 0;

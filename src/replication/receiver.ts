@@ -326,7 +326,11 @@ export class ReplicationReceiver {
     // whose record it holds too.
     const shorter = Math.min(view.device.lastSeq, hello.seqLast as number);
     const senderPromoted = Number.isSafeInteger(hello.promotedSeq) ? hello.promotedSeq as number : Infinity;
-    const candidates = [shorter, Math.min(shorter, senderPromoted), Math.min(shorter, view.promoted?.seq ?? Infinity), 0];
+    // Each as the last point this volume keeps at or before it: the volume goes on from the
+    // common seq's state, exact only at a kept point (retention may have thinned what an
+    // expired one showed). Both histories agree up to any seq before a common one.
+    const history = view.device.history;
+    const candidates = [shorter, Math.min(shorter, senderPromoted), Math.min(shorter, view.promoted?.seq ?? Infinity), 0].map((seq) => history.keptAtOrBefore(seq));
     return { device: view.device, failbackCandidates: [...new Set(candidates)].sort((x, y) => y - x) };
   }
 

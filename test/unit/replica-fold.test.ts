@@ -117,3 +117,62 @@ test('a replica folds its history as far as its source allows, over the wire; ke
     await close(replica).catch(() => undefined);
   }
 });
+
+test('failback onto a site whose retention expired the last seq both share: the cut is at a point it kept, and the volume reads as its new source', { timeout: 120_000 }, async (t) => {
+  const aDir = makeTempDir('hindsight-fb-a-');
+  const bDir = makeTempDir('hindsight-fb-b-');
+  t.after(() => {
+    fs.rmSync(aDir, { recursive: true, force: true });
+    fs.rmSync(bDir, { recursive: true, force: true });
+  });
+  const keyB = crypto.randomBytes(32).toString('hex');
+  const a = await site(aDir, [`siteA:${KEY}`, `siteB:${keyB}`]);
+  const b = await site(bDir, [`siteB:${keyB}`, `siteA:${KEY}`]);
+  try {
+    await a.volumes.create('v', SIZE, { keep: 'all:1s' });
+    await b.replication.accept('v', 'siteA');
+    await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
+    const rng = new Random(5);
+    const blocks = SIZE / (16 * KiB);
+    const writeAll = async (device: NonNullable<ReturnType<VolumeManager['device']>>, pattern: number) => {
+      for (let block = 0; block < blocks; block += 1) await device.write(block * 16 * KiB, Buffer.alloc(16 * KiB, pattern + rng.int(8)), { fua: false });
+      await device.flush();
+    };
+    await writeAll(a.volumes.device('v')!, 1);
+    await caughtUp(a, b);
+    // The link goes down; the original site goes on writing: it overwrites every block.
+    await a.replication.setPaused('v', true);
+    const shared = b.volumes.replicationView('v').device.lastSeq;
+    await writeAll(a.volumes.device('v')!, 20);
+    // Disaster: the DR site takes over and is written to.
+    await b.replication.failover('v', undefined, () => 0, async () => undefined);
+    await b.volumes.device('v')!.write(0, Buffer.alloc(16 * KiB, 99), { fua: true });
+    // The original site's retention runs meanwhile: the seq both share expires there, and
+    // what it showed is thinned (overwritten before the point kept after it).
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await a.volumes.device('v')!.write(16 * KiB, Buffer.alloc(16 * KiB, 77), { fua: true });
+    const run = await a.volumes.thin('v');
+    const history = a.volumes.replicationView('v').device.history;
+    assert.ok(history.expiredRunOf(shared) !== null && run.recordsThinned > 0, `the shared seq ${shared} expired at the original site, data thinned (${JSON.stringify(run)})`);
+
+    // Failback: the original site becomes the DR site's replica.
+    await a.replication.remove('v');
+    await a.replication.accept('v', 'siteB', true);
+    await b.replication.replicate({ volume: 'v', to: `127.0.0.1:${a.port}` });
+    const deadline = Date.now() + 30_000;
+    // (While it turns into a replica, the volume is briefly not there.)
+    const atA = () => (a.volumes.names().includes('v') ? a.volumes.replicationView('v') : null);
+    while (!atA()?.replica || atA()!.device.durableSeq < b.volumes.replicationView('v').device.lastSeq) {
+      assert.ok(Date.now() < deadline, `failback stalled: ${JSON.stringify(b.replication.list().outgoing)}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const out = { a: Buffer.alloc(SIZE), b: Buffer.alloc(SIZE) };
+    await a.volumes.replicationView('v').device.read(0, out.a);
+    await b.volumes.device('v')!.read(0, out.b);
+    assert.ok(out.a.equals(out.b), 'the original site reads as the DR site');
+    assert.deepEqual((await a.volumes.fsck('v', false)).problems, [], 'its journal checks out');
+  } finally {
+    await close(a);
+    await close(b);
+  }
+});
