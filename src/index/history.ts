@@ -406,14 +406,6 @@ export interface TimelineBucket {
 /** typeOf a record collapsed out of the table: an expired point that changed no content. */
 export const COLLAPSED = 0;
 
-function joinSpans(a: Span, b: Span): Span {
-  assert(a.first + a.count === b.first && a.segment === b.segment, 'spans joined follow each other in one segment');
-  return {
-    first: a.first, count: a.count + b.count, segment: a.segment, timeFirst: a.timeFirst, timeLast: b.timeLast,
-    thinned: a.thinned + b.thinned, writes: a.writes + b.writes, bytesWritten: a.bytesWritten + b.bytesWritten, flushes: a.flushes + b.flushes,
-  };
-}
-
 export class History {
   private readonly table = new RecordTable();
   /** Stretches of records collapsed out of the table (collapseSegment): not in `table`. */
@@ -566,12 +558,8 @@ export class History {
     return slot === -1 ? 0 : this.table.payloadBytes[slot];
   }
 
-  /**
-   * One journal segment's records (seqs run through segments in order): its seq range, the
-   * time of its first record, and the entries of those in the table — all of them unless
-   * some were collapsed (`complete` false: the journal has the rest). Null if none.
-   */
-  segmentRecords(segmentIndex: number): { seqFirst: number; seqLast: number; timeFirstUs: number; complete: boolean; entries: HistoryEntry[] } | null {
+  /** One journal segment's seq range, and whether all its records are rows; null if none. O(log n). */
+  segmentBounds(segmentIndex: number): { seqFirst: number; seqLast: number; complete: boolean } | null {
     const t = this.table;
     const s = this.spans;
     const first = countBelow(t.segment, t.count, segmentIndex);
@@ -579,19 +567,28 @@ export class History {
     const spanFirst = countBelow(s.segment, s.length, segmentIndex);
     const spanEnd = countBelow(s.segment, s.length, segmentIndex + 1);
     if (first >= end && spanFirst >= spanEnd) return null;
+    return {
+      seqFirst: Math.min(first < end ? this.seqOfSlot(first) : Infinity, spanFirst < spanEnd ? s.first[spanFirst] : Infinity),
+      seqLast: Math.max(first < end ? this.seqOfSlot(end - 1) : 0, spanFirst < spanEnd ? s.end(spanEnd - 1) : 0),
+      complete: spanFirst >= spanEnd,
+    };
+  }
+
+  /**
+   * One journal segment's records (seqs run through segments in order): its seq range, the
+   * time of its first record, and the entries of those in the table — all of them unless
+   * some were collapsed (`complete` false: the journal has the rest). Null if none.
+   */
+  segmentRecords(segmentIndex: number): { seqFirst: number; seqLast: number; timeFirstUs: number; complete: boolean; entries: HistoryEntry[] } | null {
+    const bounds = this.segmentBounds(segmentIndex);
+    if (!bounds) return null;
+    const t = this.table;
     const entries: HistoryEntry[] = [];
-    this.forRows(first, end - 1, (_slot, seq) => {
+    this.forRows(countBelow(t.segment, t.count, segmentIndex), countBelow(t.segment, t.count, segmentIndex + 1) - 1, (_slot, seq) => {
       entries.push(this.entry(seq));
     });
-    let seqFirst = entries.length > 0 ? entries[0].seq : Infinity;
-    let seqLast = entries.length > 0 ? entries[entries.length - 1].seq : 0;
-    let timeFirstUs = entries.length > 0 ? entries[0].timeUs : Infinity;
-    if (spanFirst < spanEnd) {
-      if (s.first[spanFirst] < seqFirst) timeFirstUs = s.timeFirst[spanFirst];
-      seqFirst = Math.min(seqFirst, s.first[spanFirst]);
-      seqLast = Math.max(seqLast, s.end(spanEnd - 1));
-    }
-    return { seqFirst, seqLast, timeFirstUs, complete: spanFirst >= spanEnd, entries };
+    // (A span's first record has its own time.)
+    return { ...bounds, timeFirstUs: this.timeOf(bounds.seqFirst), entries };
   }
 
   /**

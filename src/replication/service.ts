@@ -4,6 +4,7 @@
  * DATA/replication.json (written atomically), so links come back after a restart.
  */
 import path from 'node:path';
+import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import { HindsightError, parseSize } from '../core/index.js';
 import { nodeFileLayer } from '../journal/index.js';
@@ -54,7 +55,8 @@ export class ReplicationService {
   private incoming: IncomingConfig[] = [];
   private readonly receiver: ReplicationReceiver;
   private readonly credentials: ReplicationCredentials;
-  private mutation: Promise<unknown> = Promise.resolve();
+  /** Changes one at a time, in order (a failed one does not stop the next). */
+  private readonly serialise = pLimit(1);
   private saving: Promise<void> = Promise.resolve();
   bound: { host: string; port: number } | null = null;
 
@@ -265,11 +267,6 @@ export class ReplicationService {
     return next;
   }
 
-  private serialise<T>(work: () => Promise<T>): Promise<T> {
-    const result = this.mutation.catch(() => undefined).then(work);
-    this.mutation = result;
-    return result;
-  }
 }
 
 function rpoOf(seconds: number): number {

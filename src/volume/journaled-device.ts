@@ -9,6 +9,7 @@
  * close, so start-up replays only the journal's tail.
  */
 import path from 'node:path';
+import pLimit from 'p-limit';
 import { HindsightError, assert, isHindsightError } from '../core/index.js';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from '../core/index.js';
 import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, changesContent, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
@@ -122,9 +123,13 @@ export class JournaledDevice implements BlockDevice {
   /** Sealed segments whose table of contents lists every record. */
   private readonly tocComplete = new Set<number>();
   /** The records of the folded segment read back last (segmentEntries). */
+  /** Seqs expired since the last collapsePending (none: Infinity..0). */
+  private collapseFrom = Infinity;
+  private collapseTo = 0;
   private foldedRecords: { segment: number; seqFirst: number; seqLast: number; entries: HistoryEntry[]; usedMs: number } | null = null;
   /** Scrub, fsck and compaction read or rewrite whole segments: one at a time. */
-  private maintenance: Promise<unknown> = Promise.resolve();
+  /** Maintenance (compaction, fold, scrub, fsck, collapse) one at a time, in order. */
+  private readonly exclusive = pLimit(1);
   /** Which points retention removed, and what it reclaimed (retention.json). */
   retention!: RetentionState;
   /** Another site's replica (until promoted): its history folds only as its source allows (foldHistory). */
@@ -809,8 +814,9 @@ export class JournaledDevice implements BlockDevice {
    * contents or headers on disk (the last one is kept).
    */
   segmentEntries(segmentIndex: number, keep = true): { seqFirst: number; entries: HistoryEntry[] } | null {
-    const inTable = this.history.segmentRecords(segmentIndex);
-    if (inTable?.complete) return inTable;
+    // (Bounds first: building every entry of a large segment for one record is costly.)
+    const inTable = this.history.segmentBounds(segmentIndex);
+    if (inTable?.complete) return this.history.segmentRecords(segmentIndex);
     // (Only sealed segments have collapsed records: their records stay as read.)
     assert(!inTable || segmentIndex < this.journal.endPosition.segmentIndex, 'the segment appended to has all its records in the history');
     const folded = inTable ?? this.history.foldedSegment(segmentIndex);
@@ -917,27 +923,51 @@ export class JournaledDevice implements BlockDevice {
   async expirePoints(runs: Array<[number, number]>): Promise<void> {
     if (runs.length === 0) return;
     assert(runs[runs.length - 1][1] <= this.journal.durableSeq, 'only durable seqs expire');
-    this.history.expire(runs);
+    this.expireInHistory(runs);
     await this.retention.save();
-    await this.collapseExpired(runs);
   }
 
   /**
-   * Collapses what points expiring in `runs` leave without use in memory (flushes, unchanged
-   * writes, thinned ones: History.collapseSegments), in the sealed segments they lie in —
-   * compaction does so for the segments it rewrites, but one may never be rewritten again.
-   * Kept out of a fold (which counts the table's rows while it yields).
+   * Expires `runs` in the history, noting the seqs newly expired for collapsePending (runs
+   * may cover points expired long ago: those were collapsed then).
    */
-  collapseExpired(runs: ReadonlyArray<readonly [number, number]>): Promise<void> {
+  expireInHistory(runs: ReadonlyArray<readonly [number, number]>): void {
+    const history = this.history;
+    for (const [a, b] of runs) {
+      let at = a;
+      for (let run = history.expiredRunOf(at); run !== null && at <= b; run = history.expiredRunOf(at)) at = run[1] + 1;
+      if (at > b) continue;
+      this.collapseFrom = Math.min(this.collapseFrom, at);
+      this.collapseTo = Math.max(this.collapseTo, b);
+    }
+    history.expire(runs);
+  }
+
+  /**
+   * Collapses what the points expired since the last call leave without use in memory
+   * (flushes, unchanged writes, thinned ones: History.collapseSegments), in the sealed
+   * segments they lie in — compaction does so for the segments it rewrites, but one may
+   * never be rewritten again. Kept out of a fold (which counts the table's rows while it
+   * yields), and called before retention's analysis (which holds postings' indexes while it
+   * yields), never during one: reclaimSpace calls it first.
+   */
+  collapsePending(): Promise<void> {
     return this.exclusive(async () => {
       const history = this.history;
-      const first = Math.max(runs[0][0], history.seqFirst);
-      const last = Math.min(runs[runs.length - 1][1], history.seqLast);
+      const first = Math.max(this.collapseFrom, history.seqFirst);
+      const last = Math.min(this.collapseTo, history.seqLast);
       if (this.closed || this.corruption || first > last) return;
-      const sealedBefore = this.journal.endPosition.segmentIndex;
+      const active = this.journal.endPosition.segmentIndex;
       const from = history.segmentOf(first);
-      const to = Math.min(history.segmentOf(last), sealedBefore - 1);
+      const to = Math.min(history.segmentOf(last), active - 1);
       if (from <= to) history.collapseSegments(from, to);
+      // What lies in the segment appended to waits until it is sealed.
+      if (history.segmentOf(last) >= active) {
+        this.collapseFrom = Math.max(first, history.segmentRecords(active)?.seqFirst ?? first);
+      } else {
+        this.collapseFrom = Infinity;
+        this.collapseTo = 0;
+      }
     });
   }
 
@@ -1019,11 +1049,6 @@ export class JournaledDevice implements BlockDevice {
     });
   }
 
-  private exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const next = this.maintenance.catch(() => undefined).then(work);
-    this.maintenance = next;
-    return next;
-  }
 
   async close(): Promise<void> {
     this.closed = true;

@@ -153,6 +153,9 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
   // is sealed so it can be compressed and thinned too.
   const active = device.activeSegment();
   if (options.nowUs !== undefined && active.timeFirstUs !== null && active.bytes >= SEAL_BYTES_MIN && options.nowUs - active.timeFirstUs >= SEAL_AFTER_US) await device.seal();
+  // What points expired since the last run leave without use goes from memory first: never
+  // while the analysis below holds postings' places.
+  await device.collapsePending();
   const report = { segmentsCompacted: 0, recordsThinned: 0, recordsCompressed: 0, bytesReclaimed: 0 };
   /** The last compaction that would have freed space but found no room for its copy. */
   let noRoom: HindsightError | null = null;

@@ -8,6 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import pLimit from 'p-limit';
 import { DEFAULT_RETENTION, HindsightError, LIMITS, assert, formatSize, formatTimeUs, fromSystemError, keepAllUs, parsePoint, parseRetention, retentionHorizonUs } from '../core/index.js';
 import type { BlockDevice } from '../core/index.js';
 import type { TimelineBucket } from '../index/index.js';
@@ -181,7 +182,8 @@ export class VolumeManager {
   private readonly volumesDir: string;
   private readonly mountsDir: string;
   /** Serialises create/delete so two requests for one name cannot race. */
-  private mutation: Promise<unknown> = Promise.resolve();
+  /** Changes one at a time, in order (a failed one does not stop the next). */
+  private readonly serialise = pLimit(1);
 
   /** Told when a volume (or a mount of it) that was online is refused (damaged journal data found). */
   onVolumeFailed: (name: string, error: HindsightError) => void = () => undefined;
@@ -462,10 +464,7 @@ export class VolumeManager {
       const run = device.history.expiredRunOf(a);
       return !(run && run[1] >= b);
     });
-    if (fresh.length > 0) {
-      device.history.expire(fresh);
-      void device.collapseExpired(fresh).catch(() => undefined);
-    }
+    if (fresh.length > 0) device.expireInHistory(fresh);
   }
 
   /** How far a replica may fold its history, as its source says (JournaledDevice.setReplicaFoldLimit). */
@@ -947,7 +946,7 @@ export class VolumeManager {
   /** Closes every mount and volume; one failing to close does not keep the others open. */
   async close(): Promise<void> {
     await this.retention.stop();
-    await this.mutation.catch(() => undefined);
+    await this.serialise(async () => undefined); // the changes queued before finish
     const failures: unknown[] = [];
     for (const mount of this.mounts.values()) {
       if (mount.device instanceof JournaledDevice) await mount.device.close().catch((err: unknown) => failures.push(err));
@@ -980,11 +979,6 @@ export class VolumeManager {
     this.onVolumeFailed(name, error);
   }
 
-  private serialise<T>(work: () => Promise<T>): Promise<T> {
-    const result = this.mutation.catch(() => undefined).then(work);
-    this.mutation = result;
-    return result;
-  }
 
   private async load(name: string): Promise<Volume> {
     let record: VolumeRecord;
