@@ -134,14 +134,15 @@ function percentile(sorted: number[], p: number): number {
 test(`32 connections over 8 volumes for ${SECONDS} s, a slow client and quitters: every byte as the oracle says`, { timeout: (SECONDS + 180) * 1000 }, async (t) => {
   const dataDir = makeTempDir('hindsight-load-');
   // A soak (longer than SOAK_AFTER_SECONDS) writes more than a disk holds: the volumes keep
-  // 2 minutes of history, applied every 30 s, so the journals stay bounded as in production.
+  // 2 minutes of history (HINDSIGHT_SOAK_KEEP: another policy, e.g. tiers that thin and
+  // collapse), applied every 30 s, so the journals stay bounded as in production.
   const soak = SECONDS > SOAK_AFTER_SECONDS;
   const configFile = path.join(dataDir, 'soak.yaml');
   if (soak) fs.writeFileSync(configFile, 'retentionIntervalSeconds: 30\n');
   const daemon = await startDaemon({ dataDir, volumes: [...Array.from({ length: VOLUMES }, (_, i) => `load${i}:${SIZE}`), 'quit:16M'], extraArgs: soak ? ['--config', configFile] : [] });
   if (soak) {
     for (let v = 0; v < VOLUMES; v += 1) {
-      const response = await fetch(`${daemon.apiUrl}/api/v1/volumes/load${v}`, { method: 'PATCH', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ keep: 'all:2m', maxSize: '3G' }) });
+      const response = await fetch(`${daemon.apiUrl}/api/v1/volumes/load${v}`, { method: 'PATCH', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ keep: process.env.HINDSIGHT_SOAK_KEEP ?? 'all:2m', maxSize: '3G' }) });
       assert.equal(response.status, 200, await response.text());
     }
   }
