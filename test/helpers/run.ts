@@ -16,7 +16,9 @@ export function run(command: string, args: string[], options: { allowFailure?: b
     }, (error, stdout, stderr) => {
       const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
       if (error && !options.allowFailure) {
-        reject(new Error(`${command} ${args.join(' ')} failed (${code}): ${stderr || error.message}`));
+        // (Some clients, qemu-io among them, say what failed on stdout.)
+        const said = [stderr, stdout.split('\n').filter((line) => /fail|error|denied|refused/i.test(line)).join('\n')].filter(Boolean).join('\n');
+        reject(new Error(`${command} ${args.slice(0, 8).join(' ')}${args.length > 8 ? ' …' : ''} failed (${code}): ${said || error.message}`));
         return;
       }
       resolve({ stdout, stderr, code });
