@@ -123,15 +123,7 @@ class RecordTable {
 
   /** Every column with room for `capacity` records, keeping records `from`..count-1 first. */
   private resize(capacity: number, from: number): void {
-    const resized = <T extends Uint8Array | Uint32Array | Float64Array>(array: T): T => {
-      if (capacity === array.length) {
-        array.copyWithin(0, from, this.count);
-        return array;
-      }
-      const next = new (array.constructor as new (length: number) => T)(capacity);
-      next.set(array.subarray(from, this.count));
-      return next;
-    };
+    const resized = <T extends Column>(array: T): T => resizedColumn(array, capacity, from, this.count);
     this.type = resized(this.type);
     this.flags = resized(this.flags);
     this.offset = resized(this.offset);
@@ -145,7 +137,7 @@ class RecordTable {
   }
 }
 
-/** A stretch of records collapsed out of the table (History.collapse), as it stands for them. */
+/** A stretch of records collapsed out of the table (History.collapseSegments), as it stands for them. */
 interface Span {
   first: number;
   count: number;
@@ -160,10 +152,49 @@ interface Span {
   flushes: number;
 }
 
+type Column = Uint8Array | Uint32Array | Float64Array;
+
+/** `array`'s elements `from..end-1` first, in an array of `capacity` (the same one, moved down, if it has that length). */
+function resizedColumn<T extends Column>(array: T, capacity: number, from: number, end: number): T {
+  if (capacity === array.length) {
+    array.copyWithin(0, from, end);
+    return array;
+  }
+  const next = new (array.constructor as new (length: number) => T)(capacity);
+  next.set(array.subarray(from, end));
+  return next;
+}
+
+function emptySpan(segment: number): Span {
+  return { first: Infinity, count: 0, segment, timeFirst: Infinity, timeLast: -Infinity, thinned: 0, writes: 0, bytesWritten: 0, flushes: 0 };
+}
+
+/** Counts `other` (a span, or one record: recordAsSpan) into `span`, in any order. */
+function addToSpan(span: Span, other: Span): void {
+  span.first = Math.min(span.first, other.first);
+  span.count += other.count;
+  span.timeFirst = Math.min(span.timeFirst, other.timeFirst);
+  span.timeLast = Math.max(span.timeLast, other.timeLast);
+  span.thinned += other.thinned;
+  span.writes += other.writes;
+  span.bytesWritten += other.bytesWritten;
+  span.flushes += other.flushes;
+}
+
+/** One record as a span of its own. */
+function recordAsSpan(seq: number, segment: number, type: number, timeUs: number, lengthBytes: number): Span {
+  const write = type === RecordType.THINNED || type === RecordType.UNCHANGED;
+  return {
+    first: seq, count: 1, segment, timeFirst: timeUs, timeLast: timeUs, thinned: type === RecordType.THINNED ? 1 : 0,
+    writes: write ? 1 : 0, bytesWritten: write ? lengthBytes : 0, flushes: type === RecordType.FLUSH ? 1 : 0,
+  };
+}
+
 /**
  * The collapsed stretches, ascending by seq, never across a segment boundary, each at least
- * two records (a span costs 60 bytes; a record's row 42, plus 8 for each posting). `slot[k]`: the table slot of the first record after span k (those before it,
- * less the collapsed ones).
+ * two records (a span costs 60 bytes; a record's row 42, plus 8 for each posting).
+ * `slot[k]`: the table slot of the first record after span k (the records before it, less
+ * the collapsed ones).
  */
 class Spans {
   length = 0;
@@ -219,15 +250,10 @@ class Spans {
   extendLast(seq: number, timeUs: number, type: number, lengthBytes: number): void {
     const k = this.length - 1;
     assert(this.end(k) === seq - 1, 'a span grows by the next seq');
-    this.count[k] += 1;
-    this.timeLast[k] = timeUs;
+    const span = this.get(k);
+    addToSpan(span, recordAsSpan(seq, span.segment, type, timeUs, lengthBytes));
+    this.write(k, span, this.slot[k]);
     this.total += 1;
-    if (type === RecordType.THINNED) this.thinned[k] += 1;
-    if (type === RecordType.THINNED || type === RecordType.UNCHANGED) {
-      this.writes[k] += 1;
-      this.bytesWritten[k] += lengthBytes;
-    }
-    if (type === RecordType.FLUSH) this.flushes[k] += 1;
   }
 
   /**
@@ -257,11 +283,7 @@ class Spans {
 
   /** Every column with room for `capacity` spans (at least those there are). */
   private reserve(capacity: number): void {
-    const resized = <T extends Float64Array | Uint32Array>(column: T): T => {
-      const next = new (column.constructor as new (length: number) => T)(capacity);
-      next.set(column.subarray(0, this.length));
-      return next;
-    };
+    const resized = <T extends Column>(column: T): T => resizedColumn(column, capacity, 0, this.length);
     this.first = resized(this.first);
     this.count = resized(this.count);
     this.segment = resized(this.segment);
@@ -340,7 +362,7 @@ class RegionHistory {
   }
 
   /**
-   * Removes the postings of `seqs` (ascending; records collapsed: History.collapse) — each
+   * Removes the postings of `seqs` (ascending; records collapsed: History.collapseSegments) — each
    * replayed nothing (THINNED), so every snapshot keeps its state, now after fewer postings.
    * Snapshots closer together than a replay needs then go, except the first and those right
    * after a revert (`isRevert`). Returns the snapshot bytes freed.
@@ -408,7 +430,7 @@ export const COLLAPSED = 0;
 
 export class History {
   private readonly table = new RecordTable();
-  /** Stretches of records collapsed out of the table (collapseSegment): not in `table`. */
+  /** Stretches of records collapsed out of the table (collapseSegments): not in `table`. */
   private readonly spans = new Spans();
   private readonly regions: Array<RegionHistory | undefined>;
   /** Regions with at least one posting, in the order first touched. */
@@ -462,7 +484,7 @@ export class History {
     return this.table.count;
   }
 
-  /** Records collapsed out of the table (collapseSegment). */
+  /** Records collapsed out of the table (collapseSegments). */
   get collapsedCount(): number {
     return this.spans.total;
   }
@@ -914,10 +936,10 @@ export class History {
       }
       for (let j = c; j < spanEnd; j += 1) thinnedFolded += s.thinned[j];
       assert(!updated.has(segment), 'a segment is folded once');
+      // (Rows arriving meanwhile are past seqNew: not in these segments.)
+      const { seqFirst, seqLast } = this.segmentBounds(segment)!;
       updated.set(segment, {
-        seqFirst: Math.min(i < end ? this.seqOfSlot(i) : Infinity, c < spanEnd ? s.first[c] : Infinity),
-        seqLast: Math.max(i < end ? this.seqOfSlot(end - 1) : 0, c < spanEnd ? s.end(spanEnd - 1) : 0),
-        droppableBytes, positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
+        seqFirst, seqLast, droppableBytes, positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
       });
       added.push(segment);
       i = end;
@@ -1208,29 +1230,11 @@ export class History {
     let joined: Span[] = [];
     const close = () => {
       if (joined.length > 1 || (joined.length > 0 && rows.length > 0) || rows.length >= 2) {
-        const span: Span = { first: Infinity, count: 0, segment, timeFirst: Infinity, timeLast: -Infinity, thinned: 0, writes: 0, bytesWritten: 0, flushes: 0 };
-        for (const other of joined) {
-          span.first = Math.min(span.first, other.first);
-          span.count += other.count;
-          span.timeFirst = Math.min(span.timeFirst, other.timeFirst);
-          span.timeLast = Math.max(span.timeLast, other.timeLast);
-          span.thinned += other.thinned;
-          span.writes += other.writes;
-          span.bytesWritten += other.bytesWritten;
-          span.flushes += other.flushes;
-        }
+        const span = emptySpan(segment);
+        for (const other of joined) addToSpan(span, other);
         for (const { slot, seq } of rows) {
           const type = t.type[slot];
-          span.first = Math.min(span.first, seq);
-          span.count += 1;
-          span.timeFirst = Math.min(span.timeFirst, t.time[slot]);
-          span.timeLast = Math.max(span.timeLast, t.time[slot]);
-          if (type === RecordType.THINNED) span.thinned += 1;
-          if (type === RecordType.THINNED || type === RecordType.UNCHANGED) {
-            span.writes += 1;
-            span.bytesWritten += t.length[slot];
-          }
-          if (type === RecordType.FLUSH) span.flushes += 1;
+          addToSpan(span, recordAsSpan(seq, segment, type, t.time[slot], t.length[slot]));
           removed.push(slot);
           // A THINNED row posted as the WRITE it was (somewhere in its range).
           if (type === RecordType.THINNED && t.length[slot] > 0) {
@@ -1294,7 +1298,7 @@ export class History {
     // The row before it a THINNED record of the same segment: both make a span.
     const last = t.count - 1;
     if (last < 0 || t.type[last] !== RecordType.THINNED || t.segment[last] !== entry.segment || (k >= 0 && s.end(k) >= entry.seq - 1)) return false;
-    s.push({ first: entry.seq - 1, count: 1, segment: entry.segment, timeFirst: t.time[last], timeLast: t.time[last], thinned: 1, writes: 1, bytesWritten: t.length[last], flushes: 0 }, last);
+    s.push(recordAsSpan(entry.seq - 1, entry.segment, RecordType.THINNED, t.time[last], t.length[last]), last);
     t.count -= 1;
     s.extendLast(entry.seq, entry.timeUs, entry.type, entry.lengthBytes);
     this.thinnedRecords += 1;

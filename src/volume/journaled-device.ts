@@ -122,11 +122,11 @@ export class JournaledDevice implements BlockDevice {
   private checkpointSeq = 0;
   /** Sealed segments whose table of contents lists every record. */
   private readonly tocComplete = new Set<number>();
-  /** The records of the folded segment read back last (segmentEntries). */
   /** Seqs expired since the last collapsePending (none: Infinity..0). */
   private collapseFrom = Infinity;
   private collapseTo = 0;
-  private foldedRecords: { segment: number; seqFirst: number; seqLast: number; entries: HistoryEntry[]; usedMs: number } | null = null;
+  /** The records of the folded or collapsed segment read back last (segmentEntries). */
+  private recordsReadBack: { segment: number; seqFirst: number; seqLast: number; entries: HistoryEntry[]; usedMs: number } | null = null;
   /** Scrub, fsck and compaction read or rewrite whole segments: one at a time. */
   /** Maintenance (compaction, fold, scrub, fsck, collapse) one at a time, in order. */
   private readonly exclusive = pLimit(1);
@@ -821,8 +821,8 @@ export class JournaledDevice implements BlockDevice {
     assert(!inTable || segmentIndex < this.journal.endPosition.segmentIndex, 'the segment appended to has all its records in the history');
     const folded = inTable ?? this.history.foldedSegment(segmentIndex);
     if (!folded) return null;
-    const cached = this.foldedRecords?.segment === segmentIndex && this.foldedRecords.seqLast === folded.seqLast;
-    if (cached) this.foldedRecords!.usedMs = Date.now();
+    const cached = this.recordsReadBack?.segment === segmentIndex && this.recordsReadBack.seqLast === folded.seqLast;
+    if (cached) this.recordsReadBack!.usedMs = Date.now();
     if (!cached) {
       const directory = path.join(this.options.directory, 'journal');
       let records;
@@ -837,9 +837,9 @@ export class JournaledDevice implements BlockDevice {
       // Kept for readers going through it record by record (replication); one-off readers
       // (compaction, tables of contents) leave nothing behind.
       if (!keep) return loaded;
-      this.foldedRecords = loaded;
+      this.recordsReadBack = loaded;
     }
-    return { seqFirst: this.foldedRecords!.seqFirst, entries: this.foldedRecords!.entries };
+    return { seqFirst: this.recordsReadBack!.seqFirst, entries: this.recordsReadBack!.entries };
   }
 
   /** One record as the history knows it, also one folded or collapsed away (read back from disk). */
@@ -859,7 +859,7 @@ export class JournaledDevice implements BlockDevice {
   foldHistory(floor = Infinity): Promise<number> {
     return this.exclusive(async () => {
       // Records of a folded segment read back for replication and unused since: let go.
-      if (this.foldedRecords && Date.now() - this.foldedRecords.usedMs > 30_000) this.foldedRecords = null;
+      if (this.recordsReadBack && Date.now() - this.recordsReadBack.usedMs > 30_000) this.recordsReadBack = null;
       if (this.closed || this.corruption) return 0;
       // A replica folds only as far as its source says no rollback, made or to come, goes
       // back (replicaFoldLimit): one it has not received yet may go back before any seq its
@@ -1029,7 +1029,7 @@ export class JournaledDevice implements BlockDevice {
         // Same turn: nothing reads between the rename and the moved positions.
         this.journal.installCompacted(segmentIndex, compacted.temporaryPath, compacted.bytesBefore - compacted.bytesAfter);
         this.history.relocateSegment(segmentIndex, records.seqFirst, compacted.moved, thinned, this.index);
-        if (this.foldedRecords?.segment === segmentIndex) this.foldedRecords = null;
+        if (this.recordsReadBack?.segment === segmentIndex) this.recordsReadBack = null;
         this.retention.noteCompacted(segmentIndex, thinned.size, compacted.recordsCompressed, compacted.bytesBefore - compacted.bytesAfter, this.reduce);
         const result = { bytesBefore: compacted.bytesBefore, bytesAfter: compacted.bytesAfter, recordsCompressed: compacted.recordsCompressed, recordsThinned: thinned.size };
         try {
