@@ -922,8 +922,10 @@ export class History {
       const seqs: number[] = [];
       const spans: number[] = [];
       let droppableBytes = 0;
+      let fixed = 0;
       for (let j = i; j < end; j += 1) {
         if (t.type[j] === RecordType.THINNED) thinnedFolded += 1;
+        if (t.type[j] === RecordType.ZERO || t.type[j] === RecordType.TRIM || t.type[j] === RecordType.REVERT || t.type[j] === RecordType.BOOKMARK) fixed += 1;
         if (t.type[j] !== RecordType.WRITE) continue;
         const span = thinnableBytes(t.payloadBytes[j], t.flags[j]);
         if (showing?.has(t.payloadPosition[j])) {
@@ -939,7 +941,7 @@ export class History {
       // (Rows arriving meanwhile are past seqNew: not in these segments.)
       const { seqFirst, seqLast } = this.segmentBounds(segment)!;
       updated.set(segment, {
-        seqFirst, seqLast, droppableBytes, positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
+        seqFirst, seqLast, droppableBytes, fixed, positions: Uint32Array.from(positions), seqs: Float64Array.from(seqs), spans: Uint32Array.from(spans),
       });
       added.push(segment);
       i = end;
@@ -1567,6 +1569,16 @@ export interface FoldedSegment {
   spans: Uint32Array;
   /** The same for the other WRITE records, together: compaction may drop them. */
   droppableBytes: number;
+  /**
+   * Records that changed content other than WRITE records (ZERO, TRIM, REVERT): with those a
+   * base shows, what no run may take (pack.ts); the others may share run entries.
+   */
+  fixed: number;
+}
+
+/** Records of a folded segment that runs may take (pack.ts): all but those that changed content and still count. */
+export function runnableRecords(folded: FoldedSegment): number {
+  return folded.seqLast - folded.seqFirst + 1 - folded.positions.length - folded.fixed;
 }
 
 /** A folded segment's list without the records no base shows any more (their bytes droppable now). */
@@ -1579,7 +1591,7 @@ function keepShown(folded: FoldedSegment, shown: ReadonlySet<number> | undefined
   }
   if (keep.length === folded.positions.length) return folded;
   return {
-    seqFirst: folded.seqFirst, seqLast: folded.seqLast, droppableBytes,
+    seqFirst: folded.seqFirst, seqLast: folded.seqLast, droppableBytes, fixed: folded.fixed,
     positions: Uint32Array.from(keep, (j) => folded.positions[j]), seqs: Float64Array.from(keep, (j) => folded.seqs[j]), spans: Uint32Array.from(keep, (j) => folded.spans[j]),
   };
 }

@@ -18,7 +18,7 @@ import { RECORD_HEADER_BYTES, RecordFlag, RecordType, decodeRecordHeader, payloa
 import type { RecordHeader } from './record.js';
 import { chunkTableBytes, encodeChunkTable } from './chunk-crc.js';
 import { PackBuilder, packable, standaloneRecord, unpackedRecord } from './pack.js';
-import type { PackInput } from './pack.js';
+import type { PackInput, RunPolicy } from './pack.js';
 import { checkRecordBytes, segmentPath, segmentRecordsOnDisk } from './scanner.js';
 import { compressPieces } from './compress-pool.js';
 import { SEGMENT_HEADER_BYTES } from './segment.js';
@@ -55,6 +55,8 @@ export interface CompactionOptions {
   compress?: boolean;
   /** Work on the event loop between rests (compression is CPU): default 4 ms. */
   sliceMs?: number;
+  /** Which records may share run entries (pack.ts); by default only runs made before stay runs. */
+  runs?: RunPolicy;
 }
 
 const SLICE_BYTES = 8 * 1024 * 1024;
@@ -101,7 +103,7 @@ export async function compactSegment(options: CompactionOptions, segmentIndex: n
     let sliceStarted = performance.now();
     const moved: CompactionResult['moved'] = [];
     let recordsCompressed = 0;
-    const pack = new PackBuilder();
+    const pack = new PackBuilder(options.runs);
     const emit = (buffers: Buffer[], span: number) => {
       pending.push(...buffers);
       pendingBytes += span;

@@ -8,6 +8,7 @@ export { scanJournal, scanJournalAsync, scanHeaders, scrubJournal, listSegments,
 export type { JournalPosition, ScannedRecord, BadRecord } from './scanner.js';
 export { SEGMENT_HEADER_BYTES } from './segment.js';
 export { unpackedRecord } from './pack.js';
+export type { RunPolicy } from './pack.js';
 export { chunkTableBytes } from './chunk-crc.js';
 export { encodeToc, readToc, tocPath } from './toc.js';
 export type { Toc, TocEntry } from './toc.js';

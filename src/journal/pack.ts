@@ -15,7 +15,7 @@
  */
 import { assert } from '../core/index.js';
 import {
-  PACK_BYTES_MAX, PACK_ENTRY_BYTES, PACK_RECORDS_MAX, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordType, bodyBytes, encodeRecordHeader, payloadOffset, recordSpan, unfit, isCompressedWrite } from './record.js';
+  PACK_BYTES_MAX, PACK_ENTRY_BYTES, PACK_RECORDS_MAX, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RecordFlag, RecordType, bodyBytes, encodeRecordHeader, payloadOffset, recordCount, recordSpan, unfit, isCompressedWrite } from './record.js';
 import type { RecordHeader, RecordTypeValue } from './record.js';
 import { chunkTableBytes } from './chunk-crc.js';
 
@@ -46,10 +46,29 @@ export function packable(header: RecordHeader): boolean {
   return header.type !== RecordType.PACK && bodyBytes(header.payloadBytes) <= PACKED_BODY_BYTES_MAX && header.offsetBytes < 2 ** 50;
 }
 
+/**
+ * Which records may share a run entry (docs/FORMAT.md, "Runs"): records of a run already
+ * (flag RUN) keep their run's times; others that changed no content join one only below
+ * `below` (folded history every replica holds past: their own times and ranges are lost),
+ * never the one at `exact` (a failover's seq: failback finds the common seq by it).
+ */
+export interface RunPolicy {
+  below: number;
+  exact?: number;
+}
+
+/** Types of records that changed no content: a run may take them. */
+const RUNNABLE = new Set<number>([RecordType.THINNED, RecordType.FLUSH, RecordType.UNCHANGED]);
+
 /** Collects records for one pack: `add` says false when one more would not fit. */
 export class PackBuilder {
   private readonly records: PackInput[] = [];
+  /** The pack's entries: each stands for `count` records from `first` (a run if it is one). */
+  private readonly slots: Array<{ first: number; count: number; run: boolean; allRun: boolean }> = [];
   private bodies = 0;
+
+  /** Without `runs`, only runs already made are kept as they are. */
+  constructor(private readonly runs: RunPolicy = { below: 0 }) {}
 
   get count(): number {
     return this.records.length;
@@ -62,21 +81,39 @@ export class PackBuilder {
 
   add(record: PackInput): boolean {
     assert(packable(record.header), 'only packable records are packed');
+    const { header } = record;
     const last = this.records[this.records.length - 1];
     if (last) {
-      if (this.records.length >= PACK_RECORDS_MAX) return false;
-      if ((this.records.length + 1) * PACK_ENTRY_BYTES + this.bodies + bodyBytes(record.header.payloadBytes) > PACK_BYTES_MAX) return false;
-      const stepUs = record.header.timeUs - last.header.timeUs;
-      if (record.header.seq !== last.header.seq + 1 || stepUs < 0 || stepUs > TIME_DELTA_MAX) return false;
+      const stepUs = header.timeUs - last.header.timeUs;
+      if (header.seq !== last.header.seq + 1 || stepUs < 0 || stepUs > TIME_DELTA_MAX) return false;
+    }
+    const slot = this.slots[this.slots.length - 1];
+    const inRun = (header.flags & RecordFlag.RUN) !== 0;
+    const runnable = inRun || (RUNNABLE.has(header.type) && header.seq < this.runs.below && header.seq !== this.runs.exact);
+    // A record joins the run before it if either may lose its time (both below the limit),
+    // or as the record it was in a run made before: the first of a run has the run's first
+    // time, every other the run's last time.
+    const joins = slot !== undefined && slot.run && runnable && header.timeUs - this.records[slot.first].header.timeUs <= TIME_DELTA_MAX &&
+      (header.seq < this.runs.below || (inRun && slot.allRun && (slot.count === 1 || header.timeUs === last.header.timeUs)));
+    if (!joins && last) {
+      if (this.slots.length >= PACK_RECORDS_MAX) return false;
+      if ((this.slots.length + 1) * PACK_ENTRY_BYTES + this.bodies + bodyBytes(header.payloadBytes) > PACK_BYTES_MAX) return false;
     }
     this.records.push(record);
-    this.bodies += bodyBytes(record.header.payloadBytes);
+    if (joins) {
+      slot.count += 1;
+      slot.allRun &&= inRun;
+    } else {
+      this.slots.push({ first: this.records.length - 1, count: 1, run: runnable, allRun: inRun });
+    }
+    this.bodies += bodyBytes(header.payloadBytes);
     return true;
   }
 
   /** Empties the builder: its records, to be written some other way. */
   drain(): PackInput[] {
     this.bodies = 0;
+    this.slots.length = 0;
     return this.records.splice(0);
   }
 
@@ -86,17 +123,31 @@ export class PackBuilder {
    */
   take(position: number, crcSeed: number): { buffers: Buffer[]; span: number; payloadPositions: number[] } {
     const bodies = this.bodies;
+    const slots = this.slots.map((slot) => ({ ...slot }));
     const records = this.drain();
     assert(records.length > 0, 'a pack holds records');
-    const entries = Buffer.alloc(records.length * PACK_ENTRY_BYTES);
+    const entries = Buffer.alloc(slots.length * PACK_ENTRY_BYTES);
     const buffers: Buffer[] = [Buffer.alloc(RECORD_HEADER_BYTES), entries];
     const payloadPositions: number[] = [];
     let at = position + RECORD_HEADER_BYTES + entries.length;
     let previousUs = records[0].header.timeUs;
     let seqDurable = 0;
-    records.forEach((record, i) => {
+    slots.forEach(({ first, count, run }, i) => {
+      const record = records[first];
       const { header } = record;
       const e = i * PACK_ENTRY_BYTES;
+      for (let k = first; k < first + count; k += 1) seqDurable = Math.max(seqDurable, records[k].header.seqDurable);
+      if (run && (count > 1 || (header.flags & RecordFlag.RUN) !== 0)) {
+        // A run: its first record's time, how much later its last one's is, and its count.
+        const lastUs = records[first + count - 1].header.timeUs;
+        entries.writeUInt32LE(((RecordFlag.RUN << OFFSET_HIGH_BITS) | (RecordType.THINNED << 26)) >>> 0, e + 4);
+        entries.writeUInt32LE(header.timeUs - previousUs, e + 8);
+        entries.writeUInt32LE(count, e + 12);
+        entries.writeUInt32LE(lastUs - header.timeUs, e + 24);
+        previousUs = lastUs;
+        for (let k = 0; k < count; k += 1) payloadPositions.push(at);
+        return;
+      }
       const flags = header.flags & ~RecordFlag.PACKED;
       entries.writeUInt32LE(header.offsetBytes % 0x100000000, e);
       entries.writeUInt32LE((Math.floor(header.offsetBytes / 0x100000000) | (flags << OFFSET_HIGH_BITS) | (header.type << 26)) >>> 0, e + 4);
@@ -106,7 +157,6 @@ export class PackBuilder {
       entries.writeUInt32LE(header.payloadSkip ?? 0, e + 20);
       entries.writeUInt32LE(record.logicalBytes ?? 0, e + 24);
       previousUs = header.timeUs;
-      seqDurable = Math.max(seqDurable, header.seqDurable);
       if (header.payloadBytes > 0) {
         assert(record.table !== null && record.payload !== null && record.payload.length === header.payloadBytes, 'a payload comes with its chunk table');
         buffers.push(record.table, record.payload);
@@ -121,8 +171,8 @@ export class PackBuilder {
     const bodyEnd = RECORD_HEADER_BYTES + entries.length + bodies;
     const span = Math.ceil(bodyEnd / RECORD_ALIGN_BYTES) * RECORD_ALIGN_BYTES;
     encodeRecordHeader(buffers[0], {
-      type: RecordType.PACK, flags: 0, seq: first.seq, timeUs: first.timeUs, offsetBytes: entries.length + bodies, lengthBytes: records.length,
-      payloadBytes: 0, seqDurable, payloadSkip: 0,
+      type: RecordType.PACK, flags: 0, seq: first.seq, timeUs: first.timeUs, offsetBytes: entries.length + bodies, lengthBytes: slots.length,
+      payloadBytes: records.length === slots.length ? 0 : records.length, seqDurable, payloadSkip: 0,
     }, entries, crcSeed);
     if (span > bodyEnd) buffers.push(Buffer.alloc(span - bodyEnd));
     return { buffers, span, payloadPositions };
@@ -164,6 +214,7 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
   let at = position + RECORD_HEADER_BYTES + entries.length;
   const end = position + RECORD_HEADER_BYTES + pack.offsetBytes;
   let timeUs = pack.timeUs;
+  let seq = pack.seq;
   for (let i = 0; i < pack.lengthBytes; i += 1) {
     const e = i * PACK_ENTRY_BYTES;
     const high = entries.readUInt32LE(e + 4);
@@ -172,24 +223,44 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
     const stepUs = entries.readUInt32LE(e + 8);
     if (i === 0 && stepUs !== 0) return { ok: false, reason: 'the first packed record is not at the pack\'s time' };
     timeUs += stepUs;
-    const header: RecordHeader = {
-      type: type as RecordTypeValue, flags: flags | RecordFlag.PACKED, seq: pack.seq + i, timeUs,
-      offsetBytes: (high & OFFSET_HIGH_MASK) * 0x100000000 + entries.readUInt32LE(e), lengthBytes: entries.readUInt32LE(e + 12),
-      payloadBytes: entries.readUInt32LE(e + 16), seqDurable: pack.seqDurable, payloadSkip: entries.readUInt32LE(e + 20),
-    };
+    const offsetBytes = (high & OFFSET_HIGH_MASK) * 0x100000000 + entries.readUInt32LE(e);
+    const lengthBytes = entries.readUInt32LE(e + 12);
+    const payloadBytes = entries.readUInt32LE(e + 16);
+    const payloadSkip = entries.readUInt32LE(e + 20);
     const logical = entries.readUInt32LE(e + 24);
+    if ((flags & RecordFlag.RUN) !== 0) {
+      // A run: `length` thinned records, the first at the entry's time, the others `logical` µs later.
+      if (type !== RecordType.THINNED || flags !== RecordFlag.RUN || offsetBytes !== 0 || payloadBytes !== 0 || payloadSkip !== 0 || lengthBytes < 1 || (lengthBytes === 1 && logical !== 0)) {
+        return { ok: false, reason: `packed run ${i} is unsound` };
+      }
+      for (let k = 0; k < lengthBytes; k += 1) {
+        const header: RecordHeader = {
+          type: RecordType.THINNED, flags: RecordFlag.RUN | RecordFlag.PACKED, seq, timeUs: k === 0 ? timeUs : timeUs + logical,
+          offsetBytes: 0, lengthBytes: 0, payloadBytes: 0, seqDurable: pack.seqDurable, payloadSkip: 0,
+        };
+        records.push({ header, payloadPosition: at });
+        seq += 1;
+      }
+      timeUs += logical;
+      continue;
+    }
+    const header: RecordHeader = {
+      type: type as RecordTypeValue, flags: flags | RecordFlag.PACKED, seq, timeUs, offsetBytes, lengthBytes, payloadBytes, seqDurable: pack.seqDurable, payloadSkip,
+    };
+    seq += 1;
     if (type < RecordType.WRITE || type >= RecordType.PACK || (flags & RecordFlag.PACKED) !== 0) return { ok: false, reason: `packed record ${i} has type ${type}, flags ${flags}` };
     const why = unfit(header);
     if (why !== null) return { ok: false, reason: `packed record ${i}: ${why}` };
     const compressed = isCompressedWrite(type, flags);
-    if (compressed !== (logical > 0) || (compressed && (header.payloadSkip ?? 0) + logical > header.lengthBytes)) {
+    if (compressed !== (logical > 0) || (compressed && payloadSkip + logical > lengthBytes)) {
       return { ok: false, reason: `packed record ${i} has unsound logical bytes` };
     }
-    at += chunkTableBytes(header.payloadBytes);
+    at += chunkTableBytes(payloadBytes);
     records.push({ header, payloadPosition: at, logicalBytes: compressed ? logical : undefined });
-    at += header.payloadBytes;
+    at += payloadBytes;
     if (at > end) return { ok: false, reason: 'packed bodies overrun the pack' };
   }
   if (at !== end) return { ok: false, reason: 'packed bodies do not fill the pack' };
+  if (records.length !== recordCount(pack)) return { ok: false, reason: `the pack holds ${records.length} records, its header says ${recordCount(pack)}` };
   return { ok: true, records };
 }

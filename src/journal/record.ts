@@ -38,9 +38,10 @@ export const RecordType = {
    */
   THINNED: 8,
   /**
-   * Compacted segments only (pack.ts): the records seq..seq+length-1 packed together, each
-   * with a short entry instead of a header of its own. `offset` holds the bytes after this
-   * header (entry table and bodies), `length` the count of records.
+   * Compacted segments only (pack.ts): records from seq on packed together, each with a short
+   * entry instead of a header of its own (or a run of them sharing one: flag RUN). `offset`
+   * holds the bytes after this header (entry table and bodies), `length` the count of
+   * entries, `payload bytes` the count of records (0: one per entry).
    */
   PACK: 9,
 } as const;
@@ -60,6 +61,12 @@ export const RecordFlag = {
    * follows the previous record's without padding.
    */
   PACKED: 1 << 7,
+  /**
+   * A THINNED record of a run (docs/FORMAT.md, "Runs"): one of consecutive records of folded
+   * history that changed no content, packed as one entry. Its own time and range are gone: it
+   * has the run's first time (the first) or last time (the others), offset and length 0.
+   */
+  RUN: 1 << 6,
 } as const;
 
 /** Records that stand for a client WRITE (whatever was stored for it). */
@@ -184,12 +191,17 @@ export function decodeRecordHeader(bytes: Buffer): HeaderCheck {
   };
   if (type === RecordType.PACK) {
     const count = header.lengthBytes;
-    const sound = header.flags === 0 && header.payloadBytes === 0 && header.payloadSkip === 0 && count >= 1 && count <= PACK_RECORDS_MAX &&
+    const sound = header.flags === 0 && (header.payloadBytes === 0 || header.payloadBytes >= count) && header.payloadSkip === 0 && count >= 1 && count <= PACK_RECORDS_MAX &&
       header.offsetBytes >= count * PACK_ENTRY_BYTES && header.offsetBytes <= PACK_BYTES_MAX;
     return sound ? { ok: true, header } : { ok: false, reason: 'pack record with unsound sizes' };
   }
   const why = unfit(header);
   return why === null ? { ok: true, header } : { ok: false, reason: why };
+}
+
+/** How many seqs the record whose header this is stands for (a PACK: all it holds). */
+export function recordCount(header: RecordHeader): number {
+  return header.type === RecordType.PACK ? header.payloadBytes || header.lengthBytes : 1;
 }
 
 /** Bytes of one entry in a PACK's table (pack.ts). */
@@ -202,6 +214,9 @@ export function unfit(header: RecordHeader): string | null {
     ? header.payloadBytes > 0 && skip + header.payloadBytes <= header.lengthBytes
     : header.payloadBytes === 0 && skip === 0;
   if (!fits) return 'payload length does not fit the record type';
+  if ((header.flags & RecordFlag.RUN) !== 0 && (header.type !== RecordType.THINNED || header.offsetBytes !== 0 || header.lengthBytes !== 0)) {
+    return 'a record of a run is thinned and has no range';
+  }
   if (header.type === RecordType.REVERT && (header.lengthBytes !== 0 || header.offsetBytes >= header.seq)) {
     return 'revert record does not go back to an earlier seq';
   }

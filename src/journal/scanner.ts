@@ -7,7 +7,7 @@ import path from 'node:path';
 import { HindsightError, assert } from '../core/index.js';
 import type { FileLayer, StorageFile } from './file-layer.js';
 import {
-  PACK_ENTRY_BYTES, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordCrc, spanOf, storedCrc, isCompressedWrite } from './record.js';
+  PACK_ENTRY_BYTES, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordFlag, RecordType, decodeRecordHeader, payloadOffset, recordCount, recordCrc, spanOf, storedCrc, isCompressedWrite } from './record.js';
 import { decodePack } from './pack.js';
 import type { PackedRecord } from './pack.js';
 import { PAYLOAD_CHUNK_BYTES, chunkTableBytes, firstBadChunk } from './chunk-crc.js';
@@ -183,11 +183,6 @@ function* scanSegment(file: StorageFile, segmentIndex: number, start: number, fi
 
 /** A checked record: a PACK's header comes with the records it holds. */
 type RecordCheck = { ok: true; header: RecordHeader; logicalBytes?: number; packed?: PackedRecord[] } | { ok: false; reason: string };
-
-/** How many seqs the record whose header this is stands for. */
-function recordCount(header: RecordHeader): number {
-  return header.type === RecordType.PACK ? header.lengthBytes : 1;
-}
 
 /** The records a checked record stands for: itself, or those of a pack (sharing its position). */
 function recordsOf(check: RecordCheck & { ok: true }, segmentIndex: number, position: number): ScannedRecord[] {

@@ -132,7 +132,7 @@ export function decodeToc(bytes: Buffer, volumeId: Buffer, segmentIndex: number)
     const payloadBytes = bytes.readUInt32LE(at + 28);
     const logical = bytes.readUInt32LE(at + 36);
     const compressed = isCompressedWrite(type, flags);
-    if (!KNOWN_TYPES.has(type) || type === RecordType.PACK || compressed !== (logical > 0)) return null;
+    if (!KNOWN_TYPES.has(type) || type === RecordType.PACK || (flags & RecordFlag.RUN) !== 0 || compressed !== (logical > 0)) return null;
     records.push({
       header: {
         type: type as RecordTypeValue, flags, seq: seqFirst + i, timeUs: Number(bytes.readBigUInt64LE(at + 16)),

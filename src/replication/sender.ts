@@ -107,6 +107,8 @@ export class ReplicationLink {
   private running: Promise<void> | null = null;
   private seqSent = 0;
   private seqAcknowledged = 0;
+  /** A session got as far as streaming since the daemon started: the acknowledged seq is the receiver's. */
+  private streamed = false;
   private seqReceived = 0;
   private inflight: Array<{ seq: number; bytes: number }> = [];
   private inflightBytes = 0;
@@ -232,6 +234,15 @@ export class ReplicationLink {
     });
   }
 
+  /**
+   * Below this seq the volume's folded history may share run entries (pack.ts): the receiver
+   * holds every record before it durably, so it never asks for the fingerprint of one (the
+   * handshake compares the record at the receiver's last seq). Nothing until a session says.
+   */
+  runsBelow(): number {
+    return this.streamed ? this.seqAcknowledged : 0;
+  }
+
   private async session(): Promise<void> {
     const socket = await this.connect();
     if (this.stopped || this.config.paused) {
@@ -273,6 +284,7 @@ export class ReplicationLink {
     // After a failback offer the receiver holds the common records durably (synced before).
     this.seqAcknowledged = Array.isArray(welcome.candidates) ? seqHeld : heldDurable as number;
     this.state = 'streaming';
+    this.streamed = true;
     this.connectedSince = new Date().toISOString();
     this.lastError = null;
     this.deps.log.info({ volume: this.config.volume, to: this.config.to, as: this.config.as, from: seqHeld + 1 }, 'replication link up');

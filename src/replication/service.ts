@@ -69,6 +69,7 @@ export class ReplicationService {
       clients: options.clients,
     });
     for (const config of registry.outgoing) this.links.set(config.volume, this.newLink(config));
+    options.volumes.historyRunsBelow = (volume) => this.links.get(volume)?.runsBelow() ?? Infinity;
     options.volumes.rollbackGuard = (volume, seq) => {
       const config = this.links.get(volume)?.config;
       if (!config?.imageSeq || seq >= config.imageSeq || (config.imageKept ?? []).includes(seq)) return;

@@ -15,6 +15,7 @@ import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOp
 import { ExtentIndex, History, PAYLOAD_COMPRESSED, PointIndex, changesContent, SEGMENT_DROPPED, SEGMENT_ZERO_ALLOCATED, decodeCheckpoint, encodeCheckpoint, isZero } from '../index/index.js';
 import type { ExtentVisit, HistoryEntry } from '../index/index.js';
 import { CheckpointMismatch, Journal, PACK_ENTRY_BYTES, RECORD_HEADER_BYTES, chunkTableBytes, unpackedRecord, RecordFlag, RecordType, SEGMENT_HEADER_BYTES, crcSeedFor, decodeRecordHeader, encodeToc, isClientWrite, listSegments, payloadOffset, recordSpan, readToc, scanHeaders, scanJournalAsync, scrubJournal, segmentPath, segmentRecordsOnDisk, tocPath } from '../journal/index.js';
+import type { RunPolicy } from '../journal/index.js';
 import type { AppendedRecord, FileLayer, JournalPosition, JournalStats, RecordTypeValue, RecoveryReport, RecoveryStart, ScannedRecord } from '../journal/index.js';
 import { compactSegment } from '../journal/compaction.js';
 import { RetentionState, compactionGeneration, foldPlan } from './retention-state.js';
@@ -747,6 +748,12 @@ export class JournaledDevice implements BlockDevice {
       if (segmentIndex > activeIndex || this.tocComplete.has(segmentIndex)) continue;
       const records = this.segmentEntries(segmentIndex, false);
       if (!records) continue;
+      // A segment with runs (pack.ts) is read faster from its few small packs than from a
+      // table listing each of their records.
+      if (records.entries.some((entry) => (entry.flags & RecordFlag.RUN) !== 0)) {
+        if (segmentIndex < activeIndex) this.tocComplete.add(segmentIndex);
+        continue;
+      }
       const listed = records.entries.filter((entry) => entry.seq <= seqLast);
       const positions = recordPositions(listed);
       const entries = listed.map((entry, i) => ({
@@ -977,7 +984,7 @@ export class JournaledDevice implements BlockDevice {
    * survives (compaction.ts). Returns the bytes before and after, or null if the volume
    * closed meanwhile.
    */
-  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>, cancelled: () => boolean = () => false, options: { thinUnshown?: boolean } = {}): Promise<{ bytesBefore: number; bytesAfter: number; recordsCompressed: number; recordsThinned: number } | null> {
+  compactSegment(segmentIndex: number, thinned: ReadonlySet<number>, cancelled: () => boolean = () => false, options: { thinUnshown?: boolean; runs?: RunPolicy } = {}): Promise<{ bytesBefore: number; bytesAfter: number; recordsCompressed: number; recordsThinned: number } | null> {
     return this.exclusive(async () => {
       if (this.closed) return null;
       if (this.corruption) throw this.corruption;
@@ -986,7 +993,9 @@ export class JournaledDevice implements BlockDevice {
       assert(records !== null, 'a compacted segment has records');
       const folded = this.history.foldedSegment(segmentIndex);
       assert(thinned.size === 0 || !folded, 'a folded segment loses what no base shows, nothing else');
-      if (folded && options.thinUnshown) {
+      // Runs only in folded history, and for the whole segment (noted: made once).
+      const runs = folded && options.runs && folded.seqLast < options.runs.below ? options.runs : undefined;
+      if (folded && (options.thinUnshown || runs)) {
         // Folded: every WRITE record no base shows goes (their points are long expired).
         const shown = new Set(folded.positions);
         const all = new Set<number>();
@@ -997,7 +1006,7 @@ export class JournaledDevice implements BlockDevice {
       const journalDirectory = path.join(this.options.directory, 'journal');
       let result;
       try {
-        result = await compactSegment({ files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed || cancelled(), compress: this.reduce },
+        result = await compactSegment({ files: this.options.files, directory: journalDirectory, crcSeed: crcSeedFor(this.options.volumeId), cancelled: () => this.closed || cancelled(), compress: this.reduce, runs },
           segmentIndex, records.entries, thinned);
       } catch (err) {
         if (isHindsightError(err, 'JOURNAL_CORRUPT')) this.reportCorruption(err);
@@ -1030,7 +1039,7 @@ export class JournaledDevice implements BlockDevice {
         this.journal.installCompacted(segmentIndex, compacted.temporaryPath, compacted.bytesBefore - compacted.bytesAfter);
         this.history.relocateSegment(segmentIndex, records.seqFirst, compacted.moved, thinned, this.index);
         if (this.recordsReadBack?.segment === segmentIndex) this.recordsReadBack = null;
-        this.retention.noteCompacted(segmentIndex, thinned.size, compacted.recordsCompressed, compacted.bytesBefore - compacted.bytesAfter, this.reduce);
+        this.retention.noteCompacted(segmentIndex, thinned.size, compacted.recordsCompressed, compacted.bytesBefore - compacted.bytesAfter, this.reduce, runs !== undefined);
         const result = { bytesBefore: compacted.bytesBefore, bytesAfter: compacted.bytesAfter, recordsCompressed: compacted.recordsCompressed, recordsThinned: thinned.size };
         try {
           await this.options.files.syncDirectory(journalDirectory);

@@ -10,6 +10,7 @@
  */
 import type { RetentionPolicy } from '../core/index.js';
 import type { JournaledDevice } from './journaled-device.js';
+import type { RunPolicy } from '../journal/index.js';
 import { expireByPolicy, expireOldest, reclaimSpace } from './retention.js';
 
 export interface RetentionTarget {
@@ -23,6 +24,8 @@ export interface RetentionTarget {
    * show: it folds only where its source says no rollback goes back (foldHistory).
    */
   thin?: boolean;
+  /** Which records of folded history may share run entries (pack.ts: below what every replica holds). */
+  runs?: RunPolicy;
 }
 
 export interface RetentionHost {
@@ -107,7 +110,7 @@ export class RetentionService {
     const started = performance.now();
     const target = this.host.target(name);
     if (!target) throw new Error(`volume "${name}" is not online`);
-    const { device, policy, maxSizeBytes, thin } = target;
+    const { device, policy, maxSizeBytes, thin, runs } = target;
     const options = { pins: () => this.host.pins(name), nowUs: Date.now() * 1000 };
     const cancelled = () => this.stopped;
     // The wall clock must not have jumped ahead of the monotonic one since the daemon
@@ -129,7 +132,7 @@ export class RetentionService {
       if (freed) this.host.event(name, 'warn', 'the disk is full: the space reserve was let go so that compaction could free space', {});
       return freed;
     };
-    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled, analyseEveryMs: onDemand ? undefined : ANALYSE_EVERY_MS, thin, onNoSpace });
+    const reclaimed = await reclaimSpace(device, { nowUs: options.nowUs, cancelled, analyseEveryMs: onDemand ? undefined : ANALYSE_EVERY_MS, thin, runs, onNoSpace });
     let pointsForced = 0;
     for (let round = 0; maxSizeBytes !== null && device.stats().bytes > maxSizeBytes && round < FORCED_ROUNDS_MAX && !this.stopped; round += 1) {
       // Only points whose data lies in sealed segments: going, they can free space.
@@ -145,7 +148,7 @@ export class RetentionService {
       };
       device.retention.noteForced({ at: new Date().toISOString(), ...details });
       this.host.event(name, 'warn', 'the journal exceeds --max-size: the oldest points were removed ahead of the retention policy', details);
-      const more = await reclaimSpace(device, { cancelled, onNoSpace });
+      const more = await reclaimSpace(device, { cancelled, runs, onNoSpace });
       for (const key of ['segmentsCompacted', 'recordsThinned', 'recordsCompressed', 'bytesReclaimed'] as const) reclaimed[key] += more[key];
       // Nothing freed: the rest is live data or not yet sealed. Removing more points would
       // destroy history for nothing; the warning says the cap is not met.

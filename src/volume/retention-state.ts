@@ -33,6 +33,8 @@ interface RetentionFile {
   lastForced?: ForcedExpiry | null;
   /** Sealed segments whose payloads compaction has compressed. */
   compressedSegments?: number[];
+  /** Folded segments compacted with runs (pack.ts): their records that changed nothing share entries. */
+  runSegments?: number[];
   /** Compactions begun: an index checkpoint made in an earlier generation names old positions. */
   compactions?: number;
   recordsCompressed?: number;
@@ -57,6 +59,8 @@ export class RetentionState {
   compactions = 0;
   lastForced: ForcedExpiry | null = null;
   readonly compressedSegments = new Set<number>();
+  /** Folded segments compacted with runs, each once (pack.ts, RunPolicy). */
+  readonly runSegments = new Set<number>();
   /** The rollbacks the history's fold took in (History.fold; the fold itself is history.seqFirst): see RetentionFile. */
   foldedReverts: Array<[number, number]> = [];
   /** What the last reclaim analysis saw (not persisted): it is not repeated for nothing. */
@@ -127,6 +131,7 @@ export class RetentionState {
     state.recordsCompressed = Number(parsed.recordsCompressed) || 0;
     state.compactions = Number(parsed.compactions) || 0;
     for (const segment of parsed.compressedSegments ?? []) if (Number.isSafeInteger(segment)) state.compressedSegments.add(segment);
+    for (const segment of parsed.runSegments ?? []) if (Number.isSafeInteger(segment)) state.runSegments.add(segment);
     // A replica folds as far as its source allows; a fold it did not make as a replica (it was
     // a source before a failback) is not its own: it goes at the next save.
     const ownFold = !replica || parsed.foldedAsReplica === true;
@@ -135,11 +140,12 @@ export class RetentionState {
     return state;
   }
 
-  noteCompacted(segmentIndex: number, thinned: number, compressed: number, bytes: number, compressing: boolean): void {
+  noteCompacted(segmentIndex: number, thinned: number, compressed: number, bytes: number, compressing: boolean, runs = false): void {
     this.recordsThinned += thinned;
     this.recordsCompressed += compressed;
     this.bytesReclaimed += bytes;
     if (compressing) this.compressedSegments.add(segmentIndex);
+    if (runs) this.runSegments.add(segmentIndex);
   }
 
   noteForced(event: ForcedExpiry): void {
@@ -167,6 +173,7 @@ export class RetentionState {
       bytesReclaimed: this.bytesReclaimed,
       lastForced: this.lastForced,
       compressedSegments: [...this.compressedSegments].sort((a, b) => a - b),
+      ...(this.runSegments.size > 0 ? { runSegments: [...this.runSegments].sort((a, b) => a - b) } : {}),
       recordsCompressed: this.recordsCompressed,
       compactions: this.compactions,
       foldedBefore: this.history.seqFirst,

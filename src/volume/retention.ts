@@ -15,8 +15,10 @@
  */
 import { expiringRuns, isHindsightError, keepAllUs } from '../core/index.js';
 import type { HindsightError, RetentionPolicy } from '../core/index.js';
-import { RecordType } from '../journal/index.js';
+import { PACK_ENTRY_BYTES, RecordType } from '../journal/index.js';
+import type { RunPolicy } from '../journal/index.js';
 import { storedSpan, thinnableBytes } from '../journal/record.js';
+import { runnableRecords } from '../index/index.js';
 import type { JournaledDevice } from './journaled-device.js';
 
 export interface RetentionReport {
@@ -42,9 +44,16 @@ export interface RetentionOptions {
   sliceMs?: number;
   /** A segment is compacted once this share of it can go (default 1/8). */
   reclaimShareMin?: number;
+  /**
+   * Folded segments wholly below `runs.below` are compacted once with runs (pack.ts): their
+   * records that changed nothing share entries. Without: none.
+   */
+  runs?: RunPolicy;
 }
 
 const RECLAIM_BYTES_MIN = 64 * 1024;
+/** A folded segment is compacted for runs alone when they take this many records or more. */
+const RUN_RECORDS_MIN = 4;
 /** The active segment is sealed for compaction once its first record is this old... */
 const SEAL_AFTER_US = 15 * 60e6;
 /** ...and it holds this much. */
@@ -139,7 +148,7 @@ export type ReclaimReport = Pick<RetentionReport, 'segmentsCompacted' | 'records
  * Step 2: drops the payloads no kept point shows, compacting the sealed segments where
  * enough can go (folded ones too). Clients keep being served; one segment at a time.
  */
-export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin'> & {
+export async function reclaimSpace(device: JournaledDevice, options: Pick<RetentionOptions, 'sliceMs' | 'reclaimShareMin' | 'runs'> & {
   nowUs?: number; cancelled?: () => boolean; analyseEveryMs?: number; thin?: boolean;
   /**
    * A compaction that frees space found no room for its copy: make some (let the daemon's
@@ -209,9 +218,16 @@ export async function reclaimSpace(device: JournaledDevice, options: Pick<Retent
     for (const bytes of folded.spans) shown += bytes;
     // (What is left of a folded segment is mostly small: rewriting it is cheap.)
     // (A replica too: it folds only where no rollback of its source can go back.)
-    const thin = folded.droppableBytes >= Math.max(4096, (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8));
-    if (!thin && !compress) continue;
-    const result = await roomy(() => device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin }), thin);
+    const share = (shown + folded.droppableBytes) * (options.reclaimShareMin ?? 1 / 8);
+    const thin = folded.droppableBytes >= Math.max(4096, share);
+    // Runs once per segment, when every replica holds all of it: its records that changed
+    // nothing then cost an entry per run, not one each (whenever it is compacted anyway,
+    // and alone when that saves enough).
+    const runsAllowed = options.runs !== undefined && folded.seqLast < options.runs.below && !device.retention.runSegments.has(segmentIndex);
+    const runnable = runnableRecords(folded);
+    const runsWorth = runsAllowed && runnable >= RUN_RECORDS_MIN && runnable * PACK_ENTRY_BYTES >= share;
+    if (!thin && !compress && !runsWorth) continue;
+    const result = await roomy(() => device.compactSegment(segmentIndex, new Set(), cancelled, { thinUnshown: thin, runs: runsAllowed ? options.runs : undefined }), thin || runsWorth);
     if (result === 'no room') continue;
     if (!result) break;
     addCompaction(report, result);

@@ -194,6 +194,11 @@ export class VolumeManager {
    * (replication: a point the replica was never sent).
    */
   rollbackGuard: (name: string, seq: number) => void = () => undefined;
+  /**
+   * Set by replication: the seq below which the volume's folded history may lose its records'
+   * own times and ranges (runs, pack.ts) — what its replica holds. Without replication: all.
+   */
+  historyRunsBelow: (name: string) => number = () => Infinity;
   /** Seqs in use by commands and jobs (a restore running, a mount being made): kept as points. */
   private readonly pinned = new Map<string, Map<number, number>>();
   private readonly retention: RetentionService;
@@ -212,10 +217,13 @@ export class VolumeManager {
         // retention off for that volume; volume info says so.
         // A replica's points expire when its source's do (replication mirrors them); its
         // own retention only reclaims and compresses.
-        if (volume.record.replica) return { device: volume.device, policy: parseRetention('all:forever'), maxSizeBytes: null, thin: false };
+        // Folded history's records that changed nothing share run entries below what every
+        // replica holds, never at a failover's seq (pack.ts, RunPolicy).
+        const runs = { below: this.historyRunsBelow(name), exact: volume.record.promoted?.seq };
+        if (volume.record.replica) return { device: volume.device, policy: parseRetention('all:forever'), maxSizeBytes: null, thin: false, runs };
         const policy = policyOrError(volume.record);
         if (policy instanceof HindsightError) return null;
-        return { device: volume.device, policy, maxSizeBytes: volume.record.retention?.maxSizeBytes ?? null };
+        return { device: volume.device, policy, maxSizeBytes: volume.record.retention?.maxSizeBytes ?? null, runs };
       },
       pins: (name) => this.pinsOf(name),
       serialise: (work) => this.serialise(work),
@@ -577,8 +585,9 @@ export class VolumeManager {
             content = `${JSON.stringify({ bookmarks: ((JSON.parse(text) as { bookmarks?: Bookmark[] }).bookmarks ?? []).filter((bookmark) => bookmark.seq <= commonSeq) }, null, 2)}\n`;
           } else {
             // The boundary segment, cut short, takes new records: compressed again later.
-            const state = JSON.parse(withoutFold(text)) as { compressedSegments?: number[] };
+            const state = JSON.parse(withoutFold(text)) as { compressedSegments?: number[]; runSegments?: number[] };
             state.compressedSegments = (state.compressedSegments ?? []).filter((segment) => cut === null || segment < cut.segment);
+            if (state.runSegments) state.runSegments = state.runSegments.filter((segment) => cut === null || segment < cut.segment);
             content = `${JSON.stringify(state)}\n`;
           }
           await fs.writeFile(path.join(staging, file), content, { flush: true });

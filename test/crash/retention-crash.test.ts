@@ -29,6 +29,8 @@ const VOLUME_ID = Buffer.from('c0ffee00deadbeef0123456789abcdef', 'hex');
 const DIRECTORY = '/data/volumes/keep';
 const MINUTE = 60e6;
 const POLICY = parseRetention('all:10m,1m:1h,10m:3h');
+/** Folded history's records that changed nothing share run entries (no replica here). */
+const RUNS = { below: Infinity };
 const ROUNDS = Number(process.env.HINDSIGHT_RETENTION_CRASH_ROUNDS ?? 40);
 const SEED_FIRST = Number(process.env.HINDSIGHT_RETENTION_CRASH_SEED ?? 1);
 
@@ -193,7 +195,7 @@ interface Built {
   clock: { us: number };
 }
 
-/** The same history for the same seed: retention already ran once, more writes came after. */
+/** The same history for the same seed: retention already ran once (maybe folding), more writes came after. */
 async function build(seed: number, files: CrashAt): Promise<Built> {
   const rng = new Random(seed);
   const clock = { us: 1_700_000_000_000_000 };
@@ -201,7 +203,13 @@ async function build(seed: number, files: CrashAt): Promise<Built> {
   const oracle = new PitOracle(SIZE);
   const pins = new Set<number>();
   await write(device, oracle, rng, clock, 400 + rng.int(300), pins);
-  await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16 });
+  // Half the time, the first writes age past the policy's first tier: folded, their segments
+  // are compacted (runs made) in the run under test.
+  if (rng.int(2) === 0) {
+    clock.us += (20 + rng.int(120)) * MINUTE;
+    pins.clear(); // (bookmarks deleted: a pin stops the fold)
+  }
+  await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16, runs: RUNS });
   await write(device, oracle, rng, clock, 300 + rng.int(300), pins);
   // Time passes before the run under test: more points age into coarser tiers.
   clock.us += (30 + rng.int(60)) * MINUTE;
@@ -228,23 +236,25 @@ async function runWithWrites(built: Built, files: CrashAt): Promise<number> {
       await new Promise((resolve) => setImmediate(resolve));
     }
   })();
-  await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16 }).catch((err: unknown) => {
+  await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16, runs: RUNS }).catch((err: unknown) => {
     if (!files.survivor) throw err;
   });
   await writes;
   return appended;
 }
 
-async function round(seed: number): Promise<{ compactions: number; changes: number }> {
+async function round(seed: number): Promise<{ compactions: number; runs: number; changes: number }> {
   const label = `seed ${seed}`;
   // Count the changes a run makes, then crash at one of them (or just after the run).
   const counting = new CrashAt(new FaultFs({ seed }), Infinity);
   const probe = await build(seed, counting);
   const compactionsBefore = probe.device.retention.recordsThinned;
+  const runsBefore = probe.device.retention.runSegments.size;
   counting.armed = true;
   await runWithWrites(probe, counting);
   const total = counting.changes;
   const compactions = probe.device.retention.recordsThinned > compactionsBefore ? 1 : 0;
+  const runs = probe.device.retention.runSegments.size > runsBefore ? 1 : 0;
   await probe.device.close();
   // Half the crashes anywhere, half around a compaction's install (its rename and the steps
   // just before and after), where the order of durable steps matters most.
@@ -266,23 +276,25 @@ async function round(seed: number): Promise<{ compactions: number; changes: numb
     await check(device, built.oracle, recovered, built.pins, built.rng, `${label} after a ${where}`);
     // Retention runs again on the survivor, to the end (no more writes: the oracle's lost
     // ones would not match).
-    await applyRetention(device, POLICY, { pins: () => built.pins, nowUs: built.clock.us, sliceMs: 1, reclaimShareMin: 1 / 16 });
+    await applyRetention(device, POLICY, { pins: () => built.pins, nowUs: built.clock.us, sliceMs: 1, reclaimShareMin: 1 / 16, runs: RUNS });
     await check(device, built.oracle, recovered, built.pins, built.rng, `${label} after retention ran again (${where})`);
     const fsck = await device.fsck(false);
     assert.deepEqual(fsck.problems, [], `${label}: fsck (${where})`);
   } finally {
     await device.close();
   }
-  return { compactions, changes: total };
+  return { compactions, runs, changes: total };
 }
 
 test('retention survives a power failure at any change to storage', { timeout: 600_000 }, async () => {
   let compactions = 0;
+  let runs = 0;
   let changes = 0;
   for (let seed = SEED_FIRST; seed < SEED_FIRST + ROUNDS; seed += 1) {
     try {
       const result = await round(seed);
       compactions += result.compactions;
+      runs += result.runs;
       changes += result.changes;
     } catch (err) {
       console.log(`# replay: HINDSIGHT_RETENTION_CRASH_SEED=${seed} HINDSIGHT_RETENTION_CRASH_ROUNDS=1`);
@@ -291,7 +303,8 @@ test('retention survives a power failure at any change to storage', { timeout: 6
   }
   // Crashes must have hit runs that compacted, not only empty ones.
   assert.ok(compactions >= ROUNDS / 2, `runs that compacted segments: ${compactions} of ${ROUNDS}`);
-  console.log(`# retention crash: ${ROUNDS} rounds, ${compactions} with compactions, ${changes} changes to storage to crash at`);
+  assert.ok(runs >= ROUNDS / 8, `runs that made runs of folded records: ${runs} of ${ROUNDS}`);
+  console.log(`# retention crash: ${ROUNDS} rounds, ${compactions} with compactions, ${runs} making runs, ${changes} changes to storage to crash at`);
 });
 
 test('a disk full during compaction leaves that segment for the next run: no leftover, the volume serves on, the next run compacts it', async () => {
@@ -306,7 +319,7 @@ test('a disk full during compaction leaves that segment for the next run: no lef
   // The next writev fails (the expiry before it is saved): compaction's copy hits the full
   // disk. The run goes on with the other segments (a run that frees nothing at all fails).
   files.injectWritevFault({ errno: 'ENOSPC', after: 0 });
-  const first = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16 });
+  const first = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16, runs: RUNS });
   assert.ok(device.history.expired.length > 0, 'the expiry went through; the compaction after it hit the full disk');
   const unchanged = device.sealedSegments().filter((segment) => !device.retention.compressedSegments.has(segment.segmentIndex)).length;
   assert.ok(unchanged > 0, `the segment whose copy found no room is left as it was (${JSON.stringify(first)})`);
@@ -314,7 +327,7 @@ test('a disk full during compaction leaves that segment for the next run: no lef
   assert.equal(device.corruptionError, null, 'a full disk is not corruption');
   files.clearFaults();
   await check(device, oracle, device.history.seqLast, pins, rng, 'after a failed compaction');
-  const report = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16 });
+  const report = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 1, reclaimShareMin: 1 / 16, runs: RUNS });
   assert.ok(report.segmentsCompacted > 0, 'the next run compacts it');
   await check(device, oracle, device.history.seqLast, pins, rng, 'after the next run');
   await device.close();
@@ -357,7 +370,7 @@ test('a disk full after a compaction is in place (its checkpoint) is no compacti
   };
   let released = 0;
   await expireByPolicy(device, POLICY, { pins: () => pins, nowUs: clock.us });
-  const report = await reclaimSpace(device, { sliceMs: 1, reclaimShareMin: 1 / 16, onNoSpace: () => (released += 1) > 0 });
+  const report = await reclaimSpace(device, { sliceMs: 1, reclaimShareMin: 1 / 16, runs: RUNS, onNoSpace: () => (released += 1) > 0 });
   assert.equal(failed, 1, 'the checkpoint after a compaction found the disk full');
   assert.equal(released, 0, 'no room was asked for: the compaction was in place');
   assert.ok(report.segmentsCompacted > 0 && report.bytesReclaimed > 0, `the run went on (${JSON.stringify(report)})`);

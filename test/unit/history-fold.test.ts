@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { isHindsightError, parseRetention } from '../../src/core/index.js';
-import { RecordType, nodeFileLayer } from '../../src/journal/index.js';
+import { RecordFlag, RecordType, nodeFileLayer } from '../../src/journal/index.js';
 import { History } from '../../src/index/index.js';
 import { JournaledDevice } from '../../src/volume/journaled-device.js';
 import type { JournaledDeviceOptions } from '../../src/volume/journaled-device.js';
@@ -30,6 +30,7 @@ const VOLUME_ID = Buffer.from('f01df01df01df01d0123456789abcdef', 'hex');
 const T0 = 1_700_000_000_000_000;
 const MINUTE = 60e6;
 const POLICY = parseRetention('all:5m');
+const RUNS = { below: process.env.FOLD_NO_RUNS ? 0 : Infinity };
 const NO_BOOKMARKS = { get: () => assert.fail('no bookmarks here') } as unknown as BookmarkStore;
 
 function options(directory: string, clock: { us: number }): JournaledDeviceOptions {
@@ -132,7 +133,7 @@ test('folding keeps history memory and the journal bounded under a short policy;
       if (round === 8) pins.clear();
       await device.flush();
       oracle.flush(clock.us);
-      const report = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 2 });
+      const report = await applyRetention(device, POLICY, { pins: () => pins, nowUs: clock.us, sliceMs: 2, runs: RUNS });
       folded += report.recordsFolded;
       const history = device.history;
       if (rollback && history.seqFirst > rollback.seq) rollbackFolded = true;
@@ -177,6 +178,18 @@ test('folding keeps history memory and the journal bounded under a short policy;
       for (const bytes of folded.spans) shown += bytes;
     }
     assert.ok(droppable <= (droppable + shown) / 4, `folded segments are compacted: ${droppable} bytes droppable, ${shown} shown`);
+    // Folded records that changed nothing share run entries (pack.ts): they cost the disk
+    // next to nothing. Not without runs.
+    let inRuns = 0;
+    let changedNothing = 0;
+    for (let seq = 1; seq < history.seqFirst; seq += 1) {
+      const entry = device.entryAt(seq);
+      if ((entry.flags & RecordFlag.RUN) !== 0) inRuns += 1;
+      if ([RecordType.THINNED, RecordType.FLUSH, RecordType.UNCHANGED].includes(entry.type as 8)) changedNothing += 1;
+    }
+    console.log(`# fold: ${inRuns} records in runs, ${changedNothing} folded records that changed nothing`);
+    if (RUNS.below > 0) assert.ok(inRuns >= changedNothing * 0.5, `most folded records that changed nothing are in runs (${inRuns} of ${changedNothing})`);
+    else assert.equal(inRuns, 0);
     // Folded records can still be read back whole (a replica's first sync from seq 1).
     assert.equal(device.entryAt(1).seq, 1);
     const records = await device.recordsFrom(1, history.seqFirst - 1, MiB);

@@ -14,7 +14,9 @@ import { RecordFlag, RecordType, crcSeedFor, listSegments, nodeFileLayer, scanJo
 import type { ScannedRecord } from '../../src/journal/index.js';
 import { copySegmentPrefix } from '../../src/journal/compaction.js';
 import { PackBuilder, decodePack } from '../../src/journal/pack.js';
-import { decodeRecordHeader } from '../../src/journal/record.js';
+import type { RunPolicy } from '../../src/journal/pack.js';
+import { decodeRecordHeader, unfit } from '../../src/journal/record.js';
+import type { RecordHeader } from '../../src/journal/record.js';
 import { JournaledDevice } from '../../src/volume/journaled-device.js';
 import type { JournaledDeviceOptions } from '../../src/volume/journaled-device.js';
 import { PointView } from '../../src/volume/point-view.js';
@@ -152,6 +154,86 @@ test('a pack round-trips its records, and its entries are checked', () => {
   const bad = Buffer.from(entries);
   bad.writeUInt32LE(4097, 28 + 16); // the THINNED record given a payload
   assert.equal(decodePack(header.header, bad, 1000).ok, false);
+});
+
+/** Packs `headers` with `runs` and reads them back as records. */
+function packAndRead(headers: RecordHeader[], runs?: RunPolicy): { records: RecordHeader[]; entries: number; bytes: number } {
+  const builder = new PackBuilder(runs);
+  for (const header of headers) assert.ok(builder.add({ header, table: null, payload: null }), `seq ${header.seq} fits`);
+  const { buffers, span } = builder.take(0, CRC_SEED);
+  const bytes = Buffer.concat(buffers);
+  const decoded = decodeRecordHeader(bytes);
+  assert.ok(decoded.ok && decoded.header.type === RecordType.PACK);
+  const pack = decodePack(decoded.header, bytes.subarray(56, 56 + decoded.header.lengthBytes * 28), 0);
+  assert.ok(pack.ok, 'the pack decodes');
+  return { records: pack.records.map((r) => ({ ...r.header, flags: r.header.flags & ~RecordFlag.PACKED })), entries: decoded.header.lengthBytes, bytes: span };
+}
+
+test('runs: records of folded history that changed nothing share one entry; a run made before stays as it is, whatever the limit', () => {
+  const rng = new Random(8);
+  const base = { seqDurable: 1, payloadSkip: 0, payloadBytes: 0 };
+  const headers: RecordHeader[] = [];
+  let timeUs = 1e15;
+  for (let seq = 1; seq <= 400; seq += 1) {
+    timeUs += rng.int(3) === 0 ? 0 : rng.int(5000);
+    const kind = rng.int(10);
+    const type = kind < 5 ? RecordType.THINNED : kind < 7 ? RecordType.FLUSH : kind < 8 ? RecordType.UNCHANGED : kind < 9 ? RecordType.ZERO : RecordType.TRIM;
+    const ranged = type !== RecordType.FLUSH;
+    headers.push({ ...base, type, flags: 0, seq, timeUs, offsetBytes: ranged ? 4096 * rng.int(100) : 0, lengthBytes: ranged ? 4096 : 0 });
+  }
+  // Without a limit nothing changes: one entry a record.
+  const plain = packAndRead(headers);
+  assert.equal(plain.entries, headers.length);
+  assert.deepEqual(plain.records, headers);
+  // Below 300, except seq 150: stretches that changed nothing become runs (packs of 50
+  // records, so that runs of different packs meet).
+  const packs = [0, 50, 100, 150, 200, 250, 300, 350].map((at) => packAndRead(headers.slice(at, at + 50), { below: 300, exact: 150 }));
+  const runs = { records: packs.flatMap((pack) => pack.records), entries: packs.reduce((sum, pack) => sum + pack.entries, 0) };
+  assert.ok(runs.entries < headers.length * 0.7, `runs take fewer entries (${runs.entries} of ${headers.length})`);
+  assert.equal(runs.records.length, headers.length, 'every seq is still there');
+  for (const [i, record] of runs.records.entries()) {
+    const original = headers[i];
+    assert.equal(record.seq, original.seq);
+    if ((record.flags & RecordFlag.RUN) !== 0) {
+      assert.ok(original.seq < 300 && original.seq !== 150 && [RecordType.THINNED, RecordType.FLUSH, RecordType.UNCHANGED].includes(original.type as 8), `seq ${record.seq} may be in a run`);
+      assert.equal(record.type, RecordType.THINNED);
+      assert.deepEqual([record.offsetBytes, record.lengthBytes], [0, 0]);
+    } else {
+      assert.deepEqual(record, original, `seq ${record.seq} outside runs keeps its own fields`);
+    }
+    if (i > 0) assert.ok(record.timeUs >= runs.records[i - 1].timeUs, 'times never go back');
+  }
+  const inRun = runs.records.filter((r) => (r.flags & RecordFlag.RUN) !== 0);
+  assert.ok(inRun.length > 100, `most records that changed nothing below the limit are in runs (${inRun.length})`);
+  // Packed again with any limit — none, a lower one, the same — a run made before keeps every
+  // record's fields (a replica holding them compares them); only below the limit may runs grow.
+  for (const below of [0, 120, 300]) {
+    const again = packAndRead(runs.records, { below, exact: 150 });
+    for (const [i, record] of again.records.entries()) {
+      if (record.seq >= below) assert.deepEqual(record, runs.records[i], `below ${below}: seq ${record.seq} unchanged`);
+    }
+    assert.ok(again.entries <= runs.entries, `below ${below}: no more entries than before (${again.entries}, ${runs.entries})`);
+  }
+  assert.deepEqual(packAndRead(runs.records).records, runs.records, 'without a limit too');
+  // A run's entry is checked like any other.
+  const builder = new PackBuilder({ below: 300 });
+  for (const header of headers.slice(0, 40)) builder.add({ header, table: null, payload: null });
+  const bytes = Buffer.concat(builder.take(0, CRC_SEED).buffers);
+  const decoded = decodeRecordHeader(bytes);
+  assert.ok(decoded.ok);
+  const entries = Buffer.from(bytes.subarray(56, 56 + decoded.header.lengthBytes * 28));
+  const runAt = [...Array(decoded.header.lengthBytes).keys()].find((i) => ((entries.readUInt32LE(i * 28 + 4) >>> 18) & 0xff) === RecordFlag.RUN);
+  assert.ok(runAt !== undefined, 'the first 40 records hold a run');
+  const bad = Buffer.from(entries);
+  bad.writeUInt32LE(4096, runAt * 28 + 0);
+  assert.equal(decodePack(decoded.header, bad, 0).ok, false, 'a run with a range is refused');
+  const short = Buffer.from(entries);
+  short.writeUInt32LE(short.readUInt32LE(runAt * 28 + 12) + 1, runAt * 28 + 12);
+  assert.equal(decodePack(decoded.header, short, 0).ok, false, 'a run longer than the pack says is refused');
+  // A record of a run on its own (replication sends them so) is a thinned record without a range.
+  assert.equal(unfit({ ...base, type: RecordType.THINNED, flags: RecordFlag.RUN, seq: 9, timeUs, offsetBytes: 0, lengthBytes: 0 }), null);
+  assert.notEqual(unfit({ ...base, type: RecordType.FLUSH, flags: RecordFlag.RUN, seq: 9, timeUs, offsetBytes: 0, lengthBytes: 0 }), null);
+  assert.notEqual(unfit({ ...base, type: RecordType.THINNED, flags: RecordFlag.RUN, seq: 9, timeUs, offsetBytes: 0, lengthBytes: 4096 }), null);
 });
 
 test('compaction packs small records: 4 KiB random writes cost at most 1% more; every read and point stays exact', async (t) => {

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { pino } from 'pino';
+import { RecordFlag } from '../../src/journal/index.js';
 import { ReplicationService } from '../../src/replication/index.js';
 import { VolumeManager } from '../../src/volume/index.js';
 import { makeTempDir } from '../helpers/daemon.js';
@@ -174,5 +175,100 @@ test('failback onto a site whose retention expired the last seq both share: the 
   } finally {
     await close(a);
     await close(b);
+  }
+});
+
+/** The seqs of `one`'s volume whose records are in runs (pack.ts): their own times and ranges gone. */
+function runSeqs(one: Site): number[] {
+  const { device } = one.volumes.replicationView('v');
+  const seqs: number[] = [];
+  for (let seq = 1; seq <= device.lastSeq; seq += 1) if ((device.entryAt(seq).flags & RecordFlag.RUN) !== 0) seqs.push(seq);
+  return seqs;
+}
+
+test('runs in folded history only below what the replica holds: a paused link reconnects, a new replica syncs them from seq 1 and follows on', { timeout: 180_000 }, async (t) => {
+  const dirs = ['a', 'b', 'c'].map((name) => makeTempDir(`hindsight-runs-${name}-`));
+  t.after(() => {
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const a = await site(dirs[0], [`siteA:${KEY}`]);
+  const b = await site(dirs[1], [`siteB:${crypto.randomBytes(32).toString('hex')}`, `siteA:${KEY}`]);
+  let c: Site | null = null;
+  try {
+    await a.volumes.create('v', SIZE, { keep: 'all:1s' });
+    await b.replication.accept('v', 'siteA');
+    await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
+    const rng = new Random(11);
+    const device = a.volumes.device('v')!;
+    // A database's pattern: page updates over a hot set, commits (flushes), rewrites of the
+    // same bytes: most records of expired history change nothing any point shows.
+    const pages = Array.from({ length: 8 }, () => rng.bytes(4 * KiB));
+    const writes = async (count: number) => {
+      for (let i = 0; i < count; i += 1) {
+        const page = rng.int(pages.length);
+        if (rng.int(5) !== 0) rng.bytes(512).copy(pages[page], 512 * rng.int(8));
+        await device.write(page * 4 * KiB, pages[page], { fua: false });
+        if (i % 4 === 3) await device.flush();
+      }
+      await device.flush();
+    };
+    const expireAndFold = async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1200));
+      await writes(10);
+      await a.volumes.thin('v'); // expires and folds
+      await a.volumes.thin('v'); // compacts what was folded
+    };
+    await writes(600);
+    await caughtUp(a, b);
+    // The link goes down; the source goes on, and folds past what its replica holds.
+    await a.replication.setPaused('v', true);
+    const held = b.volumes.replicationView('v').device.durableSeq;
+    await writes(600);
+    await expireAndFold();
+    assert.ok(a.volumes.replicationView('v').device.history.seqFirst > held + 100, 'the source folded well past what its replica holds');
+    const before = runSeqs(a);
+    assert.ok(before.length > 100, `runs were made (${before.length} records in runs)`);
+    assert.ok(Math.max(...before) < held, `only below what the replica holds (${Math.max(...before)} < ${held})`);
+    // Its last record is still the source's own: the link comes back without a word of divergence.
+    await a.replication.setPaused('v', false);
+    await writes(5);
+    await caughtUp(a, b);
+    assert.ok((await image(b)).equals(await image(a)), 'the replica reads as its source');
+    await expireAndFold();
+    const after = runSeqs(a);
+    assert.ok(Math.max(...after) > held + 100, `with the replica caught up, runs reach further (${Math.max(...after)})`);
+
+    // A new replica gets everything from seq 1, runs as they are.
+    await a.replication.remove('v');
+    c = await site(dirs[2], [`siteC:${crypto.randomBytes(32).toString('hex')}`, `siteA:${KEY}`]);
+    await c.replication.accept('v', 'siteA');
+    await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${c.port}`, initial: 'history' });
+    await caughtUp(a, c);
+    assert.ok((await image(c)).equals(await image(a)), 'the new replica reads as its source');
+    const kept = a.volumes.replicationView('v').device.history.oldestKept();
+    assert.ok((await image(c, kept)).equals(await image(a, kept)), `the oldest kept point (seq ${kept}) too`);
+    assert.deepEqual(runSeqs(c).filter((seq) => seq <= Math.max(...after)), after.filter((seq) => seq <= Math.max(...after)), 'the replica holds the runs as they are');
+    // It restarts and the link goes on (the handshake compares its last record), and its own
+    // retention keeps the runs as they are.
+    await close(c);
+    c = await site(dirs[2], [`siteC:${crypto.randomBytes(32).toString('hex')}`, `siteA:${KEY}`], c.port);
+    await writes(50);
+    await caughtUp(a, c);
+    await c.volumes.thin('v');
+    await expireAndFold();
+    await caughtUp(a, c);
+    await c.volumes.thin('v');
+    await c.volumes.thin('v');
+    assert.ok((await image(c)).equals(await image(a)), 'after the restart too');
+    // (Its own runs may join those it was sent: its records in runs are never compared —
+    // the handshake compares its last record, a failback the points it keeps.)
+    const replicaRuns = new Set(runSeqs(c));
+    for (const seq of after) assert.ok(replicaRuns.has(seq), `seq ${seq} is in a run at the replica too`);
+    assert.deepEqual((await a.volumes.fsck('v', false)).problems, [], 'the source\'s journal checks out');
+    assert.deepEqual((await c.volumes.fsck('v', false)).problems, [], 'the replica\'s journal checks out');
+  } finally {
+    await close(a);
+    await close(b);
+    if (c) await close(c).catch(() => undefined);
   }
 });
