@@ -7,7 +7,10 @@
  * history's memory, its table rows, and bytes per record kept in the span (fold aside).
  * Markdown to stderr, JSON to stdout.
  *
- *   node --import tsx bench/history-memory.ts [--hours 12] [--writes-per-second 20] [--hot-pages 2048] [--keep all:1h,1m:3h,1h:2d]
+ *   node --import tsx bench/history-memory.ts [--hours 12] [--writes-per-second 20] [--hot-pages 2048] [--keep all:1h,1m:3h,1h:2d] [--runs 1]
+ *
+ * `--runs 0` compacts folded history without runs (pack.ts: one entry per record, as before
+ * runs). At the end the volume is closed and opened again: the time a start takes.
  *
  * Runs against any commit's src/ (fields a commit lacks read as 0), so the same script A/Bs.
  */
@@ -33,14 +36,16 @@ const perSecond = option('writes-per-second', 20);
 const hotPages = option('hot-pages', 2048);
 const keepAt = process.argv.indexOf('--keep');
 const keep = keepAt === -1 ? 'all:1h,1m:3h,1h:2d' : process.argv[keepAt + 1];
+const runs = { below: option('runs', 1) ? Infinity : 0 };
 const tmpRoot = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/var/tmp', 'hindsight-history-memory-'));
 
 async function main(): Promise<void> {
   const clock = { us: Date.UTC(2026, 10, 1) * 1000 };
-  const device = JournaledDevice.open({
+  const deviceOptions = {
     name: 'db', directory: tmpRoot, sizeBytes: 1024 * MiB, volumeId: Buffer.from(randomUUID().replace(/-/g, ''), 'hex'), files: nodeFileLayer,
     readOnly: false, syncEveryWrite: false, segmentBytesMax: 16 * MiB, checkpointEveryBytes: 256 * MiB, idleCheckpointMs: 0, nowUs: () => clock.us,
-  });
+  };
+  const device = JournaledDevice.open(deviceOptions);
   const policy = parseRetention(keep);
   // The longest single collapse (synchronous: it holds the event loop), where the commit has one.
   let collapseMaxMs = 0;
@@ -68,7 +73,7 @@ async function main(): Promise<void> {
     }
     if (second % 600 === 0) {
       const t = performance.now();
-      await applyRetention(device, policy, { pins: () => [], nowUs: clock.us, sliceMs: 20 });
+      await applyRetention(device, policy, { pins: () => [], nowUs: clock.us, sliceMs: 20, runs });
       retentionMs += performance.now() - t;
     }
     if (second % 3600 === 0) {
@@ -76,7 +81,7 @@ async function main(): Promise<void> {
       const expired = history.expired.reduce((sum, [a, b]) => sum + b - a + 1, 0);
       const span = history.seqLast - history.seqFirst + 1;
       rows.push({
-        hour: second / 3600, records: history.seqLast, pointsKept: history.seqLast - expired, recordsInSpan: span,
+        hour: second / 3600, records: history.seqLast, folded: history.seqFirst - 1, pointsKept: history.seqLast - expired, recordsInSpan: span,
         rows: history.recordCount, collapsed: history.collapsedCount ?? 0, historyMiB: history.memoryBytes / MiB,
         bytesPerRecordInSpan: history.memoryBytes / span, journalMiB: device.stats().bytes / MiB, retentionSeconds: retentionMs / 1000,
         elapsedSeconds: (performance.now() - started) / 1000, collapseMaxMs,
@@ -85,11 +90,17 @@ async function main(): Promise<void> {
     }
   }
   await device.close();
-  fs.rmSync(tmpRoot, { recursive: true, force: true });
-  const table = ['| hour | records | points kept | records in the span | table rows | history memory | bytes per record in the span | retention time (cumulative) | longest collapse |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-    ...rows.map((r) => `| ${r.hour} | ${r.records} | ${r.pointsKept} | ${r.recordsInSpan} | ${r.rows} | ${r.historyMiB.toFixed(1)} MiB | ${r.bytesPerRecordInSpan.toFixed(1)} | ${r.retentionSeconds.toFixed(1)} s | ${r.collapseMaxMs.toFixed(1)} ms |`)];
+  const opening = performance.now();
+  const reopened = JournaledDevice.open(deviceOptions);
+  const startSeconds = (performance.now() - opening) / 1000;
+  await reopened.close();
+  if (process.env.HINDSIGHT_BENCH_KEEP_DIR) process.stderr.write(`kept: ${tmpRoot} (volume id ${deviceOptions.volumeId.toString('hex')})\n`);
+  else fs.rmSync(tmpRoot, { recursive: true, force: true });
+  process.stderr.write(`start (close, open again): ${startSeconds.toFixed(2)} s\n`);
+  const table = ['| hour | records | folded | points kept | records in the span | table rows | history memory | bytes per record in the span | journal | retention time (cumulative) | longest collapse |', '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...rows.map((r) => `| ${r.hour} | ${r.records} | ${r.folded} | ${r.pointsKept} | ${r.recordsInSpan} | ${r.rows} | ${r.historyMiB.toFixed(1)} MiB | ${r.bytesPerRecordInSpan.toFixed(1)} | ${r.journalMiB.toFixed(1)} MiB | ${r.retentionSeconds.toFixed(1)} s | ${r.collapseMaxMs.toFixed(1)} ms |`)];
   process.stderr.write(`${table.join('\n')}\n`);
-  process.stdout.write(`${JSON.stringify({ benchmark: 'history-memory', date: new Date().toISOString(), host: os.hostname(), hours, perSecond, hotPages, policy: keep, rows }, null, 2)}\n`);
+  process.stdout.write(`${JSON.stringify({ benchmark: 'history-memory', date: new Date().toISOString(), host: os.hostname(), hours, perSecond, hotPages, policy: keep, runs: runs.below > 0, startSeconds, rows }, null, 2)}\n`);
 }
 
 main().catch((err: unknown) => {

@@ -1570,8 +1570,9 @@ export interface FoldedSegment {
   /** The same for the other WRITE records, together: compaction may drop them. */
   droppableBytes: number;
   /**
-   * Records that changed content other than WRITE records (ZERO, TRIM, REVERT): with those a
-   * base shows, what no run may take (pack.ts); the others may share run entries.
+   * Rows that are not WRITE records and no run takes (ZERO, TRIM, REVERT, BOOKMARK): with the
+   * WRITE records a base shows, what no run may take (pack.ts); the others may share run
+   * entries (records collapsed into spans are counted among those).
    */
   fixed: number;
 }

@@ -47,7 +47,7 @@ export function packable(header: RecordHeader): boolean {
 }
 
 /**
- * Which records may share a run entry (docs/FORMAT.md, "Runs"): records of a run already
+ * Which records may share a run entry (docs/FORMAT.md, "Packed records"): records of a run already
  * (flag RUN) keep their run's times; others that changed no content join one only below
  * `below` (folded history every replica holds past: their own times and ranges are lost),
  * never the one at `exact` (a failover's seq: failback finds the common seq by it).
@@ -64,7 +64,7 @@ const RUNNABLE = new Set<number>([RecordType.THINNED, RecordType.FLUSH, RecordTy
 export class PackBuilder {
   private readonly records: PackInput[] = [];
   /** The pack's entries: each stands for `count` records from `first` (a run if it is one). */
-  private readonly slots: Array<{ first: number; count: number; run: boolean; allRun: boolean }> = [];
+  private readonly slots: Array<{ first: number; count: number; run: boolean; allRun: boolean; allFree: boolean }> = [];
   private bodies = 0;
 
   /** Without `runs`, only runs already made are kept as they are. */
@@ -89,12 +89,14 @@ export class PackBuilder {
     }
     const slot = this.slots[this.slots.length - 1];
     const inRun = (header.flags & RecordFlag.RUN) !== 0;
-    const runnable = inRun || (RUNNABLE.has(header.type) && header.seq < this.runs.below && header.seq !== this.runs.exact);
-    // A record joins the run before it if either may lose its time (both below the limit),
-    // or as the record it was in a run made before: the first of a run has the run's first
-    // time, every other the run's last time.
+    // Free: a record whose own fields may go (below the limit, not the failover's).
+    const free = header.seq < this.runs.below && header.seq !== this.runs.exact;
+    const runnable = inRun || (free && RUNNABLE.has(header.type));
+    // A record joins the run before it if every record of both may lose its fields, or as
+    // it was in a run made before: the first of a run has the run's first time, every other
+    // the run's last time — so it continues a run of one, or one whose last time is its own.
     const joins = slot !== undefined && slot.run && runnable && header.timeUs - this.records[slot.first].header.timeUs <= TIME_DELTA_MAX &&
-      (header.seq < this.runs.below || (inRun && slot.allRun && (slot.count === 1 || header.timeUs === last.header.timeUs)));
+      ((free && slot.allFree) || (inRun && slot.allRun && (slot.count === 1 || header.timeUs === last.header.timeUs)));
     if (!joins && last) {
       if (this.slots.length >= PACK_RECORDS_MAX) return false;
       if ((this.slots.length + 1) * PACK_ENTRY_BYTES + this.bodies + bodyBytes(header.payloadBytes) > PACK_BYTES_MAX) return false;
@@ -103,8 +105,9 @@ export class PackBuilder {
     if (joins) {
       slot.count += 1;
       slot.allRun &&= inRun;
+      slot.allFree &&= free;
     } else {
-      this.slots.push({ first: this.records.length - 1, count: 1, run: runnable, allRun: inRun });
+      this.slots.push({ first: this.records.length - 1, count: 1, run: runnable, allRun: inRun, allFree: free });
     }
     this.bodies += bodyBytes(header.payloadBytes);
     return true;

@@ -62,7 +62,7 @@ export const RecordFlag = {
    */
   PACKED: 1 << 7,
   /**
-   * A THINNED record of a run (docs/FORMAT.md, "Runs"): one of consecutive records of folded
+   * A THINNED record of a run (docs/FORMAT.md, "Packed records"): one of consecutive records of folded
    * history that changed no content, packed as one entry. Its own time and range are gone: it
    * has the run's first time (the first) or last time (the others), offset and length 0.
    */

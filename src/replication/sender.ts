@@ -28,6 +28,8 @@ const WINDOW_BYTES = 16 * 1024 * 1024;
 const SYNC_EVERY_MS = 20;
 const IDLE_POLL_MS = 10;
 const HEARTBEAT_MS = 2000;
+/** The receiver's durable seq is saved (replication.json) at most this often: retention's runs stay below it. */
+const ACK_SAVE_MS = 60_000;
 /** No frame from the receiver for this long: the link is dead (it ACKs heartbeats). */
 const RECEIVE_TIMEOUT_MS = 30_000;
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -57,6 +59,11 @@ export interface OutgoingConfig {
   imageKept?: number[];
   /** The image began to be sent (to a receiver holding nothing): a restart goes on with the same one. */
   imageStarted?: boolean;
+  /**
+   * The receiver's durable seq, saved at most every minute: retention's runs (pack.ts) stay
+   * below it, also after a restart before a session says more.
+   */
+  acknowledged?: number;
   paused: boolean;
   createdAt: string;
 }
@@ -109,6 +116,7 @@ export class ReplicationLink {
   private seqAcknowledged = 0;
   /** A session got as far as streaming since the daemon started: the acknowledged seq is the receiver's. */
   private streamed = false;
+  private ackSavedMs = 0;
   private seqReceived = 0;
   private inflight: Array<{ seq: number; bytes: number }> = [];
   private inflightBytes = 0;
@@ -237,10 +245,11 @@ export class ReplicationLink {
   /**
    * Below this seq the volume's folded history may share run entries (pack.ts): the receiver
    * holds every record before it durably, so it never asks for the fingerprint of one (the
-   * handshake compares the record at the receiver's last seq). Nothing until a session says.
+   * handshake compares the record at the receiver's last seq). Until a session says, what
+   * was saved (replication.json `acknowledged`).
    */
   runsBelow(): number {
-    return this.streamed ? this.seqAcknowledged : 0;
+    return this.streamed ? this.seqAcknowledged : this.config.acknowledged ?? 0;
   }
 
   private async session(): Promise<void> {
@@ -276,8 +285,14 @@ export class ReplicationLink {
     if (seqHeld > device.lastSeq) {
       throw new HindsightError('REPLICATION_REFUSED', `the receiver holds seq ${seqHeld}, beyond this volume's last (${device.lastSeq}): the two have diverged`);
     }
-    if (!Array.isArray(welcome.candidates) && seqHeld > 0 && fingerprint(device.entryAt(seqHeld)) !== welcome.fingerprint) {
-      throw new HindsightError('REPLICATION_REFUSED', `the receiver's record at seq ${seqHeld} is not this volume's: the two have diverged`);
+    if (!Array.isArray(welcome.candidates) && seqHeld > 0) {
+      const ours = device.entryAt(seqHeld);
+      if ((ours.flags & RecordFlag.RUN) !== 0 && fingerprint(ours) !== welcome.fingerprint) {
+        throw new HindsightError('REPLICATION_REFUSED', `the receiver holds up to seq ${seqHeld}, in history this volume has since packed into runs (their records' own times are gone), so it cannot tell whether the two agree: the receiver lost records it had acknowledged, or was linked before another receiver; delete the volume there and replicate again`);
+      }
+      if (fingerprint(ours) !== welcome.fingerprint) {
+        throw new HindsightError('REPLICATION_REFUSED', `the receiver's record at seq ${seqHeld} is not this volume's: the two have diverged`);
+      }
     }
     this.seqReceived = seqHeld;
     this.seqSent = seqHeld;
@@ -320,6 +335,11 @@ export class ReplicationLink {
       }
       this.seqReceived = Math.max(this.seqReceived, ack.seqReceived);
       this.seqAcknowledged = Math.max(this.seqAcknowledged, ack.seqDurable);
+      if (this.seqAcknowledged > (this.config.acknowledged ?? 0) && Date.now() - this.ackSavedMs >= ACK_SAVE_MS) {
+        this.ackSavedMs = Date.now();
+        this.config = { ...this.config, acknowledged: this.seqAcknowledged };
+        this.deps.persist().catch(() => undefined); // (saved again a minute later)
+      }
       while (this.inflight.length > 0 && this.inflight[0].seq <= this.seqReceived) this.inflightBytes -= this.inflight.shift()!.bytes;
       this.windowWaiter?.();
     }

@@ -69,7 +69,7 @@ export class ReplicationService {
       clients: options.clients,
     });
     for (const config of registry.outgoing) this.links.set(config.volume, this.newLink(config));
-    options.volumes.historyRunsBelow = (volume) => this.links.get(volume)?.runsBelow() ?? Infinity;
+    options.volumes.historyRunsBelow = (volume) => this.links.get(volume)?.runsBelow();
     options.volumes.rollbackGuard = (volume, seq) => {
       const config = this.links.get(volume)?.config;
       if (!config?.imageSeq || seq >= config.imageSeq || (config.imageKept ?? []).includes(seq)) return;
@@ -190,6 +190,9 @@ export class ReplicationService {
   remove(volume: string): Promise<OutgoingStatus> {
     return this.serialise(async () => {
       const link = this.link(volume);
+      // Its receiver may be linked again (a new address, identity): what it holds stays out
+      // of retention's runs meanwhile (VolumeRecord.runsBelow).
+      await this.options.volumes.setHistoryRunsBelow(volume, link.runsBelow());
       this.links.delete(volume);
       await link.stop();
       await this.save();

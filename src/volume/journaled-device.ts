@@ -138,6 +138,11 @@ export class JournaledDevice implements BlockDevice {
   /** A replica: how far its source said it may fold (setReplicaFoldLimit); not kept across restarts. */
   private replicaFoldLimit = 0;
 
+  /** How far this replica's source last said it may fold (0: not said since the start). */
+  get foldLimitAsReplica(): number {
+    return this.replicaFoldLimit;
+  }
+
   private constructor(private readonly options: JournaledDeviceOptions, private readonly journal: Journal, index: ExtentIndex, history: History, timeFirstUs: number, readonly openReport: OpenReport, replayedFrom: JournalPosition | null) {
     this.name = options.name;
     this.sizeBytes = options.sizeBytes;

@@ -55,6 +55,13 @@ interface VolumeRecord {
   replica?: { from: string; since: string; image?: { seq: number; kept: number[] } };
   /** Set by failover: the replica became a live volume at this seq. */
   promoted?: { at: string; seq: number; from: string };
+  /**
+   * While no link replicates the volume, retention's runs (journal/pack.ts: records of folded
+   * history that lose their own time and range) stay below this seq: what the receiver of a
+   * link since removed holds (it may be linked again), or at failover what the old source may
+   * offer at failback. Absent: no limit (never replicated).
+   */
+  runsBelow?: number;
 }
 
 export interface VolumeSettings {
@@ -196,9 +203,10 @@ export class VolumeManager {
   rollbackGuard: (name: string, seq: number) => void = () => undefined;
   /**
    * Set by replication: the seq below which the volume's folded history may lose its records'
-   * own times and ranges (runs, pack.ts) — what its replica holds. Without replication: all.
+   * own times and ranges (runs, pack.ts) — what its link's receiver holds; undefined without
+   * a link (then the volume record's `runsBelow`, if any, applies).
    */
-  historyRunsBelow: (name: string) => number = () => Infinity;
+  historyRunsBelow: (name: string) => number | undefined = () => undefined;
   /** Seqs in use by commands and jobs (a restore running, a mount being made): kept as points. */
   private readonly pinned = new Map<string, Map<number, number>>();
   private readonly retention: RetentionService;
@@ -219,7 +227,7 @@ export class VolumeManager {
         // own retention only reclaims and compresses.
         // Folded history's records that changed nothing share run entries below what every
         // replica holds, never at a failover's seq (pack.ts, RunPolicy).
-        const runs = { below: this.historyRunsBelow(name), exact: volume.record.promoted?.seq };
+        const runs = { below: this.historyRunsBelow(name) ?? volume.record.runsBelow ?? Infinity, exact: volume.record.promoted?.seq };
         if (volume.record.replica) return { device: volume.device, policy: parseRetention('all:forever'), maxSizeBytes: null, thin: false, runs };
         const policy = policyOrError(volume.record);
         if (policy instanceof HindsightError) return null;
@@ -453,6 +461,21 @@ export class VolumeManager {
 
   // ---- replication ----
 
+  /**
+   * Where retention's runs stop while no link replicates `name` (VolumeRecord.runsBelow): set
+   * as a link goes, to what its receiver held.
+   */
+  setHistoryRunsBelow(name: string, seq: number): Promise<void> {
+    return this.serialise(async () => {
+      const volume = this.volumes.get(name);
+      if (!volume) return;
+      // (The last receiver's: one linked before it and linked again may meet runs.)
+      const record: VolumeRecord = { ...volume.record, runsBelow: seq };
+      await this.writeVolumeRecord(name, record);
+      volume.record = record;
+    });
+  }
+
   /** An online volume's device, bookmarks and identity (replication's source or receiver). */
   replicationView(name: string): { device: JournaledDevice; bookmarks: BookmarkStore; id: string; sizeBytes: number; replica: VolumeRecord['replica'] | null; promoted: VolumeRecord['promoted'] | null } {
     const volume = this.online(name);
@@ -635,7 +658,10 @@ export class VolumeManager {
       }
       if (volume.device.retention.unsaved) await volume.device.retention.save();
       const { replica, ...rest } = volume.record;
-      const record: VolumeRecord = { ...rest, promoted: { at: new Date().toISOString(), seq: volume.device.history.seqLast, from: replica.from } };
+      // Its runs stay below what its old source may offer at a failback (points it keeps: past
+      // the last fold limit it sent here), whatever retention does here meanwhile.
+      const runsBelow = Math.min(volume.record.runsBelow ?? Infinity, Math.max(volume.device.foldLimitAsReplica, volume.device.history.seqFirst));
+      const record: VolumeRecord = { ...rest, promoted: { at: new Date().toISOString(), seq: volume.device.history.seqLast, from: replica.from }, runsBelow };
       await this.writeVolumeRecord(name, record);
       volume.record = record;
       volume.device.setReadOnly(record.readOnly ?? false);

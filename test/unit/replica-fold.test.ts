@@ -272,3 +272,119 @@ test('runs in folded history only below what the replica holds: a paused link re
     if (c) await close(c).catch(() => undefined);
   }
 });
+
+/** Page updates over a hot set with commits: most records of expired history change nothing. */
+function pageWriter(rng: Random): (device: NonNullable<ReturnType<VolumeManager['device']>>, count: number) => Promise<void> {
+  const pages = Array.from({ length: 8 }, () => rng.bytes(4 * KiB));
+  return async (device, count) => {
+    for (let i = 0; i < count; i += 1) {
+      const page = rng.int(pages.length);
+      if (rng.int(5) !== 0) rng.bytes(512).copy(pages[page], 512 * rng.int(8));
+      await device.write(page * 4 * KiB, pages[page], { fua: false });
+      if (i % 4 === 3) await device.flush();
+    }
+    await device.flush();
+  };
+}
+
+test('a link removed while its replica lags and made again (a new address): runs stayed below what the replica holds, the link goes on', { timeout: 120_000 }, async (t) => {
+  const dirs = ['a', 'b'].map((name) => makeTempDir(`hindsight-relink-${name}-`));
+  t.after(() => {
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  });
+  let a = await site(dirs[0], [`siteA:${KEY}`]);
+  const bLines = [`siteB:${crypto.randomBytes(32).toString('hex')}`, `siteA:${KEY}`];
+  const b = await site(dirs[1], bLines);
+  try {
+    await a.volumes.create('v', SIZE, { keep: 'all:1s' });
+    await b.replication.accept('v', 'siteA');
+    await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
+    const writes = pageWriter(new Random(12));
+    const expireAndFold = async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1200));
+      await writes(a.volumes.device('v')!, 10);
+      await a.volumes.thin('v');
+      await a.volumes.thin('v');
+    };
+    await writes(a.volumes.device('v')!, 600);
+    await caughtUp(a, b);
+    await a.replication.setPaused('v', true);
+    const held = b.volumes.replicationView('v').device.lastSeq;
+    await writes(a.volumes.device('v')!, 600);
+    // The link goes (to be made again with another address); the source restarts meanwhile.
+    await a.replication.remove('v');
+    await close(a);
+    a = await site(dirs[0], [`siteA:${KEY}`], a.port);
+    await expireAndFold();
+    assert.ok(a.volumes.replicationView('v').device.history.seqFirst > held + 100, 'the source folded well past what the replica holds');
+    const runs = runSeqs(a);
+    assert.ok(runs.length > 0 && Math.max(...runs) < held, `runs only below what the replica holds (${Math.max(...runs)} < ${held})`);
+    await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
+    await caughtUp(a, b);
+    assert.ok((await image(b)).equals(await image(a)), 'the replica reads as its source');
+  } finally {
+    await close(a);
+    await close(b);
+  }
+});
+
+test('failover, a shorter policy at the promoted site, failback: its runs stayed below what the old site offers, which is taken as the common seq', { timeout: 120_000 }, async (t) => {
+  const dirs = ['a', 'b'].map((name) => makeTempDir(`hindsight-fo-runs-${name}-`));
+  t.after(() => {
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const keyB = crypto.randomBytes(32).toString('hex');
+  const a = await site(dirs[0], [`siteA:${KEY}`, `siteB:${keyB}`]);
+  const b = await site(dirs[1], [`siteB:${keyB}`, `siteA:${KEY}`]);
+  try {
+    await a.volumes.create('v', SIZE, { keep: 'all:1s,1s:1h' });
+    await b.replication.accept('v', 'siteA');
+    await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
+    const writes = pageWriter(new Random(13));
+    for (let i = 0; i < 6; i += 1) {
+      await writes(a.volumes.device('v')!, 250);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    await caughtUp(a, b);
+    await a.replication.setPaused('v', true);
+    await writes(a.volumes.device('v')!, 50);
+    // Disaster: the DR site takes over, with a shorter policy (less disk there).
+    await b.replication.failover('v', undefined, () => 0, async () => undefined);
+    const promotedSeq = b.volumes.replicationView('v').promoted!.seq;
+    await b.volumes.update('v', { keep: 'all:1s' });
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await writes(b.volumes.device('v')!, 20);
+    await a.volumes.thin('v');
+    await b.volumes.thin('v');
+    await b.volumes.thin('v');
+    const bDevice = b.volumes.replicationView('v').device;
+    // What the old site offers at or before the promotion: a point it keeps, earlier.
+    const candidate = a.volumes.replicationView('v').device.history.keptAtOrBefore(promotedSeq);
+    // (Before the promotion's seq unless that last write of the link was the last of its second.)
+    assert.ok(candidate > 0 && candidate <= promotedSeq, `the candidate ${candidate} is at or before the promotion (${promotedSeq})`);
+    assert.ok(runSeqs(b).every((seq) => seq < candidate), 'the promoted site made no runs up to it');
+    const commons: number[] = [];
+    const convert = a.volumes.convertToReplica.bind(a.volumes);
+    a.volumes.convertToReplica = ((...args: Parameters<typeof convert>) => {
+      commons.push(args[1]);
+      return convert(...args);
+    }) as typeof convert;
+    await a.replication.remove('v');
+    await a.replication.accept('v', 'siteB', true);
+    await b.replication.replicate({ volume: 'v', to: `127.0.0.1:${a.port}` });
+    const deadline = Date.now() + 30_000;
+    const atA = () => (a.volumes.names().includes('v') ? a.volumes.replicationView('v') : null);
+    while (!atA()?.replica || atA()!.device.durableSeq < b.volumes.replicationView('v').device.lastSeq) {
+      assert.ok(Date.now() < deadline, `failback stalled: ${JSON.stringify(b.replication.list().outgoing)}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.equal(commons[0], candidate, 'failback goes on from the point both keep, not from scratch');
+    const out = { a: Buffer.alloc(SIZE), b: Buffer.alloc(SIZE) };
+    await a.volumes.replicationView('v').device.read(0, out.a);
+    await b.volumes.device('v')!.read(0, out.b);
+    assert.ok(out.a.equals(out.b), 'the original site reads as the DR site');
+  } finally {
+    await close(a);
+    await close(b);
+  }
+});
