@@ -66,6 +66,24 @@ async function image(one: Site, seq?: number): Promise<Buffer> {
   return out;
 }
 
+/** Failback of `v` from `b` onto `a` (its old source): done once `a` is `b`'s replica, caught up and reading as `b`. */
+async function failBack(a: Site, b: Site): Promise<void> {
+  await a.replication.remove('v');
+  await a.replication.accept('v', 'siteB', true);
+  await b.replication.replicate({ volume: 'v', to: `127.0.0.1:${a.port}` });
+  const deadline = Date.now() + 30_000;
+  // (While it turns into a replica, the volume is briefly not there.)
+  const atA = () => (a.volumes.names().includes('v') ? a.volumes.replicationView('v') : null);
+  while (!atA()?.replica || atA()!.device.durableSeq < b.volumes.replicationView('v').device.lastSeq) {
+    assert.ok(Date.now() < deadline, `failback stalled: ${JSON.stringify(b.replication.list().outgoing)}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const out = { a: Buffer.alloc(SIZE), b: Buffer.alloc(SIZE) };
+  await a.volumes.replicationView('v').device.read(0, out.a);
+  await b.volumes.device('v')!.read(0, out.b);
+  assert.ok(out.a.equals(out.b), 'the original site reads as the DR site');
+}
+
 test('a replica folds its history as far as its source allows, over the wire; kept points stay the source\'s', { timeout: 120_000 }, async (t) => {
   const sourceDir = makeTempDir('hindsight-rfold-a-');
   const replicaDir = makeTempDir('hindsight-rfold-b-');
@@ -157,20 +175,7 @@ test('failback onto a site whose retention expired the last seq both share: the 
     assert.ok(history.expiredRunOf(shared) !== null && run.recordsThinned > 0, `the shared seq ${shared} expired at the original site, data thinned (${JSON.stringify(run)})`);
 
     // Failback: the original site becomes the DR site's replica.
-    await a.replication.remove('v');
-    await a.replication.accept('v', 'siteB', true);
-    await b.replication.replicate({ volume: 'v', to: `127.0.0.1:${a.port}` });
-    const deadline = Date.now() + 30_000;
-    // (While it turns into a replica, the volume is briefly not there.)
-    const atA = () => (a.volumes.names().includes('v') ? a.volumes.replicationView('v') : null);
-    while (!atA()?.replica || atA()!.device.durableSeq < b.volumes.replicationView('v').device.lastSeq) {
-      assert.ok(Date.now() < deadline, `failback stalled: ${JSON.stringify(b.replication.list().outgoing)}`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    const out = { a: Buffer.alloc(SIZE), b: Buffer.alloc(SIZE) };
-    await a.volumes.replicationView('v').device.read(0, out.a);
-    await b.volumes.device('v')!.read(0, out.b);
-    assert.ok(out.a.equals(out.b), 'the original site reads as the DR site');
+    await failBack(a, b);
     assert.deepEqual((await a.volumes.fsck('v', false)).problems, [], 'its journal checks out');
   } finally {
     await close(a);
@@ -369,20 +374,8 @@ test('failover, a shorter policy at the promoted site, failback: its runs stayed
       commons.push(args[1]);
       return convert(...args);
     }) as typeof convert;
-    await a.replication.remove('v');
-    await a.replication.accept('v', 'siteB', true);
-    await b.replication.replicate({ volume: 'v', to: `127.0.0.1:${a.port}` });
-    const deadline = Date.now() + 30_000;
-    const atA = () => (a.volumes.names().includes('v') ? a.volumes.replicationView('v') : null);
-    while (!atA()?.replica || atA()!.device.durableSeq < b.volumes.replicationView('v').device.lastSeq) {
-      assert.ok(Date.now() < deadline, `failback stalled: ${JSON.stringify(b.replication.list().outgoing)}`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    await failBack(a, b);
     assert.equal(commons[0], candidate, 'failback goes on from the point both keep, not from scratch');
-    const out = { a: Buffer.alloc(SIZE), b: Buffer.alloc(SIZE) };
-    await a.volumes.replicationView('v').device.read(0, out.a);
-    await b.volumes.device('v')!.read(0, out.b);
-    assert.ok(out.a.equals(out.b), 'the original site reads as the DR site');
   } finally {
     await close(a);
     await close(b);
