@@ -248,12 +248,17 @@ class Spans {
 
   /** Adds a record of `seq` at the end of the last span. */
   extendLast(seq: number, timeUs: number, type: number, lengthBytes: number): void {
+    this.extendLastBy(recordAsSpan(seq, this.segment[this.length - 1], type, timeUs, lengthBytes));
+  }
+
+  /** Adds the records of `other` (the seqs right after it) at the end of the last span. */
+  extendLastBy(other: Span): void {
     const k = this.length - 1;
-    assert(this.end(k) === seq - 1, 'a span grows by the next seq');
+    assert(this.end(k) === other.first - 1, 'a span grows by the next seqs');
     const span = this.get(k);
-    addToSpan(span, recordAsSpan(seq, span.segment, type, timeUs, lengthBytes));
+    addToSpan(span, other);
     this.write(k, span, this.slot[k]);
-    this.total += 1;
+    this.total += other.count;
   }
 
   /**
@@ -1289,22 +1294,49 @@ export class History {
 
   /** A start's THINNED record: into a span if it can be (append). */
   private collapseOnLoad(entry: HistoryEntry): boolean {
+    return this.collapseRunOnLoad(recordAsSpan(entry.seq, entry.segment, entry.type, entry.timeUs, entry.lengthBytes), false);
+  }
+
+  /**
+   * THINNED records loading (`run`: one, or a run's, pack.ts) join the span before them, or
+   * make one with the THINNED row before them, or (`alone`, two or more) one of their own.
+   */
+  private collapseRunOnLoad(run: Span, alone: boolean): boolean {
     const s = this.spans;
     const t = this.table;
     const k = s.length - 1;
-    if (k >= 0 && s.end(k) === entry.seq - 1 && s.segment[k] === entry.segment && s.slot[k] === t.count) {
-      s.extendLast(entry.seq, entry.timeUs, entry.type, entry.lengthBytes);
-      this.thinnedRecords += 1;
-      return true;
+    if (k >= 0 && s.end(k) === run.first - 1 && s.segment[k] === run.segment && s.slot[k] === t.count) {
+      s.extendLastBy(run);
+    } else {
+      // The row before it a THINNED record of the same segment: both make a span.
+      const last = t.count - 1;
+      if (last >= 0 && t.type[last] === RecordType.THINNED && t.segment[last] === run.segment && !(k >= 0 && s.end(k) >= run.first - 1)) {
+        s.push(recordAsSpan(run.first - 1, run.segment, RecordType.THINNED, t.time[last], t.length[last]), last);
+        t.count -= 1;
+        s.extendLastBy(run);
+      } else if (alone) {
+        s.push(run, t.count);
+      } else {
+        return false;
+      }
     }
-    // The row before it a THINNED record of the same segment: both make a span.
-    const last = t.count - 1;
-    if (last < 0 || t.type[last] !== RecordType.THINNED || t.segment[last] !== entry.segment || (k >= 0 && s.end(k) >= entry.seq - 1)) return false;
-    s.push(recordAsSpan(entry.seq - 1, entry.segment, RecordType.THINNED, t.time[last], t.length[last]), last);
-    t.count -= 1;
-    s.extendLast(entry.seq, entry.timeUs, entry.type, entry.lengthBytes);
-    this.thinnedRecords += 1;
+    this.thinnedRecords += run.count;
     return true;
+  }
+
+  /**
+   * Appends a run of `count` THINNED records (pack.ts) from `entry` (the first's), the others
+   * at `timeLastUs` — as one span where `collapse` (History.append), else record by record.
+   */
+  appendRun(entry: HistoryEntry, count: number, timeLastUs: number, collapse: boolean): void {
+    assert(entry.seq === this.seqLast + 1 && entry.type === RecordType.THINNED && entry.lengthBytes === 0 && count >= 2, 'a run of thinned records follows');
+    if (collapse) {
+      const run = recordAsSpan(entry.seq, entry.segment, RecordType.THINNED, entry.timeUs, 0);
+      addToSpan(run, { ...recordAsSpan(entry.seq + 1, entry.segment, RecordType.THINNED, timeLastUs, 0), count: count - 1, thinned: count - 1, writes: count - 1 });
+      this.collapseRunOnLoad(run, true);
+      return;
+    }
+    for (let k = 0; k < count; k += 1) this.append({ ...entry, seq: entry.seq + k, timeUs: k === 0 ? entry.timeUs : timeLastUs }, false);
   }
 
   /** The table slot of `seq`, or -1 if it was collapsed. */

@@ -39,6 +39,10 @@ export interface PackedRecord {
   header: RecordHeader;
   payloadPosition: number;
   logicalBytes?: number;
+  /** Read with `wholeRuns`: a run of this many records (2 or more) from `header` (the first's). */
+  runCount?: number;
+  /** ...the last of which is at this time (the others after the first too). */
+  runTimeLastUs?: number;
 }
 
 /** Whether a record may go into a pack at all. */
@@ -211,7 +215,7 @@ export function unpackedRecord(header: RecordHeader, body: Buffer, crcSeed: numb
  * table (whose CRC the caller checked with the header): each entry checked as a record
  * header would be, and the bodies must fill the pack exactly.
  */
-export function decodePack(pack: RecordHeader, entries: Buffer, position: number): { ok: true; records: PackedRecord[] } | { ok: false; reason: string } {
+export function decodePack(pack: RecordHeader, entries: Buffer, position: number, wholeRuns = false): { ok: true; records: PackedRecord[] } | { ok: false; reason: string } {
   assert(pack.type === RecordType.PACK && entries.length === pack.lengthBytes * PACK_ENTRY_BYTES, 'the entry table of this pack');
   const records: PackedRecord[] = [];
   let at = position + RECORD_HEADER_BYTES + entries.length;
@@ -236,13 +240,14 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
       if (type !== RecordType.THINNED || flags !== RecordFlag.RUN || offsetBytes !== 0 || payloadBytes !== 0 || payloadSkip !== 0 || lengthBytes < 1 || (lengthBytes === 1 && logical !== 0)) {
         return { ok: false, reason: `packed run ${i} is unsound` };
       }
-      for (let k = 0; k < lengthBytes; k += 1) {
+      // (`wholeRuns`: one record standing for them all — a start loads it as one span.)
+      for (let k = 0; k < (wholeRuns && lengthBytes > 1 ? 1 : lengthBytes); k += 1) {
         const header: RecordHeader = {
           type: RecordType.THINNED, flags: RecordFlag.RUN | RecordFlag.PACKED, seq, timeUs: k === 0 ? timeUs : timeUs + logical,
           offsetBytes: 0, lengthBytes: 0, payloadBytes: 0, seqDurable: pack.seqDurable, payloadSkip: 0,
         };
-        records.push({ header, payloadPosition: at });
-        seq += 1;
+        records.push(wholeRuns && lengthBytes > 1 ? { header, payloadPosition: at, runCount: lengthBytes, runTimeLastUs: timeUs + logical } : { header, payloadPosition: at });
+        seq += wholeRuns && lengthBytes > 1 ? lengthBytes : 1;
       }
       timeUs += logical;
       continue;
@@ -264,6 +269,6 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
     if (at > end) return { ok: false, reason: 'packed bodies overrun the pack' };
   }
   if (at !== end) return { ok: false, reason: 'packed bodies do not fill the pack' };
-  if (records.length !== recordCount(pack)) return { ok: false, reason: `the pack holds ${records.length} records, its header says ${recordCount(pack)}` };
+  if (seq - pack.seq !== recordCount(pack)) return { ok: false, reason: `the pack holds ${seq - pack.seq} records, its header says ${recordCount(pack)}` };
   return { ok: true, records };
 }

@@ -30,6 +30,9 @@ export interface ScannedRecord {
   payloadPosition: number;
   /** A compressed WRITE: the bytes its container stands for. */
   logicalBytes?: number;
+  /** Only from scanHeaders with `wholeRuns`: a run of this many records (pack.ts), the last at `runTimeLastUs`. */
+  runCount?: number;
+  runTimeLastUs?: number;
 }
 
 export interface BadRecord extends JournalPosition {
@@ -187,7 +190,12 @@ type RecordCheck = { ok: true; header: RecordHeader; logicalBytes?: number; pack
 /** The records a checked record stands for: itself, or those of a pack (sharing its position). */
 function recordsOf(check: RecordCheck & { ok: true }, segmentIndex: number, position: number): ScannedRecord[] {
   // (Built field by field: a start reads every record of a run this way, and a spread costs.)
-  if (check.packed) return check.packed.map((record) => ({ header: record.header, segmentIndex, recordPosition: position, payloadPosition: record.payloadPosition, logicalBytes: record.logicalBytes }));
+  if (check.packed) {
+    return check.packed.map((record) => ({
+      header: record.header, segmentIndex, recordPosition: position, payloadPosition: record.payloadPosition, logicalBytes: record.logicalBytes,
+      runCount: record.runCount, runTimeLastUs: record.runTimeLastUs,
+    }));
+  }
   return [{ header: check.header, segmentIndex, recordPosition: position, payloadPosition: position + payloadOffset(check.header.payloadBytes), logicalBytes: check.logicalBytes }];
 }
 
@@ -398,10 +406,11 @@ class HeaderWindow {
  * exactly the seq expected there is the dead tail of an earlier cut, and is skipped. A record
  * whose seq is where a later segment starts is where such a cut may have been made: its
  * payload is checked too, so a torn one is seen as recovery saw it. Anything else wrong is
- * JOURNAL_CORRUPT. Used to rebuild the history behind the index checkpoint.
+ * JOURNAL_CORRUPT. Used to rebuild the history behind the index checkpoint. With `wholeRuns`,
+ * a run of records in a pack (pack.ts) comes as one record with its count (`runCount`).
  */
 export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'expectedSeq'>, until: JournalPosition, onRecord: (record: ScannedRecord) => void,
-  tocOf: (segmentIndex: number) => Toc | null = () => null): { seqLast: number; recordsFromTocs: number; segmentsCovered: number[] } {
+  tocOf: (segmentIndex: number) => Toc | null = () => null, wholeRuns = false): { seqLast: number; recordsFromTocs: number; segmentsCovered: number[] } {
   let expectedSeq = 1;
   let recordsFromTocs = 0;
   /** Sealed segments whose table listed every record. */
@@ -431,7 +440,7 @@ export function scanHeaders(options: Omit<ScanOptions, 'onRecord' | 'from' | 'ex
         if (position === size && segmentIndex !== until.segmentIndex) segmentsCovered.push(segmentIndex);
       }
       while (position < limit) {
-        let checked = checkHeader(window, position, expectedSeq, options.crcSeed);
+        let checked = checkHeader(window, position, expectedSeq, options.crcSeed, wholeRuns);
         const count = checked.ok ? recordCount(checked.header) : 1;
         if (checked.ok && (count === 1 ? laterFirsts.has(expectedSeq) : [...laterFirsts].some((first) => first >= expectedSeq && first < expectedSeq + count))) {
           checked = readRecordAt(file, position, size, scratch, options.crcSeed);
@@ -521,7 +530,7 @@ function tocFits(toc: Toc, window: HeaderWindow, expectedSeq: number, limit: num
 }
 
 /** The header at `position` with its chunk table checked against the CRC, and its seq. */
-function checkHeader(window: HeaderWindow, position: number, expectedSeq: number, crcSeed: number): RecordCheck {
+function checkHeader(window: HeaderWindow, position: number, expectedSeq: number, crcSeed: number, wholeRuns = false): RecordCheck {
   const first = window.slice(position, RECORD_HEADER_BYTES);
   if (!first) return { ok: false, reason: 'record header truncated' };
   const decoded = decodeRecordHeader(first);
@@ -530,7 +539,7 @@ function checkHeader(window: HeaderWindow, position: number, expectedSeq: number
     if (decoded.header.seq !== expectedSeq) return { ok: false, reason: `seq ${decoded.header.seq} where ${expectedSeq} was expected` };
     const entries = window.slice(position, RECORD_HEADER_BYTES + decoded.header.lengthBytes * PACK_ENTRY_BYTES);
     if (!entries) return { ok: false, reason: 'pack entry table truncated' };
-    return checkPack(entries, decoded.header, entries.subarray(RECORD_HEADER_BYTES), position, crcSeed, false);
+    return checkPack(entries, decoded.header, entries.subarray(RECORD_HEADER_BYTES), position, crcSeed, false, wholeRuns);
   }
   const tableBytes = chunkTableBytes(decoded.header.payloadBytes);
   const whole = window.slice(position, RECORD_HEADER_BYTES + tableBytes);
@@ -557,10 +566,10 @@ function checkHeader(window: HeaderWindow, position: number, expectedSeq: number
  * body holds everything after the header), every packed payload against its chunk table and
  * a compressed one's container against its entry's logical bytes.
  */
-function checkPack(headerBytes: Buffer, header: RecordHeader, body: Buffer, position: number, crcSeed: number, whole: boolean): RecordCheck {
+function checkPack(headerBytes: Buffer, header: RecordHeader, body: Buffer, position: number, crcSeed: number, whole: boolean, wholeRuns = false): RecordCheck {
   const entries = body.subarray(0, header.lengthBytes * PACK_ENTRY_BYTES);
   if (recordCrc(headerBytes, entries, crcSeed) !== storedCrc(headerBytes)) return { ok: false, reason: 'record checksum mismatch' };
-  const decoded = decodePack(header, Buffer.from(entries), position);
+  const decoded = decodePack(header, Buffer.from(entries), position, wholeRuns && !whole);
   if (!decoded.ok) return decoded;
   if (whole) {
     const base = position + RECORD_HEADER_BYTES;

@@ -225,7 +225,7 @@ export class JournaledDevice implements BlockDevice {
     let tocComplete: number[] = [];
     if (replayedFrom) {
       const scanned = scanHeaders({ directory: journalOptions.directory, files: options.files, volumeId: options.volumeId, crcSeed: crcSeedFor(options.volumeId) }, replayedFrom,
-        (record) => loading(historyEntry(record)), (segmentIndex) => readToc(options.files, journalOptions.directory, options.volumeId, segmentIndex));
+        (record) => loading(historyEntry(record), record.runCount, record.runTimeLastUs), (segmentIndex) => readToc(options.files, journalOptions.directory, options.volumeId, segmentIndex), true);
       historyFromTocs = scanned.recordsFromTocs;
       tocComplete = scanned.segmentsCovered;
     }
@@ -1150,13 +1150,13 @@ const LOAD_FOLD_RECORDS = 1 << 20;
  * folded rollbacks are known beforehand; later ones never go back before the fold): whenever
  * a million records wait, and at the last such boundary once everything is loaded (`finish`).
  */
-function loadingHistory(history: History, plan: { foldBefore: number; reverts: Array<[number, number]> }, lastSegment: number): ((entry: HistoryEntry) => void) & { finish: () => void } {
+function loadingHistory(history: History, plan: { foldBefore: number; reverts: Array<[number, number]> }, lastSegment: number): ((entry: HistoryEntry, runCount?: number, runTimeLastUs?: number) => void) & { finish: () => void } {
   let segment = -1;
   let safe = 0;
   const foldToSafe = () => {
     if (safe > history.seqFirst && history.foldLimit(safe) === safe) history.fold(safe);
   };
-  const load = (entry: HistoryEntry) => {
+  const load = (entry: HistoryEntry, runCount?: number, runTimeLastUs?: number) => {
     if (entry.segment !== segment) {
       const at = entry.seq;
       if (segment !== -1 && at <= plan.foldBefore && plan.reverts.every(([revertSeq, target]) => revertSeq < at || target >= at)) safe = at;
@@ -1166,7 +1166,9 @@ function loadingHistory(history: History, plan: { foldBefore: number; reverts: A
     // THINNED records collapse as they load (History.append), but not in the last segment:
     // the one appended to goes on growing, read back from disk it would be a moving target
     // (the start collapses them once it is sealed: collapseSegments).
-    history.append(entry, entry.segment < lastSegment);
+    // A run of thinned records read whole (pack.ts): one span, not a record each.
+    if (runCount !== undefined && runCount > 1) history.appendRun(entry, runCount, runTimeLastUs!, entry.segment < lastSegment);
+    else history.append(entry, entry.segment < lastSegment);
   };
   return Object.assign(load, { finish: foldToSafe });
 }

@@ -13,7 +13,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { parseRetention } from '../../src/core/index.js';
-import { RecordType, decodeRecordHeader, nodeFileLayer } from '../../src/journal/index.js';
+import { RecordFlag, RecordType, decodeRecordHeader, nodeFileLayer } from '../../src/journal/index.js';
+import { History } from '../../src/index/index.js';
 import { fingerprint } from '../../src/replication/fingerprint.js';
 import { JournaledDevice } from '../../src/volume/journaled-device.js';
 import type { JournaledDeviceOptions } from '../../src/volume/journaled-device.js';
@@ -195,4 +196,50 @@ test('expired flushes leave the table when their points expire, even in a segmen
   } finally {
     await device.close().catch(() => undefined);
   }
+});
+
+const SIZE_RUNS = 256 * 4096;
+
+test('a run of thinned records loaded whole (History.appendRun) leaves the history a record-by-record load leaves', () => {
+  const rng = new Random(77);
+  const byRecord = new History(SIZE_RUNS);
+  const whole = new History(SIZE_RUNS);
+  let seq = 1;
+  let timeUs = 1_700_000_000_000_000;
+  const base = { flags: 0, offsetBytes: 0, lengthBytes: 0, payloadPosition: 64, payloadBytes: 0, payloadSkip: 0 };
+  for (let step = 0; step < 400; step += 1) {
+    const segment = 1 + Math.floor(step / 60);
+    const last = segment === 7;
+    const kind = rng.int(4);
+    if (kind === 0) {
+      // A run (pack.ts): its first record's time, the others its last time.
+      const count = 2 + rng.int(50);
+      const first = { ...base, seq, type: RecordType.THINNED, flags: RecordFlag.RUN | RecordFlag.PACKED, timeUs, segment };
+      const lastUs = timeUs + rng.int(1000);
+      for (let k = 0; k < count; k += 1) byRecord.append({ ...first, seq: seq + k, timeUs: k === 0 ? timeUs : lastUs }, !last);
+      whole.appendRun(first, count, lastUs, !last);
+      seq += count;
+      timeUs = lastUs;
+    } else {
+      const type = kind === 1 ? RecordType.THINNED : kind === 2 ? RecordType.FLUSH : RecordType.WRITE;
+      const entry = type === RecordType.WRITE
+        ? { ...base, seq, type, timeUs, segment, offsetBytes: 4096 * rng.int(64), lengthBytes: 4096, payloadBytes: 4096 }
+        : { ...base, seq, type, timeUs, segment, ...(type === RecordType.THINNED ? { offsetBytes: 4096 * rng.int(64), lengthBytes: 4096 } : {}) };
+      byRecord.append(entry, !last);
+      whole.append(entry, !last);
+      seq += 1;
+    }
+    timeUs += rng.int(2000);
+  }
+  assert.equal(whole.seqLast, byRecord.seqLast);
+  assert.equal(whole.collapsedCount, byRecord.collapsedCount);
+  assert.equal(whole.recordCount, byRecord.recordCount);
+  assert.equal(whole.thinnedRecords, byRecord.thinnedRecords);
+  assert.equal(whole.memoryBytes, byRecord.memoryBytes);
+  assert.ok(whole.collapsedCount > seq / 3, `runs collapsed (${whole.collapsedCount} of ${seq - 1})`);
+  for (let s = 1; s < seq; s += 1) {
+    assert.equal(whole.typeOf(s), byRecord.typeOf(s), `type of seq ${s}`);
+    assert.equal(whole.timeOf(s), byRecord.timeOf(s), `time of seq ${s}`);
+  }
+  assert.deepEqual(whole.timeline(1_700_000_000_000_000, timeUs + 1, 100_000), byRecord.timeline(1_700_000_000_000_000, timeUs + 1, 100_000));
 });
