@@ -117,6 +117,8 @@ export class ReplicationLink {
   /** A session got as far as streaming since the daemon started: the acknowledged seq is the receiver's. */
   private streamed = false;
   private ackSavedMs = 0;
+  /** A failback's common seq, until the receiver acknowledges records after it. */
+  private failbackCommon: number | null = null;
   private seqReceived = 0;
   private inflight: Array<{ seq: number; bytes: number }> = [];
   private inflightBytes = 0;
@@ -298,6 +300,13 @@ export class ReplicationLink {
     this.seqSent = seqHeld;
     // After a failback offer the receiver holds the common records durably (synced before).
     this.seqAcknowledged = Array.isArray(welcome.candidates) ? seqHeld : heldDurable as number;
+    // A receiver holding less than it acknowledged before (made again, restored): what was
+    // saved for runs (runsBelow) comes down with it before anything else.
+    if ((this.config.acknowledged ?? 0) > this.seqAcknowledged) {
+      this.config = { ...this.config, acknowledged: this.seqAcknowledged };
+      await this.deps.persist();
+    }
+    this.failbackCommon = Array.isArray(welcome.candidates) ? seqHeld : null;
     this.state = 'streaming';
     this.streamed = true;
     this.connectedSince = new Date().toISOString();
@@ -335,6 +344,12 @@ export class ReplicationLink {
       }
       this.seqReceived = Math.max(this.seqReceived, ack.seqReceived);
       this.seqAcknowledged = Math.max(this.seqAcknowledged, ack.seqDurable);
+      if (this.failbackCommon !== null && ack.seqDurable > this.failbackCommon) {
+        // The old source took this volume's records after the common seq: the failback is
+        // done, and its candidates no longer hold runs back (VolumeRecord promoted.runsBelow).
+        this.failbackCommon = null;
+        this.deps.volumes.failedBack(this.config.volume).catch((err: unknown) => this.deps.log.warn({ volume: this.config.volume, err: (err as Error).message }, 'failback: could not note it done'));
+      }
       if (this.seqAcknowledged > (this.config.acknowledged ?? 0) && Date.now() - this.ackSavedMs >= ACK_SAVE_MS) {
         this.ackSavedMs = Date.now();
         this.config = { ...this.config, acknowledged: this.seqAcknowledged };

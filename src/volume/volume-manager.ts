@@ -53,13 +53,16 @@ interface VolumeRecord {
    * too): the points before it are not here.
    */
   replica?: { from: string; since: string; image?: { seq: number; kept: number[] } };
-  /** Set by failover: the replica became a live volume at this seq. */
-  promoted?: { at: string; seq: number; from: string };
+  /**
+   * Set by failover: the replica became a live volume at this seq. `runsBelow`: until a
+   * failback onto its old source is done, retention's runs stay below what that site may
+   * offer as the common seq (points it keeps, past the fold limit it last sent here).
+   */
+  promoted?: { at: string; seq: number; from: string; runsBelow?: number };
   /**
    * While no link replicates the volume, retention's runs (journal/pack.ts: records of folded
    * history that lose their own time and range) stay below this seq: what the receiver of a
-   * link since removed holds (it may be linked again), or at failover what the old source may
-   * offer at failback. Absent: no limit (never replicated).
+   * link since removed holds (it may be linked again). Absent: no limit.
    */
   runsBelow?: number;
 }
@@ -227,7 +230,8 @@ export class VolumeManager {
         // own retention only reclaims and compresses.
         // Folded history's records that changed nothing share run entries below what every
         // replica holds, never at a failover's seq (pack.ts, RunPolicy).
-        const runs = { below: this.historyRunsBelow(name) ?? volume.record.runsBelow ?? Infinity, exact: volume.record.promoted?.seq };
+        const below = Math.min(this.historyRunsBelow(name) ?? volume.record.runsBelow ?? Infinity, volume.record.promoted?.runsBelow ?? Infinity);
+        const runs = { below, exact: volume.record.promoted?.seq };
         if (volume.record.replica) return { device: volume.device, policy: parseRetention('all:forever'), maxSizeBytes: null, thin: false, runs };
         const policy = policyOrError(volume.record);
         if (policy instanceof HindsightError) return null;
@@ -476,6 +480,18 @@ export class VolumeManager {
     });
   }
 
+  /** A failback onto the site `name` was failed over from is done: its runs floor goes (VolumeRecord promoted.runsBelow). */
+  failedBack(name: string): Promise<void> {
+    return this.serialise(async () => {
+      const volume = this.volumes.get(name);
+      if (volume?.record.promoted?.runsBelow === undefined) return;
+      const { runsBelow: _done, ...promoted } = volume.record.promoted;
+      const record: VolumeRecord = { ...volume.record, promoted };
+      await this.writeVolumeRecord(name, record);
+      volume.record = record;
+    });
+  }
+
   /** An online volume's device, bookmarks and identity (replication's source or receiver). */
   replicationView(name: string): { device: JournaledDevice; bookmarks: BookmarkStore; id: string; sizeBytes: number; replica: VolumeRecord['replica'] | null; promoted: VolumeRecord['promoted'] | null } {
     const volume = this.online(name);
@@ -554,7 +570,8 @@ export class VolumeManager {
       const seqLast = device.lastSeq;
       assert(commonSeq >= 0 && commonSeq <= seqLast, 'the common seq is in the history');
       const now = new Date().toISOString();
-      const { promoted: _promoted, ...rest } = volume.record;
+      // (Its last link's receiver is its source now: no floor for runs left to keep.)
+      const { promoted: _promoted, runsBelow: _runsBelow, ...rest } = volume.record;
       const record: VolumeRecord = { ...rest, replica: { from, since: now } };
       this.volumes.delete(name);
       // Closing waits for a compaction being installed: positions are final after it.
@@ -660,8 +677,8 @@ export class VolumeManager {
       const { replica, ...rest } = volume.record;
       // Its runs stay below what its old source may offer at a failback (points it keeps: past
       // the last fold limit it sent here), whatever retention does here meanwhile.
-      const runsBelow = Math.min(volume.record.runsBelow ?? Infinity, Math.max(volume.device.foldLimitAsReplica, volume.device.history.seqFirst));
-      const record: VolumeRecord = { ...rest, promoted: { at: new Date().toISOString(), seq: volume.device.history.seqLast, from: replica.from }, runsBelow };
+      const runsBelow = Math.max(volume.device.foldLimitAsReplica, volume.device.history.seqFirst);
+      const record: VolumeRecord = { ...rest, promoted: { at: new Date().toISOString(), seq: volume.device.history.seqLast, from: replica.from, runsBelow } };
       await this.writeVolumeRecord(name, record);
       volume.record = record;
       volume.device.setReadOnly(record.readOnly ?? false);

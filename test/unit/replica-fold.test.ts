@@ -374,8 +374,74 @@ test('failover, a shorter policy at the promoted site, failback: its runs stayed
       commons.push(args[1]);
       return convert(...args);
     }) as typeof convert;
+    assert.ok(b.volumes.replicationView('v').promoted?.runsBelow !== undefined, 'runs at the promoted site stop below what the old site may offer');
     await failBack(a, b);
     assert.equal(commons[0], candidate, 'failback goes on from the point both keep, not from scratch');
+    // Failed back: that floor goes (the old site is its replica now).
+    await writes(b.volumes.device('v')!, 5);
+    const deadline = Date.now() + 10_000;
+    while (b.volumes.replicationView('v').promoted?.runsBelow !== undefined) {
+      assert.ok(Date.now() < deadline, 'the failback was noted done');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  } finally {
+    await close(a);
+    await close(b);
+  }
+});
+
+test('a receiver made again holds less than it acknowledged before: what is saved for runs comes down with it, also across a restart', { timeout: 150_000 }, async (t) => {
+  const dirs = ['a', 'b'].map((name) => makeTempDir(`hindsight-ack-${name}-`));
+  t.after(() => {
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  });
+  let a = await site(dirs[0], [`siteA:${KEY}`]);
+  const b = await site(dirs[1], [`siteB:${crypto.randomBytes(32).toString('hex')}`, `siteA:${KEY}`]);
+  try {
+    await a.volumes.create('v', SIZE, { keep: 'all:1s' });
+    await b.replication.accept('v', 'siteA');
+    await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
+    const writes = pageWriter(new Random(21));
+    await writes(a.volumes.device('v')!, 600);
+    await caughtUp(a, b);
+    const saved = () => (JSON.parse(fs.readFileSync(path.join(dirs[0], 'data', 'replication.json'), 'utf8')) as { outgoing: Array<{ acknowledged?: number }> }).outgoing[0].acknowledged ?? 0;
+    // (The first acknowledgement of a session is saved at once.)
+    await close(a);
+    a = await site(dirs[0], [`siteA:${KEY}`], a.port);
+    await writes(a.volumes.device('v')!, 5);
+    await caughtUp(a, b);
+    const deadline = Date.now() + 10_000;
+    while (saved() < 600) {
+      assert.ok(Date.now() < deadline, `the receiver's acknowledged seq is saved (${saved()})`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    // The receiver starts over (deleted, accepted again) and gets part of the way.
+    await a.replication.setPaused('v', true);
+    await b.replication.refuse('v');
+    await b.volumes.delete('v', async () => undefined, true);
+    await b.replication.accept('v', 'siteA');
+    await a.replication.update('v', { bandwidth: '64K' });
+    await a.replication.setPaused('v', false);
+    while (!b.volumes.names().includes('v') || b.volumes.replicationView('v').device.durableSeq < 60) {
+      assert.ok(Date.now() < deadline + 50_000, 'the new copy gets records');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await a.replication.setPaused('v', true);
+    const held = b.volumes.replicationView('v').device.lastSeq;
+    assert.ok(saved() <= held, `what is saved came down (${saved()}, the receiver holds ${held})`);
+    // A restart while the link is down: runs stay below what the new copy holds.
+    await close(a);
+    a = await site(dirs[0], [`siteA:${KEY}`], a.port);
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    await writes(a.volumes.device('v')!, 10);
+    await a.volumes.thin('v');
+    await a.volumes.thin('v');
+    const runs = runSeqs(a);
+    assert.ok(runs.every((seq) => seq < held), `runs (up to ${Math.max(0, ...runs)}) stayed below what the receiver holds (${held})`);
+    await a.replication.update('v', { bandwidth: null });
+    await a.replication.setPaused('v', false);
+    await caughtUp(a, b);
+    assert.ok((await image(b)).equals(await image(a)), 'the new copy reads as its source');
   } finally {
     await close(a);
     await close(b);
