@@ -352,8 +352,14 @@ export class ReplicationLink {
       }
       if (this.seqAcknowledged > (this.config.acknowledged ?? 0) && Date.now() - this.ackSavedMs >= ACK_SAVE_MS) {
         this.ackSavedMs = Date.now();
-        this.config = { ...this.config, acknowledged: this.seqAcknowledged };
-        this.deps.persist().catch(() => undefined); // (saved again a minute later)
+        const before = this.config.acknowledged;
+        const saving = this.seqAcknowledged;
+        this.config = { ...this.config, acknowledged: saving };
+        // Not saved: the value on disk stays lower (safe), and the next acknowledgement a
+        // minute on (a heartbeat's, idle) tries again.
+        this.deps.persist().catch(() => {
+          if (this.config.acknowledged === saving) this.config = { ...this.config, acknowledged: before };
+        });
       }
       while (this.inflight.length > 0 && this.inflight[0].seq <= this.seqReceived) this.inflightBytes -= this.inflight.shift()!.bytes;
       this.windowWaiter?.();
