@@ -34,8 +34,24 @@ export interface DaemonOptions {
   extraArgs?: string[];
 }
 
+/** Temporary directories made here: removed when the test file's process ends, whatever happened. */
+const tempDirs: string[] = [];
+
 export function makeTempDir(prefix = 'hindsight-test-'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  if (tempDirs.length === 0 && !process.env.HINDSIGHT_TEST_KEEP_DIRS) {
+    process.once('exit', () => {
+      for (const made of tempDirs) {
+        try {
+          fs.rmSync(made, { recursive: true, force: true });
+        } catch {
+          // (Still mounted, say: left for the machine's tmp cleaning.)
+        }
+      }
+    });
+  }
+  tempDirs.push(dir);
+  return dir;
 }
 
 export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHandle> {
