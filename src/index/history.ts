@@ -1331,9 +1331,8 @@ export class History {
   appendRun(entry: HistoryEntry, count: number, timeLastUs: number, collapse: boolean): void {
     assert(entry.seq === this.seqLast + 1 && entry.type === RecordType.THINNED && entry.lengthBytes === 0 && count >= 2, 'a run of thinned records follows');
     if (collapse) {
-      const run = recordAsSpan(entry.seq, entry.segment, RecordType.THINNED, entry.timeUs, 0);
-      addToSpan(run, { ...recordAsSpan(entry.seq + 1, entry.segment, RecordType.THINNED, timeLastUs, 0), count: count - 1, thinned: count - 1, writes: count - 1 });
-      this.collapseRunOnLoad(run, true);
+      // (As its records one by one would count: THINNED writes of no bytes.)
+      this.collapseRunOnLoad({ first: entry.seq, count, segment: entry.segment, timeFirst: entry.timeUs, timeLast: timeLastUs, thinned: count, writes: count, bytesWritten: 0, flushes: 0 }, true);
       return;
     }
     for (let k = 0; k < count; k += 1) this.append({ ...entry, seq: entry.seq + k, timeUs: k === 0 ? entry.timeUs : timeLastUs }, false);

@@ -1,8 +1,9 @@
 /**
  * Packs (docs/FORMAT.md, "Packed records"): in a compacted segment, consecutive small records
  * share one PACK record. Its 56-byte header (type PACK, the first record's seq and time, the
- * count in `length`, the bytes after the header in `offset`, the highest `seqDurable` of the
- * records) is followed by a table of 28-byte entries, one per record, then every record's
+ * count of entries in `length` and of records in `payload bytes` when runs make them differ,
+ * the bytes after the header in `offset`, the highest `seqDurable` of the records) is
+ * followed by a table of 28-byte entries, one per record or run (below), then every record's
  * body — chunk table, then payload — back to back, with no padding between them. The header's
  * CRC covers the entry table; each body's chunk table covers its payload as in a record of
  * its own. So a read finds a packed payload's chunk CRCs right before it, as everywhere, and
@@ -11,7 +12,9 @@
  * Entry, 28 bytes: `u32` offset (low 32 bits), `u32` offset high 18 bits | flags << 18 |
  * type << 26, `u32` time since the previous record's (µs; the first record's: since the
  * pack's, so 0), `u32` length, `u32` payload bytes, `u32` payload skip, `u32` logical bytes
- * (a COMPRESSED WRITE: the bytes its container stands for; 0 otherwise).
+ * (a COMPRESSED WRITE: the bytes its container stands for; 0 otherwise). A run entry (flag
+ * RUN, THINNED): `length` records of folded history that changed nothing, the first at its
+ * time, the others `logical bytes` µs later (RunPolicy, PackBuilder).
  */
 import { assert } from '../core/index.js';
 import {
@@ -130,7 +133,7 @@ export class PackBuilder {
    */
   take(position: number, crcSeed: number): { buffers: Buffer[]; span: number; payloadPositions: number[] } {
     const bodies = this.bodies;
-    const slots = this.slots.map((slot) => ({ ...slot }));
+    const slots = this.slots.splice(0);
     const records = this.drain();
     assert(records.length > 0, 'a pack holds records');
     const entries = Buffer.alloc(slots.length * PACK_ENTRY_BYTES);
@@ -240,15 +243,14 @@ export function decodePack(pack: RecordHeader, entries: Buffer, position: number
       if (type !== RecordType.THINNED || flags !== RecordFlag.RUN || offsetBytes !== 0 || payloadBytes !== 0 || payloadSkip !== 0 || lengthBytes < 1 || (lengthBytes === 1 && logical !== 0)) {
         return { ok: false, reason: `packed run ${i} is unsound` };
       }
+      const member = (k: number): RecordHeader => ({
+        type: RecordType.THINNED, flags: RecordFlag.RUN | RecordFlag.PACKED, seq: seq + k, timeUs: k === 0 ? timeUs : timeUs + logical,
+        offsetBytes: 0, lengthBytes: 0, payloadBytes: 0, seqDurable: pack.seqDurable, payloadSkip: 0,
+      });
       // (`wholeRuns`: one record standing for them all — a start loads it as one span.)
-      for (let k = 0; k < (wholeRuns && lengthBytes > 1 ? 1 : lengthBytes); k += 1) {
-        const header: RecordHeader = {
-          type: RecordType.THINNED, flags: RecordFlag.RUN | RecordFlag.PACKED, seq, timeUs: k === 0 ? timeUs : timeUs + logical,
-          offsetBytes: 0, lengthBytes: 0, payloadBytes: 0, seqDurable: pack.seqDurable, payloadSkip: 0,
-        };
-        records.push(wholeRuns && lengthBytes > 1 ? { header, payloadPosition: at, runCount: lengthBytes, runTimeLastUs: timeUs + logical } : { header, payloadPosition: at });
-        seq += wholeRuns && lengthBytes > 1 ? lengthBytes : 1;
-      }
+      if (wholeRuns && lengthBytes > 1) records.push({ header: member(0), payloadPosition: at, runCount: lengthBytes, runTimeLastUs: timeUs + logical });
+      else for (let k = 0; k < lengthBytes; k += 1) records.push({ header: member(k), payloadPosition: at });
+      seq += lengthBytes;
       timeUs += logical;
       continue;
     }

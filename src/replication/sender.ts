@@ -289,11 +289,10 @@ export class ReplicationLink {
     }
     if (!Array.isArray(welcome.candidates) && seqHeld > 0) {
       const ours = device.entryAt(seqHeld);
-      if ((ours.flags & RecordFlag.RUN) !== 0 && fingerprint(ours) !== welcome.fingerprint) {
-        throw new HindsightError('REPLICATION_REFUSED', `the receiver holds up to seq ${seqHeld}, in history this volume has since packed into runs (their records' own times are gone), so it cannot tell whether the two agree: the receiver lost records it had acknowledged, or was linked before another receiver; delete the volume there and replicate again`);
-      }
       if (fingerprint(ours) !== welcome.fingerprint) {
-        throw new HindsightError('REPLICATION_REFUSED', `the receiver's record at seq ${seqHeld} is not this volume's: the two have diverged`);
+        throw new HindsightError('REPLICATION_REFUSED', (ours.flags & RecordFlag.RUN) !== 0
+          ? `the receiver holds up to seq ${seqHeld}, in history this volume has since packed into runs (their records' own times are gone), so it cannot tell whether the two agree: the receiver lost records it had acknowledged, or was linked before another receiver; delete the volume there and replicate again`
+          : `the receiver's record at seq ${seqHeld} is not this volume's: the two have diverged`);
       }
     }
     this.seqReceived = seqHeld;

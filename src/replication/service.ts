@@ -270,7 +270,6 @@ export class ReplicationService {
     this.saving = next;
     return next;
   }
-
 }
 
 function rpoOf(seconds: number): number {

@@ -999,7 +999,8 @@ export class JournaledDevice implements BlockDevice {
       const folded = this.history.foldedSegment(segmentIndex);
       assert(thinned.size === 0 || !folded, 'a folded segment loses what no base shows, nothing else');
       // Runs only in folded history, and for the whole segment (noted: made once).
-      const runs = folded && options.runs && folded.seqLast < options.runs.below ? options.runs : undefined;
+      const runs = folded ? options.runs : undefined;
+      assert(!runs || folded!.seqLast < runs.below, 'runs are made for a folded segment wholly below their limit');
       if (folded && (options.thinUnshown || runs)) {
         // Folded: every WRITE record no base shows goes (their points are long expired).
         const shown = new Set(folded.positions);
@@ -1062,7 +1063,6 @@ export class JournaledDevice implements BlockDevice {
       return install;
     });
   }
-
 
   async close(): Promise<void> {
     this.closed = true;

@@ -191,8 +191,7 @@ export class VolumeManager {
   private readonly mounts = new Map<string, Mount>();
   private readonly volumesDir: string;
   private readonly mountsDir: string;
-  /** Serialises create/delete so two requests for one name cannot race. */
-  /** Changes one at a time, in order (a failed one does not stop the next). */
+  /** Changes (create, delete, settings, replication's) one at a time, in order (a failed one does not stop the next). */
   private readonly serialise = pLimit(1);
 
   /** Told when a volume (or a mount of it) that was online is refused (damaged journal data found). */
@@ -226,12 +225,12 @@ export class VolumeManager {
         if (!volume?.device || volume.error || !volume.bookmarks) return null;
         // A stored policy that no longer parses (edited by hand, a newer version's) turns
         // retention off for that volume; volume info says so.
-        // A replica's points expire when its source's do (replication mirrors them); its
-        // own retention only reclaims and compresses.
         // Folded history's records that changed nothing share run entries below what every
         // replica holds, never at a failover's seq (pack.ts, RunPolicy).
         const below = Math.min(this.historyRunsBelow(name) ?? volume.record.runsBelow ?? Infinity, volume.record.promoted?.runsBelow ?? Infinity);
         const runs = { below, exact: volume.record.promoted?.seq };
+        // A replica's points expire when its source's do (replication mirrors them); its
+        // own retention only reclaims and compresses.
         if (volume.record.replica) return { device: volume.device, policy: parseRetention('all:forever'), maxSizeBytes: null, thin: false, runs };
         const policy = policyOrError(volume.record);
         if (policy instanceof HindsightError) return null;
@@ -470,23 +469,25 @@ export class VolumeManager {
    * as a link goes, to what its receiver held.
    */
   setHistoryRunsBelow(name: string, seq: number): Promise<void> {
-    return this.serialise(async () => {
-      const volume = this.volumes.get(name);
-      if (!volume) return;
-      // (The last receiver's: one linked before it and linked again may meet runs.)
-      const record: VolumeRecord = { ...volume.record, runsBelow: seq };
-      await this.writeVolumeRecord(name, record);
-      volume.record = record;
-    });
+    // (The last receiver's: one linked before it and linked again may meet runs.)
+    return this.changeRecord(name, (record) => ({ ...record, runsBelow: seq }));
   }
 
   /** A failback onto the site `name` was failed over from is done: its runs floor goes (VolumeRecord promoted.runsBelow). */
   failedBack(name: string): Promise<void> {
+    return this.changeRecord(name, (record) => {
+      if (record.promoted?.runsBelow === undefined) return null;
+      const { runsBelow: _done, ...promoted } = record.promoted;
+      return { ...record, promoted };
+    });
+  }
+
+  /** Writes the volume.json of `name` (if it is here) as `change` makes it (null: unchanged), serialised with other changes. */
+  private changeRecord(name: string, change: (record: VolumeRecord) => VolumeRecord | null): Promise<void> {
     return this.serialise(async () => {
       const volume = this.volumes.get(name);
-      if (volume?.record.promoted?.runsBelow === undefined) return;
-      const { runsBelow: _done, ...promoted } = volume.record.promoted;
-      const record: VolumeRecord = { ...volume.record, promoted };
+      const record = volume ? change(volume.record) : null;
+      if (!volume || !record) return;
       await this.writeVolumeRecord(name, record);
       volume.record = record;
     });
@@ -1030,7 +1031,6 @@ export class VolumeManager {
     mount.error = error;
     this.onVolumeFailed(name, error);
   }
-
 
   private async load(name: string): Promise<Volume> {
     let record: VolumeRecord;

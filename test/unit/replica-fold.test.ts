@@ -183,6 +183,32 @@ test('failback onto a site whose retention expired the last seq both share: the 
   }
 });
 
+/**
+ * A database's pattern on volume `v` of a site: page updates over a hot set, commits
+ * (flushes), rewrites of the same bytes — most records of expired history change nothing.
+ */
+function pageWriter(rng: Random): (one: Site, count: number) => Promise<void> {
+  const pages = Array.from({ length: 8 }, () => rng.bytes(4 * KiB));
+  return async (one, count) => {
+    const device = one.volumes.device('v')!;
+    for (let i = 0; i < count; i += 1) {
+      const page = rng.int(pages.length);
+      if (rng.int(5) !== 0) rng.bytes(512).copy(pages[page], 512 * rng.int(8));
+      await device.write(page * 4 * KiB, pages[page], { fua: false });
+      if (i % 4 === 3) await device.flush();
+    }
+    await device.flush();
+  };
+}
+
+/** Under `all:1s`: what was written expires; a retention run folds it, the next compacts it (runs). */
+async function expireAndFold(one: Site, writes: (one: Site, count: number) => Promise<void>): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 1200));
+  await writes(one, 10);
+  await one.volumes.thin('v');
+  await one.volumes.thin('v');
+}
+
 /** The seqs of `one`'s volume whose records are in runs (pack.ts): their own times and ranges gone. */
 function runSeqs(one: Site): number[] {
   const { device } = one.volumes.replicationView('v');
@@ -203,43 +229,24 @@ test('runs in folded history only below what the replica holds: a paused link re
     await a.volumes.create('v', SIZE, { keep: 'all:1s' });
     await b.replication.accept('v', 'siteA');
     await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
-    const rng = new Random(11);
-    const device = a.volumes.device('v')!;
-    // A database's pattern: page updates over a hot set, commits (flushes), rewrites of the
-    // same bytes: most records of expired history change nothing any point shows.
-    const pages = Array.from({ length: 8 }, () => rng.bytes(4 * KiB));
-    const writes = async (count: number) => {
-      for (let i = 0; i < count; i += 1) {
-        const page = rng.int(pages.length);
-        if (rng.int(5) !== 0) rng.bytes(512).copy(pages[page], 512 * rng.int(8));
-        await device.write(page * 4 * KiB, pages[page], { fua: false });
-        if (i % 4 === 3) await device.flush();
-      }
-      await device.flush();
-    };
-    const expireAndFold = async () => {
-      await new Promise((resolve) => setTimeout(resolve, 1200));
-      await writes(10);
-      await a.volumes.thin('v'); // expires and folds
-      await a.volumes.thin('v'); // compacts what was folded
-    };
-    await writes(600);
+    const writes = pageWriter(new Random(11));
+    await writes(a, 600);
     await caughtUp(a, b);
     // The link goes down; the source goes on, and folds past what its replica holds.
     await a.replication.setPaused('v', true);
     const held = b.volumes.replicationView('v').device.durableSeq;
-    await writes(600);
-    await expireAndFold();
+    await writes(a, 600);
+    await expireAndFold(a, writes);
     assert.ok(a.volumes.replicationView('v').device.history.seqFirst > held + 100, 'the source folded well past what its replica holds');
     const before = runSeqs(a);
     assert.ok(before.length > 100, `runs were made (${before.length} records in runs)`);
     assert.ok(Math.max(...before) < held, `only below what the replica holds (${Math.max(...before)} < ${held})`);
     // Its last record is still the source's own: the link comes back without a word of divergence.
     await a.replication.setPaused('v', false);
-    await writes(5);
+    await writes(a, 5);
     await caughtUp(a, b);
     assert.ok((await image(b)).equals(await image(a)), 'the replica reads as its source');
-    await expireAndFold();
+    await expireAndFold(a, writes);
     const after = runSeqs(a);
     assert.ok(Math.max(...after) > held + 100, `with the replica caught up, runs reach further (${Math.max(...after)})`);
 
@@ -257,10 +264,10 @@ test('runs in folded history only below what the replica holds: a paused link re
     // retention keeps the runs as they are.
     await close(c);
     c = await site(dirs[2], [`siteC:${crypto.randomBytes(32).toString('hex')}`, `siteA:${KEY}`], c.port);
-    await writes(50);
+    await writes(a, 50);
     await caughtUp(a, c);
     await c.volumes.thin('v');
-    await expireAndFold();
+    await expireAndFold(a, writes);
     await caughtUp(a, c);
     await c.volumes.thin('v');
     await c.volumes.thin('v');
@@ -278,20 +285,6 @@ test('runs in folded history only below what the replica holds: a paused link re
   }
 });
 
-/** Page updates over a hot set with commits: most records of expired history change nothing. */
-function pageWriter(rng: Random): (device: NonNullable<ReturnType<VolumeManager['device']>>, count: number) => Promise<void> {
-  const pages = Array.from({ length: 8 }, () => rng.bytes(4 * KiB));
-  return async (device, count) => {
-    for (let i = 0; i < count; i += 1) {
-      const page = rng.int(pages.length);
-      if (rng.int(5) !== 0) rng.bytes(512).copy(pages[page], 512 * rng.int(8));
-      await device.write(page * 4 * KiB, pages[page], { fua: false });
-      if (i % 4 === 3) await device.flush();
-    }
-    await device.flush();
-  };
-}
-
 test('a link removed while its replica lags and made again (a new address): runs stayed below what the replica holds, the link goes on', { timeout: 120_000 }, async (t) => {
   const dirs = ['a', 'b'].map((name) => makeTempDir(`hindsight-relink-${name}-`));
   t.after(() => {
@@ -305,22 +298,16 @@ test('a link removed while its replica lags and made again (a new address): runs
     await b.replication.accept('v', 'siteA');
     await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
     const writes = pageWriter(new Random(12));
-    const expireAndFold = async () => {
-      await new Promise((resolve) => setTimeout(resolve, 1200));
-      await writes(a.volumes.device('v')!, 10);
-      await a.volumes.thin('v');
-      await a.volumes.thin('v');
-    };
-    await writes(a.volumes.device('v')!, 600);
+    await writes(a, 600);
     await caughtUp(a, b);
     await a.replication.setPaused('v', true);
     const held = b.volumes.replicationView('v').device.lastSeq;
-    await writes(a.volumes.device('v')!, 600);
+    await writes(a, 600);
     // The link goes (to be made again with another address); the source restarts meanwhile.
     await a.replication.remove('v');
     await close(a);
     a = await site(dirs[0], [`siteA:${KEY}`], a.port);
-    await expireAndFold();
+    await expireAndFold(a, writes);
     assert.ok(a.volumes.replicationView('v').device.history.seqFirst > held + 100, 'the source folded well past what the replica holds');
     const runs = runSeqs(a);
     assert.ok(runs.length > 0 && Math.max(...runs) < held, `runs only below what the replica holds (${Math.max(...runs)} < ${held})`);
@@ -347,18 +334,18 @@ test('failover, a shorter policy at the promoted site, failback: its runs stayed
     await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
     const writes = pageWriter(new Random(13));
     for (let i = 0; i < 6; i += 1) {
-      await writes(a.volumes.device('v')!, 250);
+      await writes(a, 250);
       await new Promise((resolve) => setTimeout(resolve, 300));
     }
     await caughtUp(a, b);
     await a.replication.setPaused('v', true);
-    await writes(a.volumes.device('v')!, 50);
+    await writes(a, 50);
     // Disaster: the DR site takes over, with a shorter policy (less disk there).
     await b.replication.failover('v', undefined, () => 0, async () => undefined);
     const promotedSeq = b.volumes.replicationView('v').promoted!.seq;
     await b.volumes.update('v', { keep: 'all:1s' });
     await new Promise((resolve) => setTimeout(resolve, 1500));
-    await writes(b.volumes.device('v')!, 20);
+    await writes(b, 20);
     await a.volumes.thin('v');
     await b.volumes.thin('v');
     await b.volumes.thin('v');
@@ -378,7 +365,7 @@ test('failover, a shorter policy at the promoted site, failback: its runs stayed
     await failBack(a, b);
     assert.equal(commons[0], candidate, 'failback goes on from the point both keep, not from scratch');
     // Failed back: that floor goes (the old site is its replica now).
-    await writes(b.volumes.device('v')!, 5);
+    await writes(b, 5);
     const deadline = Date.now() + 10_000;
     while (b.volumes.replicationView('v').promoted?.runsBelow !== undefined) {
       assert.ok(Date.now() < deadline, 'the failback was noted done');
@@ -402,13 +389,13 @@ test('a receiver made again holds less than it acknowledged before: what is save
     await b.replication.accept('v', 'siteA');
     await a.replication.replicate({ volume: 'v', to: `127.0.0.1:${b.port}`, initial: 'history' });
     const writes = pageWriter(new Random(21));
-    await writes(a.volumes.device('v')!, 600);
+    await writes(a, 600);
     await caughtUp(a, b);
     const saved = () => (JSON.parse(fs.readFileSync(path.join(dirs[0], 'data', 'replication.json'), 'utf8')) as { outgoing: Array<{ acknowledged?: number }> }).outgoing[0].acknowledged ?? 0;
     // (The first acknowledgement of a session is saved at once.)
     await close(a);
     a = await site(dirs[0], [`siteA:${KEY}`], a.port);
-    await writes(a.volumes.device('v')!, 5);
+    await writes(a, 5);
     await caughtUp(a, b);
     const deadline = Date.now() + 10_000;
     while (saved() < 600) {
@@ -432,10 +419,7 @@ test('a receiver made again holds less than it acknowledged before: what is save
     // A restart while the link is down: runs stay below what the new copy holds.
     await close(a);
     a = await site(dirs[0], [`siteA:${KEY}`], a.port);
-    await new Promise((resolve) => setTimeout(resolve, 1200));
-    await writes(a.volumes.device('v')!, 10);
-    await a.volumes.thin('v');
-    await a.volumes.thin('v');
+    await expireAndFold(a, writes);
     const runs = runSeqs(a);
     assert.ok(runs.every((seq) => seq < held), `runs (up to ${Math.max(0, ...runs)}) stayed below what the receiver holds (${held})`);
     await a.replication.update('v', { bandwidth: null });
